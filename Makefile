@@ -1,0 +1,38 @@
+# margincall: one entry point for setup, tests, demo, benchmarks and lint.
+SHELL := /bin/bash
+VENV := .venv
+ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
+# ape-vyper finds the compiler with `which vyper`; ape-foundry finds `anvil` on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+
+.PHONY: setup test demo bench-gas lint clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m pip install -q uv==0.13.9
+	test -d $(VENV) || python3 -m uv venv -q $(VENV) --python 3.11
+	python3 -m uv pip sync -q requirements.lock
+	python3 -m uv pip install -q --no-deps -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+setup: $(VENV)/.installed node_modules/.installed
+
+test: setup
+	ape test tests -q
+
+demo: setup
+	ape run demo
+
+bench-gas: setup
+	ape run bench_gas
+
+lint: setup
+	ruff check src scripts tests
+	ruff format --check src scripts tests
+
+clean:
+	rm -rf .build .cache $(VENV) node_modules
