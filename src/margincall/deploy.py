@@ -1,0 +1,122 @@
+"""Deploys and configures a whole margincall system through Ape.
+
+Used by the demo, the gas benchmark and the tests: one deployer, so every
+caller gets the same wiring (pool and fund point at the engine, markets set,
+feeds and adapters in place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from margincall.constants import WAD
+
+ZERO = "0x0000000000000000000000000000000000000000"
+
+
+@dataclass(frozen=True)
+class MarketSpec:
+    """One market: a feed with its decimals and starting price, and its risk."""
+
+    name: str
+    price: float  # starting price, in collateral units per base unit
+    feed_decimals: int = 8
+    imr: int = 10 * WAD // 100
+    mmr: int = 5 * WAD // 100
+    fee: int = 5 * WAD // 10_000
+    window_cap: int = 10**12 * WAD
+    heartbeat: int = 86_400
+    min_price: int = 1
+    max_price: int = 10**12 * WAD
+
+
+DEFAULT_MARKETS = (
+    MarketSpec("ETH-USD", 2_000.0),
+    MarketSpec("BTC-USD", 60_000.0),
+    MarketSpec("SOL-USD", 150.0, feed_decimals=18, imr=20 * WAD // 100, mmr=10 * WAD // 100),
+)
+
+
+@dataclass
+class System:
+    """Handles to every deployed contract of one system."""
+
+    project: Any
+    owner: Any
+    token: Any
+    pool: Any
+    fund: Any
+    engine: Any
+    feeds: list = field(default_factory=list)
+    oracles: list = field(default_factory=list)
+    markets: tuple[MarketSpec, ...] = ()
+
+    @property
+    def decimals(self) -> int:
+        return int(self.token.decimals())
+
+    @property
+    def unit(self) -> int:
+        """One whole token, in token units."""
+        return 10**self.decimals
+
+    def feed_answer(self, market_id: int, price: float) -> int:
+        return int(round(price * 10 ** self.markets[market_id].feed_decimals))
+
+    def set_price(self, market_id: int, price: float, sender: Any = None) -> Any:
+        """Posts a new round on the market's mock feed."""
+        return self.feeds[market_id].set_answer(
+            self.feed_answer(market_id, price), sender=sender or self.owner
+        )
+
+
+def deploy_system(
+    project: Any,
+    owner: Any,
+    guardian: Any = None,
+    decimals: int = 18,
+    markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS,
+) -> System:
+    """Deploys token, feeds, adapters, pool, fund and engine, and wires them."""
+    token = owner.deploy(project.MockERC20, "Mock USD", "mUSD", decimals)
+    pool = owner.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
+    fund = owner.deploy(project.InsuranceFund, token.address, pool.address)
+    engine = owner.deploy(
+        project.MarginEngine,
+        token.address,
+        pool.address,
+        fund.address,
+        (guardian or owner).address,
+    )
+    pool.set_engine(engine.address, sender=owner)
+    fund.set_engine(engine.address, sender=owner)
+    system = System(project, owner, token, pool, fund, engine, markets=markets)
+    for market_id, spec in enumerate(markets):
+        feed = owner.deploy(
+            project.MockAggregator, spec.feed_decimals, system.feed_answer(market_id, spec.price)
+        )
+        oracle = owner.deploy(
+            project.OracleAdapter,
+            feed.address,
+            spec.heartbeat,
+            ZERO,
+            0,
+            ZERO,
+            0,
+            spec.min_price,
+            spec.max_price,
+        )
+        engine.set_market(
+            market_id,
+            oracle.address,
+            spec.imr,
+            spec.mmr,
+            spec.fee,
+            spec.window_cap,
+            True,
+            sender=owner,
+        )
+        system.feeds.append(feed)
+        system.oracles.append(oracle)
+    return system

@@ -1,0 +1,239 @@
+"""Reference math of the margin engine, in pure Python.
+
+Mirrors MarginEngine.vy to the wei, rounding included, so bots can decide
+without a chain and tests can check the contract against an independent
+implementation. Every value is an integer: wad (18 decimals) for values and
+ratios, token units for collateral.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from margincall.constants import WAD, State
+
+MAX_UINT = 2**256 - 1
+
+
+def div_floor(a: int, b: int) -> int:
+    """a / b rounded toward minus infinity (b > 0)."""
+    return a // b
+
+
+def div_ceil(a: int, b: int) -> int:
+    """a / b rounded toward plus infinity (b != 0)."""
+    return -((-a) // b)
+
+
+def div_trunc(a: int, b: int) -> int:
+    """a / b rounded toward zero, as the EVM's SDIV does."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def mul_up(a: int, b: int) -> int:
+    """a * b / WAD rounded up (a, b >= 0)."""
+    return (a * b + WAD - 1) // WAD
+
+
+@dataclass(frozen=True)
+class RiskParams:
+    """Global risk parameters, as `MarginEngine.risk_params()` returns them."""
+
+    call_ratio: int = 125 * 10**16
+    critical_ratio: int = 5 * 10**17
+    grace_period: int = 3_600
+    close_factor: int = 25 * 10**16
+    tranche_interval: int = 60
+    liquidation_penalty: int = 15 * 10**15
+    keeper_share: int = 2 * 10**17
+    min_keeper_reward: int = 10**18
+    max_keeper_reward: int = 1_000 * 10**18
+    call_reward: int = 10**18
+    liquidation_window: int = 300
+    min_position_notional: int = 10 * 10**18
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Position:
+    market_id: int
+    size: int  # wad of base asset, signed
+    cost: int  # open notional, wad, signed
+    price: int  # oracle price, wad
+    mmr: int
+    imr: int
+
+    @property
+    def notional(self) -> int:
+        return mul_up(abs(self.size), self.price)
+
+    @property
+    def pnl(self) -> int:
+        return div_floor(self.size * self.price, WAD) - self.cost
+
+
+@dataclass(frozen=True)
+class Account:
+    collateral: int  # token units
+    positions: tuple[Position, ...] = ()
+    deadline: int = 0
+    last_tranche: int = 0
+    tranches: int = 0
+
+
+@dataclass(frozen=True)
+class Valuation:
+    equity: int
+    notional: int
+    maintenance: int
+    initial: int
+
+    @property
+    def ratio(self) -> int:
+        return ratio(self.equity, self.maintenance)
+
+
+def ratio(equity: int, maintenance: int) -> int:
+    if maintenance == 0:
+        return MAX_UINT
+    if equity <= 0:
+        return 0
+    return equity * WAD // maintenance
+
+
+def evaluate(account: Account, scale: int) -> Valuation:
+    """Equity, notional, maintenance and initial margin (engine `_evaluate`)."""
+    equity = account.collateral * scale
+    notional = maintenance = initial = 0
+    for p in account.positions:
+        n = p.notional
+        notional += n
+        maintenance += mul_up(n, p.mmr)
+        initial += mul_up(n, p.imr)
+        equity += p.pnl
+    return Valuation(equity, notional, maintenance, initial)
+
+
+def call_live(account: Account, params: RiskParams, now: int) -> bool:
+    return account.deadline != 0 and now < account.deadline + params.grace_period
+
+
+def tranche_fraction(v: Valuation, params: RiskParams) -> int:
+    """Smallest fraction restoring the call ratio, capped at the close factor."""
+    cm = params.call_ratio * v.maintenance
+    num = cm - v.equity * WAD
+    den = cm - params.liquidation_penalty * v.notional
+    if num <= 0:
+        return 0
+    if den <= 0:
+        return params.close_factor
+    return min(div_ceil(num * WAD, den), params.close_factor)
+
+
+def classify(account: Account, v: Valuation, params: RiskParams, now: int) -> State:
+    """The account's state (engine `_classify`)."""
+    if not account.positions:
+        return State.HEALTHY
+    if v.equity <= 0:
+        return State.BANKRUPT
+    r = v.ratio
+    if r < params.critical_ratio:
+        return State.CRITICAL
+    if r >= params.call_ratio:
+        return State.HEALTHY
+    if r >= WAD:
+        if call_live(account, params, now):
+            if now < account.deadline:
+                return State.CALLED
+        else:
+            return State.CALLABLE
+    f = tranche_fraction(v, params)
+    if v.notional - v.notional * f // WAD < params.min_position_notional:
+        return State.CRITICAL
+    return State.LIQUIDATABLE
+
+
+@dataclass
+class Tranche:
+    """What one `liquidate` would do (engine `_plan`), token amounts in token units."""
+
+    state: State
+    full: bool
+    fraction: int
+    closed_sizes: list[int] = field(default_factory=list)
+    closed_notional: int = 0
+    penalty: int = 0
+    keeper_reward: int = 0
+    fund_fee: int = 0
+    deficit: int = 0
+    collateral_after: int = 0
+    equity_after: int = 0
+    ratio_after: int = 0
+
+
+def plan_tranche(
+    account: Account,
+    params: RiskParams,
+    scale: int,
+    now: int,
+    window_room: dict[int, int] | None = None,
+) -> Tranche | None:
+    """The next tranche, or None when `liquidate` would revert.
+
+    `window_room` maps market id to what the market's window cap still admits
+    (wad notional); omitted markets are unconstrained.
+    """
+    v = evaluate(account, scale)
+    state = classify(account, v, params, now)
+    if state < State.LIQUIDATABLE:
+        return None
+    full = state >= State.CRITICAL
+    f = WAD
+    if not full:
+        if account.last_tranche and now < account.last_tranche + params.tranche_interval:
+            return None
+        f = tranche_fraction(v, params)
+        for p in account.positions:
+            room = (window_room or {}).get(p.market_id)
+            if room is not None:
+                if room <= 0:
+                    return None
+                f = min(f, room * WAD // p.notional)
+        if f == 0:
+            return None
+    t = Tranche(state=state, full=full, fraction=f)
+    realized = maintenance = upnl = 0
+    for p in account.positions:
+        closed, closed_cost = p.size, p.cost
+        if not full:
+            closed = div_trunc(p.size * f, WAD)
+            closed_cost = div_ceil(p.cost * closed, p.size)
+        realized += div_floor(closed * p.price, WAD) - closed_cost
+        t.closed_sizes.append(closed)
+        t.closed_notional += mul_up(abs(closed), p.price)
+        rest_size, rest_cost = p.size - closed, p.cost - closed_cost
+        if rest_size:
+            maintenance += mul_up(mul_up(abs(rest_size), p.price), p.mmr)
+            upnl += div_floor(rest_size * p.price, WAD) - rest_cost
+    realized_tok = div_floor(realized, scale)
+    balance = account.collateral + realized_tok
+    if balance <= 0:
+        t.deficit = -balance
+        t.collateral_after = 0
+    else:
+        penalty = min(
+            div_ceil(mul_up(t.closed_notional, params.liquidation_penalty), scale), balance
+        )
+        share = (
+            t.closed_notional * params.liquidation_penalty // WAD * params.keeper_share // WAD
+        ) // scale
+        reward = max(share, params.min_keeper_reward // scale)
+        reward = min(reward, params.max_keeper_reward // scale, penalty)
+        t.penalty, t.keeper_reward, t.fund_fee = penalty, reward, penalty - reward
+        t.collateral_after = balance - penalty
+    t.equity_after = t.collateral_after * scale + upnl
+    t.ratio_after = ratio(t.equity_after, maintenance)
+    return t

@@ -1,0 +1,80 @@
+"""Shared fixtures: actors by role and a deployed system per collateral decimals."""
+
+import pytest
+
+from margincall.deploy import deploy_system
+from tests.utils.helpers import fund_lp
+
+
+@pytest.fixture(scope="session")
+def owner(accounts):
+    return accounts[0]
+
+
+@pytest.fixture(scope="session")
+def guardian(accounts):
+    return accounts[1]
+
+
+@pytest.fixture(scope="session")
+def lp(accounts):
+    return accounts[2]
+
+
+@pytest.fixture(scope="session")
+def keeper(accounts):
+    return accounts[3]
+
+
+@pytest.fixture(scope="session")
+def rival_keeper(accounts):
+    return accounts[4]
+
+
+@pytest.fixture(scope="session")
+def trader(accounts):
+    return accounts[5]
+
+
+@pytest.fixture(scope="session")
+def other_trader(accounts):
+    return accounts[6]
+
+
+@pytest.fixture(scope="session")
+def stranger(accounts):
+    return accounts[7]
+
+
+@pytest.fixture(scope="module", params=[6, 18], ids=["usdc6", "dai18"])
+def decimals(request):
+    """Collateral decimals; modules that use `system` run once per value."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def system(project, owner, guardian, lp, decimals):
+    """A deployed system with a funded pool (1,000,000 tokens of LP liquidity)."""
+    s = deploy_system(project, owner, guardian, decimals=decimals)
+    fund_lp(s, lp, 1_000_000)
+    return s
+
+
+@pytest.fixture(scope="module")
+def engine(system):
+    return system.engine
+
+
+@pytest.fixture(scope="module")
+def token(system):
+    return system.token
+
+
+@pytest.fixture(scope="module")
+def pool(system):
+    return system.pool
+
+
+@pytest.fixture(scope="module")
+def fund(system):
+    return system.fund
