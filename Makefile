@@ -9,10 +9,10 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 .PHONY: setup test demo bench-gas lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
-	python3 -m pip install -q uv==0.13.9
-	test -d $(VENV) || python3 -m uv venv -q $(VENV) --python 3.11
-	python3 -m uv pip sync -q requirements.lock
-	python3 -m uv pip install -q --no-deps -e .
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install -q uv==0.13.9
+	$(VENV)/bin/uv pip sync -q requirements.lock
+	$(VENV)/bin/uv pip install -q --no-deps -e .
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
