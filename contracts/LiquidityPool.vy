@@ -1,0 +1,344 @@
+# pragma version ~=0.4.3
+"""
+@title margincall liquidity pool
+@notice An ERC-4626 vault of the collateral token, built on snekmate's
+        `erc4626` module. The pool is the counterparty of trader PnL: the
+        margin engine sends trader losses and trading fees to it with plain
+        token transfers (so `totalAssets` is the pool's token balance and
+        every share gains), and calls `pay` to pay realised trader profit
+        out of it (every share loses).
+
+        LP withdrawals keep a reserve for open interest:
+
+            reserve = open_interest * reserve_factor / 1e18
+
+        where `open_interest` is the engine's sum of |open notional| (wad,
+        18 decimals) and `reserve_factor` is a wad fraction (default 20%).
+        The reserve is converted to token units rounding UP (against the
+        withdrawing LP, in favour of the traders' counterparty). Only the
+        assets above the reserve (`free_assets`) can leave through
+        `withdraw` and `redeem`; `maxWithdraw` and `maxRedeem` report
+        that limit, as ERC-4626 requires. `pay` is not limited by the
+        reserve: the reserve exists precisely to pay traders.
+
+        Fixed point: risk values (open interest, reserve factor) are wad;
+        amounts that move are token units. Conversion happens only in
+        `_reserve`. Tokens with more than 18 decimals are rejected.
+@custom:security Trusts the margin engine, set once by the owner, for two
+        things: `pay` (only the engine may pay profit out of the pool) and
+        `open_interest` (it sizes the reserve, so a faulty engine could lock
+        LP withdrawals or release the reserve). Trusts the collateral token
+        to be a plain ERC-20 (no fee on transfer, no rebasing, no hooks).
+        Ownership is snekmate's two-step transfer; the owner can only set
+        the engine (once) and the reserve factor (bounded to [0, 1e18]); it
+        can never move the pool's assets. Every function that moves tokens
+        is `@nonreentrant`. Inflation attacks are mitigated by snekmate's
+        virtual shares with a decimals offset of 0 (see `erc4626`);
+        deployers should also seed the pool with a first deposit.
+"""
+
+from ethereum.ercs import IERC20
+from ethereum.ercs import IERC20Detailed
+from ethereum.ercs import IERC4626
+
+from .interfaces import ILiquidityPool
+from .interfaces import IMarginEngine
+
+implements: IERC4626
+implements: ILiquidityPool
+
+from snekmate.auth import ownable
+from snekmate.auth import ownable_2step
+from snekmate.extensions import erc4626
+from snekmate.utils import math
+
+# @dev `erc4626` initialises `ownable` (and `erc20`) itself; this contract
+# (for `_check_owner`) and the two-step transfer extension use that same
+# `ownable` instance, so the deployer is the owner of the pool.
+uses: ownable
+initializes: erc4626
+initializes: ownable_2step[ownable := ownable]
+
+exports: (
+    # ERC-20 (the LP share token) and EIP-2612 / EIP-5267, from `erc4626`.
+    erc4626.totalSupply,
+    erc4626.balanceOf,
+    erc4626.transfer,
+    erc4626.transferFrom,
+    erc4626.approve,
+    erc4626.allowance,
+    erc4626.name,
+    erc4626.symbol,
+    erc4626.decimals,
+    erc4626.permit,
+    erc4626.nonces,
+    erc4626.DOMAIN_SEPARATOR,
+    erc4626.eip712Domain,
+    # ERC-4626 views and conversions. `deposit`, `mint`, `withdraw`,
+    # `redeem`, `maxWithdraw` and `maxRedeem` are defined below: the first
+    # two to make them nonreentrant, the last four to keep the reserve.
+    erc4626.asset,
+    erc4626.totalAssets,
+    erc4626.convertToShares,
+    erc4626.convertToAssets,
+    erc4626.maxDeposit,
+    erc4626.previewDeposit,
+    erc4626.maxMint,
+    erc4626.previewMint,
+    erc4626.previewWithdraw,
+    erc4626.previewRedeem,
+    # Two-step ownership.
+    ownable_2step.owner,
+    ownable_2step.pending_owner,
+    ownable_2step.transfer_ownership,
+    ownable_2step.accept_ownership,
+    ownable_2step.renounce_ownership,
+)
+
+
+# @dev 1.0 in wad.
+WAD: constant(uint256) = 10**18
+# @dev The default `reserve_factor`: 20% of open interest stays in the pool.
+DEFAULT_RESERVE_FACTOR: constant(uint256) = 2 * 10**17
+# @dev The largest `reserve_factor`: 100% of open interest.
+MAX_RESERVE_FACTOR: constant(uint256) = WAD
+
+# @dev 10**(18 - token decimals): wad per token unit.
+_WAD_PER_UNIT: immutable(uint256)
+
+
+# @dev The margin engine; set once by the owner.
+engine: public(address)
+# @dev The fraction (wad) of the engine's open interest that LP withdrawals
+# must leave in the pool.
+reserve_factor: public(uint256)
+
+
+event ProfitPaid:
+    receiver: indexed(address)
+    amount: uint256
+    total_assets_after: uint256
+
+
+event EngineSet:
+    engine: indexed(address)
+
+
+event ReserveFactorSet:
+    old_factor: uint256
+    new_factor: uint256
+
+
+@deploy
+def __init__(asset_: address, name_: String[25], symbol_: String[5]):
+    """
+    @notice Deploys the pool; the deployer becomes the owner. The engine is
+            set afterwards with `set_engine`.
+    @param asset_ The collateral token (ERC-20 with at most 18 decimals).
+    @param name_ The LP share token's name (also its EIP-712 domain name).
+    @param symbol_ The LP share token's symbol.
+    """
+    assert asset_ != empty(address), "pool: zero address"
+    token_decimals: uint8 = staticcall IERC20Detailed(asset_).decimals()
+    assert token_decimals <= 18, "pool: token decimals above 18"
+    _WAD_PER_UNIT = 10 ** convert(18 - token_decimals, uint256)
+
+    # Decimals offset 0, as snekmate recommends: the share token has the
+    # asset's decimals.
+    erc4626.__init__(name_, symbol_, IERC20(asset_), 0, name_, "1")
+    ownable_2step.__init__()
+    self.reserve_factor = DEFAULT_RESERVE_FACTOR
+    log ReserveFactorSet(old_factor=0, new_factor=DEFAULT_RESERVE_FACTOR)
+
+
+@external
+@nonreentrant
+def deposit(assets: uint256, receiver: address) -> uint256:
+    """
+    @notice Deposits exactly `assets` tokens and mints shares to `receiver`
+            (rounded down, against the depositor).
+    @param assets The amount of tokens to deposit, in token units.
+    @param receiver The receiver of the shares.
+    @return The shares minted.
+    """
+    shares: uint256 = erc4626._preview_deposit(assets)
+    erc4626._deposit(msg.sender, receiver, assets, shares)
+    return shares
+
+
+@external
+@nonreentrant
+def mint(shares: uint256, receiver: address) -> uint256:
+    """
+    @notice Mints exactly `shares` to `receiver` for the tokens it costs
+            (rounded up, against the depositor).
+    @param shares The shares to mint.
+    @param receiver The receiver of the shares.
+    @return The tokens taken from the caller.
+    """
+    assets: uint256 = erc4626._preview_mint(shares)
+    erc4626._deposit(msg.sender, receiver, assets, shares)
+    return assets
+
+
+@external
+@view
+def maxWithdraw(owner: address) -> uint256:
+    """
+    @notice The most tokens `owner` can withdraw now: the value of its
+            shares, capped by the free assets above the open-interest
+            reserve.
+    @param owner The share owner.
+    @return The maximum `withdraw` amount, in token units.
+    """
+    return min(erc4626._max_withdraw(owner), self._free_assets())
+
+
+@external
+@view
+def maxRedeem(owner: address) -> uint256:
+    """
+    @notice The most shares `owner` can redeem now: its balance, capped by
+            the shares that the free assets buy (rounded down), so that
+            redeeming them never touches the reserve.
+    @param owner The share owner.
+    @return The maximum `redeem` amount, in shares.
+    """
+    return min(erc4626._max_redeem(owner), erc4626._convert_to_shares(self._free_assets(), False))
+
+
+@external
+@nonreentrant
+def withdraw(assets: uint256, receiver: address, owner: address) -> uint256:
+    """
+    @notice Burns the shares worth `assets` (rounded up, against the LP)
+            from `owner` and sends exactly `assets` tokens to `receiver`.
+            Reverts if that would dip into the open-interest reserve.
+    @param assets The tokens to withdraw, in token units.
+    @param receiver The receiver of the tokens.
+    @param owner The owner of the shares; a caller other than `owner`
+           spends its share allowance.
+    @return The shares burned.
+    """
+    assert assets <= erc4626._max_withdraw(owner), "pool: withdraw more than balance"
+    assert assets <= self._free_assets(), "pool: reserve for open interest"
+    shares: uint256 = erc4626._preview_withdraw(assets)
+    erc4626._withdraw(msg.sender, receiver, owner, assets, shares)
+    return shares
+
+
+@external
+@nonreentrant
+def redeem(shares: uint256, receiver: address, owner: address) -> uint256:
+    """
+    @notice Burns exactly `shares` from `owner` and sends their value
+            (rounded down, against the LP) to `receiver`. Reverts if that
+            would dip into the open-interest reserve.
+    @param shares The shares to redeem.
+    @param receiver The receiver of the tokens.
+    @param owner The owner of the shares; a caller other than `owner`
+           spends its share allowance.
+    @return The tokens sent, in token units.
+    """
+    assert shares <= erc4626._max_redeem(owner), "pool: redeem more than balance"
+    assets: uint256 = erc4626._preview_redeem(shares)
+    assert assets <= self._free_assets(), "pool: reserve for open interest"
+    erc4626._withdraw(msg.sender, receiver, owner, assets, shares)
+    return assets
+
+
+@external
+@nonreentrant
+def pay(receiver: address, amount: uint256):
+    """
+    @notice Pays realised trader profit out of the pool. Only the engine
+            may call it. Not limited by the reserve (which exists to pay
+            traders), only by the pool's balance. A zero amount does
+            nothing.
+    @param receiver The receiver of the tokens (the engine, which credits
+           the trader's margin account).
+    @param amount The profit, in token units.
+    """
+    assert msg.sender == self.engine, "pool: only engine"
+    if amount == 0:
+        return
+    assert amount <= erc4626._total_assets(), "pool: insufficient liquidity"
+    assert extcall IERC20(erc4626.asset).transfer(
+        receiver, amount, default_return_value=True
+    ), "pool: token transfer failed"
+    log ProfitPaid(receiver=receiver, amount=amount, total_assets_after=erc4626._total_assets())
+
+
+@external
+def set_engine(engine: address):
+    """
+    @notice Sets the margin engine, once. Only the owner.
+    @param engine The margin engine.
+    """
+    ownable._check_owner()
+    assert self.engine == empty(address), "pool: engine already set"
+    assert engine != empty(address), "pool: zero address"
+    self.engine = engine
+    log EngineSet(engine=engine)
+
+
+@external
+def set_reserve_factor(new_factor: uint256):
+    """
+    @notice Sets the fraction of open interest that LP withdrawals must
+            leave in the pool. Only the owner.
+    @param new_factor The fraction, wad, in [0, 1e18].
+    """
+    ownable._check_owner()
+    assert new_factor <= MAX_RESERVE_FACTOR, "pool: reserve factor too high"
+    log ReserveFactorSet(old_factor=self.reserve_factor, new_factor=new_factor)
+    self.reserve_factor = new_factor
+
+
+@external
+@view
+def reserve() -> uint256:
+    """
+    @notice The assets that LP withdrawals must leave for open interest.
+    @return The reserve, in token units (rounded up).
+    """
+    return self._reserve()
+
+
+@external
+@view
+def free_assets() -> uint256:
+    """
+    @notice The assets above the open-interest reserve, which LPs may
+            withdraw: max(totalAssets - reserve, 0).
+    @return The free assets, in token units.
+    """
+    return self._free_assets()
+
+
+@internal
+@view
+def _reserve() -> uint256:
+    """
+    @dev open_interest (wad) * reserve_factor (wad) / 1e18, converted to
+         token units, in one division rounded UP (against the LP). Zero
+         while no engine is set.
+    """
+    engine: address = self.engine
+    if engine == empty(address):
+        return 0
+    open_interest: uint256 = staticcall IMarginEngine(engine).open_interest()
+    return math._mul_div(open_interest, self.reserve_factor, WAD * _WAD_PER_UNIT, True)
+
+
+@internal
+@view
+def _free_assets() -> uint256:
+    """
+    @dev totalAssets minus the reserve, floored at 0.
+    """
+    total: uint256 = erc4626._total_assets()
+    reserved: uint256 = self._reserve()
+    if total <= reserved:
+        return 0
+    return total - reserved
