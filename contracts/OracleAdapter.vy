@@ -1,0 +1,440 @@
+# pragma version ~=0.4.3
+"""
+@title margincall oracle adapter
+@notice One adapter per market. Reads a Chainlink `AggregatorV3Interface`
+        feed, normalises its answer to 18 decimals and rejects it when it is
+        non-positive, stale (older than the feed's heartbeat, or
+        `updatedAt == 0`), dated in the future, or outside
+        [`min_price`, `max_price`]. An optional fallback feed is used while
+        the primary is invalid for any reason (a revert included). An
+        optional L2 sequencer uptime feed blocks all prices while the
+        sequencer is down and for `sequencer_grace` seconds after it is back.
+        `price()` reverts with an "oracle: ..." reason when no valid price
+        exists (the primary's reason when both feeds are invalid);
+        `try_price()`, `status()` and `reason()` never revert.
+        Every setting is an immutable, so the adapter has no owner, no state
+        and emits no events: to change a setting, deploy a new adapter and
+        point the market at it.
+@dev Feeds are read with a static `raw_call` that cannot revert; a reply
+     shorter than the five ABI words of `latestRoundData` is rejected (a
+     longer one is read up to its first five words).
+     `price()` and `try_price()` first try a lean primary-only path and
+     only when it fails take the full path that looks at the fallback and
+     names the reason.
+     `answeredInRound` is not checked (deprecated by Chainlink). Bounds are
+     converted to the feed's units in the constructor, so the hot path
+     compares the raw answer and scales it with one multiplication and one
+     division that cannot overflow. Scaling rounds down for feeds with more
+     than 18 decimals.
+@custom:security Trusts the configured Chainlink feeds to report honest
+                 answers and timestamps, and the sequencer feed (if any) to
+                 report the L2 sequencer's status. The bounds limit the
+                 damage of a wrong answer but do not detect one inside them.
+                 A feed that burns all forwarded gas can still make a call
+                 run out of gas (1/64 of the gas is kept by the caller).
+"""
+
+
+from .interfaces import IOracle
+
+implements: IOracle
+
+
+interface AggregatorV3Interface:
+    def decimals() -> uint8: view
+    def latestRoundData() -> (uint80, int256, uint256, uint256, uint80): view
+
+
+# Reason codes of `_read_feed` and `_sequencer_code`; 0 means valid.
+_OK: constant(uint256) = 0
+_FEED_REVERTED: constant(uint256) = 1
+_BAD_RESPONSE: constant(uint256) = 2
+_NON_POSITIVE: constant(uint256) = 3
+_STALE: constant(uint256) = 4
+_FUTURE: constant(uint256) = 5
+_OUT_OF_BOUNDS: constant(uint256) = 6
+_SEQUENCER_DOWN: constant(uint256) = 7
+_SEQUENCER_GRACE: constant(uint256) = 8
+_SEQUENCER_INVALID: constant(uint256) = 9
+
+_WAD_DECIMALS: constant(uint8) = 18
+# 10**(36 - 18) keeps every scale and bound computation inside uint256.
+_MAX_DECIMALS: constant(uint8) = 36
+# Five ABI words: roundId, answer, startedAt, updatedAt, answeredInRound.
+_ROUND_DATA_SIZE: constant(uint256) = 160
+
+
+# The configuration, as given to the constructor (getters of the same name):
+# feeds (empty(address) = none), heartbeats and grace in seconds, and the
+# inclusive price bounds in 18 decimals.
+primary: public(immutable(address))
+primary_heartbeat: public(immutable(uint256))
+fallback: public(immutable(address))
+fallback_heartbeat: public(immutable(uint256))
+sequencer: public(immutable(address))
+sequencer_grace: public(immutable(uint256))
+min_price: public(immutable(uint256))
+max_price: public(immutable(uint256))
+
+# Per feed: price = answer * MUL // DIV (one of them is 1), and the valid
+# range of the raw answer, [MIN_ANSWER, MAX_ANSWER], equivalent to
+# [min_price, max_price] after scaling.
+_PRIMARY_MUL: immutable(uint256)
+_PRIMARY_DIV: immutable(uint256)
+_PRIMARY_MIN_ANSWER: immutable(uint256)
+_PRIMARY_MAX_ANSWER: immutable(uint256)
+_FALLBACK_MUL: immutable(uint256)
+_FALLBACK_DIV: immutable(uint256)
+_FALLBACK_MIN_ANSWER: immutable(uint256)
+_FALLBACK_MAX_ANSWER: immutable(uint256)
+
+
+@deploy
+def __init__(
+    primary_: address,
+    primary_heartbeat_: uint256,
+    fallback_: address,
+    fallback_heartbeat_: uint256,
+    sequencer_: address,
+    sequencer_grace_: uint256,
+    min_price_: uint256,
+    max_price_: uint256,
+):
+    """
+    @notice Deploys an adapter; reads each feed's `decimals()` once.
+    @param primary_ The primary Chainlink feed.
+    @param primary_heartbeat_ The maximum age of a primary answer, seconds.
+    @param fallback_ The fallback feed, or empty(address) for none.
+    @param fallback_heartbeat_ The maximum age of a fallback answer, seconds
+           (ignored without a fallback).
+    @param sequencer_ The Chainlink L2 sequencer uptime feed, or
+           empty(address) for none.
+    @param sequencer_grace_ Seconds after the sequencer is back up during
+           which no price is valid.
+    @param min_price_ The lowest valid price, 18 decimals (> 0).
+    @param max_price_ The highest valid price, 18 decimals (> min_price_).
+    """
+    assert primary_ != empty(address), "oracle: zero primary"
+    assert primary_heartbeat_ != 0, "oracle: zero heartbeat"
+    assert min_price_ != 0, "oracle: zero min price"
+    assert min_price_ < max_price_, "oracle: min price not below max"
+    if fallback_ != empty(address):
+        assert fallback_ != primary_, "oracle: fallback is primary"
+        assert fallback_heartbeat_ != 0, "oracle: zero fallback heartbeat"
+
+    primary = primary_
+    primary_heartbeat = primary_heartbeat_
+    fallback = fallback_
+    fallback_heartbeat = fallback_heartbeat_
+    sequencer = sequencer_
+    sequencer_grace = sequencer_grace_
+    min_price = min_price_
+    max_price = max_price_
+
+    mul: uint256 = 0
+    div: uint256 = 0
+    lo: uint256 = 0
+    hi: uint256 = 0
+    mul, div, lo, hi = self._scaling(primary_, min_price_, max_price_)
+    _PRIMARY_MUL = mul
+    _PRIMARY_DIV = div
+    _PRIMARY_MIN_ANSWER = lo
+    _PRIMARY_MAX_ANSWER = hi
+
+    if fallback_ != empty(address):
+        mul, div, lo, hi = self._scaling(fallback_, min_price_, max_price_)
+    _FALLBACK_MUL = mul
+    _FALLBACK_DIV = div
+    _FALLBACK_MIN_ANSWER = lo
+    _FALLBACK_MAX_ANSWER = hi
+
+
+@view
+@external
+def price() -> uint256:
+    """
+    @notice The current valid price, 18 decimals: the primary's, else the
+            fallback's. Reverts with an "oracle: ..." reason when no valid
+            price exists: the sequencer's reason if it blocks prices, else
+            the primary's reason.
+    @return The price of one unit of the base asset, 18 decimals.
+    """
+    p: uint256 = self._primary_price()
+    if p != 0:
+        return p
+    code: uint256 = 0
+    using_fallback: bool = False
+    p, code, using_fallback = self._price()
+    if code != _OK:
+        raise self._reason(code)
+    return p
+
+
+@view
+@external
+def try_price() -> (uint256, bool):
+    """
+    @notice The current price and whether it is valid; never reverts.
+    @return The price, 18 decimals (0 when not valid), and whether it is
+            valid.
+    """
+    p: uint256 = self._primary_price()
+    if p != 0:
+        return p, True
+    code: uint256 = 0
+    using_fallback: bool = False
+    p, code, using_fallback = self._price()
+    return p, code == _OK
+
+
+@view
+@external
+def status() -> (uint256, bool, bool):
+    """
+    @notice The price, its validity and its source, for bots; never reverts.
+    @return The price, 18 decimals (0 when not valid), whether it is valid,
+            and whether it comes from the fallback feed.
+    """
+    p: uint256 = 0
+    code: uint256 = 0
+    using_fallback: bool = False
+    p, code, using_fallback = self._price()
+    return p, code == _OK, using_fallback
+
+
+@view
+@external
+def reason() -> String[40]:
+    """
+    @notice Why no valid price exists; never reverts.
+    @return The reason `price()` would revert with, or "" when a valid price
+            exists.
+    """
+    p: uint256 = 0
+    code: uint256 = 0
+    using_fallback: bool = False
+    p, code, using_fallback = self._price()
+    if code == _OK:
+        return ""
+    return self._reason(code)
+
+
+@view
+@internal
+def _primary_price() -> uint256:
+    """
+    @dev The hot path of `price()` and `try_price()`: the primary's price
+         when the sequencer allows prices and the primary is valid, else 0
+         (a valid price is never 0: it is at least `min_price` > 0). It
+         applies exactly the checks of `_read_feed` but skips the reason
+         codes, which saves about 220 gas; callers fall back to `_price()`
+         on 0, which re-reads the feeds to find the fallback's price or the
+         reason. The unit tests assert on every rejection that `price()`
+         reverts and `try_price()` returns (0, False), so both paths must
+         agree.
+    """
+    if sequencer != empty(address):
+        if self._sequencer_code() != _OK:
+            return 0
+
+    success: bool = False
+    data: Bytes[_ROUND_DATA_SIZE] = b""
+    success, data = raw_call(
+        primary,
+        method_id("latestRoundData()"),
+        max_outsize=_ROUND_DATA_SIZE,
+        is_static_call=True,
+        revert_on_failure=False,
+    )
+    if not success or len(data) != _ROUND_DATA_SIZE:
+        return 0
+
+    answer: int256 = extract32(data, 32, output_type=int256)
+    updated_at: uint256 = extract32(data, 96, output_type=uint256)
+    if answer <= 0 or updated_at == 0 or updated_at > block.timestamp:
+        return 0
+    if unsafe_sub(block.timestamp, updated_at) > primary_heartbeat:
+        return 0
+
+    raw: uint256 = convert(answer, uint256)
+    if raw < _PRIMARY_MIN_ANSWER or raw > _PRIMARY_MAX_ANSWER:
+        return 0
+    # raw <= max_answer, so raw * mul <= max_price: no overflow.
+    return unsafe_div(unsafe_mul(raw, _PRIMARY_MUL), _PRIMARY_DIV)
+
+
+@view
+@internal
+def _price() -> (uint256, uint256, bool):
+    """
+    @dev The full path: returns (price, reason code, from the fallback).
+         The price is 0 unless the code is _OK.
+    """
+    code: uint256 = _OK
+    if sequencer != empty(address):
+        code = self._sequencer_code()
+        if code != _OK:
+            return 0, code, False
+
+    p: uint256 = 0
+    p, code = self._read_feed(
+        primary,
+        primary_heartbeat,
+        _PRIMARY_MUL,
+        _PRIMARY_DIV,
+        _PRIMARY_MIN_ANSWER,
+        _PRIMARY_MAX_ANSWER,
+    )
+    if code == _OK or fallback == empty(address):
+        return p, code, False
+
+    fallback_price: uint256 = 0
+    fallback_code: uint256 = 0
+    fallback_price, fallback_code = self._read_feed(
+        fallback,
+        fallback_heartbeat,
+        _FALLBACK_MUL,
+        _FALLBACK_DIV,
+        _FALLBACK_MIN_ANSWER,
+        _FALLBACK_MAX_ANSWER,
+    )
+    if fallback_code == _OK:
+        return fallback_price, _OK, True
+    return 0, code, False
+
+
+@view
+@internal
+def _read_feed(
+    feed: address,
+    heartbeat: uint256,
+    mul: uint256,
+    div: uint256,
+    min_answer: uint256,
+    max_answer: uint256,
+) -> (uint256, uint256):
+    """
+    @dev Reads and validates one feed without reverting. Returns
+         (price, reason code); the price is 0 unless the code is _OK.
+    """
+    success: bool = False
+    data: Bytes[_ROUND_DATA_SIZE] = b""
+    success, data = raw_call(
+        feed,
+        method_id("latestRoundData()"),
+        max_outsize=_ROUND_DATA_SIZE,
+        is_static_call=True,
+        revert_on_failure=False,
+    )
+    if not success:
+        return 0, _FEED_REVERTED
+    if len(data) != _ROUND_DATA_SIZE:
+        return 0, _BAD_RESPONSE
+
+    answer: int256 = extract32(data, 32, output_type=int256)
+    updated_at: uint256 = extract32(data, 96, output_type=uint256)
+    if answer <= 0:
+        return 0, _NON_POSITIVE
+    if updated_at == 0:
+        return 0, _STALE
+    if updated_at > block.timestamp:
+        return 0, _FUTURE
+    if unsafe_sub(block.timestamp, updated_at) > heartbeat:
+        return 0, _STALE
+
+    raw: uint256 = convert(answer, uint256)
+    if raw < min_answer or raw > max_answer:
+        return 0, _OUT_OF_BOUNDS
+    # raw <= max_answer, so raw * mul <= max_price: no overflow.
+    return unsafe_div(unsafe_mul(raw, mul), div), _OK
+
+
+@view
+@internal
+def _sequencer_code() -> uint256:
+    """
+    @dev Reads the sequencer uptime feed without reverting: answer 0 = up,
+         anything else = down; `startedAt` = when the status changed (0 for
+         an invalid round, per Chainlink's documentation).
+    """
+    success: bool = False
+    data: Bytes[_ROUND_DATA_SIZE] = b""
+    success, data = raw_call(
+        sequencer,
+        method_id("latestRoundData()"),
+        max_outsize=_ROUND_DATA_SIZE,
+        is_static_call=True,
+        revert_on_failure=False,
+    )
+    if not success or len(data) != _ROUND_DATA_SIZE:
+        return _SEQUENCER_INVALID
+
+    answer: int256 = extract32(data, 32, output_type=int256)
+    started_at: uint256 = extract32(data, 64, output_type=uint256)
+    if answer != 0:
+        return _SEQUENCER_DOWN
+    if started_at == 0:
+        return _SEQUENCER_INVALID
+    if started_at > block.timestamp:
+        return _SEQUENCER_GRACE
+    if unsafe_sub(block.timestamp, started_at) < sequencer_grace:
+        return _SEQUENCER_GRACE
+    return _OK
+
+
+@pure
+@internal
+def _reason(code: uint256) -> String[40]:
+    """
+    @dev The revert reason of a non-zero reason code.
+    """
+    if code == _FEED_REVERTED:
+        return "oracle: feed reverted"
+    if code == _BAD_RESPONSE:
+        return "oracle: bad feed response"
+    if code == _NON_POSITIVE:
+        return "oracle: non-positive price"
+    if code == _STALE:
+        return "oracle: stale price"
+    if code == _FUTURE:
+        return "oracle: future timestamp"
+    if code == _OUT_OF_BOUNDS:
+        return "oracle: price out of bounds"
+    if code == _SEQUENCER_DOWN:
+        return "oracle: sequencer down"
+    if code == _SEQUENCER_GRACE:
+        return "oracle: sequencer grace period"
+    return "oracle: sequencer feed invalid"
+
+
+@view
+@internal
+def _scaling(
+    feed: address, min_price_: uint256, max_price_: uint256
+) -> (uint256, uint256, uint256, uint256):
+    """
+    @dev Reads the feed's decimals and returns (mul, div, min_answer,
+         max_answer) such that price = answer * mul // div and
+         min_answer <= answer <= max_answer exactly when
+         min_price_ <= price <= max_price_.
+    """
+    decimals: uint8 = staticcall AggregatorV3Interface(feed).decimals()
+    assert decimals <= _MAX_DECIMALS, "oracle: unsupported decimals"
+    if decimals <= _WAD_DECIMALS:
+        # price = answer * mul: ceil the lower bound, floor the upper one.
+        mul: uint256 = 10 ** convert(_WAD_DECIMALS - decimals, uint256)
+        lo: uint256 = min_price_ // mul
+        if lo * mul != min_price_:
+            lo += 1
+        return mul, 1, lo, max_price_ // mul
+    # price = answer // div (rounds down): price >= min <=> answer >=
+    # min * div, and price <= max <=> answer < (max + 1) * div. Saturate
+    # instead of overflowing (no int256 answer reaches max_value(uint256)).
+    div: uint256 = 10 ** convert(decimals - _WAD_DECIMALS, uint256)
+    lo: uint256 = max_value(uint256)
+    if min_price_ <= max_value(uint256) // div:
+        lo = min_price_ * div
+    hi: uint256 = max_value(uint256)
+    if max_price_ < max_value(uint256) // div:
+        hi = (max_price_ + 1) * div - 1
+    return 1, div, lo, hi
