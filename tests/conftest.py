@@ -1,9 +1,18 @@
 """Shared fixtures: actors by role and a deployed system per collateral decimals."""
 
+import dataclasses
+
 import pytest
 
-from margincall.deploy import deploy_system
+from margincall.deploy import DEFAULT_MARKETS, deploy_system
 from tests.utils.helpers import fund_lp
+
+
+# Anvil keeps its clock moving forward across test isolation (snapshot/revert
+# does not rewind time), so module-scoped feeds get a 30-day heartbeat: tests
+# that travel hours at a time must not find prices stale. Staleness itself is
+# tested on adapters of its own in tests/unit/test_oracle_adapter.py.
+TEST_MARKETS = tuple(dataclasses.replace(m, heartbeat=30 * 86_400) for m in DEFAULT_MARKETS)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +64,7 @@ def decimals(request):
 @pytest.fixture(scope="module")
 def system(project, owner, guardian, lp, decimals):
     """A deployed system with a funded pool (1,000,000 tokens of LP liquidity)."""
-    s = deploy_system(project, owner, guardian, decimals=decimals)
+    s = deploy_system(project, owner, guardian, decimals=decimals, markets=TEST_MARKETS)
     fund_lp(s, lp, 1_000_000)
     return s
 
