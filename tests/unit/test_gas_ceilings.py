@@ -1,0 +1,116 @@
+"""Gas ceilings of the engine's main operations: a regression fails here.
+
+Each ceiling is the gas measured (`receipt.gas_used`, 21,000 base included)
+under the conditions below plus about 3% headroom; scripts/bench_gas.py
+(`make bench-gas`) measures the same operations, and more, for
+docs/benchmarks.md. If a change makes an operation cheaper, lower its
+ceiling; if it must cost more, raise it with the reason in the commit.
+
+Conditions, as in production: each measured operation is its own
+transaction (every slot starts cold), on an account that already exists;
+the engine, pool, fund and keeper already hold tokens; every market has been
+liquidated before, so its window slot is nonzero; approvals are unlimited.
+"""
+
+import pytest
+
+from margincall.constants import State
+from tests.utils.helpers import mint_and_approve, wad
+
+CEILING_DEPOSIT = 50_200  # measured 48,654
+CEILING_WITHDRAW = 65_600  # one open position; measured 63,680
+CEILING_TRADE_OPEN = 113_600  # new position; measured 110,288
+CEILING_MARGIN_CALL = 78_500  # measured 76,179
+CEILING_LIQUIDATE = 128_900  # one tranche, one market; measured 125,086
+CEILING_CHECK_MARGIN = 34_300  # one position, via GasProbe, engine warm; measured 33,223
+
+
+@pytest.fixture(scope="module")
+def decimals():
+    """Ceilings are for 18-decimal collateral only."""
+    return 18
+
+
+def trade(system, who, market_id, size):
+    price = system.oracles[market_id].price()
+    delta = wad(size)
+    bound = price * 105 // 100 if delta > 0 else price * 95 // 100
+    return system.engine.trade(market_id, delta, bound, sender=who)
+
+
+def move_all(system, factor):
+    for market_id, spec in enumerate(system.markets):
+        system.set_price(market_id, spec.price * factor)
+
+
+@pytest.fixture(scope="module")
+def steady(project, system, owner, keeper, trader, other_trader):
+    """The steady state every ceiling is measured in; returns a GasProbe."""
+    unit = system.unit
+    mint_and_approve(system, owner, 1_000_000, spender=system.fund)
+    system.fund.donate(100_000 * unit, sender=owner)
+    system.token.mint(keeper.address, 10 * unit, sender=keeper)
+    mint_and_approve(system, trader, 1_000_000)
+    # a veteran account liquidated once in every market
+    veteran = other_trader
+    mint_and_approve(system, veteran, 1_700)
+    system.engine.deposit(1_700 * unit, sender=veteran)
+    trade(system, veteran, 0, 2)
+    trade(system, veteran, 1, 0.1)
+    trade(system, veteran, 2, 20)
+    move_all(system, 0.91)
+    system.engine.liquidate(veteran.address, sender=keeper)
+    move_all(system, 1.0)
+    return owner.deploy(project.GasProbe)
+
+
+def within(receipt_or_gas, ceiling, what):
+    gas = getattr(receipt_or_gas, "gas_used", receipt_or_gas)
+    assert gas <= ceiling, f"{what}: {gas:,} gas, ceiling {ceiling:,}"
+
+
+def test_deposit_existing_account(steady, system, trader):
+    system.engine.deposit(1_000 * system.unit, sender=trader)
+    receipt = system.engine.deposit(4_000 * system.unit, sender=trader)
+    within(receipt, CEILING_DEPOSIT, "deposit")
+
+
+def test_withdraw_with_one_position(steady, system, trader):
+    system.engine.deposit(5_000 * system.unit, sender=trader)
+    trade(system, trader, 0, 4)
+    receipt = system.engine.withdraw(100 * system.unit, sender=trader)
+    within(receipt, CEILING_WITHDRAW, "withdraw")
+
+
+def test_trade_open(steady, system, trader):
+    system.engine.deposit(5_000 * system.unit, sender=trader)
+    receipt = trade(system, trader, 0, 2)
+    within(receipt, CEILING_TRADE_OPEN, "trade open")
+
+
+def test_margin_call(steady, system, trader, keeper):
+    system.engine.deposit(1_000 * system.unit, sender=trader)
+    trade(system, trader, 0, 4)
+    system.set_price(0, 1_860)
+    assert system.engine.check_margin(trader.address).state == State.CALLABLE
+    receipt = system.engine.margin_call(trader.address, sender=keeper)
+    within(receipt, CEILING_MARGIN_CALL, "margin_call")
+
+
+def test_liquidate_one_tranche_one_market(steady, system, trader, keeper):
+    system.engine.deposit(1_000 * system.unit, sender=trader)
+    trade(system, trader, 0, 4)
+    system.set_price(0, 1_800)
+    assert system.engine.check_margin(trader.address).state == State.LIQUIDATABLE
+    receipt = system.engine.liquidate(trader.address, sender=keeper)
+    assert system.engine.Liquidation.from_receipt(receipt)
+    within(receipt, CEILING_LIQUIDATE, "liquidate")
+
+
+def test_check_margin_one_position(steady, system, trader):
+    system.engine.deposit(2_000 * system.unit, sender=trader)
+    trade(system, trader, 0, 4)
+    data = system.engine.check_margin.encode_input(trader.address)
+    spent, ok = steady.measure(system.engine.address, data, True)
+    assert ok
+    within(spent, CEILING_CHECK_MARGIN, "check_margin")
