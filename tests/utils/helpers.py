@@ -28,7 +28,6 @@ def deposit(system, trader, whole_tokens: float):
 
 def open_position(system, trader, market_id: int, size: float, slippage: float = 0.05):
     """Opens `size` base units (negative: short) with a loose slippage bound."""
-    price = system.engine.markets(market_id).oracle
     oracle = system.oracles[market_id]
     p = oracle.price()
     bound = int(p * (1 + slippage)) if size > 0 else int(p * (1 - slippage))
@@ -40,3 +39,213 @@ def assert_conserved(system, accounts) -> None:
     held = system.token.balanceOf(system.engine.address)
     ledger = sum(system.engine.collateral_of(a.address) for a in accounts)
     assert held == ledger, f"engine holds {held}, ledgers sum to {ledger}"
+
+
+# --- reference-math bridges, time travel and token-flow bookkeeping --------------------
+# (added for tests/integration/test_lifecycle.py and test_liquidation.py)
+
+
+def _addr(who) -> str:
+    return getattr(who, "address", who)
+
+
+def travel(chain, seconds: int) -> int:
+    """Moves the clock `seconds` forward and mines; returns the new head timestamp."""
+    chain.pending_timestamp += seconds
+    chain.mine()
+    return chain.blocks.head.timestamp
+
+
+def travel_to(chain, timestamp: int) -> int:
+    """Mines a block at `timestamp` (views then see it; the next tx gets it too)."""
+    chain.pending_timestamp = timestamp
+    chain.mine()
+    return chain.blocks.head.timestamp
+
+
+def pin_next_tx(chain, timestamp: int | None = None) -> int:
+    """Makes the next transaction's block carry `timestamp` (default: the head's) and returns it.
+
+    Anvil's clock follows the wall clock: views see the head block's time, while an unpinned
+    transaction may land a second or two later. Pin before a transaction whose outcome must
+    match what the views (or the reference math) saw at that time.
+    """
+    t = chain.blocks.head.timestamp if timestamp is None else timestamp
+    chain.pending_timestamp = t
+    return t
+
+
+def tx_time(chain, tx) -> int:
+    """The timestamp of the block that mined `tx`."""
+    return chain.blocks[tx.block_number].timestamp
+
+
+def scale_of(system) -> int:
+    return 10 ** (18 - system.decimals)
+
+
+def tokens(system, whole: float) -> int:
+    """Whole tokens in token units."""
+    return int(round(whole * system.unit))
+
+
+def risk_params_model(engine):
+    """`engine.risk_params()` as the reference-math `RiskParams`."""
+    from margincall.math import RiskParams
+
+    rp = engine.risk_params()
+    return RiskParams(**{f: int(getattr(rp, f)) for f in RiskParams.__dataclass_fields__})
+
+
+def set_risk_params(system, **changes):
+    """Sets the engine's risk parameters: the current ones with `changes` applied."""
+    import dataclasses
+
+    params = dataclasses.replace(risk_params_model(system.engine), **changes)
+    return system.engine.set_risk_params(params.as_tuple(), sender=system.owner)
+
+
+def set_window_cap(system, market_id: int, window_cap: int):
+    """Changes only a market's window cap (wad notional), as the owner."""
+    m = system.engine.markets(market_id)
+    return system.engine.set_market(
+        market_id, m.oracle, m.imr, m.mmr, m.fee, window_cap, m.active, sender=system.owner
+    )
+
+
+def account_model(system, who):
+    """The on-chain account, priced at the current oracle prices, as a reference `Account`."""
+    from margincall.math import Account, Position
+
+    engine = system.engine
+    collateral, markets, deadline, last_tranche, tranches = engine.account_info(_addr(who))
+    positions = []
+    for m in range(16):
+        if markets >> m & 1:
+            size, cost = engine.position(_addr(who), m)
+            cfg = engine.markets(m)
+            price = system.oracles[m].price()
+            positions.append(Position(m, int(size), int(cost), int(price), cfg.mmr, cfg.imr))
+    return Account(
+        int(collateral), tuple(positions), int(deadline), int(last_tranche), int(tranches)
+    )
+
+
+def window_room(system, account, now: int) -> dict[int, int]:
+    """What each of the account's markets' liquidation window still admits at `now` (wad)."""
+    engine = system.engine
+    window = int(engine.risk_params().liquidation_window)
+    room = {}
+    for p in account.positions:
+        start, used = engine.window_state(p.market_id)
+        if now >= start + window:
+            used = 0
+        room[p.market_id] = int(engine.markets(p.market_id).window_cap) - int(used)
+    return room
+
+
+def reference_status(system, who, now: int):
+    """(Account, Valuation, State) of the reference math at `now`."""
+    from margincall.math import classify, evaluate
+
+    account = account_model(system, who)
+    params = risk_params_model(system.engine)
+    valuation = evaluate(account, scale_of(system))
+    return account, valuation, classify(account, valuation, params, now)
+
+
+def reference_tranche(system, who, now: int, params=None):
+    """What the reference math says `liquidate(who)` does at `now` (None: it reverts)."""
+    from margincall.math import plan_tranche
+
+    account = account_model(system, who)
+    params = params or risk_params_model(system.engine)
+    return plan_tranche(account, params, scale_of(system), now, window_room(system, account, now))
+
+
+def donate_to_fund(system, donor, whole_tokens: float):
+    amount = mint_and_approve(system, donor, whole_tokens, spender=system.fund)
+    return system.fund.donate(amount, sender=donor)
+
+
+class FlowLedger:
+    """Checks that token balances move exactly as the transactions' events say.
+
+    Run every state-changing engine transaction of a scenario through `send`;
+    `check()` then asserts that the pool's, the fund's and each watched
+    address's token balance changed by what the events announced, and that
+    the engine holds exactly the sum of the accounts' collateral.
+    """
+
+    def __init__(self, system, accounts, watch=()):
+        self.system = system
+        self.accounts = list(accounts)
+        pool, fund = system.pool.address, system.fund.address
+        self.watched = [pool, fund, *(_addr(w) for w in watch)]
+        self.start = {a: system.token.balanceOf(a) for a in self.watched}
+        self.expected = {a: 0 for a in self.watched}
+
+    def _credit(self, who, amount: int) -> None:
+        who = _addr(who)
+        if who in self.expected:
+            self.expected[who] += amount
+
+    def send(self, fn, *args, **kwargs):
+        """Sends `fn(*args, **kwargs)` (a transaction) and books its events."""
+        engine = self.system.engine
+        before = {a.address: engine.collateral_of(a.address) for a in self.accounts}
+        tx = fn(*args, **kwargs)
+        self.book(tx, before)
+        return tx
+
+    def book(self, tx, collateral_before: dict) -> None:
+        engine, fund = self.system.engine.address, self.system.fund.address
+        pool = self.system.pool.address
+        logs = list(tx.events)
+        liquidated = {
+            log.account
+            for log in logs
+            if log.contract_address == engine and log.event_name == "Liquidation"
+        }
+        for log in logs:
+            name = log.event_name
+            if log.contract_address == engine:
+                if name == "PositionChanged" and log.account not in liquidated:
+                    self._credit(pool, log.fee - log.realized_pnl)
+                elif name == "Liquidation":
+                    # engine -> pool: -realised PnL (or all collateral when bankrupt)
+                    before = collateral_before[log.account]
+                    self._credit(pool, before - log.collateral - log.penalty)
+                    self._credit(fund, log.fund_fee)
+                    self._credit(log.keeper, log.keeper_reward)
+                elif name == "BadDebt":
+                    self._credit(pool, log.paid_by_fund)
+                    self._credit(fund, -log.paid_by_fund)
+                elif name == "MarginCall":
+                    self._credit(log.caller, log.reward)
+            elif log.contract_address == fund:
+                if name == "KeeperPaid":
+                    self._credit(fund, -log.amount)
+                    self._credit(log.keeper, log.amount)
+                elif name == "Donation":
+                    self._credit(fund, log.amount)
+
+    def check(self) -> None:
+        token = self.system.token
+        for a in self.watched:
+            moved = token.balanceOf(a) - self.start[a]
+            assert moved == self.expected[a], f"{a} moved {moved}, events say {self.expected[a]}"
+        assert_conserved(self.system, self.accounts)
+
+
+def skip_revert_source_traceback(monkeypatch) -> None:
+    """Stops Ape from building a Vyper source traceback for every reverted transaction.
+
+    Ape maps each reverted transaction's struct-log trace back to Vyper source lines, which
+    costs 1-3 s per revert on the engine (it grows with the code run before the revert); the
+    revert reason that `ape.reverts` checks does not need it. Use in a function-scoped
+    autouse fixture; failing tests then show Python frames only.
+    """
+    import ape.exceptions
+
+    monkeypatch.setattr(ape.exceptions, "_get_ape_traceback_from_tx", lambda txn: None)

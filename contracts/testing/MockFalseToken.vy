@@ -1,0 +1,83 @@
+# pragma version ~=0.4.3
+"""
+@title Mock token that returns False
+@notice snekmate's ERC-20 whose `transfer` and `transferFrom` return False
+        instead of reverting when the balance or the allowance is too low
+        (as some pre-ERC-20-final tokens do), with an open `mint`. Used to
+        prove that the engine checks the returned flag.
+@custom:security Anyone can mint. Never deploy outside a local chain.
+"""
+
+from ethereum.ercs import IERC20
+
+implements: IERC20
+
+from snekmate.auth import ownable
+from snekmate.tokens import erc20
+
+initializes: ownable
+initializes: erc20[ownable := ownable]
+
+exports: (
+    erc20.totalSupply,
+    erc20.balanceOf,
+    erc20.approve,
+    erc20.allowance,
+    erc20.name,
+    erc20.symbol,
+    erc20.decimals,
+)
+
+
+@deploy
+def __init__(name_: String[25], symbol_: String[5], decimals_: uint8):
+    """
+    @notice Deploys the token.
+    @param name_ The token name.
+    @param symbol_ The token symbol.
+    @param decimals_ The token decimals.
+    """
+    ownable.__init__()
+    erc20.__init__(name_, symbol_, decimals_, name_, "1")
+
+
+@external
+def transfer(to: address, amount: uint256) -> bool:
+    """
+    @notice Sends `amount` to `to`, or returns False (moving nothing) when
+            the caller's balance is too low.
+    @param to The receiver.
+    @param amount The amount.
+    @return Whether the transfer happened.
+    """
+    if erc20.balanceOf[msg.sender] < amount:
+        return False
+    erc20._transfer(msg.sender, to, amount)
+    return True
+
+
+@external
+def transferFrom(owner: address, to: address, amount: uint256) -> bool:
+    """
+    @notice Sends `amount` from `owner` to `to`, or returns False (moving
+            nothing) when the balance or the allowance is too low.
+    @param owner The payer.
+    @param to The receiver.
+    @param amount The amount.
+    @return Whether the transfer happened.
+    """
+    if erc20.balanceOf[owner] < amount or erc20.allowance[owner][msg.sender] < amount:
+        return False
+    erc20._spend_allowance(owner, msg.sender, amount)
+    erc20._transfer(owner, to, amount)
+    return True
+
+
+@external
+def mint(receiver: address, amount: uint256):
+    """
+    @notice Mints `amount` to `receiver`; open to anyone (test token).
+    @param receiver The receiver of the new tokens.
+    @param amount The amount, in token units.
+    """
+    erc20._mint(receiver, amount)

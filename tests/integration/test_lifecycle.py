@@ -1,0 +1,445 @@
+"""Whole margin-call lifecycles (PROTOCOL.md sections 2, 3 and 5).
+
+Every scenario starts from one leveraged trader: 1,000 tokens of collateral and a 4 ETH long
+opened at 2,000 (8,000 notional, 8x; the 5 bps fee leaves 996 tokens). At ETH = 1,860 the
+account is CALLABLE (ratio ~1.17), after a call's deadline it is LIQUIDATABLE, and a price back
+at 1,900 makes it HEALTHY again. Numbers are checked against the reference math of
+`margincall.math`, and every scenario ends with a `FlowLedger` check: the engine holds exactly
+the accounts' collateral, and the pool, the fund and the keepers received exactly what the
+events say.
+"""
+
+from __future__ import annotations
+
+import ape
+import pytest
+
+from margincall.constants import WAD, PlanCode, State
+from margincall.math import ratio as ref_ratio
+from tests.utils.helpers import (
+    FlowLedger,
+    account_model,
+    deposit,
+    mint_and_approve,
+    open_position,
+    pin_next_tx,
+    reference_status,
+    reference_tranche,
+    risk_params_model,
+    scale_of,
+    skip_revert_source_traceback,
+    tokens,
+    travel_to,
+    tx_time,
+    wad,
+)
+
+ETH, BTC = 0, 1
+CALLABLE_PRICE = 1_860.0  # ratio ~1.17: between 1 and call_ratio
+RECOVERED_PRICE = 1_900.0  # ratio ~1.57: HEALTHY
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _actors_first(owner, guardian, keeper, rival_keeper, trader, other_trader, stranger):
+    """Builds the actors before any test, so Ape's isolation never rebases."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_reverts(monkeypatch):
+    skip_revert_source_traceback(monkeypatch)
+
+
+@pytest.fixture
+def ledger(system, trader, other_trader, keeper, rival_keeper):
+    return FlowLedger(system, [trader, other_trader], watch=[keeper, rival_keeper])
+
+
+@pytest.fixture
+def leveraged(system, ledger, trader):
+    """The trader's 8x ETH long, still HEALTHY at 2,000."""
+    ledger.send(deposit, system, trader, 1_000)
+    ledger.send(open_position, system, trader, ETH, 4.0)
+    return trader
+
+
+@pytest.fixture
+def called(system, ledger, leveraged, keeper, chain):
+    """The leveraged trader after ETH fell to 1,860 and the keeper called the account.
+
+    Returns the call's deadline.
+    """
+    system.set_price(ETH, CALLABLE_PRICE)
+    tx = ledger.send(system.engine.margin_call, leveraged, sender=keeper)
+    return tx.decode_logs(system.engine.MarginCall)[0].deadline
+
+
+def assert_status_matches_reference(system, who, now):
+    """check_margin equals the reference `evaluate`/`classify`; returns the status."""
+    st = system.engine.check_margin(who)
+    account, v, state = reference_status(system, who, now)
+    assert st.equity == v.equity
+    assert st.maintenance == v.maintenance
+    assert st.initial == v.initial
+    assert st.ratio == v.ratio
+    assert st.state == state
+    assert st.collateral == account.collateral * scale_of(system)
+    return st
+
+
+def assert_no_call(system, who):
+    assert system.engine.account_info(who)[2] == 0
+    assert system.engine.check_margin(who).call_deadline == 0
+
+
+# --- HEALTHY -> CALLABLE -> CALLED -----------------------------------------------------------
+
+
+def test_price_fall_makes_account_callable_and_margin_call_records_deadline(
+    system, chain, ledger, leveraged, keeper
+):
+    engine = system.engine
+    now = pin_next_tx(chain)
+    assert assert_status_matches_reference(system, leveraged, now).state == State.HEALTHY
+
+    system.set_price(ETH, CALLABLE_PRICE)
+    st = assert_status_matches_reference(system, leveraged, now)
+    assert st.state == State.CALLABLE
+    assert WAD <= st.ratio < engine.risk_params().call_ratio
+    assert st.call_deadline == 0
+
+    params = risk_params_model(engine)
+    reward = params.call_reward // scale_of(system)
+    keeper_before = system.token.balanceOf(keeper)
+    tx = ledger.send(engine.margin_call, leveraged, sender=keeper)
+
+    deadline = tx_time(chain, tx) + params.grace_period
+    [ev] = tx.decode_logs(engine.MarginCall)
+    equity_after = st.equity - reward * scale_of(system)
+    assert ev.account == leveraged.address
+    assert ev.caller == keeper.address
+    assert ev.deadline == deadline
+    assert ev.reward == reward > 0
+    assert ev.equity == equity_after
+    assert ev.maintenance == st.maintenance
+    assert ev.ratio == ref_ratio(equity_after, st.maintenance)
+    assert (
+        ev.collateral
+        == engine.collateral_of(leveraged)
+        == st.collateral // scale_of(system) - reward
+    )
+    assert system.token.balanceOf(keeper) - keeper_before == reward
+
+    st = assert_status_matches_reference(system, leveraged, tx_time(chain, tx))
+    assert st.state == State.CALLED
+    assert st.call_deadline == deadline
+    assert engine.account_info(leveraged)[2] == deadline
+    ledger.check()
+
+
+def test_margin_call_on_healthy_account_reverts(system, ledger, leveraged, keeper, stranger):
+    assert system.engine.check_margin(leveraged).state == State.HEALTHY
+    with ape.reverts("engine: account not callable"):
+        system.engine.margin_call(leveraged, sender=keeper)
+    # an account without positions is HEALTHY too
+    with ape.reverts("engine: account not callable"):
+        system.engine.margin_call(stranger, sender=keeper)
+    assert_no_call(system, leveraged)
+    ledger.check()
+
+
+def test_margin_call_twice_reverts_before_and_after_the_deadline(
+    system, chain, ledger, called, keeper, rival_keeper, trader
+):
+    rival_before = system.token.balanceOf(rival_keeper)
+    with ape.reverts("engine: account not callable"):
+        system.engine.margin_call(trader, sender=rival_keeper)
+    travel_to(chain, called)  # deadline passed: LIQUIDATABLE, not callable again
+    assert system.engine.check_margin(trader).state == State.LIQUIDATABLE
+    with ape.reverts("engine: account not callable"):
+        system.engine.margin_call(trader, sender=rival_keeper)
+    assert system.engine.account_info(trader)[2] == called
+    assert system.token.balanceOf(rival_keeper) == rival_before
+    ledger.check()
+
+
+# --- CALLED: what the trader may and may not do ----------------------------------------------
+
+
+def test_called_account_cannot_withdraw_or_add_exposure(system, ledger, called, trader):
+    engine = system.engine
+    price = system.oracles[ETH].price()
+    with ape.reverts("engine: under margin call"):
+        engine.withdraw(tokens(system, 1), sender=trader)
+    with ape.reverts("engine: under margin call"):
+        engine.trade(ETH, wad(0.1), price * 2, sender=trader)  # increase
+    with ape.reverts("engine: under margin call"):
+        engine.trade(ETH, -wad(8), price // 2, sender=trader)  # flip to a 4 ETH short
+    btc = system.oracles[BTC].price()
+    with ape.reverts("engine: under margin call"):
+        engine.trade(BTC, wad(0.001), btc * 2, sender=trader)  # a new market
+    assert engine.position(trader, ETH)[0] == wad(4)
+    assert engine.check_margin(trader).state == State.CALLED
+    ledger.check()
+
+
+def test_called_account_may_reduce_and_the_call_stays_while_not_cured(
+    system, chain, ledger, called, trader
+):
+    engine = system.engine
+    price = system.oracles[ETH].price()
+    tx = ledger.send(engine.trade, ETH, -wad(0.1), price // 2, sender=trader)
+    [ev] = tx.decode_logs(engine.PositionChanged)
+    assert ev.size == wad(3.9) and ev.size_delta == -wad(0.1)
+    assert ev.realized_pnl == tokens(system, -14)  # 0.1 * (1,860 - 2,000)
+    assert tx.decode_logs(engine.MarginCallCleared) == []
+    st = assert_status_matches_reference(system, trader, tx_time(chain, tx))
+    assert st.state == State.CALLED
+    assert st.call_deadline == called
+    ledger.check()
+
+
+# --- cures -------------------------------------------------------------------------------------
+
+
+def test_deposit_cures_call_and_anyone_may_deposit_for_the_trader(
+    system, chain, ledger, called, trader, stranger
+):
+    engine = system.engine
+    # not enough: the call stays
+    tx = ledger.send(deposit, system, trader, 10)
+    assert tx.decode_logs(engine.MarginCallCleared) == []
+    assert engine.check_margin(trader).state == State.CALLED
+
+    # a third party tops the trader up: the call clears
+    before = engine.collateral_of(trader)
+    amount = tokens(system, 100)
+    mint_and_approve(system, stranger, 100)
+    tx = ledger.send(engine.deposit, amount, trader, sender=stranger)
+    [dep] = tx.decode_logs(engine.Deposit)
+    assert dep.account == trader.address and dep.sender == stranger.address
+    assert dep.amount == amount
+    assert dep.collateral == before + amount == engine.collateral_of(trader)
+    [cleared] = tx.decode_logs(engine.MarginCallCleared)
+    st = assert_status_matches_reference(system, trader, tx_time(chain, tx))
+    assert cleared.account == trader.address
+    assert cleared.caller == stranger.address
+    assert cleared.equity == st.equity
+    assert cleared.maintenance == st.maintenance
+    assert cleared.ratio == st.ratio >= engine.risk_params().call_ratio
+    assert st.state == State.HEALTHY
+    assert_no_call(system, trader)
+    assert engine.account_info(trader)[4] == 0  # tranche count reset
+    ledger.check()
+
+
+def test_reduction_cures_call(system, chain, ledger, called, trader):
+    engine = system.engine
+    price = system.oracles[ETH].price()
+    tx = ledger.send(engine.trade, ETH, -wad(0.5), price // 2, sender=trader)
+    [pc] = tx.decode_logs(engine.PositionChanged)
+    assert pc.size == wad(3.5)
+    [cleared] = tx.decode_logs(engine.MarginCallCleared)
+    st = assert_status_matches_reference(system, trader, tx_time(chain, tx))
+    assert cleared.caller == trader.address
+    assert cleared.equity == st.equity and cleared.ratio == st.ratio
+    assert st.ratio >= engine.risk_params().call_ratio
+    assert st.state == State.HEALTHY
+    assert_no_call(system, trader)
+    ledger.check()
+
+
+def test_clear_margin_call_by_anyone_after_price_recovery(
+    system, chain, ledger, leveraged, keeper, stranger
+):
+    engine = system.engine
+    with ape.reverts("engine: no margin call"):
+        engine.clear_margin_call(leveraged, sender=stranger)
+    system.set_price(ETH, CALLABLE_PRICE)
+    ledger.send(engine.margin_call, leveraged, sender=keeper)
+    with ape.reverts("engine: still under-margined"):
+        engine.clear_margin_call(leveraged, sender=stranger)
+
+    system.set_price(ETH, RECOVERED_PRICE)
+    st = engine.check_margin(leveraged)
+    assert st.state == State.HEALTHY and st.call_deadline != 0  # recorded until cleared
+    tx = ledger.send(engine.clear_margin_call, leveraged, sender=stranger)
+    [cleared] = tx.decode_logs(engine.MarginCallCleared)
+    st = assert_status_matches_reference(system, leveraged, tx_time(chain, tx))
+    assert cleared.account == leveraged.address
+    assert cleared.caller == stranger.address
+    assert (cleared.equity, cleared.maintenance, cleared.ratio) == (
+        st.equity,
+        st.maintenance,
+        st.ratio,
+    )
+    assert_no_call(system, leveraged)
+    with ape.reverts("engine: no margin call"):
+        engine.clear_margin_call(leveraged, sender=stranger)
+    ledger.check()
+
+
+# --- uncured call --------------------------------------------------------------------------------
+
+
+def test_uncured_call_is_liquidatable_only_from_its_deadline(
+    system, chain, ledger, called, trader, keeper, fund
+):
+    engine = system.engine
+    travel_to(chain, called - 1)
+    assert engine.check_margin(trader).state == State.CALLED
+    pin_next_tx(chain)  # one second before the deadline
+    with ape.reverts("engine: account not liquidatable"):
+        engine.liquidate(trader, sender=keeper)
+    preview = engine.preview_liquidation(trader)
+    assert not preview.liquidatable and preview.reason == PlanCode.NOT_LIQUIDATABLE
+
+    now = pin_next_tx(chain, travel_to(chain, called))
+    st = assert_status_matches_reference(system, trader, now)
+    assert st.state == State.LIQUIDATABLE
+    assert st.ratio >= WAD  # liquidatable because of the call, not the ratio
+    ref = reference_tranche(system, trader, now)
+    before = account_model(system, trader)
+    keeper_before = system.token.balanceOf(keeper)
+    fund_before = system.token.balanceOf(fund)
+
+    tx = ledger.send(engine.liquidate, trader, sender=keeper)
+
+    [liq] = tx.decode_logs(engine.Liquidation)
+    assert liq.account == trader.address and liq.keeper == keeper.address
+    assert liq.tranche == 1
+    assert liq.state == State.LIQUIDATABLE
+    assert not liq.full_close
+    assert 0 < liq.fraction == ref.fraction <= engine.risk_params().close_factor
+    assert liq.closed_notional == ref.closed_notional
+    assert (liq.penalty, liq.keeper_reward, liq.fund_fee) == (
+        ref.penalty,
+        ref.keeper_reward,
+        ref.fund_fee,
+    )
+    assert liq.collateral == ref.collateral_after == engine.collateral_of(trader)
+    assert (liq.equity_after, liq.ratio_after) == (ref.equity_after, ref.ratio_after)
+    assert tx.return_value == ref.closed_notional
+
+    # pro rata: the position shrank by the planned size, at the oracle price
+    [pc] = tx.decode_logs(engine.PositionChanged)
+    closed = ref.closed_sizes[0]
+    assert closed == before.positions[0].size * liq.fraction // WAD
+    assert pc.size_delta == -closed
+    assert pc.size == before.positions[0].size - closed == engine.position(trader, ETH)[0]
+    assert pc.price == system.oracles[ETH].price()
+
+    assert system.token.balanceOf(keeper) - keeper_before == liq.keeper_reward > 0
+    assert system.token.balanceOf(fund) - fund_before == liq.fund_fee > 0
+    assert liq.penalty == liq.keeper_reward + liq.fund_fee
+    # the tranche aimed at call_ratio; the call is cleared exactly when it got there
+    # (test_liquidation.py::test_restoring_tranche_reaches_call_ratio_and_clears_call)
+    restored = liq.ratio_after >= engine.risk_params().call_ratio
+    assert len(tx.decode_logs(engine.MarginCallCleared)) == int(restored)
+    assert engine.account_info(trader)[2] == (0 if restored else called)
+    ledger.check()
+
+
+def test_lapsed_call_makes_account_callable_again_not_liquidatable(
+    system, chain, ledger, called, trader, keeper
+):
+    engine = system.engine
+    grace = engine.risk_params().grace_period
+    # still enforceable during one grace period after the deadline
+    now = travel_to(chain, called + grace - 1)
+    st = assert_status_matches_reference(system, trader, now)
+    assert st.state == State.LIQUIDATABLE and st.call_deadline == called
+    assert engine.preview_liquidation(trader).liquidatable
+
+    now = travel_to(chain, called + grace)
+    st = assert_status_matches_reference(system, trader, now)
+    assert st.state == State.CALLABLE
+    assert st.call_deadline == 0
+    with ape.reverts("engine: account not liquidatable"):
+        engine.liquidate(trader, sender=keeper)
+    assert engine.preview_liquidation(trader).reason == PlanCode.NOT_LIQUIDATABLE
+
+    # a fresh notice is needed, with a fresh deadline
+    tx = ledger.send(engine.margin_call, trader, sender=keeper)
+    [ev] = tx.decode_logs(engine.MarginCall)
+    assert ev.deadline == tx_time(chain, tx) + grace > called
+    assert engine.check_margin(trader).state == State.CALLED
+    ledger.check()
+
+
+# --- cross margin ----------------------------------------------------------------------------
+
+
+def test_cross_margin_tranche_closes_same_fraction_of_every_position(
+    system, chain, ledger, trader, keeper
+):
+    engine = system.engine
+    ledger.send(deposit, system, trader, 1_500)
+    ledger.send(open_position, system, trader, ETH, 4.0)  # long 8,000
+    ledger.send(open_position, system, trader, BTC, -0.1)  # short 6,000
+    assert engine.check_margin(trader).state == State.HEALTHY
+    system.set_price(ETH, 1_800)
+    system.set_price(BTC, 61_000)  # both legs lose
+    now = pin_next_tx(chain)
+    st = assert_status_matches_reference(system, trader, now)
+    assert st.state == State.LIQUIDATABLE and st.ratio < WAD
+    ref = reference_tranche(system, trader, now)
+
+    tx = ledger.send(engine.liquidate, trader, sender=keeper)
+
+    [liq] = tx.decode_logs(engine.Liquidation)
+    f = liq.fraction
+    assert f == ref.fraction == engine.risk_params().close_factor
+    changes = {ev.market_id: ev for ev in tx.decode_logs(engine.PositionChanged)}
+    assert set(changes) == {ETH, BTC}
+    for m, size in ((ETH, wad(4)), (BTC, -wad(0.1))):
+        closed = -changes[m].size_delta
+        assert closed == int(size * f / WAD) == size * f // WAD  # exact at 25%
+        assert closed * WAD == size * f  # the same fraction of both
+        assert changes[m].size == size - closed == engine.position(trader, m)[0]
+        assert changes[m].fee == 0
+        assert changes[m].collateral == liq.collateral
+    assert [-changes[m].size_delta for m in (ETH, BTC)] == ref.closed_sizes
+    assert liq.closed_notional == ref.closed_notional
+    assert (liq.penalty, liq.keeper_reward, liq.fund_fee) == (
+        ref.penalty,
+        ref.keeper_reward,
+        ref.fund_fee,
+    )
+    assert (liq.collateral, liq.ratio_after) == (ref.collateral_after, ref.ratio_after)
+    assert liq.ratio_after > st.ratio
+    ledger.check()
+
+
+def test_lifecycle_called_then_tranches_then_full_close_conserves_tokens(
+    system, chain, ledger, called, trader, other_trader, keeper, rival_keeper
+):
+    """A call left uncured, a partial tranche, a further crash and a critical full close."""
+    engine = system.engine
+    # a second, healthy account shares the engine and must be untouched
+    ledger.send(deposit, system, other_trader, 500)
+    travel_to(chain, called)
+    system.set_price(ETH, 1_830)  # ratio < 1 now; tranche capped at close_factor
+    tx = ledger.send(engine.liquidate, trader, sender=keeper)
+    [liq] = tx.decode_logs(engine.Liquidation)
+    assert liq.fraction == engine.risk_params().close_factor and not liq.full_close
+    assert engine.account_info(trader)[2] == called  # not restored: call stays
+
+    system.set_price(ETH, 1_775)
+    now = pin_next_tx(chain)
+    assert engine.check_margin(trader).state == State.CRITICAL
+    ref = reference_tranche(system, trader, now)
+    tx = ledger.send(engine.liquidate, trader, sender=rival_keeper)  # no interval: critical
+    [liq] = tx.decode_logs(engine.Liquidation)
+    assert liq.full_close and liq.tranche == 2
+    assert liq.penalty == ref.penalty and liq.collateral == ref.collateral_after
+    assert engine.position(trader, ETH) == (0, 0)
+    info = engine.account_info(trader)
+    assert info[1] == 0 and info[2] == 0 and info[4] == 0  # no markets, no call
+    assert engine.check_margin(trader).state == State.HEALTHY
+    assert engine.collateral_of(other_trader) == tokens(system, 500)
+
+    # the trader can take the rest home
+    rest = engine.collateral_of(trader)
+    ledger.send(engine.withdraw, rest, sender=trader)
+    assert engine.collateral_of(trader) == 0
+    ledger.check()
