@@ -74,10 +74,15 @@ TOO_SOON: constant(uint8) = 2
 WINDOW_FULL: constant(uint8) = 3
 
 MASK16: constant(uint256) = 2**16 - 1
+MASK24: constant(uint256) = 2**24 - 1
 MASK32: constant(uint256) = 2**32 - 1
 MASK48: constant(uint256) = 2**48 - 1
 MASK64: constant(uint256) = 2**64 - 1
+MASK80: constant(uint256) = 2**80 - 1
+MASK104: constant(uint256) = 2**104 - 1
 MASK112: constant(uint256) = 2**112 - 1
+MASK160: constant(uint256) = 2**160 - 1
+RATIO_UNIT: constant(uint256) = 10**9
 MASK128: constant(uint256) = 2**128 - 1
 BIAS: constant(int256) = 2**127
 
@@ -94,6 +99,7 @@ MIN_WINDOW: constant(uint256) = 60
 MAX_WINDOW: constant(uint256) = 86_400
 MAX_MIN_NOTIONAL: constant(uint256) = 10**6 * 10**18
 MAX_FEE: constant(uint256) = 10**16
+MAX_WINDOW_CAP: constant(uint256) = 2**104 - 1
 
 # --- immutables ----------------------------------------------------------------
 
@@ -207,11 +213,11 @@ open_interest: public(uint256)
 
 _account: HashMap[address, uint256]
 _position: HashMap[address, HashMap[uint256, uint256]]
-_market_oracle: HashMap[uint256, address]
-_market_risk: HashMap[uint256, uint256]  # mmr | imr << 64 | fee << 128 | active << 192
-_window_cap: HashMap[uint256, uint256]
-_window: HashMap[uint256, uint256]  # start | used << 64
-_params: uint256[4]
+# oracle | mmr << 160 | imr << 192 | fee << 224 | active << 248 (ratios in 1e-9)
+_market: HashMap[uint256, uint256]
+# start | used << 48 | cap << 152 (used and cap: wad notional, 104 bits)
+_window: HashMap[uint256, uint256]
+_params: uint256[3]
 
 # --- events ---------------------------------------------------------------
 
@@ -428,7 +434,8 @@ def close_position(market_id: uint256, acceptable_price: uint256) -> int256:
     @param market_id The market.
     @param acceptable_price Slippage bound (lowest price when closing a
            long, highest when closing a short).
-    @return The realised PnL of the close, in token units.
+    @return The net change of the caller's collateral, in token units:
+            the realised PnL minus the trading fee.
     """
     pos: Pos = self._load_pos(msg.sender, market_id)
     if not (pos.size != 0):
@@ -556,7 +563,7 @@ def liquidate_many(accounts: DynArray[address, MAX_BATCH]) -> uint256:
     @param accounts The accounts to try.
     @return The number of accounts liquidated.
     """
-    params: uint256[4] = self._params
+    params: uint256[3] = self._params
     prices: uint256[MAX_MARKETS] = empty(uint256[MAX_MARKETS])
     have: uint256 = 0
     pool_net: int256 = 0
@@ -713,14 +720,14 @@ def markets(market_id: uint256) -> MarketConfig:
     @param market_id The market.
     @return Oracle adapter, imr, mmr, fee, window cap, active flag.
     """
-    risk: uint256 = self._market_risk[market_id]
+    w: uint256 = self._market[market_id]
     return MarketConfig(
-        oracle=self._market_oracle[market_id],
-        imr=(risk >> 64) & MASK64,
-        mmr=risk & MASK64,
-        fee=(risk >> 128) & MASK64,
-        window_cap=self._window_cap[market_id],
-        active=(risk >> 192) & 1 == 1,
+        oracle=self._m_oracle(w),
+        imr=self._m_imr(w),
+        mmr=self._m_mmr(w),
+        fee=self._m_fee(w),
+        window_cap=self._window[market_id] >> 152,
+        active=self._m_active(w),
     )
 
 
@@ -733,7 +740,7 @@ def window_state(market_id: uint256) -> (uint256, uint256):
     @return The window's start time and the notional liquidated in it (wad).
     """
     w: uint256 = self._window[market_id]
-    return w & MASK64, w >> 64
+    return w & MASK48, (w >> 48) & MASK104
 
 
 @view
@@ -782,9 +789,14 @@ def set_market(
     self._check_market(imr, mmr, fee, window_cap, p)
     if market_id == count:
         self.market_count = count + 1
-    self._market_oracle[market_id] = oracle
-    self._market_risk[market_id] = mmr | (imr << 64) | (fee << 128) | (convert(active, uint256) << 192)
-    self._window_cap[market_id] = window_cap
+    self._market[market_id] = (
+        convert(oracle, uint256)
+        | ((mmr // RATIO_UNIT) << 160)
+        | ((imr // RATIO_UNIT) << 192)
+        | ((fee // RATIO_UNIT) << 224)
+        | (convert(active, uint256) << 248)
+    )
+    self._window[market_id] = (self._window[market_id] & (2**152 - 1)) | (window_cap << 152)
     log MarketSet(
         market_id=market_id, oracle=oracle, imr=imr, mmr=mmr, fee=fee, window_cap=window_cap, active=active
     )
@@ -835,7 +847,8 @@ def _trade(account: address, market_id: uint256, size_delta: int256, acceptable_
         self._fail("engine: zero size")
     if not (market_id < self.market_count):
         self._fail("engine: unknown market")
-    price: uint256 = staticcall IOracle(self._market_oracle[market_id]).price()
+    mword: uint256 = self._market[market_id]
+    price: uint256 = staticcall IOracle(self._m_oracle(mword)).price()
     if size_delta > 0:
         if not (price <= acceptable_price):
             self._fail("engine: price above acceptable")
@@ -844,7 +857,6 @@ def _trade(account: address, market_id: uint256, size_delta: int256, acceptable_
             self._fail("engine: price below acceptable")
     acct: Acct = self._load(account)
     pos: Pos = self._load_pos(account, market_id)
-    risk: uint256 = self._market_risk[market_id]
     iprice: int256 = convert(price, int256)
 
     new: Pos = pos
@@ -873,7 +885,7 @@ def _trade(account: address, market_id: uint256, size_delta: int256, acceptable_
         ), "engine: position below minimum"
 
     traded: uint256 = self._mul_up(convert(abs(size_delta), uint256), price)
-    fee: uint256 = self._to_token_up(self._mul_up(traded, (risk >> 128) & MASK64))
+    fee: uint256 = self._to_token_up(self._mul_up(traded, self._m_fee(mword)))
     realized_tok: int256 = self._wad_to_token_signed(realized)
     balance: int256 = convert(acct.collateral, int256) + realized_tok - convert(fee, int256)
     if not (balance >= 0):
@@ -895,18 +907,28 @@ def _trade(account: address, market_id: uint256, size_delta: int256, acceptable_
     if increases:
         if not (not self.paused):
             self._fail("engine: paused")
-        if not ((risk >> 192) & 1 == 1):
+        if not (self._m_active(mword)):
             self._fail("engine: market not active")
-    if increases or acct.deadline != 0:
+    if increases:
+        # new exposure needs every price of the account
         ev: Eval = self._evaluate(account, acct, self._prices(acct.markets))
         if acct.deadline != 0:
             if self._ratio(ev.equity, ev.maintenance) >= p.call_ratio:
                 acct = self._clear_call(account, acct, ev)
-            elif increases:
+            else:
                 self._fail("engine: under margin call")
-        if increases:
-            if not (ev.equity >= convert(ev.initial, int256)):
-                self._fail("engine: insufficient margin")
+        if not (ev.equity >= convert(ev.initial, int256)):
+            self._fail("engine: insufficient margin")
+    elif acct.deadline != 0:
+        # a reduction always goes through; it clears the call when it cures
+        # the account and every price is valid (best effort, never reverts)
+        prices: uint256[MAX_MARKETS] = empty(uint256[MAX_MARKETS])
+        ok: bool = False
+        prices, ok = self._try_prices(acct.markets, prices, 0)
+        if ok:
+            ev: Eval = self._evaluate(account, acct, prices)
+            if self._ratio(ev.equity, ev.maintenance) >= p.call_ratio:
+                acct = self._clear_call(account, acct, ev)
     self._store(account, acct)
     self._settle_pool(convert(fee, int256) - realized_tok)
     log PositionChanged(
@@ -972,7 +994,7 @@ def _clear_call(account: address, acct_in: Acct, ev: Eval) -> Acct:
 
 @view
 @internal
-def _plan(acct: Acct, ev: Eval, params: uint256[4]) -> Plan:
+def _plan(acct: Acct, ev: Eval, params: uint256[3]) -> Plan:
     """
     @dev Works out a tranche in memory; `_execute` writes it.
     """
@@ -994,8 +1016,9 @@ def _plan(acct: Acct, ev: Eval, params: uint256[4]) -> Plan:
             if i == ev.n:
                 break
             m: uint256 = ev.mids[i]
-            used: uint256 = self._window_used(m, p.liquidation_window)
-            cap: uint256 = self._window_cap[m]
+            w: uint256 = self._window[m]
+            used: uint256 = self._window_used(w, p.liquidation_window)
+            cap: uint256 = w >> 152
             if used >= cap:
                 plan.code = WINDOW_FULL
                 return plan
@@ -1084,7 +1107,7 @@ def _execute(account: address, acct_in: Acct, ev: Eval, plan: Plan, keeper: addr
             open_notional=rest.cost,
             price=ev.px[i],
             size_delta=-plan.closed[i],
-            realized_pnl=plan.realized[i],
+            realized_pnl=self._wad_to_token_signed(plan.realized[i]),
             fee=0,
             collateral=plan.collateral_after,
         )
@@ -1139,8 +1162,13 @@ def _tranche_fraction(ev: Eval, p: RiskParams) -> uint256:
          The bounds penalty < mmr * critical_ratio make the denominator
          positive.
     """
+    # The tranche's token-unit roundings (realised PnL, penalty: each under
+    # one token unit) and per-position wei roundings all go against the
+    # account; the fraction allows for them so the tranche really restores
+    # the call ratio, also with 6-decimal collateral.
+    equity: int256 = ev.equity - convert(2 * SCALE + 8 * ev.n + 8, int256)
     cm: int256 = convert(p.call_ratio * ev.maintenance, int256)
-    num: int256 = cm - ev.equity * IWAD
+    num: int256 = cm - equity * IWAD
     den: int256 = cm - convert(p.liquidation_penalty * ev.notional, int256)
     if num <= 0:
         return 0
@@ -1152,22 +1180,22 @@ def _tranche_fraction(ev: Eval, p: RiskParams) -> uint256:
 
 @view
 @internal
-def _window_used(market_id: uint256, window: uint256) -> uint256:
-    w: uint256 = self._window[market_id]
-    if block.timestamp >= (w & MASK64) + window:
+def _window_used(w: uint256, window: uint256) -> uint256:
+    if block.timestamp >= (w & MASK48) + window:
         return 0
-    return w >> 64
+    return (w >> 48) & MASK104
 
 
 @internal
 def _window_add(market_id: uint256, notional: uint256, window: uint256):
     w: uint256 = self._window[market_id]
-    start: uint256 = w & MASK64
-    used: uint256 = w >> 64
+    start: uint256 = w & MASK48
+    used: uint256 = (w >> 48) & MASK104
     if block.timestamp >= start + window:
         start = block.timestamp
         used = 0
-    self._window[market_id] = start | ((used + notional) << 64)
+    # used + notional <= cap < 2**104: a tranche is shrunk to the cap's room
+    self._window[market_id] = start | ((used + notional) << 48) | ((w >> 152) << 152)
 
 
 # --- internal: valuation ---------------------------------------------------------------
@@ -1190,17 +1218,17 @@ def _evaluate(account: address, acct: Acct, prices: uint256[MAX_MARKETS]) -> Eva
         if (bits >> m) & 1 == 0:
             continue
         pos: Pos = self._load_pos(account, m)
-        risk: uint256 = self._market_risk[m]
+        mword: uint256 = self._market[m]
         price: uint256 = prices[m]
         notional: uint256 = self._mul_up(convert(abs(pos.size), uint256), price)
-        mmr: uint256 = risk & MASK64
+        mmr: uint256 = self._m_mmr(mword)
         ev.mids[n] = m
         ev.pos[n] = pos
         ev.px[n] = price
         ev.mmr[n] = mmr
         ev.notional += notional
         ev.maintenance += self._mul_up(notional, mmr)
-        ev.initial += self._mul_up(notional, (risk >> 64) & MASK64)
+        ev.initial += self._mul_up(notional, self._m_imr(mword))
         equity += self._div_floor(pos.size * convert(price, int256), IWAD) - pos.cost
         n += 1
     ev.n = n
@@ -1295,7 +1323,7 @@ def _prices(bits: uint256) -> uint256[MAX_MARKETS]:
         if bits >> m == 0:
             break
         if (bits >> m) & 1 == 1:
-            prices[m] = staticcall IOracle(self._market_oracle[m]).price()
+            prices[m] = staticcall IOracle(self._m_oracle(self._market[m])).price()
     return prices
 
 
@@ -1314,7 +1342,7 @@ def _try_prices(bits: uint256, prices_in: uint256[MAX_MARKETS], have: uint256) -
         if (need >> m) & 1 == 1:
             price: uint256 = 0
             valid: bool = False
-            price, valid = staticcall IOracle(self._market_oracle[m]).try_price()
+            price, valid = staticcall IOracle(self._m_oracle(self._market[m])).try_price()
             if not valid:
                 return prices, False
             prices[m] = price
@@ -1370,7 +1398,7 @@ def _store_pos(account: address, market_id: uint256, pos: Pos):
 
 @view
 @internal
-def _load_params() -> uint256[4]:
+def _load_params() -> uint256[3]:
     return self._params
 
 
@@ -1382,7 +1410,7 @@ def _p_call_ratio() -> uint256:
 
 @view
 @internal
-def _unpack_params(w: uint256[4]) -> RiskParams:
+def _unpack_params(w: uint256[3]) -> RiskParams:
     return RiskParams(
         call_ratio=w[0] & MASK64,
         critical_ratio=(w[0] >> 64) & MASK64,
@@ -1391,11 +1419,11 @@ def _unpack_params(w: uint256[4]) -> RiskParams:
         tranche_interval=(w[1] >> 96) & MASK32,
         liquidation_penalty=w[0] >> 192,
         keeper_share=w[1] & MASK64,
-        min_keeper_reward=w[2] & MASK128,
-        max_keeper_reward=w[2] >> 128,
-        call_reward=w[3] & MASK128,
+        min_keeper_reward=w[2] & MASK80,
+        max_keeper_reward=(w[2] >> 80) & MASK80,
+        call_reward=(w[2] >> 160) & MASK80,
         liquidation_window=(w[1] >> 128) & MASK32,
-        min_position_notional=w[3] >> 128,
+        min_position_notional=(w[1] >> 160) & MASK80,
     )
 
 
@@ -1428,13 +1456,16 @@ def _set_params(p: RiskParams):
     for m: uint256 in range(MAX_MARKETS):
         if m == self.market_count:
             break
-        risk: uint256 = self._market_risk[m]
-        self._check_market((risk >> 64) & MASK64, risk & MASK64, (risk >> 128) & MASK64, self._window_cap[m], p)
+        w: uint256 = self._market[m]
+        self._check_market(self._m_imr(w), self._m_mmr(w), self._m_fee(w), self._window[m] >> 152, p)
     self._params = [
         p.call_ratio | (p.critical_ratio << 64) | (p.close_factor << 128) | (p.liquidation_penalty << 192),
-        p.keeper_share | (p.grace_period << 64) | (p.tranche_interval << 96) | (p.liquidation_window << 128),
-        p.min_keeper_reward | (p.max_keeper_reward << 128),
-        p.call_reward | (p.min_position_notional << 128),
+        p.keeper_share
+        | (p.grace_period << 64)
+        | (p.tranche_interval << 96)
+        | (p.liquidation_window << 128)
+        | (p.min_position_notional << 160),
+        p.min_keeper_reward | (p.max_keeper_reward << 80) | (p.call_reward << 160),
     ]
     log RiskParamsSet(params=p)
 
@@ -1456,6 +1487,10 @@ def _check_market(imr: uint256, mmr: uint256, fee: uint256, window_cap: uint256,
         self._fail("engine: fee above 1%")
     if not (window_cap > 0):
         self._fail("engine: window cap is zero")
+    if not (window_cap <= MAX_WINDOW_CAP):
+        self._fail("engine: window cap too large")
+    if not (mmr % RATIO_UNIT == 0 and imr % RATIO_UNIT == 0 and fee % RATIO_UNIT == 0):
+        self._fail("engine: ratio precision is 1e-9")
 
 
 # --- internal: tokens ---------------------------------------------------------------
@@ -1552,3 +1587,36 @@ def _fail(reason: String[48]):
          under the EIP-170 limit (about 6.5 kB saved).
     """
     raise reason
+
+
+# --- internal: market word ---------------------------------------------------------------
+
+
+@pure
+@internal
+def _m_oracle(w: uint256) -> address:
+    return convert(convert(w & MASK160, uint160), address)
+
+
+@pure
+@internal
+def _m_mmr(w: uint256) -> uint256:
+    return ((w >> 160) & MASK32) * RATIO_UNIT
+
+
+@pure
+@internal
+def _m_imr(w: uint256) -> uint256:
+    return ((w >> 192) & MASK32) * RATIO_UNIT
+
+
+@pure
+@internal
+def _m_fee(w: uint256) -> uint256:
+    return ((w >> 224) & MASK24) * RATIO_UNIT
+
+
+@pure
+@internal
+def _m_active(w: uint256) -> bool:
+    return (w >> 248) & 1 == 1

@@ -121,10 +121,15 @@ def call_live(account: Account, params: RiskParams, now: int) -> bool:
     return account.deadline != 0 and now < account.deadline + params.grace_period
 
 
-def tranche_fraction(v: Valuation, params: RiskParams) -> int:
-    """Smallest fraction restoring the call ratio, capped at the close factor."""
+def tranche_fraction(v: Valuation, params: RiskParams, scale: int, positions: int) -> int:
+    """Smallest fraction restoring the call ratio, capped at the close factor.
+
+    Equity is reduced by the worst case of the tranche's roundings against the
+    account (two token units and a few wei per position), as the engine does.
+    """
+    equity = v.equity - (2 * scale + 8 * positions + 8)
     cm = params.call_ratio * v.maintenance
-    num = cm - v.equity * WAD
+    num = cm - equity * WAD
     den = cm - params.liquidation_penalty * v.notional
     if num <= 0:
         return 0
@@ -133,7 +138,7 @@ def tranche_fraction(v: Valuation, params: RiskParams) -> int:
     return min(div_ceil(num * WAD, den), params.close_factor)
 
 
-def classify(account: Account, v: Valuation, params: RiskParams, now: int) -> State:
+def classify(account: Account, v: Valuation, params: RiskParams, now: int, scale: int) -> State:
     """The account's state (engine `_classify`)."""
     if not account.positions:
         return State.HEALTHY
@@ -150,7 +155,7 @@ def classify(account: Account, v: Valuation, params: RiskParams, now: int) -> St
                 return State.CALLED
         else:
             return State.CALLABLE
-    f = tranche_fraction(v, params)
+    f = tranche_fraction(v, params, scale, len(account.positions))
     if v.notional - v.notional * f // WAD < params.min_position_notional:
         return State.CRITICAL
     return State.LIQUIDATABLE
@@ -187,7 +192,7 @@ def plan_tranche(
     (wad notional); omitted markets are unconstrained.
     """
     v = evaluate(account, scale)
-    state = classify(account, v, params, now)
+    state = classify(account, v, params, now, scale)
     if state < State.LIQUIDATABLE:
         return None
     full = state >= State.CRITICAL
@@ -195,7 +200,7 @@ def plan_tranche(
     if not full:
         if account.last_tranche and now < account.last_tranche + params.tranche_interval:
             return None
-        f = tranche_fraction(v, params)
+        f = tranche_fraction(v, params, scale, len(account.positions))
         for p in account.positions:
             room = (window_room or {}).get(p.market_id)
             if room is not None:

@@ -194,16 +194,6 @@ def test_restoring_tranche_is_the_smallest_fraction_for_call_ratio(
 def test_restoring_tranche_reaches_call_ratio_and_clears_call(
     system, chain, request, decimals, past_deadline, trader, keeper
 ):
-    if decimals == 6:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="engine bug: _tranche_fraction solves in exact wad math, but the "
-                "token-unit roundings of _plan (realised loss and penalty rounded up) cost up "
-                "to 2 token units, so with 6-decimal collateral ratio_after lands just below "
-                "call_ratio, the call is not cleared and the account stays LIQUIDATABLE",
-            )
-        )
     engine = system.engine
     call_ratio = engine.risk_params().call_ratio
     tx = engine.liquidate(trader, sender=keeper)
@@ -774,14 +764,6 @@ def test_liquidation_position_changed_reports_realized_pnl_in_token_units_like_t
 ):
     """`PositionChanged.realized_pnl` is in token units when a trade emits it; a liquidation
     must use the same unit, or an indexer rebuilding PnL from logs mixes units."""
-    if decimals != 18:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="engine bug: _execute logs realized_pnl=plan.realized[i] (wad) while "
-                "_trade logs realized_tok (token units); they differ unless decimals == 18",
-            )
-        )
     engine = system.engine
     open_account(system, trader, 1_000)
     system.set_price(ETH, 1_830)

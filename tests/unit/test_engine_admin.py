@@ -140,8 +140,25 @@ def test_set_market_changes_an_existing_market_without_adding_one(system, owner)
         (dict(mmr=3 * PCT), "engine: penalty not below mmr * critical_ratio"),  # 1.5% = 3% * 0.5
         (dict(fee=PCT + 1), "engine: fee above 1%"),
         (dict(window_cap=0), "engine: window cap is zero"),
+        (dict(window_cap=2**104), "engine: window cap too large"),
+        (dict(mmr=3 * PCT + 1), "engine: ratio precision is 1e-9"),
+        (dict(imr=10 * PCT + 1), "engine: ratio precision is 1e-9"),
+        (dict(fee=PCT // 2 + 1), "engine: ratio precision is 1e-9"),
     ],
-    ids=["id", "oracle", "mmr-zero", "imr-max", "imr-call", "penalty", "fee", "cap"],
+    ids=[
+        "id",
+        "oracle",
+        "mmr-zero",
+        "imr-max",
+        "imr-call",
+        "penalty",
+        "fee",
+        "cap",
+        "cap-max",
+        "mmr-precision",
+        "imr-precision",
+        "fee-precision",
+    ],
 )
 def test_set_market_bound_reverts(system, owner, changes, reason):
     with ape.reverts(reason):
@@ -153,12 +170,13 @@ def test_set_market_bound_reverts(system, owner, changes, reason):
     [
         dict(imr=WAD),
         dict(imr=625 * PCT // 100),  # exactly mmr * call_ratio
-        dict(mmr=3 * PCT + 1),  # penalty just below mmr * critical_ratio
+        dict(mmr=3 * PCT + 10**9),  # penalty just below mmr * critical_ratio (1e-9 steps)
         dict(fee=PCT),
         dict(fee=0),
         dict(window_cap=1),
+        dict(window_cap=2**104 - 1),
     ],
-    ids=["imr-100%", "imr-call", "mmr-penalty", "fee-1%", "fee-0", "cap-1"],
+    ids=["imr-100%", "imr-call", "mmr-penalty", "fee-1%", "fee-0", "cap-1", "cap-max"],
 )
 def test_set_market_accepts_values_at_the_bounds(system, owner, changes):
     tx = set_market(system, owner, **changes)

@@ -595,16 +595,6 @@ def test_reduction_works_while_another_markets_feed_is_down(system, owner, trade
     assert one(tx, system.engine.PositionChanged).size == WAD
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ContractLogicError,
-    reason=(
-        "engine bug: under a margin call `_trade` values the whole account with `_prices`, "
-        "which reverts when any other market's price is invalid, so a CALLED trader cannot "
-        "reduce a position whose own price is valid (PROTOCOL.md 5: reductions are always "
-        "allowed while CALLED); `deposit` already uses the best-effort `_try_prices`"
-    ),
-)
 def test_reduction_under_margin_call_works_while_another_markets_feed_is_down(
     system, owner, trader, keeper
 ):

@@ -70,7 +70,7 @@ def assert_status_matches_reference(system, chain, who, status) -> State:
     params = params_of(system.engine)
     now = chain.blocks.head.timestamp
     v = evaluate(account, scale(system))
-    state = classify(account, v, params, now)
+    state = classify(account, v, params, now, scale(system))
     live_call = account.deadline != 0 and now < account.deadline + params.grace_period
     assert status.account == who.address
     assert status.collateral == account.collateral * scale(system)

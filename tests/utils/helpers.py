@@ -151,7 +151,7 @@ def reference_status(system, who, now: int):
     account = account_model(system, who)
     params = risk_params_model(system.engine)
     valuation = evaluate(account, scale_of(system))
-    return account, valuation, classify(account, valuation, params, now)
+    return account, valuation, classify(account, valuation, params, now, scale_of(system))
 
 
 def reference_tranche(system, who, now: int, params=None):
