@@ -21,7 +21,7 @@ node_modules/.installed: package.json package-lock.json
 
 setup: $(VENV)/.installed node_modules/.installed
 
-test: setup
+test: setup lint
 	ape test tests -q
 
 demo: setup
@@ -31,6 +31,8 @@ bench-gas: setup
 	ape run bench_gas
 
 lint: setup
+	# every contract compiles (tests/unit/test_bytecode_size.py checks EIP-170)
+	ape compile > /dev/null
 	ruff check src scripts tests
 	ruff format --check src scripts tests
 

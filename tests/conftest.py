@@ -7,7 +7,6 @@ import pytest
 from margincall.deploy import DEFAULT_MARKETS, deploy_system
 from tests.utils.helpers import fund_lp
 
-
 # Anvil keeps its clock moving forward across test isolation (snapshot/revert
 # does not rewind time), so module-scoped feeds get a 30-day heartbeat: tests
 # that travel hours at a time must not find prices stale. Staleness itself is

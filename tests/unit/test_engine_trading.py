@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ape
 import pytest
-from ape.exceptions import ContractLogicError
 
 from margincall.constants import WAD
 from margincall.math import div_ceil, mul_up
