@@ -757,6 +757,7 @@ def risk_params() -> RiskParams:
 
 
 @external
+@nonreentrant
 def set_market(
     market_id: uint256,
     oracle: address,
@@ -803,6 +804,7 @@ def set_market(
 
 
 @external
+@nonreentrant
 def set_risk_params(params: RiskParams):
     """
     @notice Sets every global risk parameter at once; each is checked
@@ -814,6 +816,7 @@ def set_risk_params(params: RiskParams):
 
 
 @external
+@nonreentrant
 def set_guardian(guardian: address):
     """
     @notice Sets the guardian, who may pause new exposure.
@@ -825,6 +828,7 @@ def set_guardian(guardian: address):
 
 
 @external
+@nonreentrant
 def set_paused(paused: bool):
     """
     @notice Pauses or resumes new exposure (opening or increasing
