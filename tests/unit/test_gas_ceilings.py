@@ -17,12 +17,12 @@ import pytest
 from margincall.constants import State
 from tests.utils.helpers import mint_and_approve, wad
 
-CEILING_DEPOSIT = 50_200  # measured 48,654
-CEILING_WITHDRAW = 65_600  # one open position; measured 63,680
-CEILING_TRADE_OPEN = 113_600  # new position; measured 110,288
-CEILING_MARGIN_CALL = 78_500  # measured 76,179
-CEILING_LIQUIDATE = 128_900  # one tranche, one market; measured 125,086
-CEILING_CHECK_MARGIN = 34_300  # one position, via GasProbe, engine warm; measured 33,223
+CEILING_DEPOSIT = 50_200  # measured 48,664
+CEILING_WITHDRAW = 63_900  # one open position; measured 61,994
+CEILING_TRADE_OPEN = 109_800  # new position; measured 106,557
+CEILING_MARGIN_CALL = 74_600  # measured 72,395
+CEILING_LIQUIDATE = 123_700  # one tranche, one market; measured 120,037
+CEILING_CHECK_MARGIN = 30_400  # one position, via GasProbe, engine warm; measured 29,439
 
 
 @pytest.fixture(scope="module")
