@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from margincall.deploy import DEFAULT_MARKETS, deploy_system
-from tests.utils.helpers import fund_lp
+from tests.utils.helpers import fund_lp, skip_revert_source_traceback
 
 # Anvil keeps its clock moving forward across test isolation (snapshot/revert
 # does not rewind time), so module-scoped feeds get a 30-day heartbeat: tests
@@ -52,6 +52,17 @@ def other_trader(accounts):
 @pytest.fixture(scope="session")
 def stranger(accounts):
     return accounts[7]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _actors_first(owner, guardian, lp, keeper, rival_keeper, trader, other_trader, stranger):
+    """Builds the role accounts before any test, so Ape's isolation never rebases."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_reverts(monkeypatch):
+    """Reverts without Ape's Vyper source traceback (1-3 s each); reasons are still checked."""
+    skip_revert_source_traceback(monkeypatch)
 
 
 @pytest.fixture(scope="module", params=[6, 18], ids=["usdc6", "dai18"])

@@ -27,7 +27,6 @@ from tests.utils.helpers import (
     reference_tranche,
     risk_params_model,
     scale_of,
-    skip_revert_source_traceback,
     tokens,
     travel_to,
     tx_time,
@@ -37,16 +36,6 @@ from tests.utils.helpers import (
 ETH, BTC = 0, 1
 CALLABLE_PRICE = 1_860.0  # ratio ~1.17: between 1 and call_ratio
 RECOVERED_PRICE = 1_900.0  # ratio ~1.57: HEALTHY
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _actors_first(owner, guardian, keeper, rival_keeper, trader, other_trader, stranger):
-    """Builds the actors before any test, so Ape's isolation never rebases."""
-
-
-@pytest.fixture(autouse=True)
-def _fast_reverts(monkeypatch):
-    skip_revert_source_traceback(monkeypatch)
 
 
 @pytest.fixture

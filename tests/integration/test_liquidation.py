@@ -29,7 +29,6 @@ from tests.utils.helpers import (
     scale_of,
     set_risk_params,
     set_window_cap,
-    skip_revert_source_traceback,
     tokens,
     travel,
     travel_to,
@@ -55,11 +54,6 @@ def _actors_first(
     owner, guardian, keeper, rival_keeper, trader, other_trader, stranger, third_trader
 ):
     """Builds the actors before any test, so Ape's isolation never rebases."""
-
-
-@pytest.fixture(autouse=True)
-def _fast_reverts(monkeypatch):
-    skip_revert_source_traceback(monkeypatch)
 
 
 def open_account(system, who, collateral: float, market_id: int = ETH, size: float = 4.0):

@@ -13,7 +13,6 @@ import pytest
 
 from margincall.constants import WAD
 from margincall.math import RiskParams
-from tests.utils.helpers import skip_revert_source_traceback
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 NOT_OWNER = "ownable: caller is not the owner"
@@ -45,11 +44,6 @@ def deployer(accounts):
 @pytest.fixture(scope="module", autouse=True)
 def _actors_first(owner, guardian, stranger, new_owner):
     """Builds the session-scoped actors before any test, so Ape's isolation never rebases."""
-
-
-@pytest.fixture(autouse=True)
-def _fast_reverts(monkeypatch):
-    skip_revert_source_traceback(monkeypatch)
 
 
 def one(tx, event):

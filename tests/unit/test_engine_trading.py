@@ -13,22 +13,12 @@ import pytest
 
 from margincall.constants import WAD
 from margincall.math import div_ceil, mul_up
-from tests.utils.helpers import assert_conserved, skip_revert_source_traceback
+from tests.utils.helpers import assert_conserved
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 MAX_UINT = 2**256 - 1
 FEE = 5 * WAD // 10_000
 ETH, BTC, SOL = 0, 1, 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _actors_first(owner, guardian, keeper, trader, other_trader, stranger):
-    """Builds the session-scoped actors before any test, so Ape's isolation never rebases."""
-
-
-@pytest.fixture(autouse=True)
-def _fast_reverts(monkeypatch):
-    skip_revert_source_traceback(monkeypatch)
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -12,20 +12,9 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.math import Account, Position, RiskParams, classify, div_ceil, evaluate, ratio
-from tests.utils.helpers import skip_revert_source_traceback
 
 MAX_UINT = 2**256 - 1
 ETH, BTC, SOL = 0, 1, 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _actors_first(owner, guardian, keeper, trader, other_trader, stranger):
-    """Builds the session-scoped actors before any test, so Ape's isolation never rebases."""
-
-
-@pytest.fixture(autouse=True)
-def _fast_reverts(monkeypatch):
-    skip_revert_source_traceback(monkeypatch)
 
 
 # --- helpers ------------------------------------------------------------------------------
