@@ -33,8 +33,8 @@
         the engine (once) and the reserve factor (bounded to [0, 1e18]); it
         can never move the pool's assets. Every function that moves tokens
         is `@nonreentrant`. Inflation attacks are mitigated by snekmate's
-        virtual shares with a decimals offset of 0 (see `erc4626`);
-        deployers should also seed the pool with a first deposit.
+        virtual shares with a decimals offset of 6 (see `erc4626`), and a
+        deposit that would mint no shares reverts.
 """
 
 from ethereum.ercs import IERC20
@@ -100,6 +100,8 @@ exports: (
 WAD: constant(uint256) = 10**18
 # @dev The default `reserve_factor`: 20% of open interest stays in the pool.
 DEFAULT_RESERVE_FACTOR: constant(uint256) = 2 * 10**17
+# virtual shares per token unit: 10**DECIMALS_OFFSET (inflation-attack defence)
+DECIMALS_OFFSET: constant(uint8) = 6
 # @dev The largest `reserve_factor`: 100% of open interest.
 MAX_RESERVE_FACTOR: constant(uint256) = WAD
 
@@ -141,11 +143,14 @@ def __init__(asset_: address, name_: String[25], symbol_: String[5]):
     assert asset_ != empty(address), "pool: zero address"
     token_decimals: uint8 = staticcall IERC20Detailed(asset_).decimals()
     assert token_decimals <= 18, "pool: token decimals above 18"
-    _WAD_PER_UNIT = 10 ** convert(18 - token_decimals, uint256)
+    _WAD_PER_UNIT = 10**convert(18 - token_decimals, uint256)
 
-    # Decimals offset 0, as snekmate recommends: the share token has the
-    # asset's decimals.
-    erc4626.__init__(name_, symbol_, IERC20(asset_), 0, name_, "1")
+    # Decimals offset 6: each token unit is backed by 10**6 virtual shares,
+    # so a first depositor who donates to the empty pool (the inflation /
+    # share-griefing attack) must donate about a million times what it
+    # wants a later LP to lose to rounding. Shares have the asset's decimals
+    # plus 6.
+    erc4626.__init__(name_, symbol_, IERC20(asset_), DECIMALS_OFFSET, name_, "1")
     ownable_2step.__init__()
     self.reserve_factor = DEFAULT_RESERVE_FACTOR
     log ReserveFactorSet(old_factor=0, new_factor=DEFAULT_RESERVE_FACTOR)
@@ -162,6 +167,7 @@ def deposit(assets: uint256, receiver: address) -> uint256:
     @return The shares minted.
     """
     shares: uint256 = erc4626._preview_deposit(assets)
+    assert shares > 0, "pool: zero shares"
     erc4626._deposit(msg.sender, receiver, assets, shares)
     return shares
 

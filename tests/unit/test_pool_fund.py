@@ -146,7 +146,7 @@ def test_pool_deploys_with_asset_decimals_owner_and_default_reserve(
     fresh_pool, token, owner, decimals
 ):
     assert fresh_pool.asset() == token.address
-    assert fresh_pool.decimals() == decimals
+    assert fresh_pool.decimals() == decimals + 6  # decimals offset 6 (inflation defence)
     assert fresh_pool.owner() == owner.address
     assert fresh_pool.pending_owner() == ZERO_ADDRESS
     assert fresh_pool.engine() == ZERO_ADDRESS
@@ -180,8 +180,8 @@ def test_lp_deposit_then_redeem_round_trip_returns_the_assets(token, pool, lp, u
     assert log.sender == lp.address
     assert log.owner == lp.address
     assert log.assets == assets
-    assert log.shares == assets  # first deposit, decimals offset 0: one share per unit
-    assert pool.balanceOf(lp) == assets
+    assert log.shares == assets * 10**6  # first deposit, decimals offset 6
+    assert pool.balanceOf(lp) == assets * 10**6
     assert pool.totalAssets() == assets
     assert token.balanceOf(pool) == assets
     assert token.balanceOf(lp) == 0
@@ -201,22 +201,23 @@ def test_lp_deposit_then_redeem_round_trip_returns_the_assets(token, pool, lp, u
 
 
 def test_lp_mint_then_withdraw_round_trip_returns_the_assets(token, pool, lp, unit):
-    shares = 500 * unit
-    token.mint(lp, shares, sender=lp)
-    token.approve(pool, shares, sender=lp)
+    assets = 500 * unit
+    shares = assets * 10**6  # decimals offset 6
+    token.mint(lp, assets, sender=lp)
+    token.approve(pool, assets, sender=lp)
 
     tx = pool.mint(shares, lp, sender=lp)
     [log] = tx.decode_logs(pool.Deposit)
-    assert log.assets == shares
+    assert log.assets == assets
     assert log.shares == shares
-    assert token.balanceOf(pool) == shares
+    assert token.balanceOf(pool) == assets
 
-    tx = pool.withdraw(shares, lp, lp, sender=lp)
+    tx = pool.withdraw(assets, lp, lp, sender=lp)
     [log] = tx.decode_logs(pool.Withdraw)
-    assert log.assets == shares
+    assert log.assets == assets
     assert log.shares == shares
     assert pool.balanceOf(lp) == 0
-    assert token.balanceOf(lp) == shares
+    assert token.balanceOf(lp) == assets
 
 
 def test_trader_losses_sent_to_pool_accrue_to_lp_shares(token, pool, lp, unit):
@@ -229,7 +230,7 @@ def test_trader_losses_sent_to_pool_accrue_to_lp_shares(token, pool, lp, unit):
 
     assert pool.totalAssets() == deposited + loss
     # snekmate's virtual share and asset keep a rounding dust of at most one unit in the pool.
-    expected = shares * (deposited + loss + 1) // (shares + 1)
+    expected = shares * (deposited + loss + 1) // (shares + 10**6)
     assert pool.maxWithdraw(lp) == expected
     tx = pool.redeem(shares, lp, lp, sender=lp)
     assert tx.decode_logs(pool.Withdraw)[0].assets == expected
@@ -327,12 +328,12 @@ def test_reserve_is_open_interest_times_factor_in_token_units(token, pool, engin
     assert pool.free_assets() == 600 * unit
 
 
-def test_reserve_rounds_up_against_the_lp(pool, engine, lp):
+def test_reserve_rounds_up_against_the_lp(pool, engine, lp, token):
     # 1 wei of wad open interest at 20% is 0.2 wei of wad: one full token unit is reserved.
     engine.set_open_interest(1, sender=lp)
     assert pool.reserve() == 1
     # Just above a whole unit in any decimals: 5 units + 1 wei of wad at 20% -> 2 units.
-    engine.set_open_interest(5 * 10**18 // (10 ** pool.decimals()) + 1, sender=lp)
+    engine.set_open_interest(5 * 10**18 // (10 ** token.decimals()) + 1, sender=lp)
     assert pool.reserve() == 2
 
 
@@ -688,3 +689,10 @@ def test_tokens_are_conserved_through_a_bankruptcy_round(
     assert token.balanceOf(pool) == 780 * unit == pool.totalAssets()
     holders = (pool, fund, engine, lp, donor, trader, keeper)
     assert sum(token.balanceOf(h) for h in holders) == token.totalSupply() == 1_100 * unit
+
+
+def test_deposit_that_would_mint_no_shares_reverts(token, pool, lp):
+    token.mint(lp, 1, sender=lp)
+    token.approve(pool, 1, sender=lp)
+    with ape.reverts("pool: zero shares"):
+        pool.deposit(0, lp, sender=lp)

@@ -1,0 +1,417 @@
+"""Security tests: what every MarginEngine operation does when a market's oracle is faulty.
+
+The fault matrix puts market 0 (ETH) on an adapter of this module (8-decimal feed, heartbeat
+1 h, bounds [1,500, 2,500], a sequencer uptime feed with a 1 h grace period). The trader holds
+1,000 tokens, 4 ETH (long, or short for the above-max fault) and 0.01 BTC (a healthy market),
+is under a margin call, and the feed then moves to a price at which the account is
+liquidatable (checked) before the fault is injected: so every "reverts with the oracle's
+reason" / "is skipped" assertion fails if the engine accepted the faulty answer, and every
+"works" assertion fails if the engine needed a price it does not need.
+
+Collateral decimals 6 only (see the `decimals` override below), to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import ape
+import pytest
+
+from margincall.constants import WAD, State
+from tests.utils.helpers import pin_next_tx
+
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+MAX_UINT = 2**256 - 1
+ETH, BTC = 0, 1
+HEARTBEAT = 3_600
+GRACE = 3_600
+MIN_PRICE, MAX_PRICE = 1_500 * WAD, 2_500 * WAD
+E8 = 10**8
+
+REASONS = {
+    "stale": "oracle: stale price",
+    "zero": "oracle: non-positive price",
+    "negative": "oracle: non-positive price",
+    "above_max": "oracle: price out of bounds",
+    "below_min": "oracle: price out of bounds",
+    "reverting": "oracle: feed reverted",
+    "future": "oracle: future timestamp",
+    "sequencer_down": "oracle: sequencer down",
+    "sequencer_grace": "oracle: sequencer grace period",
+}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _addr(who) -> str:
+    return getattr(who, "address", who)
+
+
+def fund(system, who, amount: int) -> int:
+    system.token.mint(who.address, amount, sender=who)
+    system.token.approve(system.engine.address, MAX_UINT, sender=who)
+    return amount
+
+
+def deposit(system, who, amount: int):
+    fund(system, who, amount)
+    return system.engine.deposit(amount, sender=who)
+
+
+def trade(system, who, market_id: int, size: int):
+    bound = MAX_UINT if size > 0 else 0
+    return system.engine.trade(market_id, size, bound, sender=who)
+
+
+def one(tx, event):
+    logs = tx.decode_logs(event)
+    assert len(logs) == 1, f"expected one {event.name}, got {len(logs)}"
+    return logs[0]
+
+
+def point_market(system, market_id: int, adapter):
+    """Moves a market to `adapter`, keeping its risk settings."""
+    m = system.engine.markets(market_id)
+    system.engine.set_market(
+        market_id, adapter.address, m.imr, m.mmr, m.fee, m.window_cap, True, sender=system.owner
+    )
+
+
+def expected_equity(system, who, prices: dict[int, int]) -> int:
+    """collateral + sum(floor(size * price) - open_notional), wad, at `prices`."""
+    engine = system.engine
+    equity = engine.collateral_of(_addr(who)) * 10 ** (18 - system.decimals)
+    for m, price in prices.items():
+        size, cost = engine.position(_addr(who), m)
+        equity += size * price // WAD - cost
+    return equity
+
+
+def head(chain) -> int:
+    return chain.blocks.head.timestamp
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=[6], ids=["usdc6"])
+def decimals(request):
+    """Overrides conftest's 6/18 pair: the oracle paths do not depend on the collateral's
+    decimals, and 6 (one token unit = 10**12 wei) is the case where roundings show."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def rig(project, owner, system, chain):
+    """Feeds and adapters of this module, deployed once per system (no address reuse)."""
+    r = type("Rig", (), {})()
+    r.feed = owner.deploy(project.MockAggregator, 8, 2_000 * E8)
+    r.seq = owner.deploy(project.MockAggregator, 0, 0)
+    now = head(chain)
+    r.seq.set_round(0, now - 10 * GRACE, now - 10 * GRACE, sender=owner)  # up for long
+    r.faulty = owner.deploy(
+        project.OracleAdapter,
+        r.feed.address,
+        HEARTBEAT,
+        ZERO_ADDRESS,
+        0,
+        r.seq.address,
+        GRACE,
+        MIN_PRICE,
+        MAX_PRICE,
+    )
+    # fallback rig: 8-decimal primary, 18-decimal backup
+    r.primary = owner.deploy(project.MockAggregator, 8, 2_000 * E8)
+    r.backup = owner.deploy(project.MockAggregator, 18, 1_990 * WAD)
+    r.with_fallback = owner.deploy(
+        project.OracleAdapter,
+        r.primary.address,
+        HEARTBEAT,
+        r.backup.address,
+        HEARTBEAT,
+        ZERO_ADDRESS,
+        0,
+        MIN_PRICE,
+        MAX_PRICE,
+    )
+    # decimals rig: the same USD price on an 8- and an 18-decimal feed
+    r.feed8 = owner.deploy(project.MockAggregator, 8, 123_456_789_012)  # 1,234.56789012
+    r.feed18 = owner.deploy(project.MockAggregator, 18, 1_234_567_890_120_000_000_000)
+    r.adapter8, r.adapter18 = (
+        owner.deploy(
+            project.OracleAdapter,
+            f.address,
+            HEARTBEAT,
+            ZERO_ADDRESS,
+            0,
+            ZERO_ADDRESS,
+            0,
+            1,
+            10**12 * WAD,
+        )
+        for f in (r.feed8, r.feed18)
+    )
+    return r
+
+
+# --- the fault matrix ------------------------------------------------------------------------
+
+
+def inject(fault: str, rig, owner, chain) -> None:
+    feed, seq = rig.feed, rig.seq
+    now = head(chain)
+    if fault == "stale":
+        old = now - HEARTBEAT - 60
+        feed.set_round(1_500 * E8, old, old, sender=owner)
+    elif fault == "zero":
+        feed.set_answer(0, sender=owner)
+    elif fault == "negative":
+        feed.set_answer(-1_500 * E8, sender=owner)
+    elif fault == "above_max":
+        feed.set_answer(2_501 * E8, sender=owner)
+    elif fault == "below_min":
+        feed.set_answer(1_499 * E8, sender=owner)
+    elif fault == "reverting":
+        feed.set_reverting(True, sender=owner)
+    elif fault == "future":
+        future = now + 100_000
+        feed.set_round(1_500 * E8, future, future, sender=owner)
+    elif fault == "sequencer_down":
+        seq.set_answer(1, sender=owner)
+    elif fault == "sequencer_grace":
+        seq.set_round(0, now, now, sender=owner)  # back up just now
+    else:  # pragma: no cover
+        raise AssertionError(fault)
+
+
+def recover(fault: str, rig, owner, chain, answer: int) -> None:
+    if fault == "reverting":
+        rig.feed.set_reverting(False, sender=owner)
+    if fault.startswith("sequencer"):
+        now = head(chain)
+        rig.seq.set_round(0, now - 10 * GRACE, now - 10 * GRACE, sender=owner)
+    rig.feed.set_answer(answer, sender=owner)
+
+
+@pytest.mark.parametrize("fault", list(REASONS))
+def test_every_operation_under_oracle_fault(
+    system, rig, accounts, owner, trader, other_trader, stranger, keeper, chain, fault
+):
+    engine, unit, reason = system.engine, system.unit, REASONS[fault]
+    side = -1 if fault == "above_max" else 1  # the fault price must hurt the position
+    rig.feed.set_answer(2_000 * E8, sender=owner)
+    point_market(system, ETH, rig.faulty)
+
+    deposit(system, trader, 1_000 * unit)
+    trade(system, trader, ETH, side * 4 * WAD)
+    trade(system, trader, BTC, WAD // 100)
+    deposit(system, other_trader, 1_000 * unit)  # BTC only
+    trade(system, other_trader, BTC, WAD // 100)
+
+    # CALLABLE (ratio ~1.13 / ~1.14), then called
+    rig.feed.set_answer((1_865 if side > 0 else 2_120) * E8, sender=owner)
+    assert engine.check_margin(trader.address).state == State.CALLABLE
+    engine.margin_call(trader.address, sender=keeper)
+    # at the last valid price (bound) the account is liquidatable: a fault answer near it
+    # that were accepted would let liquidations through
+    rig.feed.set_answer((1_500 if side > 0 else 2_500) * E8, sender=owner)
+    assert engine.preview_liquidation(trader.address).liquidatable
+    info = engine.account_info(trader.address)
+    eth_pos = engine.position(trader.address, ETH)
+    assert info[2] != 0  # call deadline
+
+    inject(fault, rig, owner, chain)
+    assert rig.faulty.reason() == reason
+    assert rig.faulty.try_price() == (0, False)
+
+    # deposit works and credits (the live call cannot be evaluated: it stays)
+    fund(system, trader, 50 * unit)
+    tx = engine.deposit(50 * unit, sender=trader)
+    assert one(tx, engine.Deposit).collateral == info[0] + 50 * unit
+    assert engine.collateral_of(trader.address) == info[0] + 50 * unit
+    assert engine.account_info(trader.address)[2] == info[2]
+
+    # withdraw with positions needs the price
+    with ape.reverts(reason):
+        engine.withdraw(1, sender=trader)
+
+    # trading in the faulty market: increase and reduction both need its price
+    with ape.reverts(reason):
+        engine.trade(ETH, side * WAD // 10, MAX_UINT if side > 0 else 0, sender=trader)
+    with ape.reverts(reason):
+        engine.trade(ETH, -side * WAD, 0 if side > 0 else MAX_UINT, sender=trader)
+    with ape.reverts(reason):
+        engine.close_position(ETH, 0 if side > 0 else MAX_UINT, sender=trader)
+    # new exposure in the healthy market needs every price of the account
+    with ape.reverts(reason):
+        trade(system, trader, BTC, WAD // 1_000)
+    # a reduction in the healthy market works (best effort on the call, no revert)
+    tx = trade(system, trader, BTC, -WAD // 200)
+    assert one(tx, engine.PositionChanged).size == WAD // 200
+    assert engine.position(trader.address, BTC)[0] == WAD // 200
+
+    # keepers: single calls revert with the reason, batches skip the account
+    with ape.reverts(reason):
+        engine.margin_call(trader.address, sender=keeper)
+    with ape.reverts(reason):
+        engine.liquidate(trader.address, sender=keeper)
+    with ape.reverts(reason):
+        engine.clear_margin_call(trader.address, sender=keeper)
+    # ... while the other accounts of the batch are still processed: a victim in the healthy
+    # market is called, then liquidated, behind the unpriceable account
+    victim = accounts.generate_test_account()
+    victim.balance = 10**21
+    deposit(system, victim, 400 * unit)
+    trade(system, victim, BTC, 5 * WAD // 100)
+    system.set_price(BTC, 55_000)  # victim CALLABLE (ratio ~1.08)
+    batch = [trader.address, victim.address, other_trader.address]
+    assert engine.margin_call_many.call(batch, sender=keeper) == 1
+    tx = engine.margin_call_many(batch, sender=keeper)
+    assert one(tx, engine.MarginCall).account == victim.address
+    system.set_price(BTC, 53_000)  # victim LIQUIDATABLE
+    assert engine.liquidate_many.call(batch, sender=keeper) == 1
+    tx = engine.liquidate_many(batch, sender=keeper)
+    assert one(tx, engine.Liquidation).account == victim.address
+    assert engine.position(trader.address, ETH) == eth_pos
+    assert engine.position(victim.address, BTC) == (0, 0)
+
+    # views
+    with ape.reverts(reason):
+        engine.check_margin(trader.address, skip_trace=True)
+    with ape.reverts(reason):
+        engine.preview_liquidation(trader.address, skip_trace=True)
+    faulty_status, _, healthy_status = engine.check_margins(batch)
+    assert not faulty_status.priced
+    assert faulty_status.state == State.HEALTHY
+    assert healthy_status.priced
+    assert healthy_status.equity == expected_equity(system, other_trader, {BTC: 53_000 * WAD})
+
+    # accounts that do not need the faulty price are unaffected
+    tx = engine.withdraw(unit, sender=other_trader)
+    assert one(tx, engine.Withdraw).amount == unit
+    deposit(system, stranger, 10 * unit)
+    engine.withdraw(10 * unit, sender=stranger)
+    assert engine.collateral_of(stranger.address) == 0
+
+    assert engine.account_info(trader.address)[2] == info[2]
+
+    # the fault cleared, the same account is liquidated at the recovered price
+    recover(fault, rig, owner, chain, (1_500 if side > 0 else 2_500) * E8)
+    assert rig.faulty.reason() == ""
+    tx = engine.liquidate(trader.address, sender=keeper)
+    assert one(tx, engine.Liquidation).account == trader.address
+    assert engine.position(trader.address, ETH)[0] == 0
+
+    held = system.token.balanceOf(engine.address)
+    assert held == sum(
+        engine.collateral_of(a.address) for a in (trader, other_trader, stranger, victim)
+    )
+
+
+# --- decimals, jumps, fallback ---------------------------------------------------------------
+
+
+def test_8_and_18_decimal_feeds_value_positions_identically(system, rig, owner, trader):
+    engine = system.engine
+    price = 1_234_567_890_120_000_000_000  # 1,234.56789012 in wad
+    assert rig.adapter8.price() == rig.adapter18.price() == price
+
+    point_market(system, ETH, rig.adapter8)
+    deposit(system, trader, 1_000 * system.unit)
+    tx = trade(system, trader, ETH, 3 * WAD + 7)  # odd size: roundings show
+    assert one(tx, engine.PositionChanged).price == price
+    s8 = engine.check_margin(trader.address)
+    point_market(system, ETH, rig.adapter18)
+    s18 = engine.check_margin(trader.address)
+    assert s8 == s18
+    assert s8.equity == expected_equity(system, trader, {ETH: price})
+    before = s8.equity
+
+    # a new common price, at the 8-decimal feed's last digit
+    rig.feed8.set_answer(111_111_111_111, sender=owner)
+    rig.feed18.set_answer(1_111_111_111_110_000_000_000, sender=owner)
+    s18 = engine.check_margin(trader.address)
+    point_market(system, ETH, rig.adapter8)
+    s8 = engine.check_margin(trader.address)
+    assert s8 == s18
+    assert s8.equity == expected_equity(system, trader, {ETH: 1_111_111_111_110_000_000_000})
+    assert s8.equity < before
+
+
+@pytest.mark.parametrize("factor", [10.0, 0.1], ids=["x10", "div10"])
+def test_huge_jump_is_applied_and_liquidated_at_new_price(system, trader, keeper, chain, factor):
+    """The system's own ETH adapter (bounds 1 .. 10**12): no smoothing of a 10x move."""
+    engine = system.engine
+    side = -1 if factor > 1 else 1
+    deposit(system, trader, 1_000 * system.unit)
+    trade(system, trader, ETH, side * 4 * WAD)
+    new = int(round(2_000 * factor)) * WAD
+
+    system.set_price(ETH, 2_000 * factor)
+    assert system.oracles[ETH].price() == new
+    status = engine.check_margin(trader.address)
+    assert status.equity == expected_equity(system, trader, {ETH: new})
+    assert status.state == State.BANKRUPT
+
+    pin_next_tx(chain)
+    tx = engine.liquidate(trader.address, sender=keeper)
+    changed = one(tx, engine.PositionChanged)
+    assert changed.price == new
+    assert changed.size == 0
+    assert one(tx, engine.Liquidation).full_close
+    assert engine.position(trader.address, ETH) == (0, 0)
+
+
+def make_primary_invalid(failure: str, rig, owner, chain) -> None:
+    if failure == "stale":
+        old = head(chain) - HEARTBEAT - 60
+        rig.primary.set_round(2_000 * E8, old, old, sender=owner)
+    elif failure == "reverting":
+        rig.primary.set_reverting(True, sender=owner)
+    elif failure == "out_of_bounds":
+        rig.primary.set_answer(3_000 * E8, sender=owner)
+    else:  # pragma: no cover
+        raise AssertionError(failure)
+
+
+@pytest.mark.parametrize("failure", ["stale", "reverting", "out_of_bounds"])
+def test_fallback_price_is_used_then_primary_again(
+    system, rig, owner, trader, keeper, chain, failure
+):
+    engine, adapter = system.engine, rig.with_fallback
+    rig.primary.set_answer(2_000 * E8, sender=owner)
+    rig.backup.set_answer(1_990 * WAD, sender=owner)
+    point_market(system, ETH, adapter)
+    deposit(system, trader, 1_000 * system.unit)
+    trade(system, trader, ETH, 2 * WAD)
+    primary_reason = {
+        "stale": "oracle: stale price",
+        "reverting": "oracle: feed reverted",
+        "out_of_bounds": "oracle: price out of bounds",
+    }[failure]
+
+    make_primary_invalid(failure, rig, owner, chain)
+    assert adapter.status() == (1_990 * WAD, True, True)
+    status = engine.check_margin(trader.address)
+    assert status.priced
+    assert status.equity == expected_equity(system, trader, {ETH: 1_990 * WAD})
+    assert engine.check_margins([trader.address])[0].equity == status.equity
+    tx = trade(system, trader, ETH, WAD // 10)  # new exposure at the fallback price
+    assert one(tx, engine.PositionChanged).price == 1_990 * WAD
+
+    # both invalid: the primary's reason
+    rig.backup.set_answer(0, sender=owner)
+    with ape.reverts(primary_reason):
+        engine.check_margin(trader.address, skip_trace=True)
+    with ape.reverts(primary_reason):
+        trade(system, trader, ETH, -WAD // 10)
+    rig.backup.set_answer(1_990 * WAD, sender=owner)
+
+    # the primary recovers: its price again
+    rig.primary.set_reverting(False, sender=owner)
+    rig.primary.set_answer(2_010 * E8, sender=owner)
+    assert adapter.status() == (2_010 * WAD, True, False)
+    status = engine.check_margin(trader.address)
+    assert status.equity == expected_equity(system, trader, {ETH: 2_010 * WAD})
+    tx = trade(system, trader, ETH, -WAD // 10)
+    assert one(tx, engine.PositionChanged).price == 2_010 * WAD
