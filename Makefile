@@ -6,7 +6,7 @@ ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup test demo bench-gas lint clean
+.PHONY: setup setup-lint test demo bench-gas lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -14,6 +14,15 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip sync -q requirements.lock
 	$(VENV)/bin/uv pip install -q --no-deps -e .
 	touch $@
+
+# mamushi (Vyper formatter) pins click 8.1.3, so it lives in its own venv, from its own lock.
+LINT_VENV := .venv-lint
+$(LINT_VENV)/.installed: requirements-lint.lock $(VENV)/.installed
+	test -x $(LINT_VENV)/bin/python || $(VENV)/bin/python -m venv $(LINT_VENV)
+	$(VENV)/bin/uv pip sync -q --python $(LINT_VENV)/bin/python requirements-lint.lock
+	touch $@
+
+setup-lint: $(LINT_VENV)/.installed
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -30,11 +39,13 @@ demo: setup
 bench-gas: setup
 	ape run bench_gas
 
-lint: setup
+lint: setup setup-lint
 	# every contract compiles (tests/unit/test_bytecode_size.py checks EIP-170)
 	ape compile > /dev/null
 	ruff check src scripts tests
 	ruff format --check src scripts tests
+	# Vyper formatting (line length as ruff's); fix with `.venv-lint/bin/mamushi -l 100 contracts`
+	$(LINT_VENV)/bin/mamushi --check -l 100 contracts
 
 clean:
 	rm -rf .build .cache $(VENV) node_modules

@@ -124,6 +124,7 @@ struct RiskParams:
     liquidation_window: uint256  # seconds of the rolling per-market window
     min_position_notional: uint256  # wad, dust threshold
 
+
 struct MarketConfig:
     oracle: address
     imr: uint256  # wad, initial margin ratio
@@ -131,6 +132,7 @@ struct MarketConfig:
     fee: uint256  # wad, trading fee on traded notional, to the pool
     window_cap: uint256  # wad notional liquidatable per window (non-critical)
     active: bool  # new exposure allowed
+
 
 struct MarginStatus:
     account: address
@@ -145,6 +147,7 @@ struct MarginStatus:
     positions: uint256  # number of open positions
     priced: bool  # false when a needed price is invalid (batched view only)
 
+
 struct Acct:
     markets: uint256
     deadline: uint256
@@ -152,9 +155,11 @@ struct Acct:
     tranches: uint256
     collateral: uint256
 
+
 struct Pos:
     size: int256
     cost: int256
+
 
 struct Eval:
     n: uint256
@@ -166,6 +171,7 @@ struct Eval:
     maintenance: uint256
     initial: uint256
     equity: int256
+
 
 struct Plan:
     code: uint8
@@ -187,6 +193,7 @@ struct Plan:
     ratio_after: uint256
     clears_call: bool
 
+
 struct LiquidationPreview:
     state: uint8
     liquidatable: bool
@@ -202,6 +209,7 @@ struct LiquidationPreview:
     deficit: uint256  # token units, paid by the fund or socialised
     equity_after: int256
     ratio_after: uint256
+
 
 # --- state ---------------------------------------------------------------
 
@@ -227,10 +235,12 @@ event Deposit:
     amount: uint256
     collateral: uint256
 
+
 event Withdraw:
     account: indexed(address)
     amount: uint256
     collateral: uint256
+
 
 event PositionChanged:
     account: indexed(address)
@@ -243,6 +253,7 @@ event PositionChanged:
     fee: uint256
     collateral: uint256
 
+
 event MarginCall:
     account: indexed(address)
     caller: indexed(address)
@@ -253,12 +264,14 @@ event MarginCall:
     reward: uint256
     collateral: uint256
 
+
 event MarginCallCleared:
     account: indexed(address)
     caller: indexed(address)
     equity: int256
     maintenance: uint256
     ratio: uint256
+
 
 event Liquidation:
     account: indexed(address)
@@ -275,11 +288,13 @@ event Liquidation:
     ratio_after: uint256
     full_close: bool
 
+
 event BadDebt:
     account: indexed(address)
     amount: uint256
     paid_by_fund: uint256
     socialised: uint256
+
 
 event MarketSet:
     market_id: indexed(uint256)
@@ -290,11 +305,14 @@ event MarketSet:
     window_cap: uint256
     active: bool
 
+
 event RiskParamsSet:
     params: RiskParams
 
+
 event GuardianSet:
     guardian: indexed(address)
+
 
 event PauseSet:
     paused: bool
@@ -323,7 +341,7 @@ def __init__(token: IERC20, pool: ILiquidityPool, fund: IInsuranceFund, guardian
     TOKEN = token
     POOL = pool
     FUND = fund
-    SCALE = 10 ** convert(18 - decimals, uint256)
+    SCALE = 10**convert(18 - decimals, uint256)
     ownable.__init__()
     ownable_2step.__init__()
     self.guardian = guardian
@@ -799,7 +817,13 @@ def set_market(
     )
     self._window[market_id] = (self._window[market_id] & (2**152 - 1)) | (window_cap << 152)
     log MarketSet(
-        market_id=market_id, oracle=oracle, imr=imr, mmr=mmr, fee=fee, window_cap=window_cap, active=active
+        market_id=market_id,
+        oracle=oracle,
+        imr=imr,
+        mmr=mmr,
+        fee=fee,
+        window_cap=window_cap,
+        active=active,
     )
 
 
@@ -846,7 +870,9 @@ def set_paused(paused: bool):
 
 
 @internal
-def _trade(account: address, market_id: uint256, size_delta: int256, acceptable_price: uint256) -> int256:
+def _trade(
+    account: address, market_id: uint256, size_delta: int256, acceptable_price: uint256
+) -> int256:
     if not (size_delta != 0):
         self._fail("engine: zero size")
     if not (market_id < self.market_count):
@@ -880,7 +906,6 @@ def _trade(account: address, market_id: uint256, size_delta: int256, acceptable_
         realized = self._div_floor(pos.size * iprice, IWAD) - pos.cost
         new.size = pos.size + size_delta
         new.cost = self._div_ceil(new.size * iprice, IWAD)
-
     # dust: a position is either closed or worth at least the minimum
     p: RiskParams = self._unpack_params(self._params)
     if new.size != 0:
@@ -905,7 +930,9 @@ def _trade(account: address, market_id: uint256, size_delta: int256, acceptable_
         if not (self._popcount(acct.markets) < MAX_POSITIONS):
             self._fail("engine: too many positions")
         acct.markets |= bit
-    self.open_interest = self.open_interest + convert(abs(new.cost), uint256) - convert(abs(pos.cost), uint256)
+    self.open_interest = (
+        self.open_interest + convert(abs(new.cost), uint256) - convert(abs(pos.cost), uint256)
+    )
     self._store_pos(account, market_id, new)
 
     if increases:
@@ -1070,8 +1097,13 @@ def _plan(acct: Acct, ev: Eval, params: uint256[3]) -> Plan:
         plan.collateral_after = 0
     else:
         plan.pool_net = -realized_tok
-        penalty: uint256 = min(self._to_token_up(self._mul_up(plan.closed_notional, p.liquidation_penalty)), convert(balance, uint256))
-        share: uint256 = self._to_token_down(plan.closed_notional * p.liquidation_penalty // WAD * p.keeper_share // WAD)
+        penalty: uint256 = min(
+            self._to_token_up(self._mul_up(plan.closed_notional, p.liquidation_penalty)),
+            convert(balance, uint256),
+        )
+        share: uint256 = self._to_token_down(
+            plan.closed_notional * p.liquidation_penalty // WAD * p.keeper_share // WAD
+        )
         reward: uint256 = max(share, self._to_token_down(p.min_keeper_reward))
         reward = min(reward, self._to_token_down(p.max_keeper_reward))
         reward = min(reward, penalty)
@@ -1151,7 +1183,9 @@ def _execute(account: address, acct_in: Acct, ev: Eval, plan: Plan, keeper: addr
         # the engine's collateral reaches the pool first (`pool_net`), so the
         # fund's payment lands on a pool that already holds the rest
         paid: uint256 = extcall FUND.cover(plan.deficit, account)
-        log BadDebt(account=account, amount=plan.deficit, paid_by_fund=paid, socialised=plan.deficit - paid)
+        log BadDebt(
+            account=account, amount=plan.deficit, paid_by_fund=paid, socialised=plan.deficit - paid
+        )
         reward: uint256 = self._to_token_down(self._unpack_params(self._params).min_keeper_reward)
         if reward > 0:
             extcall FUND.pay_keeper(keeper, reward, account)
@@ -1259,8 +1293,8 @@ def _classify(ev: Eval, acct: Acct, p: RiskParams) -> uint8:
                 return CALLED
         else:
             return CALLABLE
-    # a tranche that would leave dust closes everything: treat as CRITICAL
     f: uint256 = self._tranche_fraction(ev, p)
+    # a tranche that would leave dust closes everything: treat as CRITICAL
     if ev.notional - ev.notional * f // WAD < p.min_position_notional:
         return CRITICAL
     return state
@@ -1279,7 +1313,9 @@ def _call_live(acct: Acct, p: RiskParams) -> bool:
 
 @view
 @internal
-def _status(account: address, acct: Acct, prices: uint256[MAX_MARKETS], priced: bool) -> MarginStatus:
+def _status(
+    account: address, acct: Acct, prices: uint256[MAX_MARKETS], priced: bool
+) -> MarginStatus:
     s: MarginStatus = empty(MarginStatus)
     s.account = account
     s.collateral = acct.collateral * SCALE
@@ -1333,7 +1369,9 @@ def _prices(bits: uint256) -> uint256[MAX_MARKETS]:
 
 @view
 @internal
-def _try_prices(bits: uint256, prices_in: uint256[MAX_MARKETS], have: uint256) -> (uint256[MAX_MARKETS], bool):
+def _try_prices(
+    bits: uint256, prices_in: uint256[MAX_MARKETS], have: uint256
+) -> (uint256[MAX_MARKETS], bool):
     """
     @dev Fills the missing prices of `bits` into a cache; never reverts.
          `have` marks the markets already fetched (valid) in this call.
@@ -1461,9 +1499,14 @@ def _set_params(p: RiskParams):
         if m == self.market_count:
             break
         w: uint256 = self._market[m]
-        self._check_market(self._m_imr(w), self._m_mmr(w), self._m_fee(w), self._window[m] >> 152, p)
+        self._check_market(
+            self._m_imr(w), self._m_mmr(w), self._m_fee(w), self._window[m] >> 152, p
+        )
     self._params = [
-        p.call_ratio | (p.critical_ratio << 64) | (p.close_factor << 128) | (p.liquidation_penalty << 192),
+        p.call_ratio
+        | (p.critical_ratio << 64)
+        | (p.close_factor << 128)
+        | (p.liquidation_penalty << 192),
         p.keeper_share
         | (p.grace_period << 64)
         | (p.tranche_interval << 96)

@@ -34,7 +34,6 @@
                  run out of gas (1/64 of the gas is kept by the caller).
 """
 
-
 from .interfaces import IOracle
 
 implements: IOracle
@@ -236,7 +235,6 @@ def _primary_price() -> uint256:
     if sequencer != empty(address):
         if self._sequencer_code() != _OK:
             return 0
-
     success: bool = False
     data: Bytes[_ROUND_DATA_SIZE] = b""
     success, data = raw_call(
@@ -275,7 +273,6 @@ def _price() -> (uint256, uint256, bool):
         code = self._sequencer_code()
         if code != _OK:
             return 0, code, False
-
     p: uint256 = 0
     p, code = self._read_feed(
         primary,
@@ -422,7 +419,7 @@ def _scaling(
     assert decimals <= _MAX_DECIMALS, "oracle: unsupported decimals"
     if decimals <= _WAD_DECIMALS:
         # price = answer * mul: ceil the lower bound, floor the upper one.
-        mul: uint256 = 10 ** convert(_WAD_DECIMALS - decimals, uint256)
+        mul: uint256 = 10**convert(_WAD_DECIMALS - decimals, uint256)
         lo: uint256 = min_price_ // mul
         if lo * mul != min_price_:
             lo += 1
@@ -430,7 +427,7 @@ def _scaling(
     # price = answer // div (rounds down): price >= min <=> answer >=
     # min * div, and price <= max <=> answer < (max + 1) * div. Saturate
     # instead of overflowing (no int256 answer reaches max_value(uint256)).
-    div: uint256 = 10 ** convert(decimals - _WAD_DECIMALS, uint256)
+    div: uint256 = 10**convert(decimals - _WAD_DECIMALS, uint256)
     lo: uint256 = max_value(uint256)
     if min_price_ <= max_value(uint256) // div:
         lo = min_price_ * div

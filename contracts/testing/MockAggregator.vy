@@ -39,9 +39,7 @@ _REVERTING: constant(uint256) = 1 << 112
 _STARTED_DIFFERS: constant(uint256) = 1 << 113
 _VERSION: constant(uint256) = 4
 
-
 decimals: public(immutable(uint8))
-
 
 _latest: uint256
 _rounds: HashMap[uint256, uint256]
