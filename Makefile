@@ -48,4 +48,4 @@ lint: setup setup-lint
 	$(LINT_VENV)/bin/mamushi --check -l 100 contracts
 
 clean:
-	rm -rf .build .cache $(VENV) node_modules
+	rm -rf .build .cache $(VENV) $(LINT_VENV) node_modules
