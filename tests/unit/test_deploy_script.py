@@ -1,0 +1,259 @@
+"""`ape run deploy` (scripts/deploy.py) and `margincall.deployment`: the config-driven deploy
+writes a record that matches the chain, refuses to overwrite it without `--force` (before any
+transaction), overwrites it with `--force`, and rejects a bad config before any transaction.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from margincall.constants import WAD
+from margincall.deployment import (
+    ConfigError,
+    RecordExists,
+    load_config,
+    read_record,
+    record_path,
+)
+from margincall.math import RiskParams
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "margincall_deploy_script", ROOT / "scripts/deploy.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+deploy_script = _load_script()
+
+
+def config_data(guardian: str) -> dict:
+    return {
+        "collateral": {"mock": True, "decimals": 6},
+        "guardian": guardian,
+        "reserve_factor": "0.3",
+        "risk": {"call_ratio": "1.3", "grace_period": 7_200, "close_factor": "0.5"},
+        "markets": [
+            {
+                "name": "ETH-USD",
+                "feed": "mock",
+                "feed_decimals": 8,
+                "price": "2000",
+                "heartbeat": 30 * 86_400,
+                "min_price": "1",
+                "max_price": "1000000",
+                "imr": "0.10",
+                "mmr": "0.05",
+                "fee": "0.0005",
+                "window_cap": "10000000",
+            },
+            {
+                "name": "SOL-USD",
+                "feed": "mock",
+                "feed_decimals": 18,
+                "price": "150.5",
+                "heartbeat": 30 * 86_400,
+                "imr": "0.2",
+                "mmr": "0.1",
+                "fee": "0.001",
+            },
+        ],
+    }
+
+
+@pytest.fixture
+def config_file(tmp_path, guardian):
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(config_data(guardian.address)))
+    return path
+
+
+def write_config(tmp_path, data) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_shipped_local_config_is_valid():
+    config = load_config(ROOT / "config/deploy-local.yaml")
+    assert [m.name for m in config.markets] == ["ETH-USD", "BTC-USD", "SOL-USD"]
+    assert all(m.mock for m in config.markets)
+    assert config.risk == RiskParams()  # the shipped file spells out the engine defaults
+
+
+def test_deploy_writes_a_record_matching_the_chain(
+    project, chain, owner, guardian, tmp_path, config_file
+):
+    out = tmp_path / "deployments" / "local.json"
+    record, path = deploy_script.run_deploy(project, chain, owner, config_file, out)
+
+    assert path == out and out.exists()
+    assert read_record(out) == record
+    assert json.loads(out.read_text())["engine"] == record.engine
+    assert record.chain_id == chain.chain_id
+    assert record.deployer == owner.address
+    assert record.network == chain.provider.network_choice
+    assert 0 < record.block <= record.end_block == chain.blocks.head.number
+    # `block` is the engine's creation block: a bot scans its events from there
+    assert not chain.provider.get_code(record.engine, block_id=record.block - 1)
+    assert chain.provider.get_code(record.engine, block_id=record.block)
+
+    engine = project.MarginEngine.at(record.engine)
+    pool = project.LiquidityPool.at(record.pool)
+    fund = project.InsuranceFund.at(record.fund)
+    token = project.MockERC20.at(record.token)
+    assert pool.engine() == fund.engine() == engine.address
+    assert engine.TOKEN() == token.address and token.decimals() == 6
+    assert engine.guardian() == record.guardian == guardian.address
+    assert pool.reserve_factor() == record.reserve_factor == 3 * WAD // 10
+    params = engine.risk_params()
+    assert params.call_ratio == record.risk_params["call_ratio"] == 13 * WAD // 10
+    assert params.grace_period == record.risk_params["grace_period"] == 7_200
+    assert params.close_factor == WAD // 2
+    assert record.risk_params["tranche_interval"] == RiskParams().tranche_interval  # default kept
+
+    assert engine.market_count() == len(record.markets) == 2
+    eth, sol = record.markets
+    assert (eth.name, eth.market_id, sol.name, sol.market_id) == ("ETH-USD", 0, "SOL-USD", 1)
+    m = engine.markets(1)
+    assert m.oracle == sol.oracle and m.active
+    assert (
+        (m.imr, m.mmr, m.fee) == (sol.imr, sol.mmr, sol.fee) == (WAD // 5, WAD // 10, WAD // 1000)
+    )
+    assert engine.markets(0).window_cap == eth.window_cap == 10_000_000 * WAD
+    assert project.OracleAdapter.at(eth.oracle).price() == 2_000 * WAD
+    assert project.OracleAdapter.at(sol.oracle).price() == 1505 * WAD // 10
+    assert eth.mock_feed and eth.feed_decimals == 8 and sol.feed_decimals == 18
+    assert eth.min_price == WAD and eth.max_price == 10**6 * WAD
+    assert record.client(project).market(0).imr == WAD // 10
+
+
+def test_deploy_refuses_to_overwrite_before_any_transaction(
+    project, chain, owner, tmp_path, config_file
+):
+    out = tmp_path / "local.json"
+    first, _ = deploy_script.run_deploy(project, chain, owner, config_file, out)
+    nonce = owner.nonce
+    with pytest.raises(RecordExists, match="already exists.*--force"):
+        deploy_script.run_deploy(project, chain, owner, config_file, out)
+    assert owner.nonce == nonce  # nothing sent
+    assert read_record(out) == first
+
+
+def test_deploy_with_force_overwrites(project, chain, owner, tmp_path, config_file):
+    out = tmp_path / "local.json"
+    first, _ = deploy_script.run_deploy(project, chain, owner, config_file, out)
+    second, _ = deploy_script.run_deploy(project, chain, owner, config_file, out, force=True)
+    assert second.engine != first.engine
+    assert read_record(out).engine == second.engine
+
+
+def test_default_record_path_is_per_ecosystem_and_network():
+    assert record_path("ethereum:local:foundry") == Path("deployments/ethereum-local.json")
+    assert record_path("arbitrum:sepolia:node") == Path("deployments/arbitrum-sepolia.json")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(typo=1), "unknown key.*typo"),
+        (lambda d: d["markets"][0].update(imr="0.04"), "need 0 < mmr < imr"),
+        (lambda d: d["markets"][0].update(fee="abc"), "fee: expected a number"),
+        (lambda d: d["markets"][0].pop("price"), "mock feed needs an initial price"),
+        (lambda d: d["markets"][0].update(feed="0x123"), "expected an address"),
+        (lambda d: d["markets"][1].update(name="ETH-USD"), "duplicate names"),
+        (lambda d: d["markets"][0].update(heartbeat=0), "heartbeat: expected an integer >= 1"),
+        (lambda d: d["risk"].update(call_ratoi="1.2"), "risk: unknown key.*call_ratoi"),
+        (lambda d: d.update(reserve_factor="1.5"), "reserve_factor: at most 1"),
+        (lambda d: d.update(collateral={"mock": False}), "only a mock token"),
+        (lambda d: d.update(markets=[]), "markets: expected a non-empty list"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_transaction(
+    project, chain, owner, guardian, tmp_path, change, message
+):
+    data = config_data(guardian.address)
+    change(data)
+    path = write_config(tmp_path, data)
+    nonce = owner.nonce
+    with pytest.raises(ConfigError, match=message):
+        deploy_script.run_deploy(project, chain, owner, path, tmp_path / "out.json")
+    assert owner.nonce == nonce
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_config_with_a_real_feed_address_needs_no_price(guardian, tmp_path):
+    data = config_data(guardian.address)
+    data["markets"][0] = {
+        k: v for k, v in data["markets"][0].items() if k not in ("price", "feed_decimals")
+    }
+    data["markets"][0]["feed"] = "0x5f4ec3df9cbd43714fe2740f5e3616155c5b8419"
+    config = load_config(write_config(tmp_path, data))
+    assert not config.markets[0].mock
+    assert config.markets[0].feed == "0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"
+
+
+# --- click: parsing and refusals ---------------------------------------------------
+
+
+def invoke(*args: str):
+    """Runs the script's command on the test chain (ape-foundry connects to the running Anvil
+    at this host instead of starting a new one)."""
+    from ape import chain
+
+    env = {"APE_FOUNDRY_HOST": chain.provider.uri}
+    return CliRunner().invoke(deploy_script.cli, list(args), env=env)
+
+
+def test_cli_rejects_a_missing_config_file(tmp_path):
+    result = invoke(
+        *["--account", "TEST::0", "--config", str(tmp_path / "nope.yaml")],
+    )
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_cli_refuses_to_overwrite_an_existing_record(tmp_path, config_file):
+    out = tmp_path / "local.json"
+    out.write_text("{}")
+    result = invoke(
+        *["--account", "TEST::0", "--config", str(config_file), "--output", str(out)],
+    )
+    assert result.exit_code == 1, result.output
+    assert "already exists" in result.output and "--force" in result.output
+    assert out.read_text() == "{}"
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, guardian):
+    data = config_data(guardian.address)
+    data["markets"][0]["imr"] = "0.01"
+    path = write_config(tmp_path, data)
+    result = invoke(
+        *["--account", "TEST::0", "--config", str(path), "--output", str(tmp_path / "o.json")],
+    )
+    assert result.exit_code == 1, result.output
+    assert "need 0 < mmr < imr" in result.output
+
+
+def test_cli_deploys_writes_the_record_and_force_overwrites(tmp_path, config_file, chain):
+    out = tmp_path / "deployments" / "local.json"
+    args = ["--account", "TEST::0", "--config", str(config_file), "--output", str(out)]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "record written to" in result.output
+    first = read_record(out)
+    assert first.chain_id == chain.chain_id and len(first.markets) == 2
+    result = invoke(*args, "--force")
+    assert result.exit_code == 0, result.output
+    assert read_record(out).engine != first.engine
