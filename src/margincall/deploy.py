@@ -92,31 +92,49 @@ def deploy_system(
     pool.set_engine(engine.address, sender=owner)
     fund.set_engine(engine.address, sender=owner)
     system = System(project, owner, token, pool, fund, engine, markets=markets)
-    for market_id, spec in enumerate(markets):
-        feed = owner.deploy(
-            project.MockAggregator, spec.feed_decimals, system.feed_answer(market_id, spec.price)
-        )
-        oracle = owner.deploy(
-            project.OracleAdapter,
-            feed.address,
-            spec.heartbeat,
-            ZERO,
-            0,
-            ZERO,
-            0,
-            spec.min_price,
-            spec.max_price,
-        )
-        engine.set_market(
-            market_id,
-            oracle.address,
-            spec.imr,
-            spec.mmr,
-            spec.fee,
-            spec.window_cap,
-            True,
-            sender=owner,
-        )
-        system.feeds.append(feed)
-        system.oracles.append(oracle)
+    for spec in markets:
+        add_market(system, spec)
     return system
+
+
+def add_market(
+    system: System,
+    spec: MarketSpec,
+    feed: str | None = None,
+    answer: int | None = None,
+    sender: Any = None,
+) -> tuple[str, Any]:
+    """Adds the next market: a mock feed (unless `feed` names an existing one), its adapter,
+    and `set_market` on the engine. Returns the feed's address and the adapter."""
+    owner = sender or system.owner
+    project = system.project
+    market_id = len(system.oracles)
+    if feed is None:
+        if answer is None:
+            answer = int(round(spec.price * 10**spec.feed_decimals))
+        mock = owner.deploy(project.MockAggregator, spec.feed_decimals, answer)
+        system.feeds.append(mock)
+        feed = mock.address
+    oracle = owner.deploy(
+        project.OracleAdapter,
+        feed,
+        spec.heartbeat,
+        ZERO,
+        0,
+        ZERO,
+        0,
+        spec.min_price,
+        spec.max_price,
+    )
+    system.engine.set_market(
+        market_id,
+        oracle.address,
+        spec.imr,
+        spec.mmr,
+        spec.fee,
+        spec.window_cap,
+        True,
+        sender=owner,
+    )
+    system.oracles.append(oracle)
+    return feed, oracle

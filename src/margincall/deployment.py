@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from margincall.constants import MAX_MARKETS, WAD
-from margincall.deploy import ZERO, MarketSpec, deploy_system
+from margincall.deploy import MarketSpec, add_market, deploy_system
 from margincall.math import RiskParams
 
 RECORD_VERSION = 1
@@ -439,31 +439,13 @@ def deploy_from_config(
 
     records = []
     for market_id, m in enumerate(config.markets):
-        if m.mock:
-            feed = deployer.deploy(
-                project.MockAggregator,
-                m.feed_decimals,
-                int(Decimal(m.price) * 10**m.feed_decimals),
-            )
-            system.feeds.append(feed)
-            feed_address = feed.address
-        else:
-            feed_address = m.feed
-        oracle = deployer.deploy(
-            project.OracleAdapter,
-            feed_address,
-            m.heartbeat,
-            ZERO,
-            0,
-            ZERO,
-            0,
-            m.min_price,
-            m.max_price,
+        feed_address, oracle = add_market(
+            system,
+            m.spec(),
+            feed=None if m.mock else m.feed,
+            answer=int(Decimal(m.price) * 10**m.feed_decimals) if m.mock else None,
+            sender=deployer,
         )
-        engine.set_market(
-            market_id, oracle.address, m.imr, m.mmr, m.fee, m.window_cap, True, sender=deployer
-        )
-        system.oracles.append(oracle)
         on_chain = engine.markets(market_id)
         records.append(
             MarketRecord(
