@@ -49,3 +49,13 @@ lint: setup setup-lint
 
 clean:
 	rm -rf .build .cache $(VENV) $(LINT_VENV) node_modules
+
+.PHONY: fuzz
+# Deep stateful campaign in titanoboa (tests/stateful): MARGINCALL_FUZZ=deep selects the deep
+# Hypothesis profile (1,000 examples of up to 30 steps per collateral decimals); the 6- and
+# 18-decimal campaigns run side by side, one per core. Plain pytest: no Anvil, no Ape fixtures.
+fuzz: setup
+	MARGINCALL_FUZZ=deep pytest tests/stateful -q -s -p no:ape_test --noconftest -k usdc6 & \
+	pid=$$!; \
+	MARGINCALL_FUZZ=deep pytest tests/stateful -q -s -p no:ape_test --noconftest -k dai18; \
+	rc=$$?; wait $$pid || rc=1; exit $$rc
