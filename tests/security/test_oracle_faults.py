@@ -17,7 +17,10 @@ import ape
 import pytest
 
 from margincall.constants import WAD, State
+from tests.utils.helpers import deposit_units as deposit
+from tests.utils.helpers import fund_units as fund
 from tests.utils.helpers import pin_next_tx
+from tests.utils.helpers import trade_unbounded as trade
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 MAX_UINT = 2**256 - 1
@@ -45,22 +48,6 @@ REASONS = {
 
 def _addr(who) -> str:
     return getattr(who, "address", who)
-
-
-def fund(system, who, amount: int) -> int:
-    system.token.mint(who.address, amount, sender=who)
-    system.token.approve(system.engine.address, MAX_UINT, sender=who)
-    return amount
-
-
-def deposit(system, who, amount: int):
-    fund(system, who, amount)
-    return system.engine.deposit(amount, sender=who)
-
-
-def trade(system, who, market_id: int, size: int):
-    bound = MAX_UINT if size > 0 else 0
-    return system.engine.trade(market_id, size, bound, sender=who)
 
 
 def one(tx, event):

@@ -14,6 +14,9 @@ import pytest
 from margincall.constants import WAD
 from margincall.math import div_ceil, mul_up
 from tests.utils.helpers import assert_conserved
+from tests.utils.helpers import deposit_units as deposit
+from tests.utils.helpers import fund_units as fund
+from tests.utils.helpers import trade_unbounded as trade
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 MAX_UINT = 2**256 - 1
@@ -22,24 +25,6 @@ ETH, BTC, SOL = 0, 1, 2
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def fund(system, who, amount: int, spender=None) -> int:
-    """Mints `amount` token units to `who` and approves the engine (or `spender`)."""
-    system.token.mint(who.address, amount, sender=who)
-    system.token.approve((spender or system.engine).address, MAX_UINT, sender=who)
-    return amount
-
-
-def deposit(system, who, amount: int):
-    fund(system, who, amount)
-    return system.engine.deposit(amount, sender=who)
-
-
-def trade(system, who, market_id: int, size: int):
-    """Trades `size` (wad, signed) with no slippage bound."""
-    bound = MAX_UINT if size > 0 else 0
-    return system.engine.trade(market_id, size, bound, sender=who)
 
 
 def fee_units(system, traded_notional: int) -> int:

@@ -249,3 +249,22 @@ def skip_revert_source_traceback(monkeypatch) -> None:
     import ape.exceptions
 
     monkeypatch.setattr(ape.exceptions, "_get_ape_traceback_from_tx", lambda txn: None)
+
+
+def fund_units(system, who, amount: int, spender=None) -> int:
+    """Mints `amount` token units to `who` and approves the engine (or `spender`)."""
+    system.token.mint(who.address, amount, sender=who)
+    system.token.approve((spender or system.engine).address, 2**256 - 1, sender=who)
+    return amount
+
+
+def deposit_units(system, who, amount: int):
+    """Funds `who` with `amount` token units and deposits them for itself."""
+    fund_units(system, who, amount)
+    return system.engine.deposit(amount, sender=who)
+
+
+def trade_unbounded(system, who, market_id: int, size: int):
+    """Trades `size` (wad, signed) with no slippage bound."""
+    bound = 2**256 - 1 if size > 0 else 0
+    return system.engine.trade(market_id, size, bound, sender=who)
