@@ -655,3 +655,8 @@ __all__ = [
     "run_withdraw",
     "to_units",
 ]
+
+# the bot launchers live in their own module; registered here so `margincall --help` lists them
+from margincall.cli_bots import keeper as _keeper_command  # noqa: E402
+
+cli.add_command(_keeper_command, "keeper")

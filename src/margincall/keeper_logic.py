@@ -275,7 +275,8 @@ class Metrics:
     calls_made: int = 0  # accounts actually called
     tranches_sent: int = 0  # accounts put in `liquidate_many`
     tranches_made: int = 0  # accounts actually liquidated
-    races_lost: int = 0  # sent but skipped by the engine (a rival was first)
+    races_lost: int = 0  # sent but skipped by the engine: a rival acted first
+    skipped_recovered: int = 0  # sent but skipped: no longer eligible (price moved back)
     rewards_earned: int = 0  # token units
     delays: list[int] = field(default_factory=list)  # blocks from eligible to acted
 
@@ -303,6 +304,14 @@ class Metrics:
         if not 0 <= made <= sent:
             raise ValueError(f"made {made} of {sent} sent")
         self.races_lost += sent - made
+
+    def record_skips(self, raced: int, recovered: int) -> None:
+        """Accounts the engine skipped: `raced` because a rival acted first in or before the
+        block, `recovered` because they were no longer eligible."""
+        if raced < 0 or recovered < 0:
+            raise ValueError("skip counts must be non-negative")
+        self.races_lost += raced
+        self.skipped_recovered += recovered
 
     @property
     def max_delay(self) -> int:

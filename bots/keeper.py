@@ -1,0 +1,72 @@
+"""margincall keeper bot (Silverback).
+
+Run from the project root, against any Ape network (docs/bots.md):
+
+    silverback run keeper --network ethereum:local:foundry \
+        --runner margincall.runner:ResilientRunner --account TEST::3
+
+or `margincall keeper --deployment deployments/ethereum-local.json --account TEST::3`,
+which sets the same options. Settings come from `MARGINCALL_*` environment variables
+(`margincall.keeper.KeeperConfig.from_env`): the deployment record is required, the rest
+(shard, profit margin, batch sizes, metrics file) have defaults.
+
+The bot is a thin shell: `margincall.keeper.Keeper` does the work, and its decisions are
+the pure functions of `margincall.keeper_logic`.
+"""
+
+from ape import chain, project
+from ape.logging import logger
+from silverback import SilverbackBot
+
+from margincall.deployment import read_record
+from margincall.keeper import Keeper, KeeperConfig
+from margincall.tx import TxSender
+
+bot = SilverbackBot()
+
+
+@bot.on_startup()
+def start(startup_state):
+    config = KeeperConfig.from_env()
+    record = read_record(config.deployment)
+    if int(record.chain_id) != int(chain.chain_id):
+        raise RuntimeError(
+            f"{config.deployment} is for chain {record.chain_id}, but the node is chain"
+            f" {chain.chain_id}"
+        )
+    if bot.signer is None:
+        raise RuntimeError("the keeper needs an account to send from: pass --account")
+    contracts = record.contracts(project)
+    sender = TxSender(bot.signer, chain.provider, stale_blocks=config.stale_blocks)
+    keeper = Keeper(
+        record.client(project), record, sender, config, chain.provider, contracts["fund"]
+    )
+    keeper.start()
+    bot.state.keeper = keeper
+
+
+@bot.on_(chain.blocks)
+def scan(block):
+    keeper: Keeper = bot.state.keeper
+    try:
+        keeper.on_block(int(block.number), int(block.timestamp))
+    except Exception as err:  # noqa: BLE001 - retried on the next poll; Silverback halts on 3
+        keeper.state.rpc_errors += 1
+        logger.warning(
+            f"block {block.number}: scan failed ({type(err).__name__}: {err}); will retry"
+        )
+        raise_if_fatal(err)
+
+
+def raise_if_fatal(err: Exception) -> None:
+    """Programming errors stop the bot; network and node errors do not."""
+    if isinstance(err, (TypeError, AttributeError, NameError, KeyError)):
+        raise err
+
+
+@bot.on_shutdown()
+def stop():
+    keeper = bot.state.get("keeper") if hasattr(bot.state, "get") else None
+    if keeper is not None:
+        keeper.write_metrics()
+        logger.info(f"keeper stopped: {keeper.snapshot()}")

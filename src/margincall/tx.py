@@ -1,0 +1,208 @@
+"""Sending transactions the way a keeper must: many per block, without waiting.
+
+Ape's `contract.method(..., sender=acct)` waits for each receipt, and on a
+local network it sets the gas limit to the whole block. A keeper that acts on
+a crash sends several batches in one block and must not wait for each: this
+`TxSender` signs with any Ape account, estimates gas per transaction (plus a
+buffer), keeps the nonce locally so a burst of transactions goes out in
+order, and collects receipts later with `poll()`.
+
+Nonce rules: the first send reads the pending nonce from the node; each send
+takes the next one; a send that the node refuses for its nonce ("nonce too
+low", "already known", "replacement transaction underpriced") resyncs from
+the node and retries once; any other refusal also resyncs, so a gap never
+jams the account. A transaction not mined after `stale_blocks` blocks is
+dropped from `pending` (its accounts become eligible again) and the nonce is
+resynced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ape.logging import logger
+from web3.exceptions import TransactionNotFound
+
+NONCE_ERRORS = ("nonce too low", "already known", "replacement transaction underpriced", "nonce")
+
+
+@dataclass
+class PendingTx:
+    """A sent transaction and what it was for."""
+
+    txn_hash: str
+    nonce: int
+    label: str  # e.g. "liquidate_many"
+    accounts: tuple[str, ...]
+    sent_block: int
+    gas_limit: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Mined:
+    """A pending transaction with its receipt (Ape's `ReceiptAPI`)."""
+
+    tx: PendingTx
+    receipt: Any
+
+    @property
+    def block(self) -> int:
+        return int(self.receipt.block_number)
+
+    @property
+    def ok(self) -> bool:
+        return int(self.receipt.status) == 1
+
+    @property
+    def gas_used(self) -> int:
+        return int(self.receipt.gas_used)
+
+
+class TxSender:
+    """Signs and sends from `account` without waiting; `poll()` returns what was mined."""
+
+    def __init__(
+        self,
+        account: Any,
+        provider: Any,
+        gas_buffer_bps: int = 12_500,
+        stale_blocks: int = 20,
+        priority_fee: int | None = None,
+    ):
+        if gas_buffer_bps < 10_000:
+            raise ValueError("gas_buffer_bps must be at least 10_000 (no buffer)")
+        self.account = account
+        self.provider = provider
+        self.gas_buffer_bps = gas_buffer_bps
+        self.stale_blocks = stale_blocks
+        self.priority_fee = priority_fee
+        self.next_nonce: int | None = None
+        self.pending: dict[str, PendingTx] = {}
+        self.gas_spent = 0
+        self.fees_paid = 0  # wei
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    @property
+    def web3(self) -> Any:
+        return self.provider.web3
+
+    def sync_nonce(self) -> int:
+        self.next_nonce = int(self.web3.eth.get_transaction_count(self.address, "pending"))
+        return self.next_nonce
+
+    def in_flight(self) -> set[str]:
+        """Accounts named in a transaction not mined yet."""
+        return {a for tx in self.pending.values() for a in tx.accounts}
+
+    def _fees(self) -> tuple[int, int]:
+        head = self.web3.eth.get_block("latest")
+        base = int(head.get("baseFeePerGas", 0) or 0)
+        tip = self.priority_fee
+        if tip is None:
+            tip = int(getattr(self.provider, "priority_fee", 0) or 0)
+        return 2 * base + tip, tip
+
+    def send(
+        self,
+        contract_address: str,
+        data: bytes,
+        label: str,
+        accounts: tuple[str, ...],
+        head_block: int,
+        meta: dict[str, Any] | None = None,
+    ) -> PendingTx:
+        """Estimates, signs and sends one transaction; returns it as pending."""
+        estimate = int(
+            self.web3.eth.estimate_gas({"from": self.address, "to": contract_address, "data": data})
+        )
+        gas_limit = estimate * self.gas_buffer_bps // 10_000
+        max_fee, tip = self._fees()
+        for attempt in (1, 2):
+            if self.next_nonce is None:
+                self.sync_nonce()
+            nonce = self.next_nonce
+            txn = self.provider.network.ecosystem.create_transaction(
+                chain_id=self.provider.chain_id,
+                receiver=contract_address,
+                data=data,
+                nonce=nonce,
+                gas_limit=gas_limit,
+                max_fee=max_fee,
+                max_priority_fee=tip,
+                type=2,
+            )
+            signed = self.account.sign_transaction(txn)
+            if signed is None:
+                raise RuntimeError(f"{self.address}: the account refused to sign")
+            try:
+                txn_hash = self.web3.eth.send_raw_transaction(signed.serialize_transaction())
+            except Exception as err:  # noqa: BLE001 - node refusals come in many types
+                self.next_nonce = None  # resync before anything else is sent
+                text = str(err).lower()
+                if attempt == 1 and any(s in text for s in NONCE_ERRORS):
+                    logger.warning(f"{label}: nonce {nonce} refused ({err}); resyncing")
+                    continue
+                raise
+            self.next_nonce = nonce + 1
+            tx = PendingTx(
+                txn_hash=txn_hash.to_0x_hex() if hasattr(txn_hash, "to_0x_hex") else str(txn_hash),
+                nonce=nonce,
+                label=label,
+                accounts=tuple(accounts),
+                sent_block=head_block,
+                gas_limit=gas_limit,
+                meta=dict(meta or {}),
+            )
+            self.pending[tx.txn_hash] = tx
+            return tx
+        raise AssertionError("unreachable")
+
+    def send_call(
+        self,
+        method: Any,
+        args: tuple,
+        label: str,
+        accounts: tuple[str, ...],
+        head_block: int,
+        meta: dict[str, Any] | None = None,
+    ) -> PendingTx:
+        """`send` for an Ape contract method (`engine.liquidate_many`, ...)."""
+        data = method.encode_input(*args)
+        return self.send(str(method.contract.address), data, label, accounts, head_block, meta)
+
+    def poll(
+        self, head_block: int, on_stale: Callable[[PendingTx], None] | None = None
+    ) -> list[Mined]:
+        """Receipts of pending transactions mined by now; drops stale ones."""
+        mined: list[Mined] = []
+        for txn_hash, tx in list(self.pending.items()):
+            try:
+                raw = self.web3.eth.get_transaction_receipt(txn_hash)
+            except TransactionNotFound:
+                raw = None
+            if raw is None:
+                if head_block - tx.sent_block > self.stale_blocks:
+                    logger.warning(
+                        f"{tx.label} {txn_hash} not mined after {self.stale_blocks} blocks"
+                    )
+                    del self.pending[txn_hash]
+                    self.next_nonce = None
+                    if on_stale:
+                        on_stale(tx)
+                continue
+            receipt = self.provider.get_receipt(txn_hash)
+            del self.pending[txn_hash]
+            m = Mined(tx, receipt)
+            self.gas_spent += m.gas_used
+            self.fees_paid += m.gas_used * int(getattr(receipt, "gas_price", 0) or 0)
+            mined.append(m)
+        return mined
+
+
+__all__ = ["Mined", "PendingTx", "TxSender"]
