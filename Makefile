@@ -6,7 +6,7 @@ ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup setup-lint test demo bench-gas lint clean
+.PHONY: setup setup-lint test demo story bench-gas lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -33,8 +33,13 @@ setup: $(VENV)/.installed node_modules/.installed
 test: setup lint
 	ape test tests -q
 
+# a crash with ~50 traders, the keeper and the notifier as real processes, and the report
 demo: setup
 	ape run demo
+
+# the scripted walk-through of one margin call, cure, tranches and a bankruptcy
+story: setup
+	ape run story
 
 bench-gas: setup
 	ape run bench_gas
@@ -42,8 +47,8 @@ bench-gas: setup
 lint: setup setup-lint
 	# every contract compiles (tests/unit/test_bytecode_size.py checks EIP-170)
 	ape compile > /dev/null
-	ruff check src scripts tests
-	ruff format --check src scripts tests
+	ruff check src scripts bots tests
+	ruff format --check src scripts bots tests
 	# Vyper formatting (line length as ruff's); fix with `.venv-lint/bin/mamushi -l 100 contracts`
 	$(LINT_VENV)/bin/mamushi --check -l 100 contracts
 

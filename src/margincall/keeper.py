@@ -424,6 +424,8 @@ class Keeper:
             if since is not None:
                 self.metrics.record_delay(since, mined.block)
         skipped = [a for a in tx.accounts if _lower(a) not in done]
+        for a in skipped:  # its eligibility, if any, starts again at the next scan
+            self.state.eligible_since.pop(a, None)
         if skipped:
             raced = self._acted_by_rivals(skipped, mined.block)
             self.metrics.record_skips(len(raced), len(skipped) - len(raced))

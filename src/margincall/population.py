@@ -9,6 +9,7 @@ and `crash_path` gives a price path with a fall and rebounds.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,27 +88,32 @@ def open_crowd(
 
 
 def crash_path(
-    start: float, fall: float = 0.45, steps: int = 12, rebound: float = 0.06, seed: int = 7
+    start: float,
+    fall: float = 0.45,
+    steps: int = 30,
+    rebound: float = 0.03,
+    every: int = 6,
+    seed: int = 7,
 ) -> list[float]:
     """Prices from `start` down by `fall` (0.45 = -45%) in `steps` steps, ending at the low.
 
-    Every third step (but the last) is a rebound of `rebound` (0.06 = +6%) instead of a
-    fall; the other steps head for the straight line from `start` to the low, with a
-    jitter of +-0.5% drawn from `seed`.
+    Every `every`-th step (but the last) is a rebound of `rebound` (+3%); the other steps
+    fall by the same return, chosen so that the path ends exactly at the low, with a
+    jitter of +-20% drawn from `seed`. No step falls by much more than the average,
+    as in a crash seen minute by minute.
     """
-    if not 0 < fall < 1 or steps < 2:
-        raise ValueError("fall must be in (0, 1) and steps >= 2")
+    if not 0 < fall < 1 or steps < 2 or every < 2:
+        raise ValueError("fall must be in (0, 1), steps >= 2, every >= 2")
     rng = random.Random(seed)
-    end = start * (1 - fall)
+    ups = [k % every == 0 for k in range(1, steps)] + [False]
+    weights = [0.0 if up else rng.uniform(0.8, 1.2) for up in ups]
+    # the falls share the log-return left after the rebounds, in proportion to the weights
+    total = math.log((1 - fall) / (1 + rebound) ** sum(ups))
     path, price = [], start
-    for k in range(1, steps + 1):
-        if k == steps:
-            price = end
-        elif k % 3 == 0:
-            price = price * (1 + rebound)
-        else:
-            price = (start + (end - start) * k / steps) * (1 + rng.uniform(-0.005, 0.005))
+    for up, w in zip(ups, weights, strict=True):
+        price *= (1 + rebound) if up else math.exp(total * w / sum(weights))
         path.append(round(price, 2))
+    path[-1] = round(start * (1 - fall), 2)
     return path
 
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
@@ -59,8 +60,11 @@ def bot_command(
 class BotProcess:
     """One Silverback bot process, logging to `log_path`.
 
-    `name` (default `margincall-<bot>`) is Silverback's bot name, which keys its
-    session directory; give racing instances of one bot different names.
+    `name` (default `margincall-<bot>-<random>`) is Silverback's bot name, which keys
+    its session directory under `.silverback-sessions/`; with `fresh_session` that
+    directory is removed at start and at stop, so runs never resume a stale session
+    (the margincall bots rebuild their state from the chain) and other runs' bots in
+    the same checkout are left alone.
     `node_url` attaches the bot to a running local node (`APE_FOUNDRY_HOST`),
     as the demo and the tests do with their own Anvil; leave it out for a
     named network. `env` adds settings (`MARGINCALL_*`).
@@ -79,7 +83,7 @@ class BotProcess:
         name: str | None = None,
     ):
         self.bot = bot
-        self.name = name or f"margincall-{bot}"
+        self.name = name or f"margincall-{bot}-{uuid.uuid4().hex[:8]}"
         self.log_path = Path(log_path)
         self.node_url = node_url
         self.account = account
@@ -194,6 +198,8 @@ class BotProcess:
                 pass
             return proc.returncode
         finally:
+            if self.fresh_session:
+                shutil.rmtree(self.cwd / ".silverback-sessions" / self.name, ignore_errors=True)
             if self._log is not None:
                 self._log.close()
                 self._log = None
