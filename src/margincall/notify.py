@@ -970,15 +970,17 @@ class Notifier:
         if self.sender is None:
             # log only: the message was logged when enqueued
             report = DeliveryReport()
-            for p in self.outbox.due(limit=10_000):
-                self.outbox.mark_delivered(p.key)
-                report.delivered.append(p.key)
+            while batch := self.outbox.due(limit=1_000):
+                for p in batch:
+                    self.outbox.mark_delivered(p.key)
+                    report.delivered.append(p.key)
             return report
         return deliver(self.outbox, self.sender, self.budget, log=self.log)
 
-    def tick(self, head: int, timestamp: int | None = None) -> TickReport:
-        """sync, scan, deliver; an error in one step is logged and the next step still runs
-        (a dead node must not stop deliveries, a dead webhook must not stop reading)."""
+    def tick(self, head: int, timestamp: int | None = None, deliver: bool = True) -> TickReport:
+        """sync, scan, then deliver (unless `deliver` is False: a `Courier` thread does it);
+        an error in one step is logged and the next step still runs (a dead node must not
+        stop deliveries, a dead webhook must not stop reading)."""
         report = TickReport(head)
         if head < self.cursor:
             report.errors.append(f"head {head} is behind the cursor {self.cursor}")
@@ -994,6 +996,8 @@ class Notifier:
                     report.errors.append(f"{type(err).__name__}: {err}")
                     self.log.warning(f"notify: block {head}: {type(err).__name__}: {err}")
         report.read_to = self.cursor
+        if not deliver:
+            return report
         try:
             report.delivery = self.deliver()
         except Exception as err:  # noqa: BLE001 - e.g. a full disk: retried next block
@@ -1004,6 +1008,64 @@ class Notifier:
     def _announce(self, added: Iterable[Message]) -> None:
         for m in added:
             self.log.info(f"notify [{m.kind}] {m.account}: {m.text} (key {m.key})")
+
+
+class Courier:
+    """Delivers in a thread of its own, on the outbox's schedule, not the chain's.
+
+    Retries must not wait for a new block (a quiet chain has none for a long
+    time) and reading blocks must not wait for a slow webhook: the bot's block
+    handler only enqueues and `wake()`s the courier; the courier runs
+    `notifier.deliver()` whenever it is woken, a retry falls due, or `poll`
+    seconds have passed. One courier per outbox: it is the only sender, so a
+    message is never in flight twice.
+    """
+
+    def __init__(self, notifier: Notifier, poll: float = 1.0, min_wait: float = 0.02):
+        self.notifier = notifier
+        self.poll = poll
+        self.min_wait = min_wait
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+
+    def start(self) -> Courier:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="notify-courier", daemon=True)
+            self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stops after the current round; returns whether the thread ended in `timeout`."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _wait_time(self) -> float:
+        due = self.notifier.outbox.next_due_at()
+        if due is None:
+            return self.poll
+        return min(max(due - self.notifier.outbox.clock(), self.min_wait), self.poll)
+
+    def _run(self) -> None:
+        log = self.notifier.log
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.notifier.deliver()
+                wait = self._wait_time()
+            except Exception as err:  # noqa: BLE001 - e.g. a locked or full disk: retry
+                log.error(f"notify: courier: {type(err).__name__}: {err}")
+                wait = self.poll
+            self.rounds += 1
+            self._wake.wait(wait)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -1220,6 +1282,7 @@ __all__ = [
     "ApeSource",
     "ChainSource",
     "Context",
+    "Courier",
     "DeliveryError",
     "DeliveryReport",
     "EngineEvent",

@@ -21,6 +21,7 @@ from margincall.constants import WAD, State
 from margincall.notify import (
     EARLY_WARNING,
     Context,
+    Courier,
     EngineEvent,
     Message,
     Notifier,
@@ -592,6 +593,35 @@ def test_log_only_mode_marks_messages_delivered_and_logs_them(tmp_path, caplog):
     assert report.delivery.delivered == [report.enqueued[0].key]
     assert "notify [bad_debt]" in caplog.text and "23.45 socialised" in caplog.text
     assert n.outbox.counts()["pending"] == 0
+
+
+def test_log_only_mode_clears_several_messages_of_one_account(tmp_path):
+    chain = FakeChain()
+    chain.events = [margin_call(block=7), cleared(block=8), liquidation(block=9)]
+    n = make(tmp_path, chain, None)
+    assert len(n.tick(9).delivery.delivered) == 3 and n.outbox.counts()["pending"] == 0
+
+
+def test_courier_retries_on_its_own_schedule_without_new_blocks(tmp_path, server):
+    chain = FakeChain()
+    chain.events = [margin_call(block=7), cleared(block=8)]
+    n = make(tmp_path, chain, Webhook(server.url, timeout=2), retry_base=0.05)
+    server.stop()
+    n.tick(9, deliver=False)  # enqueued; no block comes after this
+    courier = Courier(n, poll=0.2).start()
+    try:
+        deadline = time.monotonic() + 5
+        while n.outbox.attempts(event_message(margin_call(block=7), CTX).key) < 2:
+            assert time.monotonic() < deadline, "no retry without a block"
+            time.sleep(0.02)
+        server.start()
+        courier.wake()
+        server.wait_for(lambda got: len(got) == 2, timeout=5)
+        assert [d.body["kind"] for d in server.received()] == ["margin_call", "margin_call_cleared"]
+    finally:
+        assert courier.stop(timeout=5)
+    time.sleep(0.1)
+    assert len(server.received()) == 2 and n.outbox.counts()["pending"] == 0
 
 
 def test_head_behind_the_cursor_waits(tmp_path):

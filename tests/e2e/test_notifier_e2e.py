@@ -1,0 +1,185 @@
+"""The notifier bot as a real process (`silverback run notifier` on ResilientRunner) against
+the test session's Anvil, with a local webhook: a trader goes through an early warning, a
+margin call, its cure, a liquidation tranche and a bankrupt close with bad debt; every
+message arrives exactly once (counted by `Idempotency-Key` and raw), in order per trader,
+also when the webhook is down for a while and the notifier crashes and restarts mid-way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from margincall.constants import State
+from margincall.notify import (
+    EARLY_WARNING,
+    KINDS,
+    EngineEvent,
+    event_key,
+    notifier_env,
+)
+
+pytestmark = pytest.mark.e2e
+
+# prices of ETH-USD along the story (trader: 996 collateral, long 4 ETH from 2,000)
+WARN_PRICE = 1_885  # ratio ~1.42: under the 1.5 warning level, still HEALTHY
+CALL_PRICE = 1_855  # ratio ~1.12: CALLABLE
+LIQUIDATION_PRICE = 1_800  # ratio ~0.82 after the cure: LIQUIDATABLE
+CRASH_PRICE = 1_400  # equity < 0: BANKRUPT
+STORY = [
+    EARLY_WARNING,
+    "margin_call",
+    "margin_call_cleared",
+    "liquidation",
+    "liquidation",
+    "bad_debt",
+]
+
+
+def notifier_settings(deployed, webhook, tmp_path) -> dict[str, str]:
+    return notifier_env(
+        deployment=deployed.record_path,
+        webhook_url=webhook.url,
+        outbox=tmp_path / "outbox.sqlite",
+        warn_ratio="1.5",
+        retry_base=0.2,
+        retry_max=1,
+        webhook_timeout=2,
+    )
+
+
+def event_keys(chain, *txs) -> set[str]:
+    """The keys of the notified events (MarginCall, ..., BadDebt) the transactions logged."""
+    keys = set()
+    for tx in txs:
+        for log in tx.decode_logs():
+            if log.event_name in KINDS:
+                e = EngineEvent.from_log(log)
+                keys.add(event_key(chain.chain_id, e.tx_hash, e.log_index))
+    return keys
+
+
+def status(deployed, who):
+    return deployed.client.status(who)
+
+
+class Story:
+    """The trader's way down, step by step, keeping every notified transaction."""
+
+    def __init__(self, deployed, chain, trader, other_trader, keeper):
+        self.d, self.chain = deployed, chain
+        self.trader, self.other, self.keeper = trader, other_trader, keeper
+        self.txs: list = []
+
+    def open_positions(self) -> None:
+        self.d.deposit(self.trader, 1_000)
+        self.d.open(self.trader, 4)  # 8,000 notional: ratio ~2.5
+        self.d.deposit(self.other, 10_000)
+        self.d.open(self.other, 1)  # stays healthy all along: never notified
+
+    def fall_under_warning(self) -> None:
+        self.d.set_price(WARN_PRICE)
+        s = status(self.d, self.trader)
+        assert s.state == State.HEALTHY and s.ratio < 3 * 10**18 // 2
+
+    def margin_call(self) -> None:
+        self.d.set_price(CALL_PRICE)
+        assert status(self.d, self.trader).state == State.CALLABLE
+        self.txs.append(self.d.client.margin_call(self.trader, sender=self.keeper))
+
+    def cure(self) -> None:
+        self.txs.append(self.d.deposit(self.trader, 100))  # clears the call
+        s = status(self.d, self.trader)
+        # back above the call ratio, but under warn * 1.05: the warning episode goes on
+        assert s.state == State.HEALTHY and s.ratio < 1_575 * 10**15
+
+    def liquidate_tranche(self) -> None:
+        self.d.set_price(LIQUIDATION_PRICE)
+        assert status(self.d, self.trader).state == State.LIQUIDATABLE
+        self.txs.append(self.d.client.liquidate(self.trader, sender=self.keeper))
+
+    def bankrupt(self) -> None:
+        self.d.set_price(CRASH_PRICE)
+        assert status(self.d, self.trader).state == State.BANKRUPT
+        self.txs.append(self.d.client.liquidate(self.trader, sender=self.keeper))
+        assert status(self.d, self.trader).positions == 0
+
+    def keys(self) -> set[str]:
+        return event_keys(self.chain, *self.txs)
+
+
+def assert_exactly_once(webhook, story: Story) -> None:
+    got = webhook.received()
+    by_key = Counter(d.key for d in got)
+    assert not [k for k, n in by_key.items() if n > 1], f"duplicates: {by_key}"
+    assert len(got) == len(by_key)  # raw count: nothing sent twice
+    events = story.keys()
+    warnings = {d.key for d in got if d.body["kind"] == EARLY_WARNING}
+    assert len(events) == 5 and len(warnings) == 1
+    assert set(by_key) == events | warnings  # nothing lost, nothing extra
+    assert {d.body["account"] for d in got} == {story.trader.address}
+    assert [d.body["kind"] for d in got] == STORY  # the trader's messages in order
+    for d in got:
+        assert d.body["key"] == d.key and d.body["text"]
+    bad_debt = next(d.body for d in got if d.body["kind"] == "bad_debt")
+    assert int(bad_debt["args"]["amount"]) > 0
+    assert int(bad_debt["args"]["amount"]) == int(bad_debt["args"]["paid_by_fund"]) + int(
+        bad_debt["args"]["socialised"]
+    )
+
+
+def test_every_event_and_warning_reaches_the_webhook_exactly_once(
+    deployed, webhook, bot_factory, tmp_path, chain, trader, other_trader, keeper
+):
+    bot = bot_factory("notifier", **notifier_settings(deployed, webhook, tmp_path))
+    bot.wait_ready()
+    story = Story(deployed, chain, trader, other_trader, keeper)
+    story.open_positions()
+    story.fall_under_warning()
+    webhook.wait_for(lambda got: len(got) == 1, what="early warning", on_timeout=bot.tail)
+    story.margin_call()
+    story.cure()
+    story.liquidate_tranche()
+    story.bankrupt()
+
+    webhook.wait_for_keys(story.keys(), what="all events", on_timeout=bot.tail)
+    time.sleep(1.0)  # a duplicate or a stray message would arrive by now
+    assert_exactly_once(webhook, story)
+    assert "notify [bad_debt]" in bot.log()  # every message also goes to the log
+
+
+def test_webhook_outage_and_notifier_crash_lose_nothing_and_send_nothing_twice(
+    deployed, webhook, bot_factory, tmp_path, chain, trader, other_trader, keeper
+):
+    settings = notifier_settings(deployed, webhook, tmp_path)
+    bot = bot_factory("notifier", **settings)
+    bot.wait_ready()
+    story = Story(deployed, chain, trader, other_trader, keeper)
+    story.open_positions()
+    story.fall_under_warning()
+    webhook.wait_for(lambda got: len(got) == 1, what="early warning", on_timeout=bot.tail)
+
+    # the webhook goes down: the call and its cure are read and kept, deliveries retried
+    webhook.stop()
+    story.margin_call()
+    story.cure()
+    bot.wait_for(r"notify \[margin_call_cleared\]", timeout=30)
+    bot.wait_for(r"delivery of \S+ failed", timeout=30)
+    # the notifier crashes (SIGKILL) while they are pending; a tranche happens meanwhile
+    bot.kill()
+    story.liquidate_tranche()
+
+    bot = bot_factory("notifier", **settings)  # restarts on the same outbox
+    bot.wait_ready()
+    bot.wait_for(r"notify \[liquidation\]", timeout=30)  # read from the outbox's cursor
+    assert len(webhook.received()) == 1
+
+    webhook.start()  # back on the same port: the backlog goes out, in order
+    webhook.wait_for(lambda got: len(got) == 4, what="the backlog", on_timeout=bot.tail)
+    story.bankrupt()
+    webhook.wait_for_keys(story.keys(), what="all events", on_timeout=bot.tail)
+    time.sleep(1.0)
+    bot.stop()
+    assert_exactly_once(webhook, story)
