@@ -63,6 +63,14 @@ def _setup() -> Notifier:
             "engine_block_hash": creation.hash.hex() if creation.hash else "",
         }
     )
+    # fixed when the outbox is made: a restart after downtime must not skip what it missed
+    wanted = config.first_notified_block(record.block, int(chain.blocks.head.number))
+    notify_from = int(outbox.meta_default("notify_from", str(wanted)))
+    if config.notify_from.isdigit() and notify_from != wanted:
+        logger.warning(
+            f"notifier: MARGINCALL_NOTIFY_FROM={wanted} ignored: this outbox notifies from "
+            f"block {notify_from} (delete it to start over)"
+        )
     ctx = Context.from_record(record)
     policy = config.policy
     sender = Webhook(config.webhook_url, config.webhook_timeout) if config.webhook_url else None
@@ -71,7 +79,7 @@ def _setup() -> Notifier:
         f"outbox {outbox_path} (cursor {outbox.cursor}, {outbox.counts()['pending']} pending); "
         f"webhook {config.webhook_url or 'none (log only)'}; early warning "
         + (f"under {policy.warn_ratio / 1e18:g}" if policy else "off")
-        + f"; {config.confirmations} confirmations"
+        + f"; {config.confirmations} confirmations; events notified from block {notify_from}"
     )
     return Notifier(
         ApeSource(chain.provider, engine, record.client(project)),
@@ -84,6 +92,7 @@ def _setup() -> Notifier:
         chunk=config.log_chunk,
         budget=config.delivery_budget,
         log=logger,
+        notify_from=notify_from,
     )
 
 

@@ -556,6 +556,12 @@ class Outbox:
             row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
+    def meta_default(self, name: str, value: str) -> str:
+        """The stored value of `name`, storing `value` first if there is none."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (name, value))
+            return db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0]
+
     def bind(self, identity: Mapping[str, str]) -> None:
         """Stamps a new outbox with `identity` (chain id, engine, its creation block's hash);
         raises `OutboxError` if the outbox was made for something else."""
@@ -887,6 +893,7 @@ class Notifier:
         chunk: int = 2_000,
         budget: float = 2.0,
         log: logging.Logger | None = None,
+        notify_from: int = 0,
     ):
         if confirmations < 0 or chunk <= 0 or budget <= 0:
             raise ValueError("need confirmations >= 0, chunk > 0 and budget > 0")
@@ -900,6 +907,7 @@ class Notifier:
         self.chunk = chunk
         self.budget = budget
         self.log = log or logging.getLogger(__name__)
+        self.notify_from = notify_from  # events of earlier blocks only feed the book
         self.book = outbox.load_book()
         self.warned = outbox.load_warnings()
 
@@ -923,7 +931,11 @@ class Notifier:
         return added
 
     def _commit_events(self, events: Sequence[EngineEvent], stop: int) -> list[Message]:
-        messages = [m for e in events if (m := event_message(e, self.ctx)) is not None]
+        messages = [
+            m
+            for e in events
+            if e.block >= self.notify_from and (m := event_message(e, self.ctx)) is not None
+        ]
         touched = {e.account for e in events if e.name == "PositionChanged"}
         book = PositionBook({a: set(ms) for a, ms in self.book.markets.items()})
         book.apply_all(e.as_log() for e in events if e.name == "PositionChanged")
@@ -1086,6 +1098,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MARGINCALL_WARN_RATIO": ("1.5", "early warning under this ratio; 'off' disables"),
     "MARGINCALL_WARN_HYSTERESIS": ("0.05", "re-arm at warn_ratio * (1 + this)"),
     "MARGINCALL_CONFIRMATIONS": ("0", "read logs up to head minus this many blocks"),
+    "MARGINCALL_NOTIFY_FROM": ("deployment", "first block notified: deployment, head or N"),
     "MARGINCALL_LOG_CHUNK": ("2000", "blocks per eth_getLogs request"),
     "MARGINCALL_WEBHOOK_TIMEOUT": ("5", "seconds per POST"),
     "MARGINCALL_RETRY_BASE": ("1", "first retry delay, seconds (doubles per failure)"),
@@ -1136,6 +1149,7 @@ class NotifierConfig:
     warn_ratio: int | None = 3 * WAD // 2  # wad; None: no early warnings
     hysteresis: int = 5 * WAD // 100  # wad fraction
     confirmations: int = 0
+    notify_from: str = "deployment"  # "deployment", "head" or a block number
     log_chunk: int = 2_000
     webhook_timeout: float = 5.0
     retry_base: float = 1.0
@@ -1174,6 +1188,12 @@ class NotifierConfig:
             raise NotifierConfigError(
                 f"MARGINCALL_WARN_HYSTERESIS must be in 0..10, not {str(hysteresis)!r}"
             )
+        notify_from = (env.get("MARGINCALL_NOTIFY_FROM") or "deployment").strip().lower()
+        if notify_from not in ("deployment", "head") and not notify_from.isdigit():
+            raise NotifierConfigError(
+                "MARGINCALL_NOTIFY_FROM must be 'deployment', 'head' or a block number, "
+                f"not {notify_from!r}"
+            )
         retry_base = _positive(env, "MARGINCALL_RETRY_BASE")
         retry_max = _positive(env, "MARGINCALL_RETRY_MAX")
         if retry_max < retry_base:
@@ -1185,6 +1205,7 @@ class NotifierConfig:
             warn_ratio=warn,
             hysteresis=_wad_of(hysteresis, "MARGINCALL_WARN_HYSTERESIS"),
             confirmations=_count(env, "MARGINCALL_CONFIRMATIONS", 0),
+            notify_from=notify_from,
             log_chunk=_count(env, "MARGINCALL_LOG_CHUNK", 1),
             webhook_timeout=_positive(env, "MARGINCALL_WEBHOOK_TIMEOUT"),
             retry_base=retry_base,
@@ -1199,6 +1220,14 @@ class NotifierConfig:
     def outbox_path(self, record: Any) -> Path:
         return self.outbox or default_outbox(record)
 
+    def first_notified_block(self, record_block: int, head: int) -> int:
+        """The block `notify_from` stands for now ("head": the block after `head`)."""
+        if self.notify_from == "deployment":
+            return record_block
+        if self.notify_from == "head":
+            return head + 1
+        return int(self.notify_from)
+
 
 def default_outbox(record: Any, directory: str | Path = DEFAULT_OUTBOX_DIR) -> Path:
     """`.margincall/notifier-<chain id>-<engine>.sqlite`: one outbox per deployment."""
@@ -1212,6 +1241,7 @@ def notifier_env(
     warn_ratio: str | float | None = None,
     warn_hysteresis: str | float | None = None,
     confirmations: int | None = None,
+    notify_from: str | int | None = None,
     log_chunk: int | None = None,
     webhook_timeout: float | None = None,
     retry_base: float | None = None,
@@ -1227,6 +1257,7 @@ def notifier_env(
         "MARGINCALL_WARN_RATIO": warn_ratio,
         "MARGINCALL_WARN_HYSTERESIS": warn_hysteresis,
         "MARGINCALL_CONFIRMATIONS": confirmations,
+        "MARGINCALL_NOTIFY_FROM": notify_from,
         "MARGINCALL_LOG_CHUNK": log_chunk,
         "MARGINCALL_WEBHOOK_TIMEOUT": webhook_timeout,
         "MARGINCALL_RETRY_BASE": retry_base,

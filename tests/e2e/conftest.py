@@ -4,7 +4,7 @@ bots run as real processes against the test session's Anvil.
 - `deployed` (module): a config-driven deployment (`deploy_from_config`, one mock ETH-USD
   market, 6-decimal collateral, funded pool) with its record written to a file, as
   `ape run deploy` would; bots find the system from `deployed.record_path`.
-- `webhook` (function): a local HTTP receiver (`tests.e2e.webhook.WebhookServer`) that
+- `webhook` (function): a local HTTP receiver (`margincall.webhook_sink.WebhookServer`) that
   records every POST;
   `stop()`/`start()` simulate an outage on the same port.
 - `bot_factory` (function): `bot_factory("notifier", MARGINCALL_X=...)` starts
@@ -28,7 +28,7 @@ import pytest
 
 from margincall.deployment import DeployConfig, DeploymentRecord, deploy_from_config, write_record
 from margincall.procs import BotProcess
-from tests.e2e.webhook import WebhookServer
+from margincall.webhook_sink import WebhookServer
 from tests.utils.helpers import fund_lp, mint_and_approve, open_position
 
 
@@ -111,18 +111,17 @@ def webhook() -> Iterator[WebhookServer]:
 def bot_factory(chain, tmp_path) -> Iterator[Callable[..., BotProcess]]:
     """`bot_factory(bot, name=None, **env)`: a started `BotProcess` on this session's Anvil.
 
-    `env` values are stringified; `name` is Silverback's bot name (default
-    `margincall-<bot>`; give concurrent instances distinct names). Logs go to
-    `tmp_path/<name>.log` (appended across restarts). All processes are stopped at
-    teardown, even when the test failed.
+    `env` values are stringified; `name` is Silverback's bot name (default: a fresh
+    `margincall-<bot>-<random>` from `BotProcess`). Each process logs to
+    `tmp_path/<name or bot>-<n>.log`. All processes are stopped at teardown, even when
+    the test failed.
     """
     started: list[BotProcess] = []
 
     def start(bot: str, name: str | None = None, **env: Any) -> BotProcess:
-        name = name or f"margincall-{bot}"
         proc = BotProcess(
             bot,
-            tmp_path / f"{name}.log",
+            tmp_path / f"{name or bot}-{len(started)}.log",
             node_url=chain.provider.uri,
             env={k: str(v) for k, v in env.items()},
             name=name,
@@ -133,5 +132,11 @@ def bot_factory(chain, tmp_path) -> Iterator[Callable[..., BotProcess]]:
     try:
         yield start
     finally:
+        errors = []
         for proc in started:
-            proc.stop(timeout=5.0)
+            try:
+                proc.stop(timeout=5.0)
+            except Exception as err:  # noqa: BLE001 - stop the others first
+                errors.append(err)
+        if errors:
+            raise errors[0]

@@ -40,7 +40,7 @@ from margincall.notify import (
     notifier_env,
     warning_message,
 )
-from tests.e2e.webhook import WebhookServer
+from margincall.webhook_sink import WebhookServer
 
 TRADER = "0x" + "a1" * 20
 OTHER = "0x" + "b2" * 20
@@ -624,6 +624,17 @@ def test_courier_retries_on_its_own_schedule_without_new_blocks(tmp_path, server
     assert len(server.received()) == 2 and n.outbox.counts()["pending"] == 0
 
 
+def test_events_before_notify_from_only_feed_the_book(tmp_path):
+    chain, sender = FakeChain(), Collect()
+    chain.events = [position(TRADER, 6, 0, WAD), margin_call(block=6, index=1), cleared(block=9)]
+    chain.ratios = {TRADER: r(2)}
+    n = make(tmp_path, chain, sender, notify_from=8)
+    assert [m.kind for m in n.tick(10).enqueued] == ["margin_call_cleared"]
+    assert TRADER in n.book  # the position opened before block 8 is watched
+    assert n.outbox.meta_default("notify_from", "8") == "8"
+    assert n.outbox.meta_default("notify_from", "99") == "8"  # fixed once stored
+
+
 def test_head_behind_the_cursor_waits(tmp_path):
     chain, sender = FakeChain(), Collect()
     n = make(tmp_path, chain, sender)
@@ -652,6 +663,11 @@ def test_config_defaults_and_values():
     assert c.policy is None and c.confirmations == 3 and c.retry_max == 10.0
     assert str(c.outbox) == "/var/lib/n.sqlite"
     assert NotifierConfig.from_env({}, default_deployment="x.json").deployment.name == "x.json"
+    assert c.first_notified_block(record_block=4, head=50) == 4  # default: "deployment"
+    head = NotifierConfig.from_env({"MARGINCALL_DEPLOYMENT": "d", "MARGINCALL_NOTIFY_FROM": "head"})
+    assert head.first_notified_block(4, 50) == 51
+    n = NotifierConfig.from_env({"MARGINCALL_DEPLOYMENT": "d", "MARGINCALL_NOTIFY_FROM": "30"})
+    assert n.first_notified_block(4, 50) == 30
 
 
 @pytest.mark.parametrize(
@@ -666,6 +682,7 @@ def test_config_defaults_and_values():
         ({"MARGINCALL_WEBHOOK_TIMEOUT": "0"}, "MARGINCALL_WEBHOOK_TIMEOUT must be positive"),
         ({"MARGINCALL_RETRY_BASE": "9", "MARGINCALL_RETRY_MAX": "3"}, "RETRY_MAX must be >="),
         ({"MARGINCALL_WARN_HYSTERESIS": "-0.1"}, "MARGINCALL_WARN_HYSTERESIS must be in"),
+        ({"MARGINCALL_NOTIFY_FROM": "latest"}, "MARGINCALL_NOTIFY_FROM must be 'deployment'"),
     ],
 )
 def test_bad_settings_name_the_variable(env, error):
