@@ -488,6 +488,8 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_pending ON messages (account, seq)
     WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt_at)
+    WHERE delivered_at IS NULL;
 CREATE TABLE IF NOT EXISTS positions (
     account TEXT NOT NULL, market_id INTEGER NOT NULL, PRIMARY KEY (account, market_id)
 );
@@ -758,8 +760,22 @@ def check_url(url: str) -> str:
     return url
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: urllib would follow a 301/302/303 as a GET without the body,
+    and its 2xx would count as a delivery that never happened."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class Webhook:
-    """POSTs a message's JSON body to `url` with an `Idempotency-Key` header."""
+    """POSTs a message's JSON body to `url` with an `Idempotency-Key` header.
+
+    Only a 2xx answer delivers; a redirect (3xx) is a rejection like any other status:
+    configure the final URL."""
 
     def __init__(self, url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None):
         self.url = check_url(url)
@@ -782,7 +798,7 @@ class Webhook:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 response.read(65_536)
                 status = int(response.status)
         except urllib.error.HTTPError as err:
