@@ -660,3 +660,8 @@ __all__ = [
 from margincall.cli_bots import keeper as _keeper_command  # noqa: E402
 
 cli.add_command(_keeper_command, "keeper")
+
+# the stress simulator (src/margincall/sim/cli.py); it starts and stops an Anvil of its own
+from margincall.sim.cli import simulate as _simulate_command  # noqa: E402
+
+cli.add_command(_simulate_command, "simulate")

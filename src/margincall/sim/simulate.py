@@ -1,0 +1,180 @@
+"""Entry points: run a scenario on an Anvil of our own, or on a chain Ape is connected to.
+
+    from margincall.sim import SimConfig, simulate
+    outcome = simulate(SimConfig("flash_crash", seed=7))
+    outcome.result["comparison"]
+
+`simulate` starts Anvil on a free port, connects Ape to it (for the
+deployment), sets up the population once, runs each mode from the same
+snapshot, and stops Anvil again, also on errors and Ctrl-C.
+`simulate_on` does the same on a chain that is already connected (the
+integration tests use Ape's own test chain).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from margincall.sim.baseline import BASELINE, MODES, PHASED
+from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc
+from margincall.sim.metrics import compare, summarize, timing
+from margincall.sim.paths import PricePath, from_csv, scenario_path
+from margincall.sim.runner import RunRecord, SimConfig, Simulation
+
+Progress = Callable[[str, int, int, str], None]  # (mode, done, total, text)
+
+
+@dataclass
+class Outcome:
+    """A finished simulation: the JSON-able `result`, the raw records, the path."""
+
+    result: dict[str, Any]
+    records: dict[str, RunRecord] = field(default_factory=dict)
+    path: PricePath | None = None
+
+
+def load_path(config: SimConfig) -> PricePath:
+    if config.csv is not None:
+        return from_csv(config.csv)
+    return scenario_path(config.scenario, config.seed)
+
+
+def load_project() -> Any:
+    """The Ape project of this checkout (the contracts), wherever the command runs from."""
+    import ape
+
+    here = Path.cwd()
+    if (here / "contracts" / "MarginEngine.vy").exists():
+        return ape.project
+    return ape.Project(PROJECT_ROOT)
+
+
+def machine() -> dict[str, str]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu or platform.processor() or "?",
+        "python": platform.python_version(),
+    }
+
+
+def simulate_on(
+    rpc: Rpc,
+    project: Any,
+    owner: Any,
+    config: SimConfig,
+    modes: Sequence[str] = MODES,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Sets up on the connected chain and runs `modes`; leaves the chain automining."""
+    path = load_path(config)
+    sim = Simulation(rpc, project, owner, path, config, log=log)
+    records: dict[str, RunRecord] = {}
+    try:
+        sim.setup()
+        for mode in modes:
+            cb = None
+            if progress is not None:
+
+                def cb(done: int, total: int, text: str, mode: str = mode) -> None:
+                    progress(mode, done, total, text)
+
+            records[mode] = sim.run(mode, cb)
+    finally:
+        sim.restore()
+    return Outcome(build_result(config, path, sim, records), records, path)
+
+
+def build_result(
+    config: SimConfig, path: PricePath, sim: Simulation, records: dict[str, RunRecord]
+) -> dict[str, Any]:
+    pop = sim.population
+    kinds: dict[str, int] = {}
+    for t in pop.traders:
+        kinds[t.kind] = kinds.get(t.kind, 0) + 1
+    runs = {
+        mode: {"metrics": summarize(rec), "timing": timing(rec), "params": asdict(rec.params)}
+        for mode, rec in records.items()
+    }
+    phased = runs.get(PHASED, {}).get("metrics")
+    baseline = runs.get(BASELINE, {}).get("metrics")
+    result: dict[str, Any] = {
+        "scenario": path.name,
+        "seed": config.seed,
+        "path": {
+            "description": path.description,
+            "points": len(path),
+            "hours": path.duration / 3600,
+            "moves": {m: round(path.move(m), 4) for m in path.markets},
+            "drawdowns": {m: round(path.drawdown(m), 4) for m in path.markets},
+        },
+        "population": {
+            **{k: v for k, v in asdict(config.population).items()},
+            "kinds": dict(sorted(kinds.items())),
+            "opening_notional": round(pop.notional, 2),
+            "max_opened_leverage": round(sim.max_leverage(), 4),
+            "lp_liquidity": round(pop.lp_liquidity, 2),
+            "fund_seed": round(pop.fund_seed, 2),
+        },
+        "chain": {
+            "block_time": config.block_time,
+            "gas_price_gwei": config.gas_price_gwei,
+            "decimals": config.decimals,
+            "markets": {"imr": config.imr, "mmr": config.mmr, "fee": config.fee},
+        },
+        "runs": runs,
+        "comparison": compare(phased, baseline) if phased is not None else {},
+        "timing": {"setup_seconds": round(sim.setup_seconds, 2), **machine()},
+    }
+    return result
+
+
+def simulate(
+    config: SimConfig,
+    modes: Sequence[str] = MODES,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Runs on an Anvil of its own, which is stopped before returning (or raising)."""
+    warnings.filterwarnings("ignore", message="Field 'import_remapping'")
+    from ape import accounts, networks
+    from ape.logging import logger
+
+    logger.set_level("ERROR")
+    path = load_path(config)  # fail on a bad CSV before starting anything
+    del path
+    started = time.monotonic()
+    with Anvil() as anvil:
+        choice = networks.parse_network_choice(
+            "ethereum:local:foundry",
+            provider_settings={"host": anvil.uri},
+            disconnect_after=True,
+        )
+        with choice:
+            project = load_project()
+            owner = accounts.test_accounts[0]
+            rpc = Rpc(anvil.uri)
+            try:
+                outcome = simulate_on(rpc, project, owner, config, modes, progress, log)
+            finally:
+                rpc.close()
+    outcome.result["timing"]["total_seconds"] = round(time.monotonic() - started, 2)
+    return outcome
+
+
+__all__ = ["Outcome", "load_path", "load_project", "machine", "simulate", "simulate_on"]

@@ -1,0 +1,192 @@
+"""Figures of a simulation run (src/margincall/sim/metrics.py) from a hand-made record."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from margincall.cli import cli
+from margincall.constants import WAD, State
+from margincall.math import RiskParams
+from margincall.sim.metrics import (
+    compare,
+    metrics_csv,
+    percentile,
+    sample_columns,
+    samples_csv,
+    summarize,
+    table,
+    to_json,
+)
+from margincall.sim.runner import RunRecord
+
+UNIT = 10**18
+
+
+def record(mode: str = "phased") -> RunRecord:
+    r = RunRecord(
+        mode=mode,
+        params=RiskParams(),
+        block_time=12,
+        decimals=18,
+        markets=("ETH-USD",),
+        duration=600,
+        end=1_200,
+        fund_start=1_000 * UNIT,
+        pool_start=50_000 * UNIT,
+    )
+    # slot, t, price, fund, pool, open, six state counts, five ratio percentiles
+    for slot, fund in ((0, 1_000), (5, 1_200), (10, 700), (15, 900)):
+        r.samples.append(
+            (
+                slot,
+                slot * 12,
+                2_000.0,
+                fund * UNIT,
+                50_000 * UNIT,
+                3,
+                3,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+                2,
+                3,
+                4,
+                5,
+            )
+        )
+    for account, tranche, penalty, full, state in (
+        ("a", 1, 15, False, State.LIQUIDATABLE),
+        ("a", 2, 10, False, State.LIQUIDATABLE),
+        ("a", 3, 5, True, State.CRITICAL),
+        ("b", 1, 0, True, State.BANKRUPT),
+    ):
+        r.liquidations.append(
+            {
+                "slot": 1,
+                "t": 12 * tranche,
+                "account": account,
+                "tranche": tranche,
+                "state": int(state),
+                "fraction": WAD // 4,
+                "closed_notional": 1_000 * WAD,
+                "penalty": penalty * UNIT,
+                "keeper_reward": penalty * UNIT // 5,
+                "fund_fee": penalty * UNIT - penalty * UNIT // 5,
+                "full": full,
+                "ratio_after": WAD,
+            }
+        )
+    r.bad_debts.append(
+        {
+            "slot": 1,
+            "t": 12,
+            "account": "b",
+            "amount": 400 * UNIT,
+            "paid_by_fund": 400 * UNIT,
+            "socialised": 0,
+        }
+    )
+    r.calls += [
+        {"slot": 0, "t": 0, "account": "a", "reward": UNIT},
+        {"slot": 0, "t": 0, "account": "c", "reward": UNIT},
+    ]
+    r.clears += [
+        {"slot": 2, "t": 24, "account": "c", "by_trader": True},
+        {"slot": 2, "t": 24, "account": "a", "by_trader": False},
+    ]
+    r.keeper_paid.append({"slot": 1, "t": 12, "amount": UNIT})
+    r.delays = [1, 1, 2, 1]
+    r.keeper_gas = 1_000_000
+    r.keeper_fee_tokens = 2.0
+    r.slots = 100
+    r.final = {"fund_end": 900 * UNIT, "pool_end": 51_000 * UNIT, "conserved": True}
+    return r
+
+
+def test_percentile_is_nearest_rank():
+    assert percentile([], 50) == 0
+    assert percentile([3, 1, 2], 50) == 2
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert percentile([1, 1, 1, 40], 99) == 40
+
+
+def test_summary_adds_up_the_events():
+    m = summarize(record())
+    assert m["penalties"] == 30 and m["call_rewards"] == 2 and m["paid_by_traders"] == 32
+    assert m["bad_debt"] == 400 and m["paid_by_fund"] == 400 and m["socialised"] == 0
+    assert m["accounts_bankrupt"] == 1
+    assert m["liquidations"] == 4 and m["full_closes"] == 2 and m["accounts_liquidated"] == 2
+    assert m["tranches_per_account_max"] == 3 and m["tranches_per_account_mean"] == 2
+    assert m["tranches_histogram"] == {1: 1, 3: 1}
+    assert m["notional_liquidated"] == 4_000
+    assert m["accounts_called"] == 2 and m["accounts_cured"] == 1
+    assert (m["delay_p50"], m["delay_p99"], m["delay_max"]) == (1, 2, 2)
+    assert m["fund_drawdown"] == 500 and m["fund_min"] == 700
+    assert m["keeper_rewards"] == 6 + 2 + 1  # tranche shares, call rewards, bankrupt pay
+    assert m["keeper_profit"] == pytest.approx(7)
+    assert m["lp_pnl"] == 1_000 and m["conserved"] is True
+
+
+def test_comparison_against_the_section_7_targets():
+    phased = {"socialised": 0, "paid_by_traders": 60.0, "penalties": 58.0}
+    baseline = {"socialised": 0, "paid_by_traders": 100.0, "penalties": 100.0}
+    c = compare(phased, baseline)
+    assert c["socialised_zero"] and c["penalty_cut"] == pytest.approx(0.40) and c["penalty_cut_met"]
+    c = compare({**phased, "paid_by_traders": 75.0, "socialised": 3}, baseline)
+    assert not c["socialised_zero"] and not c["penalty_cut_met"]
+    assert "penalty_cut" not in compare(phased, None)
+
+
+def test_renderings_carry_every_mode():
+    rec = {"phased": record("phased"), "baseline": record("baseline")}
+    result = {
+        "scenario": "unit",
+        "seed": 1,
+        "population": {"traders": 3},
+        "path": {"hours": 0.2},
+        "runs": {
+            m: {"metrics": summarize(r), "timing": {"wall_seconds": 1.0, "rpc_requests": 9}}
+            for m, r in rec.items()
+        },
+    }
+    result["comparison"] = compare(
+        result["runs"]["phased"]["metrics"], result["runs"]["baseline"]["metrics"]
+    )
+    assert json.loads(to_json(result))["runs"]["phased"]["metrics"]["penalties"] == 30
+    rows = list(csv.reader(io.StringIO(metrics_csv(result))))
+    assert rows[0] == ["metric", "phased", "baseline"]
+    assert ["penalties", "30.0", "30.0"] in rows
+    samples = list(csv.reader(io.StringIO(samples_csv(rec["phased"]))))
+    assert tuple(samples[0]) == sample_columns(("ETH-USD",)) and len(samples) == 5
+    assert table(result).row_count > 20
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--leverage", "ten"], "LOW:HIGH"),
+        (["--leverage", "9:2"], "LOW above HIGH"),
+        (["--scenario", "tulips"], "Invalid value"),
+        (["--cure-probability", "2"], "Invalid value"),
+    ],
+)
+def test_simulate_command_refuses_bad_input_before_starting_anything(args, message):
+    result = CliRunner().invoke(cli, ["simulate", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_simulate_command_refuses_a_malformed_csv(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text("when,price\n0,1\n")
+    result = CliRunner().invoke(cli, ["simulate", "--csv", str(f)])
+    assert result.exit_code == 2
+    assert "timestamp" in result.output
