@@ -342,16 +342,20 @@ class MarginEngineClient:
         self.prices(self.record(account).market_ids)
         return MarginStatus.from_struct(self.engine.check_margin(_addr(account)))
 
-    def statuses(self, accounts: Sequence[Any], chunk: int = MAX_SCAN) -> list[MarginStatus]:
+    def statuses(
+        self, accounts: Sequence[Any], chunk: int = MAX_SCAN, block_id: int | None = None
+    ) -> list[MarginStatus]:
         """`check_margins` over any number of accounts, in calls of at most `chunk` (<= 500).
 
-        Accounts needing an invalid price come back with `priced=False`.
+        Accounts needing an invalid price come back with `priced=False`. `block_id` reads
+        the state after that block (all chunks at the same block); default: the head.
         """
         if not 0 < chunk <= MAX_SCAN:
             raise InvalidRequest(f"chunk must be in 1..{MAX_SCAN}, got {chunk}")
+        at = {} if block_id is None else {"block_id": block_id}
         out: list[MarginStatus] = []
         for part in chunks([_addr(a) for a in accounts], chunk):
-            out.extend(MarginStatus.from_struct(s) for s in self.engine.check_margins(part))
+            out.extend(MarginStatus.from_struct(s) for s in self.engine.check_margins(part, **at))
         return out
 
     def positions(self, account: Any) -> list[Position]:

@@ -1,0 +1,339 @@
+"""The keeper bot as a real process against Anvil with interval mining (many txs per block).
+
+Each test deploys a fresh system with a seeded crowd of leveraged traders, starts
+`silverback run keeper` (through `BotProcess`, always stopped at teardown), switches Anvil
+to one block a second, and replays a crash with rebounds, moving the clock 5 minutes per
+step so margin calls expire and tranches follow. What the keeper did is then measured from
+the chain alone (`margincall.audit`):
+
+- every action's delay: blocks from the first block after which the account was eligible;
+- `unattended`: an account eligible after block b, not acted on in block b + 1 and still
+  eligible after it (the keeper missed it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from margincall.audit import action_delays, eligible_at, read_history, unattended
+from margincall.constants import State
+from margincall.deployment import DeployConfig, deploy_from_config, write_record
+from margincall.population import crash_path, open_crowd, plan_crowd
+from margincall.procs import BotProcess
+from margincall.tx import TxSender
+from tests.utils.helpers import fund_lp
+from tests.utils.proxy import TcpProxy
+
+pytestmark = pytest.mark.e2e
+
+N_TRADERS = 12
+STEP_SECONDS = 300
+
+KEEPER_CONFIG = {
+    "collateral": {"mock": True, "decimals": 6},
+    "risk": {"grace_period": 300, "tranche_interval": 60},
+    "markets": [
+        {
+            "name": "ETH-USD",
+            "feed": "mock",
+            "feed_decimals": 8,
+            "price": "2000",
+            "heartbeat": 30 * 86_400,  # Anvil's clock survives the other tests' reverts
+            "imr": "0.10",
+            "mmr": "0.05",
+            "fee": "0.0005",
+        }
+    ],
+}
+
+
+class Crash:
+    """A fresh system, its crowd, and the tools to crash it block by block."""
+
+    def __init__(self, project, chain, accounts, owner, lp, tmp_path):
+        self.chain = chain
+        self.provider = chain.provider
+        config = DeployConfig.parse(KEEPER_CONFIG, source="tests/e2e/keeper")
+        deployed = deploy_from_config(project, owner, config, self.provider.network_choice, chain)
+        self.system = deployed.system
+        self.client = deployed.record.client(project)
+        self.engine = self.system.engine
+        fund_lp(self.system, lp, 2_000_000)
+        self.record_path = write_record(deployed.record, tmp_path / "record.json")
+        self.traders = []
+        for _ in range(N_TRADERS):
+            trader = accounts.generate_test_account()
+            trader.balance = 10**21
+            self.traders.append(trader)
+        open_crowd(self.client, self.traders, plan_crowd(N_TRADERS, seed=11, market_ids=(0,)))
+        self.addresses = [t.address for t in self.traders]
+        self.owner = TxSender(owner, self.provider)
+        self.path = crash_path(2_000.0, fall=0.45, steps=12, rebound=0.03, every=4, seed=5)
+
+    # --- chain ---
+
+    def rpc(self, method: str, params: list):
+        return self.provider.make_request(method, params)
+
+    @property
+    def head(self) -> int:
+        return int(self.chain.blocks.head.number)
+
+    def wait_blocks(self, n: int, timeout: float = 30.0) -> int:
+        target, deadline = self.head + n, time.monotonic() + timeout
+        while self.head < target:
+            assert time.monotonic() < deadline, f"no block {target} within {timeout} s"
+            time.sleep(0.05)
+        return self.head
+
+    def post_price(self, price: float) -> None:
+        self.rpc("evm_increaseTime", [STEP_SECONDS])
+        feed = self.system.feeds[0]
+        answer = self.system.feed_answer(0, price)
+        self.owner.send_call(feed.set_answer, (answer,), "price", (), self.head)
+        deadline = time.monotonic() + 30
+        while self.owner.pending:
+            assert time.monotonic() < deadline, "price update not mined"
+            time.sleep(0.05)
+            self.owner.poll(self.head)
+
+    def replay(self, prices, blocks_per_step: int = 2) -> None:
+        for price in prices:
+            self.post_price(price)
+            self.wait_blocks(blocks_per_step)
+
+    def actionable(self) -> list[str]:
+        now = int(self.chain.blocks.head.timestamp)
+        out = []
+        for s in self.client.statuses(self.addresses):
+            if not s.priced:
+                continue
+            if s.state in (State.CALLABLE, State.CRITICAL, State.BANKRUPT) or (
+                s.state == State.LIQUIDATABLE and now >= s.next_tranche_time
+            ):
+                out.append(s.account)
+        return out
+
+    def aftermath(self, rounds: int = 30) -> None:
+        """Moves the clock until no account is left to act on (two quiet rounds)."""
+        quiet = 0
+        for _ in range(rounds):
+            self.rpc("evm_increaseTime", [STEP_SECONDS])
+            self.wait_blocks(3)
+            quiet = 0 if self.actionable() or self._called() else quiet + 1
+            if quiet >= 2:
+                return
+        raise AssertionError(
+            f"accounts still actionable after {rounds} rounds: {self.actionable()}"
+        )
+
+    def _called(self) -> bool:
+        return any(
+            s.state == State.CALLED and s.positions for s in self.client.statuses(self.addresses)
+        )
+
+    # --- measures ---
+
+    def history(self, start: int):
+        return read_history(self.engine, self.provider, start, self.head)
+
+    def assert_attended(self, start: int, stop: int | None = None) -> None:
+        history = self.history(start)
+        stop = self.head if stop is None else stop
+        missing = unattended(
+            self.engine, self.provider, self.addresses, start, stop, history.actions
+        )
+        assert missing == [], f"eligible but not acted on in the next block: {missing}"
+
+
+@pytest.fixture
+def crash(project, chain, accounts, owner, lp, tmp_path) -> Crash:
+    return Crash(project, chain, accounts, owner, lp, tmp_path)
+
+
+@pytest.fixture
+def interval_mining(chain) -> Iterator[None]:
+    chain.provider.make_request("evm_setAutomine", [False])
+    chain.provider.make_request("evm_setIntervalMining", [1])
+    try:
+        yield
+    finally:
+        chain.provider.make_request("evm_setIntervalMining", [0])
+        chain.provider.make_request("evm_setAutomine", [True])
+
+
+@pytest.fixture
+def keepers(chain, crash, tmp_path) -> Iterator:
+    """`keepers(account="TEST::3", node_url=None)`: a started keeper process (stopped at
+    teardown, even on failure), with its metrics in `tmp_path/<name>.json`."""
+    started: list[BotProcess] = []
+
+    def start(account: str = "TEST::3", node_url: str | None = None) -> BotProcess:
+        name = f"keeper-{account.replace(':', '')}"
+        proc = BotProcess(
+            "keeper",
+            tmp_path / f"{name}.log",
+            node_url=node_url or chain.provider.uri,
+            account=account,
+            name=name,
+            env={
+                "MARGINCALL_DEPLOYMENT": str(crash.record_path),
+                "MARGINCALL_KEEPER_METRICS": str(tmp_path / f"{name}.json"),
+            },
+        )
+        proc.metrics_path = tmp_path / f"{name}.json"
+        started.append(proc)
+        return proc.start()
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop(timeout=5.0)
+
+
+def _metrics(proc: BotProcess) -> dict:
+    return json.loads(proc.metrics_path.read_text())
+
+
+def scanning(proc: BotProcess, crash: Crash, timeout: float = 60.0) -> BotProcess:
+    """Waits until the keeper is up and has scanned a block produced after its startup
+    (Silverback's first task is slow to start; a crash must not begin before that)."""
+    proc.wait_ready()
+    target = crash.head + 1
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if _metrics(proc)["block"] >= target:
+                return proc
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        assert proc.running, proc.tail()
+        assert time.monotonic() < deadline, f"keeper scanned no block >= {target}:\n{proc.tail()}"
+        time.sleep(0.1)
+
+
+def _keeper_address(accounts, alias: str) -> str:
+    return accounts[int(alias.split("::")[1])].address
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+def test_crash_every_eligible_account_is_acted_on_in_the_next_block(
+    crash, keepers, interval_mining, accounts
+):
+    keeper = scanning(keepers(), crash)
+    start = crash.head + 1
+    crash.replay(crash.path)
+    crash.aftermath()
+    history = crash.history(start)
+    summary = history.summary()
+    assert summary["margin_calls"] >= 3, summary
+    assert summary["tranches"] >= 1 and summary["full_liquidations"] >= 1, summary
+
+    delays = action_delays(crash.engine, crash.provider, history.actions)
+    late = {f"{a.kind} {a.account} @{a.block}": d for a, d in delays.items() if d > 1}
+    assert late == {}, f"acted more than one block after eligibility: {late}"
+    crash.assert_attended(start)
+    assert crash.actionable() == []
+
+    me = _keeper_address(accounts, "TEST::3")
+    assert set(history.keepers()) == {me}
+    m = _metrics(keeper)
+    assert m["calls_made"] == summary["margin_calls"]
+    assert m["tranches_made"] == summary["tranches"] + summary["full_liquidations"]
+    assert m["max_delay_blocks"] <= 1
+    assert m["races_lost"] == 0  # alone, it can only see accounts recover before its tx
+    assert m["calls_sent"] + m["tranches_sent"] == (
+        m["calls_made"] + m["tranches_made"] + m["skipped_recovered"]
+    )
+    assert keeper.running, keeper.tail()
+
+
+def test_two_keepers_race_without_double_closes_and_both_stay_up(
+    crash, keepers, interval_mining, accounts
+):
+    first, second = keepers("TEST::3"), keepers("TEST::4")
+    scanning(first, crash)
+    scanning(second, crash)
+    start = crash.head + 1
+    crash.replay(crash.path)
+    crash.aftermath()
+    history = crash.history(start)
+
+    per_block = Counter((log.account, log.block_number) for log in history.of("Liquidation"))
+    assert max(per_block.values()) == 1, "an account was liquidated twice in one block"
+    # no double close: liquidations only ever shrink a position, never past zero
+    last: dict[str, int] = {}
+    for log in history.of("PositionChanged"):
+        prev = last.get(log.account)
+        if prev is not None:
+            assert int(log.size) * prev >= 0 and abs(int(log.size)) <= abs(prev), log
+        last[log.account] = int(log.size)
+    crash.assert_attended(start)
+
+    m1, m2 = _metrics(first), _metrics(second)
+    made = m1["calls_made"] + m2["calls_made"] + m1["tranches_made"] + m2["tranches_made"]
+    assert made == len(history.actions)
+    assert m1["races_lost"] + m2["races_lost"] >= 1, (m1, m2)
+    for m in (m1, m2):
+        sent = m["calls_sent"] + m["tranches_sent"]
+        done = m["calls_made"] + m["tranches_made"] + m["races_lost"] + m["skipped_recovered"]
+        assert sent == done, m
+    acted_by = set(history.keepers())
+    assert acted_by <= {_keeper_address(accounts, "TEST::3"), _keeper_address(accounts, "TEST::4")}
+    assert first.running and second.running
+
+
+def test_keeper_killed_and_restarted_mid_crash_misses_no_account(crash, keepers, interval_mining):
+    keeper = scanning(keepers(), crash)
+    half = 3  # most of the crash happens while the keeper is down
+    crash.replay(crash.path[:half])
+    keeper.kill()
+    crash.replay(crash.path[half:])  # accounts become eligible while no keeper runs
+    crash.rpc("evm_increaseTime", [STEP_SECONDS])
+    crash.wait_blocks(2)
+    waiting = eligible_at(crash.engine, crash.provider, crash.addresses, crash.head, {})
+    assert waiting, "the test needs accounts left eligible while the keeper was down"
+
+    restart = crash.head
+    scanning(keeper.start(), crash)
+    back = crash.head
+    crash.wait_blocks(2)
+    acted = {a.account for a in crash.history(restart).actions}
+    assert waiting <= acted, f"not acted on after the restart: {waiting - acted}"
+    crash.aftermath()
+    crash.assert_attended(back + 1)
+    assert crash.actionable() == []
+    assert keeper.running
+
+
+def test_keeper_survives_the_node_going_away_and_acts_when_it_is_back(
+    crash, keepers, interval_mining
+):
+    proxy = TcpProxy(urlparse(crash.provider.uri).port).start()
+    try:
+        keeper = scanning(keepers(node_url=proxy.url), crash)
+        crash.replay(crash.path[:3])
+        proxy.cut()
+        crash.replay(crash.path[3:7])  # the chain moves on, the keeper cannot see it
+        time.sleep(2)
+        assert keeper.running, keeper.tail()
+        proxy.restore()
+        keeper.wait_for(r"node reachable again", timeout=30)
+        back = crash.head
+        crash.replay(crash.path[7:])
+        crash.aftermath()
+        crash.assert_attended(back + 2)
+        assert crash.actionable() == []
+        assert "node unreachable" in keeper.log()
+        assert keeper.running
+    finally:
+        proxy.close()
