@@ -658,8 +658,10 @@ __all__ = [
 
 # the bot launchers live in their own module; registered here so `margincall --help` lists them
 from margincall.cli_bots import keeper as _keeper_command  # noqa: E402
+from margincall.cli_bots import notifier as _notifier_command  # noqa: E402
 
 cli.add_command(_keeper_command, "keeper")
+cli.add_command(_notifier_command, "notifier")
 
 # the stress simulator (src/margincall/sim/cli.py); it starts and stops an Anvil of its own
 from margincall.sim.cli import simulate as _simulate_command  # noqa: E402

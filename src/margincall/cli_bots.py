@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from margincall.keeper import ConfigError, KeeperConfig, parse_shard
+from margincall.notify import NotifierConfigError, notifier_env
 from margincall.procs import PROJECT_ROOT, RUNNER, bot_command
 
 NETWORK_HELP = "Ape network choice, e.g. ethereum:mainnet:node [default: ethereum:local:foundry]."
@@ -59,12 +60,6 @@ def _launch(
 def _common(f):
     for option in reversed(
         [
-            click.option(
-                "--deployment",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                required=True,
-                help="Deployment record written by `ape run deploy`.",
-            ),
             click.option("--network", default="ethereum:local:foundry", help=NETWORK_HELP),
             click.option(
                 "--node-url",
@@ -85,7 +80,19 @@ def _common(f):
     return f
 
 
+def _deployment(required: bool):
+    return click.option(
+        "--deployment",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        required=required,
+        default=None,
+        help="Deployment record written by `ape run deploy`"
+        + ("." if required else " [default: deployments/<ecosystem>-<network>.json]."),
+    )
+
+
 @click.command()
+@_deployment(required=True)
 @_common
 @click.option("--account", required=True, help="Ape account alias to send from (TEST::3 locally).")
 @click.option("--shard", default="0/1", callback=_shard, show_default=True, help="Shard i/n.")
@@ -147,4 +154,64 @@ def keeper(
     _launch("keeper", network, account, env, dry_run)
 
 
-__all__ = ["RUNNER", "keeper"]
+@click.command()
+@_deployment(required=False)
+@_common
+@click.option("--webhook-url", default=None, help="http(s) URL to POST every message to.")
+@click.option(
+    "--outbox",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="SQLite outbox [default: .margincall/notifier-<chain id>-<engine>.sqlite].",
+)
+@click.option("--warn-ratio", default=None, help="Early warning under this ratio, or 'off'.")
+@click.option("--warn-hysteresis", default=None, help="Re-arm at warn_ratio x (1 + this).")
+@click.option("--confirmations", type=click.IntRange(0), default=None)
+@click.option("--notify-from", default=None, help="deployment, head, or a block number.")
+@click.option("--log-chunk", type=click.IntRange(1), default=None)
+@click.option("--webhook-timeout", type=float, default=None)
+@click.option("--retry-base", type=float, default=None)
+@click.option("--retry-max", type=float, default=None)
+@click.option("--delivery-budget", type=float, default=None)
+def notifier(
+    deployment: Path | None,
+    network: str,
+    node_url: str | None,
+    poll_interval: float,
+    dry_run: bool,
+    webhook_url: str | None,
+    outbox: Path | None,
+    warn_ratio: str | None,
+    warn_hysteresis: str | None,
+    confirmations: int | None,
+    notify_from: str | None,
+    log_chunk: int | None,
+    webhook_timeout: float | None,
+    retry_base: float | None,
+    retry_max: float | None,
+    delivery_budget: float | None,
+) -> None:
+    """Run the notifier bot: margin-call, liquidation and early-warning messages to a webhook
+    (docs/bots.md)."""
+    try:
+        env = notifier_env(
+            deployment=deployment.resolve() if deployment else None,
+            webhook_url=webhook_url,
+            outbox=outbox.resolve() if outbox else None,
+            warn_ratio=warn_ratio,
+            warn_hysteresis=warn_hysteresis,
+            confirmations=confirmations,
+            notify_from=notify_from,
+            log_chunk=log_chunk,
+            webhook_timeout=webhook_timeout,
+            retry_base=retry_base,
+            retry_max=retry_max,
+            delivery_budget=delivery_budget,
+        )
+    except NotifierConfigError as err:
+        raise click.BadParameter(str(err)) from None
+    env.update(MARGINCALL_POLL_INTERVAL=str(poll_interval), **_node_env(node_url))
+    _launch("notifier", network, None, env, dry_run)
+
+
+__all__ = ["RUNNER", "keeper", "notifier"]

@@ -1,0 +1,187 @@
+"""The keeper's settings, the bot launchers, the runner's backoff and the demo's crowd and
+crash path, without a chain (the bots themselves run in tests/e2e)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from margincall.audit import delay_stats
+from margincall.cli import cli
+from margincall.keeper import ConfigError, KeeperConfig, parse_shard
+from margincall.population import crash_path, plan_crowd
+from margincall.runner import Backoff
+
+# --- keeper settings ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,expected", [("0/1", (0, 1)), ("2/3", (2, 3))])
+def test_parse_shard_accepts_i_of_n(text, expected):
+    assert parse_shard(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1/1", "3/2", "-1/2", "0/0", "1", "a/b", "1/2/3"])
+def test_parse_shard_rejects_what_is_not_a_shard(text):
+    with pytest.raises(ConfigError, match="shard"):
+        parse_shard(text)
+
+
+def test_keeper_config_requires_a_deployment_record():
+    with pytest.raises(ConfigError, match="MARGINCALL_DEPLOYMENT is not set"):
+        KeeperConfig.from_env({})
+
+
+def test_keeper_config_defaults_and_round_trip_through_env():
+    config = KeeperConfig.from_env({"MARGINCALL_DEPLOYMENT": "rec.json"})
+    assert (config.shard_index, config.shard_count, config.margin_bps) == (0, 1, 12_000)
+    assert config.clear_calls and config.metrics_path is None
+    custom = KeeperConfig(
+        deployment=Path("rec.json"),
+        shard_index=1,
+        shard_count=4,
+        margin_bps=15_000,
+        native_per_token=Decimal("0.001"),
+        max_batch=50,
+        scan_chunk=200,
+        clear_calls=False,
+        metrics_path=Path("m.json"),
+    )
+    assert KeeperConfig.from_env(custom.to_env()) == custom
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("MARGINCALL_MAX_BATCH", "101", "MARGINCALL_MAX_BATCH must be in"),
+        ("MARGINCALL_SCAN_CHUNK", "0", "MARGINCALL_SCAN_CHUNK must be in"),
+        ("MARGINCALL_PROFIT_MARGIN_BPS", "lots", "must be an integer"),
+        ("MARGINCALL_NATIVE_PER_TOKEN", "-1", "must not be negative"),
+        ("MARGINCALL_NATIVE_PER_TOKEN", "cheap", "must be a number"),
+        ("MARGINCALL_CLEAR_CALLS", "maybe", "must be 1 or 0"),
+        ("MARGINCALL_SHARD", "5/5", "shard"),
+    ],
+)
+def test_keeper_config_names_the_bad_setting(name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        KeeperConfig.from_env({"MARGINCALL_DEPLOYMENT": "rec.json", name: value})
+
+
+def test_profit_rule_converts_token_units_to_native_wei():
+    config = KeeperConfig(deployment=Path("r"), native_per_token=Decimal("0.0004"))
+    # one whole 6-decimal token = 0.0004 native coin = 4e14 wei
+    assert config.wei_per_token_unit(6) * 10**6 == Decimal(4 * 10**14)
+
+
+# --- launchers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def record(tmp_path) -> Path:
+    path = tmp_path / "record.json"
+    path.write_text("{}")
+    return path
+
+
+def test_keeper_dry_run_prints_the_silverback_command_and_settings(record):
+    result = CliRunner().invoke(
+        cli,
+        ["keeper", "--deployment", str(record), "--account", "TEST::3", "--shard", "1/2"]
+        + ["--metrics", "k.json", "--dry-run"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "MARGINCALL_SHARD=1/2" in result.output
+    assert f"MARGINCALL_DEPLOYMENT={record.resolve()}" in result.output
+    assert "silverback run keeper --network ethereum:local:foundry" in result.output
+    assert "--runner margincall.runner:ResilientRunner --account TEST::3" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--shard", "2/2"], "shard '2/2'"),
+        (["--max-batch", "500"], "--max-batch"),
+        (["--native-per-token", "x"], "MARGINCALL_NATIVE_PER_TOKEN must be a number"),
+    ],
+)
+def test_keeper_refuses_bad_options_before_starting(record, args, message):
+    result = CliRunner().invoke(
+        cli, ["keeper", "--deployment", str(record), "--account", "TEST::3", "--dry-run", *args]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_keeper_needs_an_existing_record_and_an_account(tmp_path):
+    missing = CliRunner().invoke(
+        cli, ["keeper", "--deployment", str(tmp_path / "none.json"), "--account", "TEST::3"]
+    )
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    no_account = CliRunner().invoke(cli, ["keeper", "--deployment", str(tmp_path)])
+    assert no_account.exit_code == 2
+
+
+def test_notifier_dry_run_and_bad_warning_level(record):
+    ok = CliRunner().invoke(
+        cli,
+        ["notifier", "--deployment", str(record), "--webhook-url", "https://hooks.example/x"]
+        + ["--warn-ratio", "1.4", "--node-url", "http://127.0.0.1:8545", "--dry-run"],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "MARGINCALL_WARN_RATIO=1.4" in ok.output
+    assert "APE_FOUNDRY_HOST=http://127.0.0.1:8545" in ok.output
+    assert "silverback run notifier" in ok.output and "--account" not in ok.output
+    bad = CliRunner().invoke(cli, ["notifier", "--warn-ratio", "abc", "--dry-run"])
+    assert bad.exit_code == 2
+    assert "MARGINCALL_WARN_RATIO must be a number" in bad.output
+
+
+# --- runner backoff --------------------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets():
+    b = Backoff(first=0.25, cap=2.0)
+    assert [b.next() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert b.failures == 6
+    b.reset()
+    assert (b.next(), b.failures) == (0.25, 1)
+    with pytest.raises(ValueError):
+        Backoff(first=3, cap=2)
+
+
+# --- crowd and crash path -----------------------------------------------------------------
+
+
+def test_crowd_is_reproducible_and_within_its_bounds():
+    a, b = plan_crowd(200, seed=9), plan_crowd(200, seed=9)
+    assert a == b
+    assert a != plan_crowd(200, seed=10)
+    assert all(Decimal("2") <= p.leverage <= Decimal("9.9") for p in a)
+    assert {p.market_id for p in a} == {0, 1}
+    longs = sum(p.long for p in a)
+    assert 100 < longs < 200  # mostly long, some short
+
+
+def test_trader_size_gives_the_planned_leverage():
+    plan = plan_crowd(1, seed=1)[0]
+    price = 2_000 * 10**18
+    notional = abs(plan.size(price)) * price // 10**18
+    assert notional == pytest.approx(plan.deposit * plan.leverage * 10**18, rel=1e-12)
+
+
+def test_crash_path_falls_to_its_low_with_rebounds_and_no_cliff():
+    path = crash_path(2_000.0, fall=0.45, steps=30, rebound=0.03, every=6, seed=1)
+    assert len(path) == 30 and path[-1] == 1_100.0
+    steps = [b / a - 1 for a, b in zip([2_000.0, *path], path, strict=False)]
+    assert sum(1 for r in steps if r > 0) == 4  # steps 6, 12, 18, 24 rebound
+    assert min(steps) > -0.04  # no single step falls much more than the average (-2.9%)
+    assert crash_path(2_000.0, seed=1) == crash_path(2_000.0, seed=1)
+
+
+def test_delay_stats():
+    assert delay_stats([])["count"] == 0
+    s = delay_stats([1, 1, 1, 2, 1])
+    assert (s["count"], s["max"], s["p50"]) == (5, 2, 1)
+    assert s["mean"] == pytest.approx(1.2)
