@@ -437,26 +437,55 @@ def deploy_from_config(
     if config.reserve_factor is not None and config.reserve_factor != int(pool.reserve_factor()):
         pool.set_reserve_factor(config.reserve_factor, sender=deployer)
 
-    records = []
-    for market_id, m in enumerate(config.markets):
-        feed_address, oracle = add_market(
+    feeds = []
+    for m in config.markets:
+        feed_address, _ = add_market(
             system,
             m.spec(),
             feed=None if m.mock else m.feed,
             answer=int(Decimal(m.price) * 10**m.feed_decimals) if m.mock else None,
             sender=deployer,
         )
+        feeds.append((str(feed_address), m.mock))
+    system.markets = tuple(m.spec() for m in config.markets)
+    record = record_of(
+        system, network, chain, deployer, feeds=feeds, first_block=first_block, config=config.source
+    )
+    return Deployed(system, record, system.feeds)
+
+
+def record_of(
+    system: Any,
+    network: str,
+    chain: Any,
+    deployer: Any,
+    feeds: list[tuple[str, bool]] | None = None,
+    first_block: int = 0,
+    config: str = "",
+) -> DeploymentRecord:
+    """The deployment record of a deployed `System`, read back from the chain.
+
+    `feeds` gives each market's feed address and whether it is a mock (default: the
+    system's mock feeds); market names come from `system.markets`. The record's `block`
+    is the engine's creation block when Ape knows it, else `first_block`.
+    """
+    engine, pool, project = system.engine, system.pool, system.project
+    if feeds is None:
+        feeds = [(str(f.address), True) for f in system.feeds]
+    records = []
+    for market_id, ((feed, mock), spec) in enumerate(zip(feeds, system.markets, strict=True)):
+        oracle = system.oracles[market_id]
         on_chain = engine.markets(market_id)
         records.append(
             MarketRecord(
                 market_id=market_id,
-                name=m.name,
+                name=spec.name,
                 oracle=str(oracle.address),
-                feed=str(feed_address),
-                mock_feed=m.mock,
-                feed_decimals=m.feed_decimals
-                if m.mock
-                else int(project.MockAggregator.at(feed_address).decimals()),
+                feed=feed,
+                mock_feed=mock,
+                feed_decimals=spec.feed_decimals
+                if mock
+                else int(project.MockAggregator.at(feed).decimals()),
                 heartbeat=int(oracle.primary_heartbeat()),
                 min_price=int(oracle.min_price()),
                 max_price=int(oracle.max_price()),
@@ -466,13 +495,11 @@ def deploy_from_config(
                 window_cap=int(on_chain.window_cap),
             )
         )
-    system.markets = tuple(m.spec() for m in config.markets)
-
     params = engine.risk_params()
     block = first_block
     if getattr(engine, "txn_hash", None):  # set by `deploy`; no trace or explorer query needed
         block = int(chain.provider.get_receipt(engine.txn_hash).block_number)
-    record = DeploymentRecord(
+    return DeploymentRecord(
         network=network,
         chain_id=int(chain.chain_id),
         deployer=str(deployer.address),
@@ -488,9 +515,8 @@ def deploy_from_config(
         collateral_mock=True,
         risk_params={f.name: int(getattr(params, f.name)) for f in fields(RiskParams)},
         markets=tuple(records),
-        config=config.source,
+        config=config,
     )
-    return Deployed(system, record, system.feeds)
 
 
 __all__ = [
@@ -508,6 +534,7 @@ __all__ = [
     "deploy_from_config",
     "load_config",
     "read_record",
+    "record_of",
     "record_path",
     "to_wad",
     "write_record",
