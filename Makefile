@@ -64,3 +64,12 @@ fuzz: setup
 	pid=$$!; \
 	MARGINCALL_FUZZ=deep pytest tests/stateful -q -s -p no:ape_test --noconftest -k dai18; \
 	rc=$$?; wait $$pid || rc=1; exit $$rc
+
+.PHONY: bench
+# Every benchmark, into docs/benchmarks.md and docs/img/: gas (ape run bench_gas), then
+# scripts/bench.py: keeper scan throughput, the stress simulator on every scenario against the
+# liquidate-at-maintenance baseline (500 traders), a sensitivity sweep, the section 7 summary.
+# Each simulation starts and stops an Anvil of its own. About half an hour on 2 cores.
+bench: setup
+	ape run bench_gas
+	python scripts/bench.py

@@ -10,7 +10,13 @@ from eth_utils import keccak, to_checksum_address
 from margincall.constants import WAD, State
 from margincall.math import RiskParams
 from margincall.sim.baseline import BASELINE, PHASED, baseline_params, params_for
-from margincall.sim.chain import STATUS_FIELDS, Abi, check_status_layout, decode_statuses
+from margincall.sim.chain import (
+    STATUS_FIELDS,
+    Abi,
+    check_status_layout,
+    decode_statuses,
+    encode_addresses,
+)
 
 STATUS_TYPE = "(" + ",".join(t for _, t in STATUS_FIELDS) + ")[]"
 ABI = [
@@ -84,6 +90,16 @@ def test_abi_encodes_the_longest_overload_and_decodes_events():
     assert fields["amount"] == 10 and fields["paid_by_fund"] == 7 and fields["socialised"] == 3
     assert fields["account"].lower() == ACCOUNT.lower()
     assert abi.decode_log({"topics": ["0x" + "00" * 32], "data": "0x"}) is None
+
+
+def test_address_array_calldata_matches_eth_abi():
+    selector = keccak(text="check_margins(address[])")[:4]
+    accounts = [to_checksum_address(f"0x{i:040x}") for i in (1, 2**159, 0xABC)]
+    expected = "0x" + (selector + encode(["address[]"], [accounts])).hex()
+    assert encode_addresses(selector, accounts) == expected
+    assert encode_addresses(selector, []) == "0x" + (selector + encode(["address[]"], [[]])).hex()
+    with pytest.raises(ValueError, match="40 hex"):
+        encode_addresses(selector, ["0x1234"])
 
 
 def test_a_changed_status_struct_is_refused():

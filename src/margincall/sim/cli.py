@@ -9,7 +9,8 @@ deploys the system, opens the population, replays the path block by block
 with the project's keeper logic and prints the figures. `--baseline` adds a
 run of the same paths and population with liquidate-everything-at-
 maintenance parameters, side by side. `--out DIR` writes result.json,
-metrics.csv, samples-<mode>.csv and PNG plots. The same seed gives the same
+metrics.csv, samples-<mode>.csv (one row per mined block), liquidations-<mode>.csv
+(one row per tranche) and PNG plots. The same seed gives the same
 figures. Exit codes: 0 done (also when a target is missed, unless
 `--check`), 1 failed or `--check` found a missed target, 2 bad input.
 """
@@ -48,7 +49,9 @@ def write_outputs(outcome, out: Path) -> list[Path]:  # noqa: ANN001 - Outcome, 
     for mode, record in outcome.records.items():
         p = out / f"samples-{mode}.csv"
         p.write_text(metrics.samples_csv(record))
-        written.append(p)
+        q = out / f"liquidations-{mode}.csv"
+        q.write_text(metrics.liquidations_csv(record))
+        written += [p, q]
     if outcome.path is not None:
         written += plots.write_all(outcome.records, outcome.path, out)
     return written
@@ -116,7 +119,7 @@ def write_outputs(outcome, out: Path) -> list[Path]:  # noqa: ANN001 - Outcome, 
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write result.json, metrics.csv, samples-<mode>.csv and PNG plots here.",
+    help="Write result.json, metrics.csv, samples-/liquidations-<mode>.csv and PNG plots here.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -149,7 +149,11 @@ TIMING_KEYS = ("wall_seconds", "rpc_requests")
 
 
 def timing(record: RunRecord) -> dict[str, Any]:
-    return {"wall_seconds": round(record.wall_seconds, 2), "rpc_requests": record.rpc_requests}
+    return {
+        "wall_seconds": round(record.wall_seconds, 2),
+        "rpc_requests": record.rpc_requests,
+        "load_avg": round(record.load_avg, 2),
+    }
 
 
 def compare(phased: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -271,10 +275,37 @@ def samples_csv(record: RunRecord) -> str:
     return buf.getvalue()
 
 
+EVENT_COLUMNS = (
+    "slot",
+    "t",
+    "account",
+    "tranche",
+    "state",
+    "fraction",
+    "closed_notional",
+    "penalty",
+    "keeper_reward",
+    "fund_fee",
+    "full",
+    "ratio_after",
+)
+
+
+def liquidations_csv(record: RunRecord) -> str:
+    """One row per tranche or full close, in the engine's units (wad, token units)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(EVENT_COLUMNS)
+    for e in record.liquidations:
+        w.writerow([e[c] for c in EVENT_COLUMNS])
+    return buf.getvalue()
+
+
 __all__ = [
     "PENALTY_TARGET",
     "ROWS",
     "compare",
+    "liquidations_csv",
     "metrics_csv",
     "percentile",
     "sample_columns",

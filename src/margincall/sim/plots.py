@@ -42,10 +42,15 @@ def _hours(seconds: np.ndarray | float) -> np.ndarray | float:
     return np.asarray(seconds) / 3600 if isinstance(seconds, np.ndarray) else seconds / 3600
 
 
-def draw_price(ax: Axes, path: PricePath) -> None:
-    t = _hours(np.array(path.times, dtype=float))
+def draw_price(ax: Axes, path: PricePath, end: int | None = None) -> None:
+    """Each market's price vs its start; held flat from the last point to `end` (seconds)."""
+    times = list(path.times)
+    if end is not None and end > times[-1]:
+        times.append(end)
+    t = _hours(np.array(times, dtype=float))
     for m in path.markets:
         s = np.array(path.prices[m])
+        s = np.append(s, s[-1]) if len(times) > len(s) else s
         ax.plot(t, (s / s[0] - 1) * 100, label=m, lw=1)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylabel("price vs start (%)")
@@ -145,7 +150,7 @@ def _save(fig: Any, path: Path) -> Path:
 def summary(records: Mapping[str, RunRecord], path: PricePath, out: Path, title: str = "") -> Path:
     """The 2x2 figure: price, ratios (phased bands, baseline median), liquidations, fund."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    draw_price(axes[0][0], path)
+    draw_price(axes[0][0], path, max(r.end for r in records.values()))
     main = records.get("phased") or next(iter(records.values()))
     others = {m: r for m, r in records.items() if r is not main}
     draw_ratios(axes[0][1], main, others)
@@ -161,7 +166,7 @@ def write_all(records: Mapping[str, RunRecord], path: PricePath, out_dir: Path) 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     fig, ax = plt.subplots(figsize=(8, 4))
-    draw_price(ax, path)
+    draw_price(ax, path, max(r.end for r in records.values()))
     written.append(_save(fig, out_dir / "price.png"))
     fig, axes = plt.subplots(1, len(records), figsize=(8 * len(records), 4), squeeze=False)
     for ax, r in zip(axes[0], records.values(), strict=True):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -100,6 +101,17 @@ class SimConfig:
     fee: float = 0.0005
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A phased run with something changed, on the same setup: the cure probability, or
+    risk parameters (raw engine units, e.g. `("critical_ratio", 8 * 10**17)`; the engine
+    checks their bounds)."""
+
+    name: str
+    cure_probability: float | None = None
+    params: tuple[tuple[str, int], ...] = ()
+
+
 @dataclass
 class Tx:
     """A transaction to send in the next block (gas 0: estimate it)."""
@@ -151,6 +163,8 @@ class RunRecord:
     slots: int = 0
     rpc_requests: int = 0
     wall_seconds: float = 0.0
+    load_avg: float = 0.0  # the machine's 1-minute load average at the end of the run
+    variant: str = ""
     final: dict[str, Any] = field(default_factory=dict)
 
 
@@ -252,19 +266,21 @@ class Simulation:
             sent.append(tx)
         return sent
 
-    def mine(self, timestamp: int | None = None) -> list[tuple[Tx, dict]]:
-        """Mines one block (at `timestamp`); returns the (tx, receipt) pairs it included."""
+    def mine(
+        self, timestamp: int | None = None, extra: Sequence[tuple[str, list]] = ()
+    ) -> tuple[list[tuple[Tx, dict]], list[Any]]:
+        """Mines one block (at `timestamp`); returns the (tx, receipt) pairs it included and
+        the results of `extra` requests (views), made in the same batch as the receipts."""
         self.rpc.call("evm_mine", *([timestamp] if timestamp is not None else []))
-        if not self.pending:
-            return []
         hashes = list(self.pending)
-        receipts = self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
+        out = self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes] + list(extra))
+        receipts, results = out[: len(hashes)], out[len(hashes) :]
         done = []
         for h, r in zip(hashes, receipts, strict=True):
             if r is not None:
                 done.append((self.pending.pop(h), r))
         done.sort(key=lambda p: (hexint(p[1]["blockNumber"]), hexint(p[1]["transactionIndex"])))
-        return done
+        return done, results
 
     def eth_call(self, to: str, data: str) -> tuple[str, list]:
         return ("eth_call", [{"to": to, "data": data, "gas": hex(10**9)}, "latest"])
@@ -388,7 +404,7 @@ class Simulation:
         failed = []
         while self.pending:
             ts += 1
-            for tx, receipt in self.mine(ts):
+            for tx, receipt in self.mine(ts)[0]:
                 if hexint(receipt["status"]) != 1:
                     failed.append(tx)
         if failed:
@@ -400,8 +416,14 @@ class Simulation:
 
     # --- run ---------------------------------------------------------------------------
 
-    def run(self, mode: str, progress: Callable[[int, int, str], None] | None = None) -> RunRecord:
-        """Replays the path in `mode` (`phased` or `baseline`) from the setup snapshot."""
+    def run(
+        self,
+        mode: str,
+        progress: Callable[[int, int, str], None] | None = None,
+        variant: Variant | None = None,
+    ) -> RunRecord:
+        """Replays the path in `mode` (`phased` or `baseline`) from the setup snapshot,
+        optionally with a `variant` of the cure probability or the risk parameters."""
         if self.snapshot_id is None:
             raise SimulationError("setup() first")
         started = time.monotonic()
@@ -414,6 +436,11 @@ class Simulation:
         rpc.call("anvil_autoImpersonateAccount", True)
         rpc.call("evm_setAutomine", False)
         params = params_for(mode, self.params)
+        population = self.config.population
+        if variant is not None:
+            params = replace(params, **dict(variant.params))
+            if variant.cure_probability is not None:
+                population = replace(population, cure_probability=variant.cure_probability)
         # the same configuration block in both modes, so both replay the same block grid
         owner = str(self.owner.address)
         self.send(
@@ -427,16 +454,21 @@ class Simulation:
                 )
             ]
         )
-        for tx, r in self.mine(self.t_setup_end + 1):
+        pop = self.population
+        self._fetch_nonces([owner, pop.keeper, pop.oracle] + [t.address for t in pop.traders])
+        for tx, r in self.mine(self.t_setup_end + 1)[0]:
             if hexint(r["status"]) != 1:
                 raise SimulationError(f"{tx.label} reverted: the engine refused {mode} params")
         replay = Replay(self, mode, params, self.t_setup_end + 1 + self.config.block_time)
+        replay.population = population
+        replay.record.variant = variant.name if variant is not None else ""
         try:
             record = replay.run(progress)
         finally:
             self.pending.clear()
         record.rpc_requests = rpc.requests - requests_before
         record.wall_seconds = time.monotonic() - started
+        record.load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         return record
 
     def restore(self) -> None:
@@ -469,7 +501,10 @@ class Replay:
             end=self.end,
         )
         self.traders = sim.population.by_address()
+        self.population: PopulationConfig = sim.config.population
         self.open = [t.address for t in sim.population.traders]
+        self._scan_for: list[str] = []
+        self._scan_data: list[str] = []
         self.status: dict[str, MarginStatus] = {}
         self.sizes: dict[tuple[str, int], int] = {}
         self.wallet: dict[str, int] = {
@@ -584,11 +619,11 @@ class Replay:
                 self.in_flight.update(tx.accounts)
             elif tx.sender in self.traders:
                 rec.trader_txs += 1
-        mined = sim.mine(ts)
+        mined, views = sim.mine(ts, self._scan_calls())
         rec.blocks_mined += 1
         for tx, receipt in mined:
             self._receipt(slot, t, tx, receipt)
-        self._scan(slot, t, ts)
+        self._scan(slot, t, ts, views)
 
     # --- receipts and events ---
 
@@ -693,17 +728,22 @@ class Replay:
         )
         return hexint(fund), hexint(pool)
 
-    def _scan(self, slot: int, t: int, ts: int) -> None:
-        sim, rec = self.sim, self.record
-        calls = [
-            sim.eth_call(sim.engine, sim.engine_abi.encode("check_margins", part))
-            for part in chunks(self.open, MAX_SCAN)
-        ]
-        calls += [
+    def _scan_calls(self) -> list[tuple[str, list]]:
+        """The views read after every block: the open accounts, the fund and the pool."""
+        sim = self.sim
+        if self.open != self._scan_for:
+            self._scan_for = list(self.open)
+            self._scan_data = [
+                sim.engine_abi.encode("check_margins", part) for part in chunks(self.open, MAX_SCAN)
+            ]
+        calls = [sim.eth_call(sim.engine, data) for data in self._scan_data]
+        return calls + [
             sim.eth_call(sim.token, sim.token_abi.encode("balanceOf", sim.fund)),
             sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
         ]
-        out = sim.rpc.batch(calls)
+
+    def _scan(self, slot: int, t: int, ts: int, out: list[Any]) -> None:
+        sim, rec = self.sim, self.record
         statuses: list[MarginStatus] = []
         for data in out[:-2]:
             statuses.extend(decode_statuses(data, sim.names))
@@ -806,7 +846,7 @@ class Replay:
         trader = self.traders.get(account)
         if trader is None:
             return
-        plan = cure_plan(self.sim.config.population, self.cure_rng[account])
+        plan = cure_plan(self.population, self.cure_rng[account])
         if not plan.cures:
             return
         self.record.cures_planned += 1
@@ -823,7 +863,7 @@ class Replay:
         if s.state == State.BANKRUPT:
             return []
         enc = sim.engine_abi.encode
-        target = sim.config.population.cure_target
+        target = self.population.cure_target
         if s.ratio >= self.params.call_ratio:
             if not s.call_deadline:
                 return []

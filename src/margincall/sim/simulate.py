@@ -17,7 +17,8 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,32 @@ def build_result(
     return result
 
 
+@contextmanager
+def own_chain() -> Iterator[tuple[Rpc, Any, Any]]:
+    """An Anvil of our own with Ape connected to it: yields (rpc, project, owner account).
+    The node is stopped on the way out, whatever happens (Ctrl-C, SIGTERM, errors)."""
+    warnings.filterwarnings("ignore", message="Field 'import_remapping'")
+    from ape import accounts, networks
+    from ape.logging import logger
+
+    logger.set_level("ERROR")
+    with Anvil() as anvil:
+        choice = networks.parse_network_choice(
+            "ethereum:local:foundry",
+            provider_settings={"host": anvil.uri},
+            # Ape did not start this node: nothing of Ape's to stop (and its disconnect
+            # walks every known provider, which takes seconds)
+            disconnect_after=False,
+            disconnect_on_exit=False,
+        )
+        with choice:
+            rpc = Rpc(anvil.uri)
+            try:
+                yield rpc, load_project(), accounts.test_accounts[0]
+            finally:
+                rpc.close()
+
+
 def simulate(
     config: SimConfig,
     modes: Sequence[str] = MODES,
@@ -151,30 +178,21 @@ def simulate(
     log: Callable[[str], None] | None = None,
 ) -> Outcome:
     """Runs on an Anvil of its own, which is stopped before returning (or raising)."""
-    warnings.filterwarnings("ignore", message="Field 'import_remapping'")
-    from ape import accounts, networks
-    from ape.logging import logger
-
-    logger.set_level("ERROR")
-    path = load_path(config)  # fail on a bad CSV before starting anything
-    del path
+    load_path(config)  # fail on a bad CSV before starting anything
     started = time.monotonic()
-    with Anvil() as anvil:
-        choice = networks.parse_network_choice(
-            "ethereum:local:foundry",
-            provider_settings={"host": anvil.uri},
-            disconnect_after=True,
-        )
-        with choice:
-            project = load_project()
-            owner = accounts.test_accounts[0]
-            rpc = Rpc(anvil.uri)
-            try:
-                outcome = simulate_on(rpc, project, owner, config, modes, progress, log)
-            finally:
-                rpc.close()
+    with own_chain() as (rpc, project, owner):
+        outcome = simulate_on(rpc, project, owner, config, modes, progress, log)
     outcome.result["timing"]["total_seconds"] = round(time.monotonic() - started, 2)
     return outcome
 
 
-__all__ = ["Outcome", "load_path", "load_project", "machine", "simulate", "simulate_on"]
+__all__ = [
+    "Outcome",
+    "build_result",
+    "load_path",
+    "load_project",
+    "machine",
+    "own_chain",
+    "simulate",
+    "simulate_on",
+]
