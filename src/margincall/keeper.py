@@ -53,7 +53,7 @@ from margincall.keeper_logic import (
     decide,
     shard,
 )
-from margincall.tx import Mined, PendingTx, TxSender
+from margincall.tx import Mined, TxSender
 
 LOG_CHUNK = 5_000  # blocks per eth_getLogs
 
@@ -317,6 +317,7 @@ class Keeper:
             if accounts
             else []
         )
+        scanned_ms = 1000 * (time.monotonic() - self._t0)
         snaps = [Snapshot.from_status(s) for s in statuses]
         self._mark_eligible(snaps, number, timestamp)
         decision = decide(snaps, timestamp, self.costs, max_batch=self.config.max_batch)
@@ -324,6 +325,11 @@ class Keeper:
         if self.config.clear_calls:
             self._clear_recovered(statuses, number)
         state.last_scanned = number
+        if decision.calls or decision.liquidated:
+            logger.info(
+                f"block {number}: scanned {len(statuses)} accounts in {scanned_ms:.0f} ms,"
+                f" sent in {1000 * (time.monotonic() - self._t0):.0f} ms"
+            )
         if decision.calls or decision.liquidated or number % self.config.log_every == 0:
             self._log_summary(number, decision)
         self.write_metrics()
@@ -342,30 +348,31 @@ class Keeper:
                 del self.state.eligible_since[a]
 
     def _send(self, decision: Decision, number: int) -> None:
-        for batch in decision.liquidations:
-            self._submit(self.engine.liquidate_many, batch, "liquidate_many", number)
-        for batch in decision.margin_calls:
-            self._submit(self.engine.margin_call_many, batch, "margin_call_many", number)
-
-    def _submit(
-        self, method: Any, batch: tuple[str, ...], label: str, number: int
-    ) -> PendingTx | None:
-        try:
-            tx = self.sender.send_call(method, (list(batch),), label, batch, number)
-        except Exception as err:  # noqa: BLE001 - one failed batch must not stop the others
-            self.state.rpc_errors += 1
-            logger.error(f"block {number}: {label} for {len(batch)} accounts not sent: {err}")
-            return None
-        if label == "liquidate_many":
-            self.metrics.tranches_sent += len(batch)
-        else:
-            self.metrics.calls_sent += len(batch)
-        logger.info(
-            f"block {number}: sent {label} for {len(batch)} accounts"
-            f" ({tx.txn_hash[:10]}, nonce {tx.nonce},"
-            f" {1000 * (time.monotonic() - self._t0):.0f} ms into the block's scan)"
-        )
-        return tx
+        """All batches of the block at once (gas estimated concurrently), most urgent first."""
+        calls = [
+            (self.engine.liquidate_many, (list(batch),), "liquidate_many", batch)
+            for batch in decision.liquidations
+        ] + [
+            (self.engine.margin_call_many, (list(batch),), "margin_call_many", batch)
+            for batch in decision.margin_calls
+        ]
+        if not calls:
+            return
+        results = self.sender.send_many(calls, number)
+        for (_, _, label, batch), tx in zip(calls, results, strict=True):
+            if isinstance(tx, Exception):
+                self.state.rpc_errors += 1
+                logger.error(f"block {number}: {label} for {len(batch)} accounts not sent: {tx}")
+                continue
+            if label == "liquidate_many":
+                self.metrics.tranches_sent += len(batch)
+            else:
+                self.metrics.calls_sent += len(batch)
+            logger.info(
+                f"block {number}: sent {label} for {len(batch)} accounts"
+                f" ({tx.txn_hash[:10]}, nonce {tx.nonce},"
+                f" {1000 * (time.monotonic() - self._t0):.0f} ms into the block's scan)"
+            )
 
     def _clear_recovered(self, statuses: list[Any], number: int) -> None:
         for s in statuses:
