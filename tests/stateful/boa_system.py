@@ -1,26 +1,38 @@
-"""Deploys a whole margincall system in titanoboa, wired as `margincall.deploy` wires it.
+"""Deploys a whole margincall system in titanoboa, wired as `margincall.deploy` wires it, and
+drives it for the state machine (`BoaDriver`).
 
-In-process (no Anvil, no Ape): the stateful fuzz campaigns run here at thousands of steps
-per second. Contracts compile once per process; each `deploy_boa_system` call deploys a
-fresh system from the compiled deployers.
+In-process (no Anvil, no Ape): the deep stateful campaigns run here. Contracts compile once
+per process; each `deploy_boa_system` call deploys a fresh system from the compiled deployers.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import boa
 
-from margincall.deploy import DEFAULT_MARKETS, ZERO, MarketSpec
-from margincall.math import Account, Position, RiskParams
+from margincall.deploy import ZERO, MarketSpec
+from tests.stateful.driver import (
+    FUND_SEED,
+    FUZZ_MARKETS,
+    LP_LIQUIDITY,
+    N_TRADERS,
+    TRADER_TOKENS,
+    Actors,
+    Driver,
+    Ev,
+    Sent,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = ROOT / "contracts"
 # The engine imports `from interfaces import ...`; the others `.interfaces`.
 boa.interpret.set_search_paths([str(CONTRACTS), str(ROOT)])
+REVERT = re.compile(r"Revert\('(.*)'\)")
 
 
 @functools.cache
@@ -28,116 +40,124 @@ def _deployer(relpath: str) -> Any:
     return boa.load_partial(str(CONTRACTS / relpath))
 
 
-@dataclass
-class BoaSystem:
-    """Handles to one deployed system, plus actor addresses by role."""
+def revert_reason(error: boa.BoaError) -> str:
+    """The reason string of a titanoboa revert."""
+    reason = repr(error.stack_trace.last_frame.pretty_vm_reason)
+    m = REVERT.search(reason)
+    return (m.group(1) if m else reason).strip("'\"")
 
-    owner: str
-    token: Any
-    pool: Any
-    fund: Any
-    engine: Any
-    decimals: int
-    feeds: list = field(default_factory=list)
-    oracles: list = field(default_factory=list)
-    markets: tuple[MarketSpec, ...] = ()
-    # read caches (py-evm view calls cost about 1 ms each); `forget` after any change
-    _prices: dict = field(default_factory=dict)
-    _configs: dict = field(default_factory=dict)
-    _params: RiskParams | None = None
 
-    def forget(self) -> None:
-        """Drops the read caches (after a revert to an anchor or a change of settings)."""
-        self._prices.clear()
-        self._configs.clear()
-        self._params = None
+class BoaDriver(Driver):
+    """A system deployed in titanoboa's in-process EVM."""
 
-    @property
-    def scale(self) -> int:
-        return 10 ** (18 - self.decimals)
+    def __init__(self, actors: Actors, token, pool, fund, engine, markets, decimals: int):
+        super().__init__()
+        self.actors = actors
+        self.token, self.pool, self.fund, self.engine = token, pool, fund, engine
+        self.markets = markets
+        self.decimals = decimals
+        self.feeds: list = []
+        self.oracles: list = []
+        self._anchor = None
 
-    @property
-    def unit(self) -> int:
-        return 10**self.decimals
+    def now(self) -> int:
+        return boa.env.evm.patch.timestamp
 
-    def feed_answer(self, market_id: int, price_wad: int) -> int:
-        """Feed answer for an 18-decimal price (rounded down to the feed's decimals)."""
-        return price_wad // 10 ** (18 - self.markets[market_id].feed_decimals)
+    def travel(self, seconds: int) -> None:
+        boa.env.time_travel(seconds=seconds)
 
-    def set_price(self, market_id: int, price_wad: int) -> None:
-        self.feeds[market_id].set_answer(self.feed_answer(market_id, price_wad), sender=self.owner)
-        self._prices.pop(market_id, None)
+    def _send(self, contract: Any, fn: str, args: tuple, sender: str) -> Sent:
+        try:
+            value = getattr(contract, fn)(*args, sender=sender)
+        except boa.BoaError as e:
+            return Sent(False, revert_reason(e))
+        events = [
+            Ev(
+                type(e).__name__,
+                e.address,
+                {k: v for k, v in e._asdict().items() if k != "address"},
+            )
+            for e in contract.get_logs()
+            if hasattr(e, "_asdict")
+        ]
+        return Sent(True, value=value, events=events)
 
-    def price(self, market_id: int) -> int:
-        if market_id not in self._prices:
-            self._prices[market_id] = self.oracles[market_id].price()
-        return self._prices[market_id]
+    def try_call(self, contract: Any, fn: str, *args: Any) -> tuple[bool, Any]:
+        try:
+            return True, getattr(contract, fn)(*args)
+        except boa.BoaError as e:
+            return False, revert_reason(e)
 
-    def config(self, market_id: int) -> Any:
-        if market_id not in self._configs:
-            self._configs[market_id] = self.engine.markets(market_id)
-        return self._configs[market_id]
+    def start_example(self) -> None:
+        # Under pytest, titanoboa's plugin already runs every Hypothesis example inside
+        # `boa.env.anchor()`; without the plugin the driver anchors each example itself.
+        if "boa.test.plugin" not in sys.modules:
+            self._anchor = boa.env.anchor()
+            self._anchor.__enter__()
+        self.forget()
 
-    def mint_and_approve(self, who: str, amount: int, spender: str) -> None:
-        self.token.mint(who, amount, sender=who)
-        self.token.approve(spender, 2**256 - 1, sender=who)
+    def end_example(self) -> None:
+        if self._anchor is not None:
+            self._anchor.__exit__(None, None, None)
+            self._anchor = None
+        self.forget()
 
-    def risk_params(self) -> RiskParams:
-        if self._params is None:
-            self._params = RiskParams(*tuple(self.engine.risk_params()))
-        return self._params
 
-    def reference_account(self, who: str) -> Account:
-        """The account as `margincall.math` sees it, from the engine's raw views."""
-        collateral, bits, deadline, last_tranche, tranches = self.engine.account_info(who)
-        positions = []
-        for m in range(len(self.markets)):
-            if (bits >> m) & 1:
-                size, cost = self.engine.position(who, m)
-                cfg = self.config(m)
-                positions.append(Position(m, size, cost, self.price(m), cfg.mmr, cfg.imr))
-        return Account(collateral, tuple(positions), deadline, last_tranche, tranches)
-
-    def window_room(self, now: int, params: RiskParams) -> dict[int, int]:
-        """What each market's liquidation window cap still admits (wad notional)."""
-        room = {}
-        for m in range(len(self.markets)):
-            start, used = self.engine.window_state(m)
-            if now >= start + params.liquidation_window:
-                used = 0
-            room[m] = self.config(m).window_cap - used
-        return room
+def boa_actors() -> Actors:
+    g = boa.env.generate_address
+    return Actors(
+        owner=g("owner"),
+        guardian=g("guardian"),
+        lp=g("lp"),
+        keepers=(g("keeper"), g("rival_keeper")),
+        donor=g("donor"),
+        traders=tuple(g(f"trader{i}") for i in range(N_TRADERS)),
+    )
 
 
 def deploy_boa_system(
-    owner: str,
-    guardian: str,
-    decimals: int = 18,
-    markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS,
-    heartbeat: int = 10 * 365 * 86_400,
-) -> BoaSystem:
+    actors: Actors, decimals: int = 18, markets: tuple[MarketSpec, ...] = FUZZ_MARKETS
+) -> BoaDriver:
     """Deploys token, feeds, adapters, pool, fund and engine, and wires them."""
+    owner = actors.owner
     with boa.env.prank(owner):
         token = _deployer("testing/MockERC20.vy").deploy("Mock USD", "mUSD", decimals)
         pool = _deployer("LiquidityPool.vy").deploy(token.address, "margincall LP", "mcLP")
         fund = _deployer("InsuranceFund.vy").deploy(token.address, pool.address)
         engine = _deployer("MarginEngine.vy").deploy(
-            token.address, pool.address, fund.address, guardian
+            token.address, pool.address, fund.address, actors.guardian
         )
         pool.set_engine(engine.address)
         fund.set_engine(engine.address)
-    system = BoaSystem(owner, token, pool, fund, engine, decimals, markets=markets)
+    d = BoaDriver(actors, token, pool, fund, engine, markets, decimals)
     for market_id, spec in enumerate(markets):
         with boa.env.prank(owner):
             feed = _deployer("testing/MockAggregator.vy").deploy(
                 spec.feed_decimals, int(round(spec.price * 10**spec.feed_decimals))
             )
             oracle = _deployer("OracleAdapter.vy").deploy(
-                feed.address, heartbeat, ZERO, 0, ZERO, 0, spec.min_price, spec.max_price
+                feed.address, spec.heartbeat, ZERO, 0, ZERO, 0, spec.min_price, spec.max_price
             )
             engine.set_market(
                 market_id, oracle.address, spec.imr, spec.mmr, spec.fee, spec.window_cap, True
             )
-        system.feeds.append(feed)
-        system.oracles.append(oracle)
-    return system
+        d.feeds.append(feed)
+        d.oracles.append(oracle)
+    return d
+
+
+def deploy_funded_boa_system(decimals: int) -> BoaDriver:
+    """A system with LP liquidity, a small fund and traders holding approved tokens."""
+    a = boa_actors()
+    d = deploy_boa_system(a, decimals)
+    token, unit = d.token, d.unit
+    for who, amount, spender in (
+        (a.lp, LP_LIQUIDITY, d.pool),
+        (a.donor, TRADER_TOKENS, d.fund),
+        *((t, TRADER_TOKENS, d.engine) for t in a.traders),
+    ):
+        token.mint(who, amount * unit, sender=who)
+        token.approve(spender.address, 2**256 - 1, sender=who)
+    d.pool.deposit(LP_LIQUIDITY * unit, a.lp, sender=a.lp)
+    d.fund.donate(FUND_SEED * unit, sender=a.donor)
+    return d

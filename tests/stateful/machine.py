@@ -1,0 +1,1062 @@
+"""The whole-system state machine: traders, an LP, keepers, a donor, the owner and the guardian.
+
+One machine, two backends: `test_engine_machine.py` runs it in titanoboa (quick profile in
+`make test`, the deep campaign in `make fuzz`), `test_engine_machine_ape.py` runs it with a
+small budget on Anvil through Ape. It reaches the chain only through a `Driver`.
+
+After every step it checks, against `margincall.math` (the reference the SDK and bots use)
+and a model of the parts the reference does not cover (feeds and adapters, pause, markets):
+
+- token conservation: the engine holds exactly the sum of its collateral ledgers, and every
+  other balance (pool, fund, traders, keepers, LP, donor) equals what the model says moved;
+- `check_margins`, `check_margin` and `preview_liquidation` equal `evaluate`, `classify` and
+  `plan_tranche` at the model's prices; every adapter's `try_price`/`reason` equal the model;
+- each action succeeds exactly when the model says it may, with the predicted effect, and
+  fails with the predicted reason: HEALTHY, CALLABLE and CALLED accounts cannot be
+  liquidated, only CALLABLE ones can be called, CALLED accounts can neither withdraw nor add
+  exposure, no withdrawal leaves equity under initial margin;
+- a tranche that does not close the account never lowers its ratio;
+- the fund never pays more than it holds; `BadDebt.socialised > 0` only when it paid it all;
+- pause (guardian or owner only): new exposure is refused with "engine: paused"; deposits,
+  withdrawals, reductions, calls and liquidations work as if unpaused;
+- an inactive market refuses new exposure ("engine: market not active") and nothing else;
+- oracle faults (stale, future-dated, zero, negative, out of bounds, reverting feed; and plain
+  staleness when time outruns the heartbeat): every operation that needs the faulty price
+  reverts with the adapter's reason (batched keeper calls skip the account, `check_margins`
+  reports it unpriced); deposits, and everything that needs only other prices, still work;
+  a fresh round restores the market.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+from hypothesis import assume
+from hypothesis import strategies as st
+from hypothesis.errors import StopTest
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from margincall.constants import WAD, PlanCode, State
+from margincall.math import (
+    MAX_UINT,
+    Account,
+    Position,
+    RiskParams,
+    classify,
+    div_ceil,
+    div_floor,
+    evaluate,
+    mul_up,
+    plan_tranche,
+    ratio,
+)
+from tests.stateful.driver import N_TRADERS, Driver
+
+PRICE_BAND = (4, 3)  # price moves stay within [start / 4, start * 3]
+MIN_CLOSE_FACTOR = 5 * 10**16
+FUTURE = 10**6  # seconds ahead of a future-dated round (more than any example travels)
+FAULTS = ("stale", "future", "zero", "negative", "above_max", "below_min", "reverting")
+REASON = {
+    PlanCode.NOT_LIQUIDATABLE: "engine: account not liquidatable",
+    PlanCode.TOO_SOON: "engine: tranche interval not elapsed",
+    PlanCode.WINDOW_FULL: "engine: liquidation window cap reached",
+}
+
+
+@dataclass
+class FeedModel:
+    """What a mock feed holds, and the last answer a price move set (a valid one)."""
+
+    answer: int
+    updated_at: int
+    good: int
+    reverting: bool = False
+
+
+@dataclass
+class Campaign:
+    """Counts over the examples of one run: steps per example, and what the steps reached.
+
+    An example counts once it ran to its end; `min_steps` > 0 rejects shorter ones (Hypothesis
+    does not count rejected examples towards `max_examples`). Examples that Hypothesis cut
+    short itself (out of data) are counted as aborted and also not towards the examples.
+    """
+
+    label: str
+    min_steps: int = 0
+    examples: int = 0
+    rejected: int = 0
+    aborted: int = 0
+    steps: list[int] = field(default_factory=list)
+    totals: Counter = field(default_factory=Counter)
+
+    def record(self, steps: int, stats: Counter) -> bool:
+        """Books a finished example; False when it is too short to count."""
+        if steps < self.min_steps:
+            self.rejected += 1
+            return False
+        self.examples += 1
+        self.steps.append(steps)
+        self.totals.update(stats)
+        return True
+
+    def summary(self) -> str:
+        t = self.totals
+        steps = self.steps or [0]
+        lines = [
+            f"[{self.label}] {self.examples} examples"
+            f" ({self.rejected} rejected under {self.min_steps} steps,"
+            f" {self.aborted} cut short by Hypothesis);"
+            f" steps after seeding: min {min(steps)}, mean {sum(steps) / len(steps):.1f},"
+            f" max {max(steps)}, total {sum(steps)}",
+            f"  liquidations: {t['liquidate:tranche']} partial tranches,"
+            f" {t['liquidate:full']} full closes, {t['bad_debt']} bad debts"
+            f" ({t['bad_debt:socialised']} socialised); margin calls {t['margin_call']}"
+            f" (+{t['margin_call_many']} batched)",
+            f"  refusals: liquidate {t['refused:liquidate']}, paused {t['refused:paused']},"
+            f" inactive market {t['refused:inactive']}, oracle {t['refused:oracle']}"
+            f" (+{t['skipped:oracle']} batch skips); oracle faults"
+            f" {sum(n for k, n in t.items() if k.startswith('fault:'))},"
+            f" stale by time {t['oracle:stale_by_time']}",
+            "  all counts: " + ", ".join(f"{k}={n}" for k, n in sorted(t.items())),
+        ]
+        return "\n".join(lines)
+
+
+class EngineMachine(RuleBasedStateMachine):
+    driver: Driver  # set on a subclass per deployed system
+    campaign: Campaign
+
+    def __init__(self):
+        super().__init__()
+        self.d = d = self.driver
+        d.start_example()
+        a = d.actors
+        self.traders = list(a.traders)
+        self.keepers = list(a.keepers)
+        self.holders = [d.engine.address, d.pool.address, d.fund.address, a.lp, a.donor]
+        self.holders += self.keepers + self.traders
+        self.expected = {h: d.balance(h) for h in self.holders}
+        self.stats: Counter = Counter()
+        self.checks = 0
+        # the model of what the chain does not tell the reference math
+        self.paused = bool(d.engine.paused())
+        self.active = [bool(d.config(m).active) for m in range(len(d.markets))]
+        self.feeds = []
+        for feed in d.feeds:
+            _, answer, _, updated_at, _ = feed.latestRoundData()
+            self.feeds.append(FeedModel(int(answer), int(updated_at), int(answer)))
+        self.bounds = []
+        for m, spec in enumerate(d.markets):
+            mul = d.mul(m)
+            self.bounds.append((div_ceil(spec.min_price, mul), spec.max_price // mul))
+        self.oracles_changed = True
+        # accounts whose views must be checked against the reference after this step
+        self.dirty = set(self.traders)
+        self.window_changed = False  # a window's room changed: LIQUIDATABLE previews too
+        self.turn = 0
+        self.sent_seen = -1
+
+    def teardown(self):
+        failing = sys.exc_info()[1]
+        self.d.end_example()
+        if failing is not None:
+            if isinstance(failing, StopTest):
+                self.campaign.aborted += 1
+            return
+        if not self.campaign.record(self.checks - 1, self.stats):
+            assume(False)
+
+    # --- model helpers ---------------------------------------------------------------
+
+    @property
+    def now(self) -> int:
+        return self.d.now()
+
+    @property
+    def a(self):
+        return self.d.actors
+
+    def move(self, src: str, dst: str, amount: int) -> None:
+        assert amount >= 0
+        self.expected[src] -= amount
+        self.expected[dst] += amount
+
+    def note(self, key: str) -> None:
+        self.stats[key] += 1
+
+    def send(self, contract, fn: str, *args, sender: str):
+        return self.d.send(contract, fn, *args, sender=sender)
+
+    def must(self, contract, fn: str, *args, sender: str):
+        sent = self.send(contract, fn, *args, sender=sender)
+        assert sent.ok, (fn, sent.reason)
+        return sent
+
+    def refused(self, sent, reason: str, *context) -> None:
+        assert not sent.ok and sent.reason == reason, (reason, sent.reason, *context)
+
+    def price_reason(self, m: int) -> str | None:
+        """Why market `m`'s adapter has no valid price now (OracleAdapter._read_feed)."""
+        f = self.feeds[m]
+        now = self.now
+        if f.reverting:
+            return "oracle: feed reverted"
+        if f.answer <= 0:
+            return "oracle: non-positive price"
+        if f.updated_at == 0:
+            return "oracle: stale price"
+        if f.updated_at > now:
+            return "oracle: future timestamp"
+        if now - f.updated_at > self.d.markets[m].heartbeat:
+            return "oracle: stale price"
+        lo, hi = self.bounds[m]
+        if not lo <= f.answer <= hi:
+            return "oracle: price out of bounds"
+        return None
+
+    def price(self, m: int) -> int:
+        """The market's price in wad: the adapter's when valid, else the last valid one."""
+        return self.feeds[m].good * self.d.mul(m)
+
+    def holders_of(self, m: int) -> list[str]:
+        """The traders with a position in market `m`."""
+        return [t for t in self.traders if (self.d.raw_account(t).markets >> m) & 1]
+
+    def first_fault(self, markets) -> str | None:
+        """The reason of the first market (in id order) without a valid price, as the
+        engine's `_prices` meets it."""
+        for m in sorted(markets):
+            reason = self.price_reason(m)
+            if reason is not None:
+                return reason
+        return None
+
+    def account(self, who: str) -> tuple[Account, str | None]:
+        """The account as `margincall.math` sees it at the model's prices, and the reason a
+        needed price is invalid (None when every needed price is valid)."""
+        d = self.d
+        raw = d.raw_account(who)
+        positions = []
+        for m, size, cost in raw.positions:
+            cfg = d.config(m)
+            positions.append(Position(m, size, cost, self.price(m), int(cfg.mmr), int(cfg.imr)))
+        acct = Account(
+            raw.collateral, tuple(positions), raw.deadline, raw.last_tranche, raw.tranches
+        )
+        return acct, self.first_fault(q.market_id for q in positions)
+
+    def state(self, acct: Account, p: RiskParams) -> State:
+        return classify(acct, evaluate(acct, self.d.scale), p, self.now, self.d.scale)
+
+    def expected_reason(self, acct: Account, p: RiskParams) -> int:
+        """Why `liquidate` would revert (PlanCode), or OK."""
+        if self.state(acct, p) < State.LIQUIDATABLE:
+            return PlanCode.NOT_LIQUIDATABLE
+        room = self.d.window_room(self.now, p)
+        if plan_tranche(acct, p, self.d.scale, self.now, room) is not None:
+            return PlanCode.OK
+        if self.state(acct, p) < State.CRITICAL and acct.last_tranche:
+            if self.now < acct.last_tranche + p.tranche_interval:
+                return PlanCode.TOO_SOON
+        return PlanCode.WINDOW_FULL
+
+    def set_price(self, m: int, price_wad: int) -> None:
+        """Publishes a fresh round (a valid timestamp; the answer rounded to the feed's
+        decimals). A reverting feed keeps reverting."""
+        answer = price_wad // self.d.mul(m)
+        self.must(self.d.feeds[m], "set_answer", answer, sender=self.a.owner)
+        f = self.feeds[m]
+        f.answer = f.good = answer
+        f.updated_at = self.now
+        self.dirty.update(self.holders_of(m))
+        self.oracles_changed = True
+
+    # --- setup ---------------------------------------------------------------
+
+    @initialize(
+        amounts=st.lists(st.integers(500, 20_000), min_size=N_TRADERS, max_size=N_TRADERS),
+        opens=st.lists(
+            st.tuples(st.integers(0, 2), st.integers(60, 100)),
+            min_size=N_TRADERS,
+            max_size=N_TRADERS,
+        ),
+    )
+    def seed_accounts(self, amounts, opens):
+        """Starts each trader with collateral and a levered position (the interesting part)."""
+        d = self.d
+        for t, amount in zip(self.traders, amounts, strict=True):
+            self.must(d.engine, "deposit", amount * d.unit, sender=t)
+            self.move(t, d.engine.address, amount * d.unit)
+        for i, (market, frac) in enumerate(opens):
+            self.trade(i, market, "open", frac)
+
+    # --- traders ---------------------------------------------------------------
+
+    @rule(i=st.integers(0, N_TRADERS - 1), amount=st.integers(1, 5_000 * 10**6))
+    def deposit(self, i, amount):
+        """Deposits always work (whatever the pause or the oracles say) and clear a call they
+        cure, when every price of the account is valid."""
+        d, t = self.d, self.traders[i]
+        self.dirty.add(t)
+        amount = amount * d.unit // 10**6 or 1
+        acct, fault = self.account(t)
+        p = d.risk_params()
+        cured = Account(acct.collateral + amount, acct.positions)
+        will_clear = (
+            acct.deadline != 0 and fault is None and evaluate(cured, d.scale).ratio >= p.call_ratio
+        )
+        sent = self.must(d.engine, "deposit", amount, sender=t)
+        if fault:
+            self.note("oracle:deposit_works")
+        if self.paused:
+            self.note("paused:deposit")
+        assert bool(sent.of(d.engine, "MarginCallCleared")) == will_clear
+        self.move(t, d.engine.address, amount)
+        assert d.raw_account(t).deadline == (0 if will_clear else acct.deadline)
+
+    @rule(i=st.integers(0, N_TRADERS - 1), frac=st.integers(1, 100), beyond=st.integers(0, 3))
+    def withdraw(self, i, frac, beyond):
+        d, t = self.d, self.traders[i]
+        self.dirty.add(t)
+        acct, fault = self.account(t)
+        p = d.risk_params()
+        v = evaluate(acct, d.scale)
+        blocked = bool(acct.positions) and acct.deadline != 0 and v.ratio < p.call_ratio
+        if not acct.positions:
+            allowed = acct.collateral
+        elif blocked:
+            allowed = 0
+        else:
+            allowed = max(0, min(acct.collateral, (v.equity - v.initial) // d.scale))
+        if beyond == 0:
+            if allowed == 0:
+                return
+            amount = max(1, allowed * frac // 100)
+        elif beyond == 1:
+            amount = acct.collateral + frac
+        else:
+            amount = allowed + frac
+        sent = self.send(d.engine, "withdraw", amount, sender=t)
+        if amount > acct.collateral:
+            self.refused(sent, "engine: amount exceeds collateral")
+        elif acct.positions and fault:
+            self.refused(sent, fault)
+            self.note("refused:oracle")
+        elif blocked:
+            self.refused(sent, "engine: under margin call")
+        elif amount > allowed:
+            self.refused(sent, "engine: insufficient margin")
+        else:
+            assert sent.ok, sent.reason
+        if sent.ok:
+            assert self.state(acct, p) != State.CALLED, "a CALLED account withdrew"
+            self.note("withdraw")
+            if self.paused:
+                self.note("paused:withdraw")
+            self.move(d.engine.address, t, amount)
+            if acct.deadline:  # not blocked: the withdrawal clears the cured call
+                assert d.raw_account(t).deadline == 0
+            st_ = d.engine.check_margin(t)
+            if st_.positions:
+                assert st_.equity >= st_.initial, "withdrawal left equity under initial margin"
+
+    def _predict_trade(self, acct: Account, p: RiskParams, market: int, delta: int):
+        """The engine's `_trade`, in Python: (reason or None, (size, cost, collateral,
+        deadline, increases))."""
+        d = self.d
+        fault = self.price_reason(market)
+        if fault:
+            return fault, None
+        price = self.price(market)
+        cfg = d.config(market)
+        old = next((q for q in acct.positions if q.market_id == market), None)
+        size, cost = (old.size, old.cost) if old else (0, 0)
+        realized = 0
+        if size == 0 or (size > 0) == (delta > 0):
+            increases = True
+            nsize, ncost = size + delta, cost + div_ceil(delta * price, WAD)
+        elif abs(delta) <= abs(size):
+            increases = False
+            closed_cost = div_ceil(cost * (-delta), size)
+            realized = div_floor(-delta * price, WAD) - closed_cost
+            nsize, ncost = size + delta, cost - closed_cost
+        else:
+            increases = True
+            realized = div_floor(size * price, WAD) - cost
+            nsize = size + delta
+            ncost = div_ceil(nsize * price, WAD)
+        if nsize != 0 and mul_up(abs(nsize), price) < p.min_position_notional:
+            return "engine: position below minimum", None
+        fee = div_ceil(mul_up(mul_up(abs(delta), price), int(cfg.fee)), d.scale)
+        realized_tok = div_floor(realized, d.scale)
+        balance = acct.collateral + realized_tok - fee
+        if balance < 0:
+            return "engine: loss exceeds collateral", None
+        if nsize == 0:
+            ncost = 0
+        positions = [q for q in acct.positions if q.market_id != market]
+        if nsize:
+            positions.append(Position(market, nsize, ncost, price, int(cfg.mmr), int(cfg.imr)))
+        positions.sort(key=lambda q: q.market_id)
+        after = Account(balance, tuple(positions), acct.deadline)
+        fault = self.first_fault(q.market_id for q in positions)
+        if increases:
+            if self.paused:
+                return "engine: paused", None
+            if not self.active[market]:
+                return "engine: market not active", None
+            if fault:
+                return fault, None  # new exposure needs every price of the account
+        deadline = acct.deadline
+        if increases or (deadline and not fault):
+            v = evaluate(after, d.scale)
+            if deadline and v.ratio >= p.call_ratio:
+                deadline = 0
+            elif deadline and increases:
+                return "engine: under margin call", None
+            if increases and v.equity < v.initial:
+                return "engine: insufficient margin", None
+        pool_pays = realized_tok - fee
+        if pool_pays > d.balance(d.pool.address):
+            return "pool: insufficient liquidity", None
+        return None, (nsize, ncost, balance, deadline, increases)
+
+    @rule(
+        i=st.integers(0, N_TRADERS - 1),
+        market=st.integers(0, 2),
+        kind=st.sampled_from(["open", "reduce", "flip", "close"]),
+        frac=st.integers(1, 130),
+    )
+    def trade(self, i, market, kind, frac):
+        d, t = self.d, self.traders[i]
+        self.dirty.add(t)
+        acct, fault = self.account(t)
+        p = d.risk_params()
+        price = self.price(market)
+        old = next((q for q in acct.positions if q.market_id == market), None)
+        size = old.size if old else 0
+        if kind == "open" or size == 0:
+            v = evaluate(acct, d.scale)
+            imr = int(d.config(market).imr)
+            free = max(v.equity - v.initial, 10 * WAD)
+            notional = free * WAD // imr * frac // 100
+            delta = notional * WAD // price * (1 if (frac + i + market) % 2 else -1)
+            if size:
+                delta = abs(delta) * (1 if size > 0 else -1)
+        elif kind == "reduce":
+            delta = -size * frac // 131
+        elif kind == "flip":
+            delta = -size - size * frac // 100
+        else:
+            delta = -size
+        if delta == 0:
+            return
+        called = fault is None and self.state(acct, p) == State.CALLED
+        reason, outcome = self._predict_trade(acct, p, market, delta)
+        bound = price * 2 if delta > 0 else price // 2
+        sent = self.send(d.engine, "trade", market, delta, bound, sender=t)
+        assert sent.ok == (reason is None), (reason, sent.reason)
+        if not sent.ok:
+            assert sent.reason == reason, (reason, sent.reason)
+            if reason == "engine: paused":
+                self.note("refused:paused")
+            elif reason == "engine: market not active":
+                self.note("refused:inactive")
+            elif reason.startswith("oracle: "):
+                self.note("refused:oracle")
+            return
+        nsize, ncost, collateral, deadline, increases = outcome
+        if increases:
+            assert not called, "a CALLED account added exposure"
+            assert not self.paused and self.active[market], "new exposure while not allowed"
+        else:
+            if self.paused:
+                self.note("paused:reduce")
+            if not self.active[market]:
+                self.note("inactive:reduce")
+            if fault:
+                self.note("oracle:reduce_other_market")
+        self.note("trade:" + kind)
+        assert tuple(d.engine.position(t, market)) == (nsize, ncost)
+        raw = d.raw_account(t)
+        assert (raw.collateral, raw.deadline) == (collateral, deadline)
+        # the pool is the counterparty of the collateral change
+        diff = collateral - acct.collateral
+        if diff >= 0:
+            self.move(d.pool.address, d.engine.address, diff)
+        else:
+            self.move(d.engine.address, d.pool.address, -diff)
+        (ev,) = sent.of(d.engine, "PositionChanged")
+        assert ev.realized_pnl - ev.fee == diff
+
+    # --- market ---------------------------------------------------------------
+
+    @rule(
+        market=st.integers(0, 2),
+        move=st.one_of(
+            st.integers(-300, 300),  # small moves, in 1e-4
+            st.sampled_from([-3_000, -1_000, -500, 500, 1_000, 5_000]),  # jumps
+        ),
+    )
+    def price_move(self, market, move):
+        start = int(self.d.markets[market].price * WAD)
+        new = self.price(market) * (10_000 + move) // 10_000
+        self.set_price(market, min(max(new, start // PRICE_BAND[0]), start * PRICE_BAND[1]))
+
+    @rule(
+        i=st.integers(0, N_TRADERS - 1),
+        goal=st.sampled_from(
+            [State.LIQUIDATABLE] * 5
+            + [State.CALLABLE, State.CALLABLE, State.HEALTHY, State.CRITICAL, State.BANKRUPT]
+        ),
+        where=st.integers(2, 98),
+    )
+    def drive_to_state(self, i, goal, where):
+        """Moves the price of a trader's largest position so that its ratio lands `where`%
+        of the way through the band of state `goal` (at the current risk parameters). Walks
+        accounts into every state, LIQUIDATABLE most often (partial tranches live there)."""
+        d = self.d
+        acct, _ = self.account(self.traders[i])
+        if not acct.positions:
+            return
+        p = d.risk_params()
+        call, crit = p.call_ratio / WAD, p.critical_ratio / WAD
+        lo, hi = {
+            State.HEALTHY: (call, call * 1.5),
+            State.CALLABLE: (1.0, call),
+            State.LIQUIDATABLE: (crit, 1.0),
+            State.CRITICAL: (0.0, crit),
+            State.BANKRUPT: (-0.3, 0.0),
+        }[goal]
+        r = lo + (hi - lo) * where / 100
+        v = evaluate(acct, d.scale)
+        q = max(acct.positions, key=lambda q: q.notional)
+        # equity(P) = rest + size * P - cost;  maintenance(P) = others + |size| * P * mmr
+        rest = v.equity - q.pnl
+        others = v.maintenance - mul_up(q.notional, q.mmr)
+        den = q.size / WAD - r * abs(q.size) * q.mmr / WAD**2
+        if den == 0:
+            return
+        price = (r * others - rest + q.cost) / den
+        start = int(d.markets[q.market_id].price * WAD)
+        if price <= 0:
+            return
+        price = min(max(int(price), start // PRICE_BAND[0]), start * PRICE_BAND[1])
+        self.set_price(q.market_id, price)
+
+    @rule(seconds=st.sampled_from([61, 1, 30, 299, 301, 1_800, 3_601, 7_300]))
+    def time_passes(self, seconds):
+        before = [self.price_reason(m) for m in range(len(self.feeds))]
+        self.d.travel(seconds)
+        after = [self.price_reason(m) for m in range(len(self.feeds))]
+        for b, a in zip(before, after, strict=True):
+            if b is None and a == "oracle: stale price":
+                self.note("oracle:stale_by_time")
+        self.dirty.update(self.traders)
+        self.oracles_changed = True
+
+    @rule(
+        market=st.integers(0, 2),
+        event=st.one_of(st.just("recover"), st.sampled_from(FAULTS), st.just("recover_all")),
+    )
+    def oracle(self, market, event):
+        """A feed goes bad (`event` names the fault): from now on every operation that needs
+        its price must refuse with the adapter's reason. Or it answers again ("recover": a
+        fresh round at the last valid price; "recover_all": every feed does)."""
+        d, owner = self.d, self.a.owner
+        if event.startswith("recover"):
+            for m in range(len(self.feeds)) if event == "recover_all" else [market]:
+                if self.feeds[m].reverting:
+                    self.must(d.feeds[m], "set_reverting", False, sender=owner)
+                    self.feeds[m].reverting = False
+                self.set_price(m, self.price(m))
+                assert self.price_reason(m) is None
+            return
+        feed, f = d.feeds[market], self.feeds[market]
+        now = self.now
+        lo, hi = self.bounds[market]
+        if event == "reverting":
+            self.must(feed, "set_reverting", True, sender=owner)
+            f.reverting = True
+        else:
+            answer, updated = {
+                "stale": (f.good, now - d.markets[market].heartbeat - 1),
+                "future": (f.good, now + FUTURE),
+                "zero": (0, now),
+                "negative": (-f.good, now),
+                "above_max": (hi + 1, now),
+                "below_min": (lo - 1, now),
+            }[event]
+            self.must(feed, "set_round", answer, updated, updated, sender=owner)
+            f.answer, f.updated_at = answer, updated
+        assert self.price_reason(market) is not None
+        self.note(f"fault:{event}")
+        self.dirty.update(self.holders_of(market))
+        self.oracles_changed = True
+
+    # --- keepers ---------------------------------------------------------------
+
+    @rule(k=st.integers(0, 1), i=st.integers(0, N_TRADERS - 1))
+    def margin_call(self, k, i):
+        d, t, keeper = self.d, self.traders[i], self.keepers[k]
+        self.dirty.add(t)
+        acct, fault = self.account(t)
+        p = d.risk_params()
+        sent = self.send(d.engine, "margin_call", t, sender=keeper)
+        if fault:
+            self.refused(sent, fault)
+            self.note("refused:oracle")
+            return
+        state = self.state(acct, p)
+        if state != State.CALLABLE:
+            self.refused(sent, "engine: account not callable", state)
+            return
+        assert sent.ok, sent.reason
+        self.note("margin_call")
+        if self.paused:
+            self.note("paused:margin_call")
+        reward = min(p.call_reward // d.scale, acct.collateral)
+        self.move(d.engine.address, keeper, reward)
+        raw = d.raw_account(t)
+        assert raw.collateral == acct.collateral - reward
+        assert raw.deadline == self.now + p.grace_period
+
+    @rule(k=st.integers(0, 1), picks=st.sets(st.integers(0, N_TRADERS - 1), min_size=1))
+    def margin_call_many(self, k, picks):
+        d, keeper = self.d, self.keepers[k]
+        batch = [self.traders[i] for i in sorted(picks)]
+        self.dirty.update(batch)
+        p = d.risk_params()
+        called, total = [], 0
+        for t in batch:
+            acct, fault = self.account(t)
+            if fault:
+                self.note("skipped:oracle")
+            elif self.state(acct, p) == State.CALLABLE:
+                called.append(t)
+                total += min(p.call_reward // d.scale, acct.collateral)
+        sent = self.must(d.engine, "margin_call_many", batch, sender=keeper)
+        assert [e.account for e in sent.of(d.engine, "MarginCall")] == called
+        if sent.value is not None:
+            assert sent.value == len(called)
+        if called:
+            self.note("margin_call_many")
+        self.move(d.engine.address, keeper, total)
+
+    @rule(i=st.integers(0, N_TRADERS - 1))
+    def clear_margin_call(self, i):
+        d, t = self.d, self.traders[i]
+        self.dirty.add(t)
+        acct, fault = self.account(t)
+        p = d.risk_params()
+        sent = self.send(d.engine, "clear_margin_call", t, sender=self.keepers[0])
+        if acct.deadline == 0:
+            self.refused(sent, "engine: no margin call")
+        elif fault:
+            self.refused(sent, fault)
+            self.note("refused:oracle")
+        elif evaluate(acct, d.scale).ratio < p.call_ratio:
+            self.refused(sent, "engine: still under-margined")
+        else:
+            assert sent.ok, sent.reason
+            self.note("clear_margin_call")
+            assert d.raw_account(t).deadline == 0
+
+    def _expect_liquidation(self, t: str, keeper: str, fund_balance: int, room: dict[int, int]):
+        """Plans one account's liquidation; books its flows; returns (plan, fund balance after).
+
+        Pool flows are booked here even in a batch: the batch nets them, the sums agree.
+        """
+        d = self.d
+        acct, _ = self.account(t)
+        p = d.risk_params()
+        plan = plan_tranche(acct, p, d.scale, self.now, room)
+        if plan is None:
+            return None, fund_balance
+        if plan.deficit:
+            paid = min(plan.deficit, fund_balance)
+            fund_balance -= paid
+            reward = min(p.min_keeper_reward // d.scale, fund_balance)
+            fund_balance -= reward
+            self.move(d.engine.address, d.pool.address, acct.collateral)
+            self.move(d.fund.address, d.pool.address, paid)
+            self.move(d.fund.address, keeper, reward)
+            plan.bad_debt = (plan.deficit, paid)
+        else:
+            pool_net = acct.collateral - plan.collateral_after - plan.penalty
+            if pool_net >= 0:
+                self.move(d.engine.address, d.pool.address, pool_net)
+            else:
+                self.move(d.pool.address, d.engine.address, -pool_net)
+            self.move(d.engine.address, keeper, plan.keeper_reward)
+            self.move(d.engine.address, d.fund.address, plan.fund_fee)
+            plan.bad_debt = None
+        if not plan.full:
+            for q, closed in zip(acct.positions, plan.closed_sizes, strict=True):
+                room[q.market_id] -= mul_up(abs(closed), q.price)
+        plan.ratio_before = evaluate(acct, d.scale).ratio
+        return plan, fund_balance
+
+    def _check_after_liquidation(self, t: str, plan) -> None:
+        d = self.d
+        after = d.engine.check_margin(t)
+        assert d.raw_account(t).collateral == plan.collateral_after
+        if plan.full:
+            assert after.positions == 0 and d.raw_account(t).deadline == 0
+            self.note("liquidate:full")
+            self.note(f"full:{State(plan.state).name}")
+        else:
+            self.note("liquidate:tranche")
+            self.note(f"tranche:{State(plan.state).name}")
+            assert after.ratio == plan.ratio_after
+            assert after.equity == plan.equity_after
+            assert after.ratio >= plan.ratio_before, "a tranche lowered the account's ratio"
+        if self.paused:
+            self.note("paused:liquidate")
+
+    def _check_bad_debt(self, plans: list, logs: list) -> None:
+        expected = [pl.bad_debt for pl in plans if pl.bad_debt]
+        got = [(e.amount, e.paid_by_fund) for e in logs]
+        assert got == expected
+        for e in logs:
+            self.note("bad_debt")
+            assert e.socialised == e.amount - e.paid_by_fund
+            if e.socialised:
+                self.note("bad_debt:socialised")
+
+    @rule(k=st.integers(0, 1), i=st.integers(0, N_TRADERS - 1))
+    def liquidate(self, k, i):
+        d, t, keeper = self.d, self.traders[i], self.keepers[k]
+        self.dirty.add(t)
+        self.window_changed = True
+        acct, fault = self.account(t)
+        p = d.risk_params()
+        if fault:
+            self.refused(self.send(d.engine, "liquidate", t, sender=keeper), fault)
+            self.note("refused:oracle")
+            return
+        state = self.state(acct, p)
+        reason = self.expected_reason(acct, p)
+        fund_before = d.balance(d.fund.address)
+        room = d.window_room(self.now, p)
+        plan, _ = self._expect_liquidation(t, keeper, fund_before, room)
+        sent = self.send(d.engine, "liquidate", t, sender=keeper)
+        if state < State.LIQUIDATABLE:
+            self.refused(sent, "engine: account not liquidatable", state)
+        assert sent.ok == (plan is not None), (reason, sent.reason)
+        if not sent.ok:
+            self.refused(sent, REASON[reason])
+            self.note("refused:liquidate")
+            self.note(f"refused:liquidate:{PlanCode(reason).name}")
+            return
+        self._check_after_liquidation(t, plan)
+        logs = sent.of(d.engine, "BadDebt")
+        self._check_bad_debt([plan], logs)
+        for e in logs:
+            if e.socialised:
+                assert e.paid_by_fund == fund_before, "socialised while the fund held tokens"
+
+    @rule(k=st.integers(0, 1), picks=st.sets(st.integers(0, N_TRADERS - 1), min_size=1))
+    def liquidate_many(self, k, picks):
+        d, keeper = self.d, self.keepers[k]
+        batch = [self.traders[i] for i in sorted(picks)]
+        self.dirty.update(batch)
+        self.window_changed = True
+        p = d.risk_params()
+        room = d.window_room(self.now, p)
+        fund = d.balance(d.fund.address)
+        plans, fund_seen = [], []
+        for t in batch:
+            if self.account(t)[1]:
+                self.note("skipped:oracle")
+                continue
+            before = fund
+            plan, fund = self._expect_liquidation(t, keeper, fund, room)
+            if plan is not None:
+                plans.append((t, plan))
+                fund_seen.append(before)
+        sent = self.must(d.engine, "liquidate_many", batch, sender=keeper)
+        assert [e.account for e in sent.of(d.engine, "Liquidation")] == [t for t, _ in plans]
+        if sent.value is not None:
+            assert sent.value == len(plans)
+        for t, plan in plans:
+            self._check_after_liquidation(t, plan)
+        logs = sent.of(d.engine, "BadDebt")
+        self._check_bad_debt([pl for _, pl in plans], logs)
+        debts = [f for (_, pl), f in zip(plans, fund_seen, strict=True) if pl.bad_debt]
+        for e, held in zip(logs, debts, strict=True):
+            if e.socialised:
+                assert e.paid_by_fund == held, "socialised while the fund held tokens"
+
+    @rule()
+    def keeper_sweeps(self):
+        """A keeper as the bundled bot works: one `check_margins` scan of every account, then
+        `margin_call` on those it reports CALLABLE and `liquidate` on those at LIQUIDATABLE
+        or worse (each checked against the model as a single call). The two keepers take
+        turns. (The only rule without arguments: Hypothesis sorts it first and draws it
+        most, which keeps tranches common.)"""
+        d = self.d
+        k = self.checks % 2
+        statuses = d.engine.check_margins(self.traders)
+        for i, status in enumerate(statuses):
+            if not status.priced:
+                continue
+            if status.state == State.CALLABLE:
+                self.margin_call(k, i)
+            elif status.state >= State.LIQUIDATABLE:
+                self.liquidate(k, i)
+
+    # --- LP, fund ---------------------------------------------------------------
+
+    @rule(deposit=st.booleans(), amount=st.integers(1, 100_000), frac=st.integers(1, 20))
+    def lp_moves(self, deposit, amount, frac):
+        """The LP deposits `amount` whole tokens, or redeems `frac`% of what it may."""
+        d, lp = self.d, self.a.lp
+        if deposit:
+            amount *= d.unit
+            self.must(d.token, "mint", lp, amount, sender=lp)
+            self.expected[lp] += amount
+            self.must(d.pool, "deposit", amount, lp, sender=lp)
+            self.move(lp, d.pool.address, amount)
+            return
+        shares = int(d.pool.maxRedeem(lp)) * frac // 100
+        if shares == 0:
+            return
+        sent = self.must(d.pool, "redeem", shares, lp, lp, sender=lp)
+        (ev,) = sent.of(d.pool, "Withdraw")
+        assert ev.shares == shares
+        if sent.value is not None:
+            assert sent.value == ev.assets
+        self.move(d.pool.address, lp, ev.assets)
+
+    @rule(amount=st.integers(1, 2_000))
+    def donate(self, amount):
+        d = self.d
+        self.must(d.fund, "donate", amount * d.unit, sender=self.a.donor)
+        self.move(self.a.donor, d.fund.address, amount * d.unit)
+
+    # --- owner and guardian ---------------------------------------------------------------
+
+    @rule(
+        call=st.integers(105, 200),
+        critical=st.integers(10, 95),
+        penalty=st.integers(0, 99),
+        close=st.integers(MIN_CLOSE_FACTOR // 10**16, 100),
+        interval=st.sampled_from([0, 60, 600]),
+        share=st.integers(0, 100),
+        rewards=st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)),
+        window=st.sampled_from([60, 300, 3_600]),
+        dust=st.integers(0, 100),
+    )
+    def set_risk_params(
+        self, call, critical, penalty, close, interval, share, rewards, window, dust
+    ):
+        d = self.d
+        lo, call_reward, hi = sorted(rewards)
+        min_mmr = min(int(d.config(m).mmr) for m in range(3))
+        critical_wad = critical * 10**16
+        max_penalty = (min_mmr * critical_wad - 1) // WAD
+        params = RiskParams(
+            call_ratio=call * 10**16,
+            critical_ratio=critical_wad,
+            grace_period=d.risk_params().grace_period,
+            close_factor=close * 10**16,
+            tranche_interval=interval,
+            liquidation_penalty=max_penalty * penalty // 100,
+            keeper_share=share * 10**16,
+            min_keeper_reward=lo * WAD,
+            max_keeper_reward=hi * WAD,
+            call_reward=call_reward * WAD,
+            liquidation_window=window,
+            min_position_notional=dust * WAD,
+        )
+        self.must(d.engine, "set_risk_params", params.as_tuple(), sender=self.a.owner)
+        d.forget()
+        self.dirty.update(self.traders)
+        assert d.risk_params() == params
+
+    def _set_market(self, market: int, window_cap: int, active: bool, sender: str):
+        d = self.d
+        cfg = d.config(market)
+        return self.send(
+            d.engine,
+            "set_market",
+            market,
+            cfg.oracle,
+            int(cfg.imr),
+            int(cfg.mmr),
+            int(cfg.fee),
+            window_cap,
+            active,
+            sender=sender,
+        )
+
+    @rule(
+        market=st.integers(0, 2),
+        cap=st.sampled_from([None, 2_000, 20_000, 10**12]),
+        inactive=st.booleans(),
+        by_guardian=st.booleans(),
+    )
+    def set_market(self, market, cap, inactive, by_guardian):
+        """The owner (never the guardian) changes a market's window cap (whole tokens of
+        notional; None keeps it) and takes it out of service or back: an inactive market
+        refuses new exposure; its positions are valued, reduced, called and liquidated as
+        before."""
+        d = self.d
+        active = not inactive
+        cap = int(d.config(market).window_cap) if cap is None else cap * WAD
+        if by_guardian:
+            sent = self._set_market(market, cap, active, self.a.guardian)
+            self.refused(sent, "ownable: caller is not the owner")
+            return
+        sent = self._set_market(market, cap, active, self.a.owner)
+        assert sent.ok, sent.reason
+        (ev,) = sent.of(d.engine, "MarketSet")
+        assert (ev.window_cap, ev.active) == (cap, active)
+        self.active[market] = active
+        d.forget()
+        assert (int(d.config(market).window_cap), bool(d.config(market).active)) == (cap, active)
+        self.window_changed = True
+
+    @rule(paused=st.booleans(), by=st.sampled_from(["guardian", "owner", "keeper"]))
+    def set_paused(self, paused, by):
+        """The guardian or the owner pause and resume new exposure; nobody else can."""
+        d = self.d
+        sender = {"guardian": self.a.guardian, "owner": self.a.owner, "keeper": self.keepers[0]}
+        sent = self.send(d.engine, "set_paused", paused, sender=sender[by])
+        if by == "keeper":
+            self.refused(sent, "engine: only guardian or owner")
+            self.note("refused:pause_by_stranger")
+        else:
+            assert sent.ok, sent.reason
+            (ev,) = sent.of(d.engine, "PauseSet")
+            assert (ev.paused, ev.caller) == (paused, sender[by])
+            self.paused = paused
+        assert bool(d.engine.paused()) == self.paused
+
+    # --- invariants ---------------------------------------------------------------
+
+    @invariant()
+    def count_steps(self):
+        """Runs once after every step (and not before the seeding step): the step counter."""
+        self.checks += 1
+
+    @invariant()
+    def balances_are_what_moved(self):
+        """Checked after every step that sent a transaction (only transactions move tokens)."""
+        d = self.d
+        if d.sent == self.sent_seen:
+            return
+        self.sent_seen = d.sent
+        for h in self.holders:
+            assert d.balance(h) == self.expected[h], h
+        ledger = sum(d.raw_account(t).collateral for t in self.traders)
+        assert d.balance(d.engine.address) == ledger
+
+    @invariant()
+    def oracles_agree_with_model(self):
+        """Every adapter is valid exactly when the model says, at the model's price, and
+        names the model's reason otherwise."""
+        if not self.oracles_changed:
+            return
+        self.oracles_changed = False
+        for m, oracle in enumerate(self.d.oracles):
+            reason = self.price_reason(m)
+            valid_price, valid = oracle.try_price()
+            assert bool(valid) == (reason is None), (m, reason)
+            if reason is None:
+                assert valid_price == self.price(m)
+            else:
+                assert oracle.reason() == reason
+
+    @invariant()
+    def views_equal_reference_math(self):
+        """The views of every account whose inputs changed in this step (its own record, a
+        price it needs, the time, the risk parameters, a window): `check_margins` (the
+        keepers' view) for all of them; `preview_liquidation` for those that are not HEALTHY;
+        both single views, which must revert with the adapter's reason, for those with an
+        invalid price. To save time, `check_margin` (the same `_status` as `check_margins`)
+        for one of them every third step with changes, and `preview_liquidation` of a
+        HEALTHY account every fourth."""
+        d = self.d
+        accounts = {t: self.account(t) for t in self.traders}
+        assert d.engine.open_interest() == sum(
+            abs(q.cost) for a, _ in accounts.values() for q in a.positions
+        )
+        p = d.risk_params()
+        now = self.now
+        if self.window_changed:
+            for t, (acct, fault) in accounts.items():
+                if not fault and self.state(acct, p) == State.LIQUIDATABLE:
+                    self.dirty.add(t)
+        self.window_changed = False
+        dirty = [t for t in self.traders if t in self.dirty]
+        self.dirty = set()
+        if not dirty:
+            return
+        room = d.window_room(now, p)
+        statuses = d.engine.check_margins(dirty)
+        self.turn += 1
+        n = self.turn
+        single = dirty[n // 3 % len(dirty)] if n % 3 == 0 else None
+        healthy_preview = dirty[n // 4 % len(dirty)] if n % 4 == 0 else None
+        for t, got in zip(dirty, statuses, strict=True):
+            acct, fault = accounts[t]
+            assert str(got.account).lower() == str(t).lower()
+            assert got.collateral == acct.collateral * d.scale
+            assert got.positions == len(acct.positions)
+            assert bool(got.priced) == (fault is None), (fault, got.priced)
+            if fault:
+                self.note("state:UNPRICED")
+                assert (got.state, got.ratio) == (State.HEALTHY, MAX_UINT)
+                ok, res = d.try_call(d.engine, "check_margin", t)
+                assert not ok and res == fault, (fault, res)
+                ok, res = d.try_call(d.engine, "preview_liquidation", t)
+                assert not ok and res == fault, (fault, res)
+                continue
+            v = evaluate(acct, d.scale)
+            state = classify(acct, v, p, now, d.scale)
+            if acct.positions:
+                assert (got.equity, got.maintenance, got.initial) == (
+                    v.equity,
+                    v.maintenance,
+                    v.initial,
+                )
+            assert got.ratio == ratio(v.equity, v.maintenance)
+            assert got.state == state
+            live = acct.deadline != 0 and now < acct.deadline + p.grace_period
+            assert got.call_deadline == (acct.deadline if live else 0)
+            next_tranche = acct.last_tranche + p.tranche_interval if acct.last_tranche else 0
+            assert got.next_tranche_time == next_tranche
+            self.note(f"state:{State(state).name}")
+            if t == single:
+                assert tuple(d.engine.check_margin(t)) == tuple(got)
+            if state != State.HEALTHY or t == healthy_preview:
+                self._check_preview(t, acct, p, room)
+
+    def _check_preview(self, t: str, acct: Account, p: RiskParams, room: dict[int, int]):
+        preview = self.d.engine.preview_liquidation(t)
+        plan = plan_tranche(acct, p, self.d.scale, self.now, room)
+        assert preview.liquidatable == (plan is not None)
+        if plan is None:
+            assert preview.reason == self.expected_reason(acct, p)
+            return
+        assert preview.state == plan.state
+        assert preview.full_close == plan.full
+        assert preview.fraction == plan.fraction
+        assert list(preview.market_ids) == [q.market_id for q in acct.positions]
+        assert list(preview.closed_sizes) == plan.closed_sizes
+        assert preview.closed_notional == plan.closed_notional
+        assert (preview.penalty, preview.keeper_reward, preview.fund_fee) == (
+            plan.penalty,
+            plan.keeper_reward,
+            plan.fund_fee,
+        )
+        assert preview.deficit == plan.deficit
+        assert (preview.equity_after, preview.ratio_after) == (
+            plan.equity_after,
+            plan.ratio_after,
+        )
