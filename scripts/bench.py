@@ -10,9 +10,9 @@ generated blocks of docs/benchmarks.md and the plots in docs/img/.
 Blocks (each between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; text outside them
 is kept): `summary` (section 7 targets side by side, gas figures read from the gas block
 that `ape run bench_gas` writes), `scan`, `sim`, `sensitivity`. The `reaction` block
-belongs to the keeper-bot reaction benchmark: if `scripts/bench_reaction.py` exists,
-this script runs it with `ape run bench_reaction` (it writes its own block), otherwise
-the block is left as it is.
+belongs to the keeper-bot reaction benchmark: if `scripts/bench_reaction.py` exists, this
+script runs it and puts the table it prints into the block (see `run_reaction`);
+otherwise, or if it fails, the block is left as it is.
 
 Each simulation starts an Anvil of its own and stops it; runs are sequential, so wall
 times are not inflated by this script itself (other processes on the machine may be:
@@ -256,7 +256,7 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
         "| scenario | mode | fund start | fund max drawdown | fund end | notional liquidated |"
         " liquidations (full) | accounts liquidated | tranches per account mean / max |"
         " calls / accounts cured | delay p50 / p99 / max (blocks) | keeper gas | keeper"
-        " profit | traders' PnL | LP PnL | wall s (load) |",
+        " profit | traders' PnL | pool assets change | wall s (load) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
@@ -315,11 +315,20 @@ def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
     from margincall.sim.runner import SimConfig, Simulation, Variant
     from margincall.sim.simulate import own_chain
 
-    out: dict[str, Any] = {"cure": [], "critical": []}
+    out: dict[str, Any] = {"black_thursday": [], "flash_crash": []}
+
+    def ratio(name: str, value: float) -> tuple[str, int]:
+        return (name, int(round(value * 10**9)) * 10**9)
+
     plans = {
-        "black_thursday": [Variant(f"cure {p:g}", cure_probability=p) for p in CURE_SWEEP],
+        "black_thursday": [
+            *(Variant(f"cure probability {p:g}", cure_probability=p) for p in CURE_SWEEP),
+            Variant("call_ratio 1.5", params=(ratio("call_ratio", 1.5),)),
+            Variant("call_ratio 2.0", params=(ratio("call_ratio", 2.0),)),
+            Variant("close_factor 0.5", params=(ratio("close_factor", 0.5),)),
+        ],
         "flash_crash": [
-            Variant(f"critical {c:g}", params=(("critical_ratio", int(c * 10**9) * 10**9),))
+            Variant(f"critical_ratio {c:g}", params=(ratio("critical_ratio", c),))
             for c in (0.5, 0.7, 0.9)
         ],
     }
@@ -350,7 +359,7 @@ def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
                     "baseline_trader_pnl": base["trader_pnl"],
                 }
                 print(f"  {v.name}: {json.dumps({k: row[k] for k in ('cut', 'bad_debt')})}")
-                out["cure" if name == "black_thursday" else "critical"].append(row)
+                out[name].append(row)
     if write:
         write_block("sensitivity", sensitivity_markdown(out, traders, seed), "Sensitivity")
     return out
@@ -359,37 +368,35 @@ def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
 def sensitivity_markdown(out: dict, traders: int, seed: int) -> str:
     lines = [
         f"Reproduce: `python scripts/bench.py --only sensitivity` ({traders} traders, seed"
-        f" {seed}; each variant replays from the same chain snapshot as its baseline).",
-        "",
-        "**Black Thursday, by the probability that a called trader cures** (everything else"
-        " as above):",
-        "",
-        "| cure probability | penalties paid by traders | baseline | change | accounts cured |"
-        " accounts liquidated | bad debt | traders' PnL (baseline) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f" {seed}). Each variant is a phased run that changes one thing against the defaults"
+        " above (cure probability 0.5, engine defaults: call_ratio 1.25, critical_ratio 0.5,"
+        " close_factor 0.25) and replays from the same chain snapshot as its baseline; a risk"
+        " parameter is set with `set_risk_params`, within the engine's bounds.",
     ]
-    for r in out["cure"]:
-        lines.append(
-            f"| {r['variant'].split()[-1]} | {tok(r['paid_by_traders'])} |"
-            f" {tok(r['baseline_paid'])} | {pct(-r['cut'])} | {r['accounts_cured']} |"
-            f" {r['accounts_liquidated']} | {tok(r['bad_debt'])} | {tok(r['trader_pnl'])}"
-            f" ({tok(r['baseline_trader_pnl'])}) |"
-        )
-    lines += [
-        "",
-        "**Flash crash, by `critical_ratio`** (below it a `liquidate` closes the whole"
-        " account at once; the engine default is 0.5):",
-        "",
-        "| critical_ratio | bad debt | baseline bad debt | socialised | penalties paid by"
-        " traders | baseline | change |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in out["critical"]:
-        lines.append(
-            f"| {r['variant'].split()[-1]} | {tok(r['bad_debt'])} | {tok(r['baseline_bad_debt'])}"
-            f" | {tok(r['socialised'])} | {tok(r['paid_by_traders'])} |"
-            f" {tok(r['baseline_paid'])} | {pct(-r['cut'])} |"
-        )
+    titles = {
+        "black_thursday": "**Black Thursday**: how many called traders cure, and earlier or"
+        " larger margin calls",
+        "flash_crash": "**Flash crash**: `critical_ratio` (below it one `liquidate` closes the"
+        " whole account, exempt from the tranche interval)",
+    }
+    for name, rows in out.items():
+        if not rows:
+            continue
+        lines += [
+            "",
+            titles.get(name, name),
+            "",
+            "| variant | penalties paid by traders | baseline | change | bad debt (baseline) |"
+            " socialised | accounts liquidated | accounts cured | traders' PnL (baseline) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['variant']} | {tok(r['paid_by_traders'])} | {tok(r['baseline_paid'])} |"
+                f" {pct(-r['cut'])} | {tok(r['bad_debt'])} ({tok(r['baseline_bad_debt'])}) |"
+                f" {tok(r['socialised'])} | {r['accounts_liquidated']} | {r['accounts_cured']} |"
+                f" {tok(r['trader_pnl'])} ({tok(r['baseline_trader_pnl'])}) |"
+            )
     return "\n".join(lines)
 
 
@@ -511,15 +518,38 @@ def _save_json(name: str, data: Any) -> None:
 # --- reaction (the keeper bot's benchmark) -----------------------------------------------------
 
 
-def run_reaction() -> None:
-    """Hook for the keeper reaction benchmark (1,000 accounts made liquidatable by one price
-    update, interval mining, the real keeper bot): `scripts/bench_reaction.py`, run with
-    `ape run bench_reaction`, rewrites the `reaction` block itself. Not built here."""
+def run_reaction(write: bool) -> None:
+    """Hook for the keeper reaction benchmark (N accounts made liquidatable by one price
+    update, interval mining, the real keeper bot), which is not built here: when
+    `scripts/bench_reaction.py` exists, it runs as `python scripts/bench_reaction.py --json
+    .build/bench/reaction.json` and the markdown table it prints (its `|` lines) becomes the
+    `reaction` block; a failure is reported and leaves the block as it was."""
     script = ROOT / "scripts" / "bench_reaction.py"
     if not script.exists():
         print("reaction: scripts/bench_reaction.py not present, block left as it is")
         return
-    subprocess.run(["ape", "run", "bench_reaction"], cwd=ROOT, check=True)
+    out = ROOT / ".build" / "bench" / "reaction.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(script), "--json", str(out)]
+    print("reaction: " + " ".join(cmd[1:]), flush=True)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"reaction: failed ({done.returncode}), block left as it is:\n{done.stderr[-2000:]}")
+        return
+    rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    print("\n".join(rows))
+    if write and rows:
+        body = "\n".join(
+            [
+                "Reproduce: `python scripts/bench_reaction.py` (part of `make bench`; the"
+                " script's own docstring says what it does).",
+                "",
+                machine_line() + f" 1-minute load average after the run: {os.getloadavg()[0]:.1f}.",
+                "",
+                *rows,
+            ]
+        )
+        write_block("reaction", body, "Keeper reaction")
 
 
 # --- main ------------------------------------------------------------------------------
@@ -550,8 +580,8 @@ def run(argv: list[str] | None = None) -> int:
             _save_json("sim", sim)
     if "sensitivity" in steps:
         _save_json("sensitivity", run_sensitivity(args.traders, args.seed, write))
-    if "reaction" in steps and write:
-        run_reaction()
+    if "reaction" in steps:
+        run_reaction(write)
     if "summary" in steps and write:
         run_summary(scan, sim)
     print(f"bench done in {time.monotonic() - started:.0f} s" + (f"; wrote {DOC}" if write else ""))

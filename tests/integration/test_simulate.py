@@ -68,7 +68,7 @@ def test_phased_run_calls_tranches_and_cures_with_zero_socialised_loss(runs):
     assert m["liquidations"] > 0 and m["margin_calls"] > 0
     assert any(not e["full"] for e in rec.liquidations), "partial tranches"
     assert m["socialised"] == 0
-    assert m["conserved"] and m["left_liquidatable"] == 0
+    assert m["conserved"] and m["left_unserved"] == 0
     assert min(rec.delays) >= 1, "an account is acted on in a block after the one that showed it"
     # every penalty is split between the keeper and the fund
     assert all(e["penalty"] == e["keeper_reward"] + e["fund_fee"] for e in rec.liquidations)

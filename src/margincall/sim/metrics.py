@@ -15,6 +15,9 @@ Definitions:
 - liquidation delay: blocks from the first block in which an account was
   seen eligible for its next tranche (or full close) to the block of that
   tranche (1 = the next block, the target);
+- pool assets change: the pool's `totalAssets` at the end less at the start: realised
+  trader losses and trading fees in, realised profits and socialised loss out; what open
+  positions owe (or are owed) is not in it;
 - keeper profit: rewards (tranche share, call rewards, the fund's pay for
   bankrupt accounts) minus gas at the simulated gas price, converted at the
   ETH price of the moment.
@@ -142,6 +145,7 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         "hours": record.end / 3600,
         "conserved": bool(record.final.get("conserved", False)),
         "left_liquidatable": record.final.get("left_liquidatable", 0),
+        "left_unserved": record.final.get("left_unserved", 0),
     }
 
 
@@ -201,8 +205,9 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("keeper_gas", "keeper gas", "int"),
     ("keeper_profit", "keeper profit", "tok"),
     ("trader_pnl", "traders' PnL (equity change less cure deposits)", "tok"),
-    ("lp_pnl", "LP pool PnL", "tok"),
-    ("left_liquidatable", "left liquidatable at the end", "int"),
+    ("lp_pnl", "pool assets change (realised PnL and fees)", "tok"),
+    ("left_liquidatable", "liquidatable at the end", "int"),
+    ("left_unserved", "  of them eligible and not acted on", "int"),
 )
 
 

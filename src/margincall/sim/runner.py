@@ -269,17 +269,17 @@ class Simulation:
     def mine(
         self, timestamp: int | None = None, extra: Sequence[tuple[str, list]] = ()
     ) -> tuple[list[tuple[Tx, dict]], list[Any]]:
-        """Mines one block (at `timestamp`); returns the (tx, receipt) pairs it included and
-        the results of `extra` requests (views), made in the same batch as the receipts."""
+        """Mines one block (at `timestamp`); returns the (tx, receipt) pairs of our
+        transactions it included, in block order, and the results of `extra` requests
+        (views), read in the same batch as the block's receipts (`eth_getBlockReceipts`)."""
         self.rpc.call("evm_mine", *([timestamp] if timestamp is not None else []))
-        hashes = list(self.pending)
-        out = self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes] + list(extra))
-        receipts, results = out[: len(hashes)], out[len(hashes) :]
+        out = self.rpc.batch([("eth_getBlockReceipts", ["latest"])] + list(extra))
+        receipts, results = out[0] or [], out[1:]
         done = []
-        for h, r in zip(hashes, receipts, strict=True):
-            if r is not None:
-                done.append((self.pending.pop(h), r))
-        done.sort(key=lambda p: (hexint(p[1]["blockNumber"]), hexint(p[1]["transactionIndex"])))
+        for r in receipts:
+            tx = self.pending.pop(r["transactionHash"], None)
+            if tx is not None:
+                done.append((tx, r))
         return done, results
 
     def eth_call(self, to: str, data: str) -> tuple[str, list]:
@@ -399,14 +399,16 @@ class Simulation:
         return out
 
     def _setup_blocks(self, txs: list[Tx], ts: int) -> int:
+        """Sends `txs` a chunk at a time and mines each chunk out before the next (Anvil
+        slows down with tens of thousands of transactions waiting in its pool)."""
+        failed = []
         for part in chunks(txs, SETUP_CHUNK):
             self.send(part)
-        failed = []
-        while self.pending:
-            ts += 1
-            for tx, receipt in self.mine(ts)[0]:
-                if hexint(receipt["status"]) != 1:
-                    failed.append(tx)
+            while self.pending:
+                ts += 1
+                for tx, receipt in self.mine(ts)[0]:
+                    if hexint(receipt["status"]) != 1:
+                        failed.append(tx)
         if failed:
             tx = failed[0]
             raise SimulationError(
@@ -934,10 +936,13 @@ class Replay:
         ledger = sum(hexint(x) for x in out[1:])
         fund, pool = self._balances()
         left = [
-            s.account
+            s
             for s in self.status.values()
             if s.positions > 0 and s.priced and s.state >= State.LIQUIDATABLE
         ]
+        now = self.t0 + (rec.slots - 1) * self.bt  # the last block mined
+        # eligible now, not just waiting for its tranche interval: the keeper left it
+        unserved = [s for s in left if can_liquidate(Snapshot.from_status(s), now, self.free)]
         rec.trader_equity_end = self._equity()
         rec.final = {
             "engine_holds": held,
@@ -947,5 +952,6 @@ class Replay:
             "pool_end": pool,
             "open_accounts": len(self.open),
             "left_liquidatable": len(left),
+            "left_unserved": len(unserved),
             "cures_pending": len(self.cures),
         }
