@@ -53,7 +53,8 @@ from margincall.keeper_logic import (
     decide,
     shard,
 )
-from margincall.tx import Mined, TxSender
+from margincall.logs import RawEvent
+from margincall.tx import Deferred, Mined, TxSender
 
 LOG_CHUNK = 5_000  # blocks per eth_getLogs
 
@@ -232,6 +233,10 @@ class Keeper:
             name: getattr(self.engine, name).abi
             for name in ("PositionChanged", "MarginCall", "Liquidation")
         }
+        self._raw = {name: RawEvent(abi) for name, abi in self._events.items()}
+        self._raw["KeeperPaid"] = RawEvent(fund.KeeperPaid.abi)
+        self._engine = str(self.engine.address)
+        self._fund = str(fund.address)
         self._me = _lower(sender.address)
 
     # --- units ---
@@ -266,26 +271,26 @@ class Keeper:
     # --- logs ---
 
     def _logs(self, start: int, stop: int) -> Iterable[Any]:
-        ecosystem = self.provider.network.ecosystem
+        """The engine's raw `PositionChanged` logs of blocks start..stop."""
+        topic = "0x" + self._raw["PositionChanged"].topic0.hex()
         for lo in range(start, stop + 1, LOG_CHUNK):
             hi = min(stop, lo + LOG_CHUNK - 1)
-            raw = self.provider.web3.eth.get_logs(
-                {"address": str(self.engine.address), "fromBlock": lo, "toBlock": hi}
+            yield from self.provider.web3.eth.get_logs(
+                {"address": self._engine, "fromBlock": lo, "toBlock": hi, "topics": [topic]}
             )
-            if raw:
-                yield from ecosystem.decode_logs(raw, self._events["PositionChanged"])
 
     def _ingest(self, start: int, stop: int) -> int:
         """Applies PositionChanged logs of blocks start..stop; returns how many."""
         if stop < start:
             return 0
+        ev = self._raw["PositionChanged"]
         n = 0
         for log in self._logs(start, stop):
             self.state.book.apply(
                 {
-                    "account": str(log.account),
-                    "market_id": int(log.market_id),
-                    "size": int(log.size),
+                    "account": ev.field(log, "account"),
+                    "market_id": ev.field(log, "market_id"),
+                    "size": ev.field(log, "size"),
                 }
             )
             n += 1
@@ -358,8 +363,12 @@ class Keeper:
         ]
         if not calls:
             return
-        results = self.sender.send_many(calls, number)
+        results = self.sender.send_many(calls, number, gas_budget=self._block_gas_limit(number))
+        deferred = 0
         for (_, _, label, batch), tx in zip(calls, results, strict=True):
+            if isinstance(tx, Deferred):
+                deferred += len(batch)
+                continue
             if isinstance(tx, Exception):
                 self.state.rpc_errors += 1
                 logger.error(f"block {number}: {label} for {len(batch)} accounts not sent: {tx}")
@@ -373,6 +382,14 @@ class Keeper:
                 f" ({tx.txn_hash[:10]}, nonce {tx.nonce},"
                 f" {1000 * (time.monotonic() - self._t0):.0f} ms into the block's scan)"
             )
+        if deferred:
+            logger.info(f"block {number}: {deferred} accounts wait for the next block (gas limit)")
+
+    def _block_gas_limit(self, number: int) -> int | None:
+        try:
+            return int(self.provider.web3.eth.get_block(number)["gasLimit"])
+        except Exception:  # noqa: BLE001 - no budget rather than no keeper
+            return None
 
     def _clear_recovered(self, statuses: list[Any], number: int) -> None:
         for s in statuses:
@@ -401,7 +418,7 @@ class Keeper:
         self.state.gas_spent = self.sender.gas_spent
 
     def _account_for(self, mined: Mined) -> None:
-        tx, receipt = mined.tx, mined.receipt
+        tx = mined.tx
         if tx.label == "clear_margin_call":
             if mined.ok:
                 self.state.clears_made += 1
@@ -413,31 +430,28 @@ class Keeper:
         if not mined.ok:
             logger.error(f"{tx.label} {tx.txn_hash} reverted in block {mined.block}")
             return
+        logs = mined.logs
         if tx.label == "margin_call_many":
-            made = [
-                e
-                for e in receipt.decode_logs(self.engine.MarginCall)
-                if _lower(e.caller) == self._me
-            ]
-            reward = sum(int(e.reward) for e in made)
+            ev = self._raw["MarginCall"]
+            made = [log for log in ev.select(logs, self._engine) if self._by_me(ev, log, "caller")]
+            reward = sum(ev.field(log, "reward") for log in made)
             self.metrics.calls_made += len(made)
         else:
-            made = [
-                e
-                for e in receipt.decode_logs(self.engine.Liquidation)
-                if _lower(e.keeper) == self._me
-            ]
-            reward = sum(int(e.keeper_reward) for e in made)
+            ev = self._raw["Liquidation"]
+            made = [log for log in ev.select(logs, self._engine) if self._by_me(ev, log, "keeper")]
+            reward = sum(ev.field(log, "keeper_reward") for log in made)
+            paid = self._raw["KeeperPaid"]
             reward += sum(
-                int(e.amount)
-                for e in receipt.decode_logs(self.fund.KeeperPaid)
-                if _lower(e.keeper) == self._me
+                paid.field(log, "amount")
+                for log in paid.select(logs, self._fund)
+                if self._by_me(paid, log, "keeper")
             )
             self.metrics.tranches_made += len(made)
         self.metrics.rewards_earned += reward
-        done = {_lower(e.account) for e in made}
-        for e in made:
-            since = self.state.eligible_since.pop(str(e.account), None)
+        accounts = [ev.field(log, "account") for log in made]
+        done = {_lower(a) for a in accounts}
+        for account in accounts:
+            since = self.state.eligible_since.pop(account, None)
             if since is not None:
                 self.metrics.record_delay(since, mined.block)
         skipped = [a for a in tx.accounts if _lower(a) not in done]
@@ -452,20 +466,22 @@ class Keeper:
                 f" {len(skipped) - len(raced)} no longer eligible)"
             )
 
+    def _by_me(self, ev: RawEvent, log: Any, field_name: str) -> bool:
+        return _lower(ev.field(log, field_name)) == self._me
+
     def _acted_by_rivals(self, accounts: list[str], block: int) -> set[str]:
         """The `accounts` another keeper called or liquidated in `block` or the block before."""
         wanted = {_lower(a) for a in accounts}
         raw = self.provider.web3.eth.get_logs(
-            {"address": str(self.engine.address), "fromBlock": max(block - 1, 0), "toBlock": block}
+            {"address": self._engine, "fromBlock": max(block - 1, 0), "toBlock": block}
         )
-        ecosystem = self.provider.network.ecosystem
         out = set()
-        for log in ecosystem.decode_logs(
-            raw, self._events["MarginCall"], self._events["Liquidation"]
-        ):
-            actor = _lower(log.caller if log.event_name == "MarginCall" else log.keeper)
-            if actor != self._me and _lower(log.account) in wanted:
-                out.add(_lower(log.account))
+        for name, actor in (("MarginCall", "caller"), ("Liquidation", "keeper")):
+            ev = self._raw[name]
+            for log in ev.select(raw):
+                account = _lower(ev.field(log, "account"))
+                if account in wanted and not self._by_me(ev, log, actor):
+                    out.add(account)
         return out
 
     # --- reporting ---

@@ -24,15 +24,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ape.logging import logger
-from web3.exceptions import TransactionNotFound
 
 NONCE_ERRORS = ("nonce too low", "already known", "replacement transaction underpriced", "nonce")
+
+
+def _int(value: Any) -> int:
+    """A JSON-RPC quantity ("0x1a") or an int."""
+    return int(value, 16) if isinstance(value, str) else int(value)
 
 
 def _hex(data: Any) -> str:
     if isinstance(data, str):
         return data if data.startswith("0x") else "0x" + data
     return "0x" + bytes(data).hex()
+
+
+class Deferred(Exception):
+    """A call `send_many` did not send because the block's gas budget was used up."""
 
 
 @dataclass
@@ -50,22 +58,27 @@ class PendingTx:
 
 @dataclass
 class Mined:
-    """A pending transaction with its receipt (Ape's `ReceiptAPI`)."""
+    """A pending transaction with its receipt (the node's raw receipt: `logs`, `status`,
+    `gasUsed`, `blockNumber`; read logs with `margincall.logs.RawEvent`)."""
 
     tx: PendingTx
     receipt: Any
 
     @property
     def block(self) -> int:
-        return int(self.receipt.block_number)
+        return _int(self.receipt["blockNumber"])
 
     @property
     def ok(self) -> bool:
-        return int(self.receipt.status) == 1
+        return _int(self.receipt["status"]) == 1
 
     @property
     def gas_used(self) -> int:
-        return int(self.receipt.gas_used)
+        return _int(self.receipt["gasUsed"])
+
+    @property
+    def logs(self) -> list:
+        return list(self.receipt["logs"])
 
 
 class TxSender:
@@ -75,7 +88,7 @@ class TxSender:
         self,
         account: Any,
         provider: Any,
-        gas_buffer_bps: int = 12_500,
+        gas_buffer_bps: int = 11_000,
         stale_blocks: int = 20,
         priority_fee: int | None = None,
     ):
@@ -189,11 +202,17 @@ class TxSender:
         calls: list[tuple[Any, tuple, str, tuple[str, ...]]],
         head_block: int,
         workers: int = 4,
+        gas_budget: int | None = None,
     ) -> list[PendingTx | Exception]:
         """Sends several contract calls `(method, args, label, accounts)` at once: their gas
         is estimated concurrently (the slow part: each estimate runs the whole batch on the
         node), then they are signed and sent one after the other in nonce order. Returns,
-        per call, the pending transaction or the exception that stopped it."""
+        per call, the pending transaction or the exception that stopped it.
+
+        `gas_budget` (e.g. the block gas limit) caps the gas limits sent, counting the
+        transactions still pending: what does not fit comes back as `Deferred`, to be sent
+        at the next block. A node's pool is not a queue to rely on (Anvil was seen dropping
+        transactions left over from a full block)."""
         prepared = [
             (str(m.contract.address), m.encode_input(*args), label, accounts)
             for m, args, label, accounts in calls
@@ -205,9 +224,20 @@ class TxSender:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(prepared)))) as pool:
             futures = [pool.submit(estimate, item) for item in prepared]
         out: list[PendingTx | Exception] = []
+        room = None
+        if gas_budget is not None:
+            room = gas_budget - sum(tx.gas_limit for tx in self.pending.values())
         for (to, data, label, accounts), future in zip(prepared, futures, strict=True):
             try:
-                out.append(self.send(to, data, label, accounts, head_block, gas=future.result()))
+                gas = future.result()
+                if room is not None:
+                    need = gas * self.gas_buffer_bps // 10_000
+                    if need > room:
+                        out.append(Deferred(f"{label}: {need:,} gas does not fit in {room:,}"))
+                        room = -1  # keep the order: nothing after a deferred batch
+                        continue
+                    room -= need
+                out.append(self.send(to, data, label, accounts, head_block, gas=gas))
             except Exception as err:  # noqa: BLE001 - reported per call
                 out.append(err)
         return out
@@ -232,11 +262,13 @@ class TxSender:
         the caller's view of block `head_block` is consistent); drops stale ones."""
         mined: list[Mined] = []
         for txn_hash, tx in list(self.pending.items()):
-            try:
-                raw = self.web3.eth.get_transaction_receipt(txn_hash)
-            except TransactionNotFound:
-                raw = None
-            if raw is not None and int(raw["blockNumber"]) > head_block:
+            # the raw JSON-RPC result: web3's formatters take ~0.2 s on a receipt of a
+            # 100-account batch (hundreds of logs), which a keeper cannot spend per block
+            raw = self.web3.provider.make_request("eth_getTransactionReceipt", [txn_hash])
+            if raw.get("error"):
+                raise RuntimeError(f"eth_getTransactionReceipt({txn_hash}): {raw['error']}")
+            raw = raw.get("result")
+            if raw is not None and _int(raw["blockNumber"]) > head_block:
                 raw = None  # mined after the block being handled: not seen from there yet
             if raw is None:
                 if head_block - tx.sent_block > self.stale_blocks:
@@ -248,13 +280,12 @@ class TxSender:
                     if on_stale:
                         on_stale(tx)
                 continue
-            receipt = self.provider.get_receipt(txn_hash)
             del self.pending[txn_hash]
-            m = Mined(tx, receipt)
+            m = Mined(tx, raw)
             self.gas_spent += m.gas_used
-            self.fees_paid += m.gas_used * int(getattr(receipt, "gas_price", 0) or 0)
+            self.fees_paid += m.gas_used * _int(raw.get("effectiveGasPrice") or 0)
             mined.append(m)
         return mined
 
 
-__all__ = ["Mined", "PendingTx", "TxSender"]
+__all__ = ["Deferred", "Mined", "PendingTx", "TxSender"]
