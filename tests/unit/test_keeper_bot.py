@@ -185,3 +185,37 @@ def test_delay_stats():
     s = delay_stats([1, 1, 1, 2, 1])
     assert (s["count"], s["max"], s["p50"]) == (5, 2, 1)
     assert s["mean"] == pytest.approx(1.2)
+
+
+# --- raw log reading (the keeper's hot path) ----------------------------------------------
+
+
+def test_raw_event_reads_every_field_from_topics_and_data(project):
+    from eth_utils import to_checksum_address
+
+    from margincall.logs import RawEvent
+
+    abi = next(e for e in project.MarginEngine.contract_type.events if e.name == "Liquidation")
+    ev = RawEvent(abi)
+    account, keeper = "0x" + "ab" * 20, "0x" + "cd" * 20
+    words = [2, 3, 10**17, 5 * 10**21, 75 * 10**18, 15 * 10**6, 60 * 10**6, 10**9, -7, 0, 1]
+    data = b"".join(w.to_bytes(32, "big", signed=True) for w in words)
+    log = {
+        "address": "0x" + "ee" * 20,
+        "topics": [
+            "0x" + ev.topic0.hex(),
+            "0x" + "00" * 12 + account[2:],
+            "0x" + "00" * 12 + keeper[2:],
+        ],
+        "data": "0x" + data.hex(),
+    }
+    assert ev.field(log, "account") == to_checksum_address(account)
+    assert ev.field(log, "keeper") == to_checksum_address(keeper)
+    assert ev.field(log, "tranche") == 2 and ev.field(log, "state") == 3
+    assert ev.field(log, "keeper_reward") == 15 * 10**6
+    assert ev.field(log, "equity_after") == -7  # int256 read signed
+    assert ev.field(log, "full_close") is True
+    other = {**log, "topics": ["0x" + "00" * 32, *log["topics"][1:]]}
+    assert ev.select([log, other]) == [log]
+    assert ev.select([log], address="0x" + "ee" * 20) == [log]
+    assert ev.select([log], address="0x" + "ff" * 20) == []
