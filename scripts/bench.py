@@ -112,7 +112,7 @@ def run_scan(write: bool) -> dict[str, Any]:
     load = os.getloadavg()[0]
     best = {}
     for row in result["rows"]:
-        if row["way"].startswith(("node", "sdk")):
+        if not row["way"].startswith(("sequential", "batched", "parallel", "sdk")):
             continue
         n = row["accounts"]
         if n not in best or row["accounts_per_s"] > best[n]["accounts_per_s"]:
@@ -134,9 +134,11 @@ def run_scan(write: bool) -> dict[str, Any]:
             "Ways: `sequential` one `eth_call` per chunk; `batched` every chunk in one JSON-RPC"
             " batch (one HTTP request); `parallel` the chunks over two threads and two"
             " connections; `node only` the batched requests without decoding (Anvil's own"
-            " time); `sdk` `MarginEngineClient.statuses`, i.e. Ape's contract call and generic"
-            " ABI decoding. The fast path is `margincall.sim.chain.decode_statuses` (the"
-            " `MarginStatus` struct is 11 static words) over plain `http.client`.",
+            " time); `sdk` `MarginEngineClient.statuses`, what the keeper bot scans with: one"
+            " `eth_call` per chunk through Ape's web3 and the same decoder. The decoder is"
+            " `margincall.sim.chain.decode_statuses` (the `MarginStatus` struct is 11 static"
+            " words); the eth_abi and Ape rows show what the generic decoders cost. The"
+            " simulator's own calls go over plain `http.client`.",
         ]
     )
     if write:
@@ -222,34 +224,43 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
         f" {pop['cure_delay'][0]}-{pop['cure_delay'][1]} s ({1 - pop['reduce_share']:.0%} by"
         f" deposit, else by reducing, to ratio {pop['cure_target']:g}); {pop['lps']} LPs with"
         f" {pop['lp_liquidity']:.0%} of the opening notional; insurance fund seeded with"
-        f" {pop['fund_seed']:.0%} of the opening notional. Keeper: `keeper_logic.decide` with"
+        f" {pop['fund_seed']:.0%} of the opening notional (in {first['scenario']}:"
+        f" {first['population']['opening_notional']:,.0f} tokens of notional, a fund of"
+        f" {first['population']['fund_seed_tokens']:,.0f}). Keeper: `keeper_logic.decide` with"
         " the keeper bot's cost model at 1 gwei, one scan per block; 12 s blocks; after the"
         " last price the chain runs one grace period plus 10 minutes more.",
         "",
         "### Targets (PROTOCOL.md section 7: zero socialised loss; penalties paid by traders"
         " at least 30% below the baseline)",
         "",
-        "| scenario | path | bad debt phased / baseline | socialised phased / baseline |"
-        " penalties paid by traders phased / baseline | change | status |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| scenario | path (end, largest fall) | bad debt phased / baseline | socialised phased"
+        " / baseline | penalties paid by traders phased / baseline | change | status | traders'"
+        " PnL phased / baseline |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for name, r in results.items():
         p, b = r["runs"]["phased"]["metrics"], r["runs"]["baseline"]["metrics"]
         c = r["comparison"]
-        moves = ", ".join(f"{m} {v:+.0%}" for m, v in r["path"]["moves"].items())
+        moves = ", ".join(
+            f"{m} {v:+.0%} ({r['path']['drawdowns'][m]:+.0%})"
+            for m, v in r["path"]["moves"].items()
+        )
         status = f"socialised {_met(c['socialised_zero'])}, penalties {_met(c['penalty_cut_met'])}"
         lines.append(
             f"| {name} | {r['path']['hours']:.0f} h, {moves} | {tok(p['bad_debt'])} /"
             f" {tok(b['bad_debt'])} | {tok(p['socialised'])} / {tok(b['socialised'])} |"
             f" {tok(p['paid_by_traders'])} / {tok(b['paid_by_traders'])} |"
-            f" {pct(-c['penalty_cut'])} | {status} |"
+            f" {pct(-c['penalty_cut'])} | {status} | {tok(p['trader_pnl'])} /"
+            f" {tok(b['trader_pnl'])} |"
         )
     lines += [
         "",
         "Penalties paid by traders = liquidation penalties + margin-call rewards (both"
         " come out of the trader's collateral). Bankrupt accounts pay no penalty (their"
         " deficit is bad debt instead), so the penalty figure must be read with the bad-debt"
-        " column and the traders' PnL below.",
+        " column. Traders' PnL: every trader's equity at the end (collateral plus unrealised"
+        " PnL; a closed bankrupt account counts 0) less at the start, less what cures"
+        " deposited: the whole outcome for traders, market moves included.",
         "",
         "### Every figure",
         "",
@@ -285,7 +296,7 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
             "",
             "### Speed (target: 500 traders through Black Thursday in at most 10 minutes)",
             "",
-            f"Black Thursday, {traders} traders: Anvil start, deploy and opening the population"
+            f"Black Thursday, {traders} traders: deploy and opening the population"
             f" {setup:.0f} s, phased replay {phased:.0f} s ({pm['blocks_mined']:,}"
             f" blocks mined of {pm['blocks']:,} slots), baseline"
             f" replay {base:.0f} s; `margincall simulate --scenario black_thursday` (phased"
@@ -328,8 +339,12 @@ def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
             Variant("close_factor 0.5", params=(ratio("close_factor", 0.5),)),
         ],
         "flash_crash": [
-            Variant(f"critical_ratio {c:g}", params=(ratio("critical_ratio", c),))
-            for c in (0.5, 0.7, 0.9)
+            *(
+                Variant(f"critical_ratio {c:g}", params=(ratio("critical_ratio", c),))
+                for c in (0.5, 0.7, 0.9)
+            ),
+            Variant("tranche_interval 0", params=(("tranche_interval", 0),)),
+            Variant("close_factor 1.0", params=(ratio("close_factor", 1.0),)),
         ],
     }
     for name, variants in plans.items():
@@ -377,7 +392,8 @@ def sensitivity_markdown(out: dict, traders: int, seed: int) -> str:
         "black_thursday": "**Black Thursday**: how many called traders cure, and earlier or"
         " larger margin calls",
         "flash_crash": "**Flash crash**: `critical_ratio` (below it one `liquidate` closes the"
-        " whole account, exempt from the tranche interval)",
+        " whole account, exempt from the tranche interval), no tranche interval, or tranches"
+        " of up to the whole account",
     }
     for name, rows in out.items():
         if not rows:

@@ -12,8 +12,11 @@ in chunks of 500 (the engine's MAX_SCAN), every status decoded into the SDK's
   (`margincall.sim.chain.decode_statuses`);
 - `batched`: every chunk in one JSON-RPC batch (one HTTP request), fast decoder;
 - `parallel`: the chunks spread over 2 threads, each with its own HTTP session;
-- `sdk`: `MarginEngineClient.statuses` through Ape (its generic ABI decoder),
-  the reference a bot gets without the fast path.
+- `batched, eth_abi`: the batched requests decoded by eth_abi's generic decoder;
+- `Ape contract call`: `engine.check_margins(chunk)` through Ape (1,000 accounts only);
+- `sdk`: `MarginEngineClient.statuses`, the keeper bot's scan: one `eth_call` per
+  chunk through Ape's web3 and the same decoder (Ape's generic contract call and ABI
+  decoding if the status layout were unknown).
 
 Each figure is the median of `--repeat` full scans, wall clock, from the first
 request to the last decoded status. `node only` is the same batched scan without
@@ -48,7 +51,9 @@ def _timed(fn: Any, repeat: int) -> float:
     return statistics.median(times)
 
 
-def measure(repeat: int = 5, sizes: tuple[int, ...] = SIZES, sdk_limit: int = 1_000) -> dict:
+def measure(
+    repeat: int = 5, sizes: tuple[int, ...] = SIZES, sdk_limit: int = 10_000, ape_limit: int = 1_000
+) -> dict:
     warnings.filterwarnings("ignore", message="Field 'import_remapping'")
     from ape import accounts, networks
     from ape.logging import logger
@@ -101,6 +106,12 @@ def measure(repeat: int = 5, sizes: tuple[int, ...] = SIZES, sdk_limit: int = 1_
                         res.extend(decode_statuses(data, sim.names))
                     return res
 
+                def generic(calls: list = calls) -> list:
+                    res = []
+                    for data in rpc.batch(calls):
+                        res.extend(sim.engine_abi.decode("check_margins", data)[0])
+                    return res
+
                 def node_only(calls: list = calls) -> list:
                     return rpc.batch(calls)
 
@@ -122,11 +133,17 @@ def measure(repeat: int = 5, sizes: tuple[int, ...] = SIZES, sdk_limit: int = 1_
                     ("sequential", sequential),
                     ("batched", batched),
                     ("parallel", parallel),
+                    ("batched, eth_abi's generic decoder", generic),
                     ("node only (batched, no decoding)", node_only),
                 ]
                 if n <= sdk_limit:
                     client = MarginEngineClient.from_system(sim.system)
-                    ways.append(("sdk (Ape decoding)", lambda a=accts, c=client: c.statuses(a)))
+                    ways.append(
+                        (
+                            "sdk (MarginEngineClient.statuses)",
+                            lambda a=accts, c=client: c.statuses(a),
+                        )
+                    )
                 for name, fn in ways:
                     fn()  # warm
                     seconds = _timed(fn, repeat)

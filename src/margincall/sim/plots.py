@@ -87,14 +87,13 @@ def draw_ratios(ax: Axes, record: RunRecord, others: Mapping[str, RunRecord] = (
             (p.critical_ratio / WAD, "critical", "purple"),
         ]
     for y, label, col in marks:
-        ax.axhline(y, color=col, lw=0.7, ls=":")
-        ax.text(t[-1], y, f" {label}", color=col, fontsize=7, va="center")
+        ax.axhline(y, color=col, lw=0.8, ls=":", label=f"{label} ratio {y:g}")
     ax.set_yscale("log")
     ax.set_ylim(0.2, 20)
     ax.set_ylabel("equity / maintenance")
     ax.set_xlabel("hours")
     ax.set_title(f"account ratios ({record.mode}: 5-25-50-75-95%)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7, ncol=2)
 
 
 def _window(seconds: int) -> int:

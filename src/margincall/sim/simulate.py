@@ -129,8 +129,8 @@ def build_result(
             "kinds": dict(sorted(kinds.items())),
             "opening_notional": round(pop.notional, 2),
             "max_opened_leverage": round(sim.max_leverage(), 4),
-            "lp_liquidity": round(pop.lp_liquidity, 2),
-            "fund_seed": round(pop.fund_seed, 2),
+            "lp_liquidity_tokens": round(pop.lp_liquidity, 2),
+            "fund_seed_tokens": round(pop.fund_seed, 2),
         },
         "chain": {
             "block_time": config.block_time,
