@@ -112,7 +112,9 @@ def run_scan(write: bool) -> dict[str, Any]:
     load = os.getloadavg()[0]
     best = {}
     for row in result["rows"]:
-        if not row["way"].startswith(("sequential", "batched", "parallel", "sdk")):
+        if row["way"] not in ("sequential", "batched", "parallel") and not row["way"].startswith(
+            "sdk"
+        ):
             continue
         n = row["accounts"]
         if n not in best or row["accounts_per_s"] > best[n]["accounts_per_s"]:
@@ -403,14 +405,16 @@ def sensitivity_markdown(out: dict, traders: int, seed: int) -> str:
             titles.get(name, name),
             "",
             "| variant | penalties paid by traders | baseline | change | bad debt (baseline) |"
-            " socialised | accounts liquidated | accounts cured | traders' PnL (baseline) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            " socialised | liquidations | accounts liquidated | accounts cured | traders' PnL"
+            " (baseline) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['variant']} | {tok(r['paid_by_traders'])} | {tok(r['baseline_paid'])} |"
                 f" {pct(-r['cut'])} | {tok(r['bad_debt'])} ({tok(r['baseline_bad_debt'])}) |"
-                f" {tok(r['socialised'])} | {r['accounts_liquidated']} | {r['accounts_cured']} |"
+                f" {tok(r['socialised'])} | {r['liquidations']:,} | {r['accounts_liquidated']} |"
+                f" {r['accounts_cured']} |"
                 f" {tok(r['trader_pnl'])} ({tok(r['baseline_trader_pnl'])}) |"
             )
     return "\n".join(lines)
