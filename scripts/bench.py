@@ -477,8 +477,8 @@ def run_summary(scan: dict | None, sim: dict | None) -> None:
         lines.append(f"| `{label}` | {anchor} | {target} | {measured} | {status} | [Gas](#gas) |")
     lines.append(
         "| keeper delay | production: most volume within 10 blocks on 2025-10-10 | liquidated in"
-        " the first block after the price, for 1,000 accounts | (the keeper bot's reaction"
-        " benchmark) | pending | [Keeper reaction](#keeper-reaction) |"
+        f" the first block after the price, for 1,000 accounts | {reaction_cell()}"
+        " | [Keeper reaction](#keeper-reaction) |"
     )
     if scan and scan.get("best"):
         parts, ok = [], True
@@ -520,6 +520,22 @@ def run_summary(scan: dict | None, sim: dict | None) -> None:
                 " [Stress simulator](#stress-simulator) |"
             )
     write_block("summary", "\n".join(lines), "Targets side by side")
+
+
+def reaction_cell() -> str:
+    """`measured | status` of the keeper-delay row, from `bench_reaction.py --json`."""
+    runs = _load_json("reaction")
+    if not runs:
+        return "(the keeper bot's reaction benchmark) | pending"
+    parts, statuses = [], []
+    for r in runs:
+        spread = ", ".join(f"{c:,} in +{b}" for b, c in r["blocks_after_update"].items())
+        parts.append(f"{r['gas_limit'] // 10**6}M gas blocks: {spread}")
+        if r["all_in_first_block"]:
+            statuses.append(f"ok at {r['gas_limit'] // 10**6}M")
+        else:
+            statuses.append(f"MISS at {r['gas_limit'] // 10**6}M (last in +{r['max_blocks']})")
+    return "; ".join(parts) + " | " + "; ".join(statuses)
 
 
 def _load_json(name: str) -> Any:
