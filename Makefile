@@ -56,13 +56,16 @@ clean:
 	rm -rf .build .cache $(VENV) $(LINT_VENV) node_modules
 
 .PHONY: fuzz
-# Deep stateful campaign in titanoboa (tests/stateful): MARGINCALL_FUZZ=deep selects the deep
-# Hypothesis profile (1,000 examples of up to 30 steps per collateral decimals); the 6- and
-# 18-decimal campaigns run side by side, one per core. Plain pytest: no Anvil, no Ape fixtures.
+# Deep stateful campaign in titanoboa (tests/stateful/test_engine_machine.py): MARGINCALL_FUZZ=deep
+# selects the deep Hypothesis profile: 1,000 examples per collateral decimals, each of 20 to 29
+# steps after the seeding step (shorter ones are rejected, not counted). The 6- and 18-decimal
+# campaigns run side by side, one per core, and each prints its summary (examples, steps, partial
+# tranches, full closes, bad debts, refusals). Plain pytest: no Anvil, no Ape fixtures.
+FUZZ_TEST := tests/stateful/test_engine_machine.py
 fuzz: setup
-	MARGINCALL_FUZZ=deep pytest tests/stateful -q -s -p no:ape_test --noconftest -k usdc6 & \
+	MARGINCALL_FUZZ=deep pytest $(FUZZ_TEST) -q -s -p no:ape_test --noconftest -k usdc6 & \
 	pid=$$!; \
-	MARGINCALL_FUZZ=deep pytest tests/stateful -q -s -p no:ape_test --noconftest -k dai18; \
+	MARGINCALL_FUZZ=deep pytest $(FUZZ_TEST) -q -s -p no:ape_test --noconftest -k dai18; \
 	rc=$$?; wait $$pid || rc=1; exit $$rc
 
 .PHONY: bench

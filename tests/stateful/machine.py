@@ -295,11 +295,21 @@ class EngineMachine(RuleBasedStateMachine):
 
     # --- traders ---------------------------------------------------------------
 
-    @rule(i=st.integers(0, N_TRADERS - 1), amount=st.integers(1, 5_000 * 10**6))
-    def deposit(self, i, amount):
+    @rule(
+        i=st.integers(0, N_TRADERS - 1),
+        amount=st.integers(1, 5_000 * 10**6),
+        called_first=st.booleans(),
+    )
+    def deposit(self, i, amount, called_first):
         """Deposits always work (whatever the pause or the oracles say) and clear a call they
-        cure, when every price of the account is valid."""
-        d, t = self.d, self.traders[i]
+        cure, when every price of the account is valid. With `called_first`, the depositor is
+        the first trader under a recorded call, if any (called traders are the ones who top
+        up)."""
+        d = self.d
+        if called_first:
+            called = [j for j, t in enumerate(self.traders) if d.raw_account(t).deadline]
+            i = called[0] if called else i
+        t = self.traders[i]
         self.dirty.add(t)
         amount = amount * d.unit // 10**6 or 1
         acct, fault = self.account(t)
@@ -311,6 +321,8 @@ class EngineMachine(RuleBasedStateMachine):
         sent = self.must(d.engine, "deposit", amount, sender=t)
         if fault:
             self.note("oracle:deposit_works")
+            if acct.deadline:
+                self.note("oracle:deposit_under_call")
         if self.paused:
             self.note("paused:deposit")
         assert bool(sent.of(d.engine, "MarginCallCleared")) == will_clear
@@ -426,15 +438,20 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(
         i=st.integers(0, N_TRADERS - 1),
-        market=st.integers(0, 2),
+        market=st.one_of(st.integers(0, 2), st.none()),
         kind=st.sampled_from(["open", "reduce", "flip", "close"]),
         frac=st.integers(1, 130),
     )
     def trade(self, i, market, kind, frac):
+        """Opens, increases, reduces, flips or closes a position in `market` (None: the
+        trader's largest position's market, where reductions matter most)."""
         d, t = self.d, self.traders[i]
         self.dirty.add(t)
         acct, fault = self.account(t)
         p = d.risk_params()
+        if market is None:
+            largest = max(acct.positions, key=lambda q: q.notional, default=None)
+            market = largest.market_id if largest else 0
         price = self.price(market)
         old = next((q for q in acct.positions if q.market_id == market), None)
         size = old.size if old else 0
@@ -470,8 +487,15 @@ class EngineMachine(RuleBasedStateMachine):
             return
         nsize, ncost, collateral, deadline, increases = outcome
         if increases:
-            assert not called, "a CALLED account added exposure"
             assert not self.paused and self.active[market], "new exposure while not allowed"
+        if increases and called:
+            # The engine lets a CALLED account take new exposure only in a trade that cures
+            # it: the ratio after is at least call_ratio and the call is cleared at once. Only
+            # a flip to a smaller opposite position can do that (an increase or a new position
+            # never raises the ratio), so nothing else may get through.
+            assert size != 0 and (nsize > 0) != (size > 0), "a CALLED account added exposure"
+            assert deadline == 0 and d.engine.check_margin(t).ratio >= p.call_ratio
+            self.note("called:curing_flip")
         else:
             if self.paused:
                 self.note("paused:reduce")
@@ -596,6 +620,26 @@ class EngineMachine(RuleBasedStateMachine):
         self.note(f"fault:{event}")
         self.dirty.update(self.holders_of(market))
         self.oracles_changed = True
+
+    @rule(
+        event=st.sampled_from(FAULTS),
+        amount=st.integers(1, 5_000 * 10**6),
+        last_market=st.booleans(),
+    )
+    def called_trader_tops_up_in_outage(self, event, amount, last_market):
+        """A crash with an oracle outage: the feed of one market (the first or the last) of a
+        trader under a recorded call goes bad, and the trader tops up. The deposit must go
+        through (deposits never need a price) and must leave the call in place (the engine
+        cannot value the account). Nothing to do when no trader is under a call."""
+        d = self.d
+        called = [i for i, t in enumerate(self.traders) if d.raw_account(t).deadline]
+        if not called:
+            return
+        positions = d.raw_account(self.traders[called[0]]).positions
+        if not positions:
+            return
+        self.oracle(positions[-1 if last_market else 0][0], event)
+        self.deposit(called[0], amount, False)
 
     # --- keepers ---------------------------------------------------------------
 
@@ -921,7 +965,9 @@ class EngineMachine(RuleBasedStateMachine):
         assert (int(d.config(market).window_cap), bool(d.config(market).active)) == (cap, active)
         self.window_changed = True
 
-    @rule(paused=st.booleans(), by=st.sampled_from(["guardian", "owner", "keeper"]))
+    @rule(
+        paused=st.sampled_from([True, False]), by=st.sampled_from(["guardian", "owner", "keeper"])
+    )
     def set_paused(self, paused, by):
         """The guardian or the owner pause and resume new exposure; nobody else can."""
         d = self.d

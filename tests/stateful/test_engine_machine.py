@@ -54,7 +54,10 @@ DEEP_COVERAGE = (
     "refused:oracle",
     "skipped:oracle",
     "oracle:deposit_works",
+    "oracle:deposit_under_call",
     "paused:reduce",
+    "paused:liquidate",
+    "refused:pause_by_stranger",
     "inactive:reduce",
 )
 

@@ -1,0 +1,146 @@
+"""Checks that the state machine can fail: runs it (titanoboa) against mutants of the engine,
+each of which removes or bends one protection that the machine's pause, market and oracle
+rules are there to check, and reports which mutants the machine kills.
+
+    python -m tests.stateful.mutants [NAME ...] [--examples N]
+
+Each mutant is a copy of contracts/ in a temporary folder with one edit to MarginEngine.vy
+(contracts/ itself is never written). A mutant must fit EIP-170 like the engine, so the edits
+replace code rather than add it. Not part of `make test` or `make fuzz`: it takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boa
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+import tests.stateful.boa_system as boa_system
+from tests.stateful.machine import Campaign, EngineMachine
+
+ROOT = Path(__file__).resolve().parents[2]
+PAUSED = '            self._fail("engine: paused")\n'
+PAUSE_BLOCK = "    if increases:\n        if not (not self.paused):\n" + PAUSED
+ACTIVE = "        if not (self._m_active(mword)):"
+ORACLE = "staticcall IOracle(self._m_oracle(self._market[m]))"
+DEPOSIT_CLEAR = (  # the deposit's best-effort call clearing (the trade's uses p.call_ratio)
+    "        if ok:\n            ev: Eval = self._evaluate(account, acct, prices)\n"
+    "            if self._ratio(ev.equity, ev.maintenance) >= self._p_call_ratio():"
+)
+# name -> (what the machine must notice, engine source replaced, replacement)
+MUTANTS: dict[str, tuple[str, str, str]] = {
+    "pause_ignored": ("new exposure while paused", PAUSED, "            pass\n"),
+    "pause_blocks_reductions": (
+        "reductions refused while paused",
+        PAUSE_BLOCK,
+        PAUSE_BLOCK.replace("if increases", "if True") + "    if increases:\n",
+    ),
+    "pause_blocks_liquidations": (
+        "liquidations refused while paused",
+        "    if plan.code == NOT_LIQUIDATABLE:\n",
+        "    if plan.code == NOT_LIQUIDATABLE or self.paused:\n",
+    ),
+    "anyone_pauses": (
+        "a stranger pauses",
+        "    if not (msg.sender == self.guardian or msg.sender == ownable.owner):",
+        "    if False:",
+    ),
+    "inactive_ignored": (
+        "new exposure on an inactive market",
+        '            self._fail("engine: market not active")\n',
+        "            pass\n",
+    ),
+    "inactive_blocks_reductions": (
+        "reductions refused on an inactive market",
+        PAUSE_BLOCK + ACTIVE,
+        PAUSE_BLOCK + "    if True:\n" + ACTIVE,
+    ),
+    "prices_unchecked": (
+        "an invalid price used by views, calls, liquidations, withdrawals",
+        f"            prices[m] = {ORACLE}.price()",
+        f"            prices[m] = ({ORACLE}.try_price())[0]",
+    ),
+    "trade_price_unchecked": (
+        "a trade at an invalid price",
+        "    price: uint256 = staticcall IOracle(self._m_oracle(mword)).price()",
+        "    price: uint256 = (staticcall IOracle(self._m_oracle(mword)).try_price())[0]",
+    ),
+    "deposit_needs_prices": (
+        "a deposit refused on an invalid price",
+        "        prices, ok = self._try_prices(acct.markets, prices, 0)\n" + DEPOSIT_CLEAR,
+        "        prices = self._prices(acct.markets)\n        ok = True\n" + DEPOSIT_CLEAR,
+    ),
+    "liquidate_many_ignores_validity": (
+        "a batch liquidation at an invalid price",
+        "        if not ok:\n            continue\n        have |= acct.markets\n        ev: Eval",
+        "        have |= acct.markets\n        ev: Eval",
+    ),
+}
+
+
+def run_mutant(name: str, examples: int, workdir: Path) -> tuple[bool, str]:
+    """(killed, what failed or how long it survived)."""
+    _, old, new = MUTANTS[name]
+    source = (ROOT / "contracts" / "MarginEngine.vy").read_text()
+    assert source.count(old) == 1, f"{name}: the code to mutate is not found once"
+    contracts = workdir / name / "contracts"
+    shutil.copytree(ROOT / "contracts", contracts)
+    (contracts / "MarginEngine.vy").write_text(source.replace(old, new))
+    boa_system.CONTRACTS = contracts
+    boa_system._deployer.cache_clear()
+    boa.interpret.set_search_paths([str(contracts), str(ROOT)])
+    driver = boa_system.deploy_funded_boa_system(18)
+
+    class Machine(EngineMachine):
+        pass
+
+    Machine.driver = driver
+    Machine.campaign = Campaign(name)
+    try:
+        run_state_machine_as_test(
+            Machine,
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=30,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+                phases=[Phase.generate],  # the first failure is enough; no shrinking
+                print_blob=False,
+            ),
+        )
+    except Exception as e:  # the machine failed: the mutant is killed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return True, f"after {Machine.campaign.examples + 1} examples: {type(e).__name__} {first}"
+    return False, f"survived {Machine.campaign.examples} examples"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(MUTANTS))
+    parser.add_argument("--examples", type=int, default=500)
+    args = parser.parse_args()
+    unknown = set(args.names) - set(MUTANTS)
+    if unknown:
+        parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
+    survived = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.names or MUTANTS:
+            start = time.time()
+            killed, detail = run_mutant(name, args.examples, Path(tmp))
+            survived += not killed
+            verdict = "killed" if killed else "SURVIVED"
+            took = time.time() - start
+            print(f"{name} ({MUTANTS[name][0]}): {verdict} {detail[:160]} [{took:.0f} s]")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
