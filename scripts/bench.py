@@ -138,7 +138,7 @@ def run_scan(write: bool) -> dict[str, Any]:
             " connections; `node only` the batched requests without decoding (Anvil's own"
             " time); `sdk` `MarginEngineClient.statuses`, what the keeper bot scans with: one"
             " `eth_call` per chunk through Ape's web3 and the same decoder. The decoder is"
-            " `margincall.sim.chain.decode_statuses` (the `MarginStatus` struct is 11 static"
+            " `margincall.codec.decode_statuses` (the `MarginStatus` struct is 11 static"
             " words); the eth_abi and Ape rows show what the generic decoders cost. The"
             " simulator's own calls go over plain `http.client`.",
         ]

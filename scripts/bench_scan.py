@@ -9,7 +9,7 @@ in chunks of 500 (the engine's MAX_SCAN), every status decoded into the SDK's
 `MarginStatus`. Ways measured:
 
 - `sequential`: one eth_call per chunk, one after the other, fast decoder
-  (`margincall.sim.chain.decode_statuses`);
+  (`margincall.codec.decode_statuses`);
 - `batched`: every chunk in one JSON-RPC batch (one HTTP request), fast decoder;
 - `parallel`: the chunks spread over 2 threads, each with its own HTTP session;
 - `batched, eth_abi`: the batched requests decoded by eth_abi's generic decoder;

@@ -376,7 +376,7 @@ class MarginEngineClient:
             try:
                 from eth_utils import keccak
 
-                from margincall.sim.chain import (
+                from margincall.codec import (  # imports this module: not at the top
                     Abi,
                     check_status_layout,
                     decode_statuses,

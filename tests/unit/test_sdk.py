@@ -95,6 +95,7 @@ def test_statuses_equal_check_margins_in_chunks(system, client, leveraged, other
     accounts = [leveraged, other_trader, stranger]
     system.set_price(ETH, CALLABLE_PRICE)
     raw = [MarginStatus.from_struct(s) for s in system.engine.check_margins(accounts)]
+    assert client._fast_scan() is not None  # the keeper's raw decode path, not the fallback
     assert client.statuses(accounts) == raw
     assert client.statuses(accounts, chunk=1) == raw
     assert [s.state for s in raw] == [State.CALLABLE, State.HEALTHY, State.HEALTHY]

@@ -7,16 +7,16 @@ import pytest
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
-from margincall.constants import WAD, State
-from margincall.math import RiskParams
-from margincall.sim.baseline import BASELINE, PHASED, baseline_params, params_for
-from margincall.sim.chain import (
+from margincall.codec import (
     STATUS_FIELDS,
     Abi,
     check_status_layout,
     decode_statuses,
     encode_addresses,
 )
+from margincall.constants import WAD, State
+from margincall.math import RiskParams
+from margincall.sim.baseline import BASELINE, PHASED, baseline_params, params_for
 
 STATUS_TYPE = "(" + ",".join(t for _, t in STATUS_FIELDS) + ")[]"
 ABI = [
