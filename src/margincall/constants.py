@@ -7,6 +7,8 @@ MAX_MARKETS = 16
 MAX_POSITIONS = 5
 MAX_SCAN = 500
 MAX_BATCH = 100
+# EIP-7825 (Ethereum's Fusaka upgrade): no transaction may use more gas than this
+TX_GAS_CAP = 2**24
 
 
 class State(IntEnum):

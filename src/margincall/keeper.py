@@ -41,7 +41,7 @@ from typing import Any
 
 from ape.logging import logger
 
-from margincall.constants import MAX_BATCH, MAX_SCAN, WAD, State
+from margincall.constants import MAX_BATCH, MAX_SCAN, TX_GAS_CAP, WAD, State
 from margincall.keeper_logic import (
     CostModel,
     Decision,
@@ -54,7 +54,7 @@ from margincall.keeper_logic import (
     shard,
 )
 from margincall.logs import RawEvent
-from margincall.tx import Deferred, Mined, TxSender
+from margincall.tx import Deferred, Mined, TooLarge, TxSender
 
 LOG_CHUNK = 5_000  # blocks per eth_getLogs
 
@@ -110,6 +110,7 @@ class KeeperConfig:
     metrics_path: Path | None = None
     stale_blocks: int = 20
     log_every: int = 50  # blocks between summary lines
+    tx_gas_cap: int = TX_GAS_CAP  # a batch over it is split in halves (EIP-7825)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KeeperConfig:
@@ -148,6 +149,7 @@ class KeeperConfig:
             metrics_path=Path(metrics) if metrics else None,
             stale_blocks=_int(env, "MARGINCALL_STALE_BLOCKS", 20, 1),
             log_every=_int(env, "MARGINCALL_LOG_EVERY", 50, 1),
+            tx_gas_cap=_int(env, "MARGINCALL_TX_GAS_CAP", TX_GAS_CAP, 100_000),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -164,6 +166,7 @@ class KeeperConfig:
             "MARGINCALL_CLEAR_CALLS": "1" if self.clear_calls else "0",
             "MARGINCALL_STALE_BLOCKS": str(self.stale_blocks),
             "MARGINCALL_LOG_EVERY": str(self.log_every),
+            "MARGINCALL_TX_GAS_CAP": str(self.tx_gas_cap),
         }
         if self.metrics_path is not None:
             env["MARGINCALL_KEEPER_METRICS"] = str(self.metrics_path)
@@ -363,25 +366,38 @@ class Keeper:
         ]
         if not calls:
             return
-        results = self.sender.send_many(calls, number, gas_budget=self._block_gas_limit(number))
+        budget = self._block_gas_limit(number)
         deferred = 0
-        for (_, _, label, batch), tx in zip(calls, results, strict=True):
-            if isinstance(tx, Deferred):
-                deferred += len(batch)
-                continue
-            if isinstance(tx, Exception):
-                self.state.rpc_errors += 1
-                logger.error(f"block {number}: {label} for {len(batch)} accounts not sent: {tx}")
-                continue
-            if label == "liquidate_many":
-                self.metrics.tranches_sent += len(batch)
-            else:
-                self.metrics.calls_sent += len(batch)
-            logger.info(
-                f"block {number}: sent {label} for {len(batch)} accounts"
-                f" ({tx.txn_hash[:10]}, nonce {tx.nonce},"
-                f" {1000 * (time.monotonic() - self._t0):.0f} ms into the block's scan)"
+        while calls:
+            results = self.sender.send_many(
+                calls, number, gas_budget=budget, tx_gas_cap=self.config.tx_gas_cap
             )
+            halves = []
+            for (method, _, label, batch), tx in zip(calls, results, strict=True):
+                if isinstance(tx, Deferred):
+                    deferred += len(batch)
+                    continue
+                if isinstance(tx, TooLarge) and len(batch) > 1:
+                    logger.info(f"block {number}: {tx}; sent as two batches")
+                    mid = (len(batch) + 1) // 2
+                    halves += [(method, (list(b),), label, b) for b in (batch[:mid], batch[mid:])]
+                    continue
+                if isinstance(tx, Exception):
+                    self.state.rpc_errors += 1
+                    logger.error(
+                        f"block {number}: {label} for {len(batch)} accounts not sent: {tx}"
+                    )
+                    continue
+                if label == "liquidate_many":
+                    self.metrics.tranches_sent += len(batch)
+                else:
+                    self.metrics.calls_sent += len(batch)
+                logger.info(
+                    f"block {number}: sent {label} for {len(batch)} accounts"
+                    f" ({tx.txn_hash[:10]}, nonce {tx.nonce},"
+                    f" {1000 * (time.monotonic() - self._t0):.0f} ms into the block's scan)"
+                )
+            calls = halves
         if deferred:
             logger.info(f"block {number}: {deferred} accounts wait for the next block (gas limit)")
 

@@ -43,6 +43,16 @@ class Deferred(Exception):
     """A call `send_many` did not send because the block's gas budget was used up."""
 
 
+class TooLarge(Exception):
+    """A call `send_many` did not send because one transaction may not use that much gas
+    (the chain's per-transaction cap, or the whole block's gas limit): split it."""
+
+    def __init__(self, label: str, need: int, cap: int):
+        super().__init__(f"{label}: {need:,} gas is over the {cap:,} one transaction may use")
+        self.need = need
+        self.cap = cap
+
+
 @dataclass
 class PendingTx:
     """A sent transaction and what it was for."""
@@ -203,6 +213,7 @@ class TxSender:
         head_block: int,
         workers: int = 4,
         gas_budget: int | None = None,
+        tx_gas_cap: int | None = None,
     ) -> list[PendingTx | Exception]:
         """Sends several contract calls `(method, args, label, accounts)` at once: their gas
         is estimated concurrently (the slow part: each estimate runs the whole batch on the
@@ -212,7 +223,10 @@ class TxSender:
         `gas_budget` (e.g. the block gas limit) caps the gas limits sent, counting the
         transactions still pending: what does not fit comes back as `Deferred`, to be sent
         at the next block. A node's pool is not a queue to rely on (Anvil was seen dropping
-        transactions left over from a full block)."""
+        transactions left over from a full block). A call whose gas limit would be over
+        `tx_gas_cap` (EIP-7825: 2**24 on Ethereum since Fusaka) or over the whole
+        `gas_budget` can never be sent as it is: it comes back as `TooLarge`, and the calls
+        after it are still sent."""
         prepared = [
             (str(m.contract.address), m.encode_input(*args), label, accounts)
             for m, args, label, accounts in calls
@@ -227,11 +241,15 @@ class TxSender:
         room = None
         if gas_budget is not None:
             room = gas_budget - sum(tx.gas_limit for tx in self.pending.values())
+        caps = [c for c in (tx_gas_cap, gas_budget) if c is not None]
         for (to, data, label, accounts), future in zip(prepared, futures, strict=True):
             try:
                 gas = future.result()
+                need = gas * self.gas_buffer_bps // 10_000
+                if caps and need > min(caps):
+                    out.append(TooLarge(label, need, min(caps)))
+                    continue
                 if room is not None:
-                    need = gas * self.gas_buffer_bps // 10_000
                     if need > room:
                         out.append(Deferred(f"{label}: {need:,} gas does not fit in {room:,}"))
                         room = -1  # keep the order: nothing after a deferred batch
@@ -288,4 +306,4 @@ class TxSender:
         return mined
 
 
-__all__ = ["Deferred", "Mined", "PendingTx", "TxSender"]
+__all__ = ["Deferred", "Mined", "PendingTx", "TooLarge", "TxSender"]

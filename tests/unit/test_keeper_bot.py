@@ -38,6 +38,7 @@ def test_keeper_config_defaults_and_round_trip_through_env():
     config = KeeperConfig.from_env({"MARGINCALL_DEPLOYMENT": "rec.json"})
     assert (config.shard_index, config.shard_count, config.margin_bps) == (0, 1, 12_000)
     assert config.clear_calls and config.metrics_path is None
+    assert config.tx_gas_cap == 2**24
     custom = KeeperConfig(
         deployment=Path("rec.json"),
         shard_index=1,
@@ -48,6 +49,7 @@ def test_keeper_config_defaults_and_round_trip_through_env():
         scan_chunk=200,
         clear_calls=False,
         metrics_path=Path("m.json"),
+        tx_gas_cap=5_000_000,
     )
     assert KeeperConfig.from_env(custom.to_env()) == custom
 
@@ -62,6 +64,7 @@ def test_keeper_config_defaults_and_round_trip_through_env():
         ("MARGINCALL_NATIVE_PER_TOKEN", "cheap", "must be a number"),
         ("MARGINCALL_CLEAR_CALLS", "maybe", "must be 1 or 0"),
         ("MARGINCALL_SHARD", "5/5", "shard"),
+        ("MARGINCALL_TX_GAS_CAP", "99999", "MARGINCALL_TX_GAS_CAP must be"),
     ],
 )
 def test_keeper_config_names_the_bad_setting(name, value, message):
