@@ -11,7 +11,7 @@ from __future__ import annotations
 import ape
 import pytest
 
-from margincall.constants import WAD
+from margincall.constants import WAD, State
 from margincall.math import div_ceil, mul_up
 from tests.utils.helpers import assert_conserved
 from tests.utils.helpers import deposit_units as deposit
@@ -554,6 +554,87 @@ def test_margin_call_blocks_new_exposure_but_not_reductions(system, trader, keep
     assert engine.account_info(trader.address)[2] == 0
     deposit(system, trader, 500 * unit)
     trade(system, trader, ETH, WAD // 10)  # new exposure is allowed again
+    assert_conserved(system, [trader, keeper])
+
+
+def _called_long_eth(system, trader, keeper):
+    """Long 4 ETH at 2,000 on 1,000 tokens, ETH down to 1,850 and a recorded call: collateral
+    995 after the fee (4) and the call reward (1), equity 395, maintenance 370, ratio 1.07."""
+    engine, unit = system.engine, system.unit
+    deposit(system, trader, 1_000 * unit)
+    trade(system, trader, ETH, 4 * WAD)
+    system.set_price(ETH, 1_850)
+    tx = engine.margin_call(trader.address, sender=keeper)
+    called = one(tx, engine.MarginCall)
+    assert (called.equity, called.maintenance) == (395 * WAD, 370 * WAD)
+    assert engine.collateral_of(trader.address) == 995 * unit
+    status = engine.check_margin(trader.address)
+    assert status.state == State.CALLED
+    assert status.call_deadline == called.deadline == engine.account_info(trader.address)[2]
+    return called.deadline
+
+
+def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
+    """A flip is new exposure, but under a call the engine lets it through when the account's
+    ratio after the trade is at least call_ratio; the call then clears in the same transaction."""
+    engine, unit = system.engine, system.unit
+    _called_long_eth(system, trader, keeper)
+
+    tx = trade(system, trader, ETH, -5 * WAD)  # long 4 -> short 1 at 1,850
+    fee = fee_units(system, 9_250 * WAD)
+    assert fee == unit * 4_625 // 1_000
+    collateral = 995 * unit - 600 * unit - fee  # realises -600 on the long
+    assert_fields(
+        one(tx, engine.PositionChanged),
+        account=trader.address,
+        market_id=ETH,
+        size=-WAD,
+        open_notional=-1_850 * WAD,
+        price=1_850 * WAD,
+        size_delta=-5 * WAD,
+        realized_pnl=-600 * unit,
+        fee=fee,
+        collateral=collateral,
+    )
+    # equity 390.375, maintenance 92.5 (5% of 1,850): ratio 4.22 >= 1.25
+    equity = collateral * 10 ** (18 - system.decimals)
+    maintenance = 1_850 * WAD * 5 // 100
+    assert_fields(
+        one(tx, engine.MarginCallCleared),
+        account=trader.address,
+        caller=trader.address,
+        equity=equity,
+        maintenance=maintenance,
+        ratio=equity * WAD // maintenance,
+    )
+    assert equity * WAD // maintenance >= engine.risk_params().call_ratio
+    assert engine.position(trader.address, ETH) == (-WAD, -1_850 * WAD)
+    assert engine.collateral_of(trader.address) == collateral
+    assert engine.account_info(trader.address)[2] == 0
+    status = engine.check_margin(trader.address)
+    assert status.state == State.HEALTHY
+    assert status.call_deadline == 0
+    assert (status.equity, status.maintenance) == (equity, maintenance)
+    assert_conserved(system, [trader, keeper])
+
+
+def test_flip_under_margin_call_that_does_not_cure_reverts(system, trader, keeper):
+    """A flip to a smaller opposite position (short 3.5 against long 4) that leaves the ratio
+    under call_ratio is refused with the margin-call reason, and nothing changes."""
+    engine, unit = system.engine, system.unit
+    deadline = _called_long_eth(system, trader, keeper)
+    open_interest = engine.open_interest()
+
+    # short 3.5 at 1,850: equity 395 - 6.9375 (fee) = 388.06, maintenance 323.75: ratio 1.199
+    with ape.reverts("engine: under margin call"):
+        trade(system, trader, ETH, -7 * WAD - WAD // 2)
+    assert engine.position(trader.address, ETH) == (4 * WAD, 8_000 * WAD)
+    assert engine.collateral_of(trader.address) == 995 * unit
+    assert engine.account_info(trader.address)[2] == deadline
+    assert engine.open_interest() == open_interest
+    status = engine.check_margin(trader.address)
+    assert status.state == State.CALLED
+    assert status.call_deadline == deadline
     assert_conserved(system, [trader, keeper])
 
 
