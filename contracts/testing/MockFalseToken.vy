@@ -3,8 +3,11 @@
 @title Mock token that returns False
 @notice snekmate's ERC-20 whose `transfer` and `transferFrom` return False
         instead of reverting when the balance or the allowance is too low
-        (as some pre-ERC-20-final tokens do), with an open `mint`. Used to
-        prove that the engine checks the returned flag.
+        (as some pre-ERC-20-final tokens do), with an open `mint`. With
+        `set_fail(True)` every `transfer` and `transferFrom` returns False
+        and moves nothing, whatever the balances: this reaches the engine's
+        outgoing transfers, whose balance is never short. Used to prove
+        that the engine checks the returned flag, both ways.
 @custom:security Anyone can mint. Never deploy outside a local chain.
 """
 
@@ -28,6 +31,9 @@ exports: (
     erc20.decimals,
 )
 
+# @dev When set, every transfer returns False and moves nothing.
+fail: public(bool)
+
 
 @deploy
 def __init__(name_: String[25], symbol_: String[5], decimals_: uint8):
@@ -42,15 +48,25 @@ def __init__(name_: String[25], symbol_: String[5], decimals_: uint8):
 
 
 @external
+def set_fail(flag: bool):
+    """
+    @notice Makes every `transfer` and `transferFrom` return False (moving
+            nothing) while `flag` is set; open to anyone (test token).
+    @param flag Whether transfers fail.
+    """
+    self.fail = flag
+
+
+@external
 def transfer(to: address, amount: uint256) -> bool:
     """
     @notice Sends `amount` to `to`, or returns False (moving nothing) when
-            the caller's balance is too low.
+            the caller's balance is too low or `fail` is set.
     @param to The receiver.
     @param amount The amount.
     @return Whether the transfer happened.
     """
-    if erc20.balanceOf[msg.sender] < amount:
+    if self.fail or erc20.balanceOf[msg.sender] < amount:
         return False
     erc20._transfer(msg.sender, to, amount)
     return True
@@ -60,12 +76,15 @@ def transfer(to: address, amount: uint256) -> bool:
 def transferFrom(owner: address, to: address, amount: uint256) -> bool:
     """
     @notice Sends `amount` from `owner` to `to`, or returns False (moving
-            nothing) when the balance or the allowance is too low.
+            nothing) when the balance or the allowance is too low or
+            `fail` is set.
     @param owner The payer.
     @param to The receiver.
     @param amount The amount.
     @return Whether the transfer happened.
     """
+    if self.fail:
+        return False
     if erc20.balanceOf[owner] < amount or erc20.allowance[owner][msg.sender] < amount:
         return False
     erc20._spend_allowance(owner, msg.sender, amount)

@@ -6,7 +6,8 @@ free), the dust and range checks are probed on both sides of their bound, and ev
 ends with the engine holding exactly the sum of its collateral ledgers.
 
 Markets of the shared `system` (collateral decimals 6 and 18): 0 ETH-USD at 2,000 (imr 10%,
-mmr 5%), fee 5 bps, dust below 10 tokens of notional. The standard distressed account: 1,000
+mmr 5%, 8-decimal feed) and 2 SOL-USD (imr 20%, mmr 10%, 18-decimal feed), fee 5 bps, dust
+below 10 tokens of notional, adapter bounds [1 wei, 1e12]. The standard distressed account: 1,000
 tokens of collateral, long 4 ETH at 2,000 (fee 4): at 1,850 equity 396 / maintenance 370 is
 CALLABLE, at 1,840 equity 356 / maintenance 368 (ratio 0.967) is LIQUIDATABLE.
 """
@@ -20,12 +21,20 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.deploy import DEFAULT_MARKETS, System
-from margincall.math import div_floor, mul_up
-from tests.utils.helpers import skip_revert_source_traceback
+from margincall.math import div_ceil, div_floor, evaluate, mul_up
+from tests.utils.helpers import (
+    account_model,
+    pin_next_tx,
+    reference_tranche,
+    skip_revert_source_traceback,
+    travel_to,
+    tx_time,
+)
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 MAX_UINT = 2**256 - 1
 ETH = 0
+SOL = 2  # its feed has 18 decimals: an answer of 1 is a price of 1 wei
 BIAS = 2**127
 MASK112 = 2**112 - 1
 MAX_PRICE = 10**12 * WAD  # the adapters' max_price (deploy.MarketSpec)
@@ -181,6 +190,8 @@ REENTRY_CASES = [
     ("liquidate", "withdraw"),
     ("liquidate", "deposit"),
     ("liquidate", "liquidate"),
+    ("trade", "withdraw"),  # the hook fires on the trading fee sent to the pool
+    ("margin_call", "withdraw"),  # ... on the call reward sent to the caller
 ]
 
 
@@ -203,6 +214,13 @@ def test_reentrant_token_callback_is_refused(
     elif outer == "withdraw":
         tx = engine.withdraw(10 * unit, sender=stranger)
         one(tx, engine.Withdraw)
+    elif outer == "trade":
+        tx = trade(s, stranger, WAD)  # opens 1 ETH: one transfer, the fee to the pool
+        assert one(tx, engine.PositionChanged).fee == 92 * unit // 100
+    elif outer == "margin_call":
+        s.set_price(ETH, 1_850)  # CALLABLE (no token moves)
+        tx = engine.margin_call(trader.address, sender=keeper)
+        assert one(tx, engine.MarginCall).reward == unit
     else:
         tx = engine.liquidate(trader.address, sender=keeper)
         one(tx, engine.Liquidation)
@@ -223,6 +241,90 @@ def test_reentrant_token_callback_is_refused(
     assert token.attempts() == 2
     assert token.callback_ok() is True
     assert snapshot(s, token) != token_before or snapshot(s, other_trader) != victim_before
+    assert_intact(s, holders)
+
+
+def test_reentrant_callback_into_the_pool_inside_pool_pay_is_refused(
+    rsys, trader, other_trader, stranger
+):
+    """The pool has its own lock: a callback into `pool.redeem` from the token transfer of
+    `pool.pay` (the engine paying out a trader's profit) is refused; the same call succeeds
+    outside. (The engine's lock does not cover the pool: it is a separate contract.)"""
+    s, token, engine, pool, unit = rsys, rsys.token, rsys.engine, rsys.pool, rsys.unit
+    holders = [trader, other_trader, stranger, token]
+    token.mint(stranger.address, 100 * unit, sender=stranger)
+    token.approve(pool.address, MAX_UINT, sender=stranger)
+    pool.deposit(100 * unit, token.address, sender=stranger)
+    shares = pool.balanceOf(token.address)
+    trade(s, stranger, WAD)  # 1 ETH at 1,840
+    s.set_price(ETH, 1_900)
+    token.set_callback(
+        pool.address,
+        pool.redeem.encode_input(shares, token.address, token.address),
+        ON_TRANSFER,
+        sender=stranger,
+    )
+    assets0, wallet0 = pool.totalAssets(), token.balanceOf(token.address)
+    collateral0 = engine.collateral_of(stranger.address)
+
+    tx = engine.close_position(ETH, 0, sender=stranger)  # profit 60, fee 0.95: pool.pay
+    log = one(tx, engine.PositionChanged)
+    assert (log.realized_pnl, log.fee) == (60 * unit, 95 * unit // 100)
+    assert token.attempts() == 1
+    assert token.callback_ok() is False
+    assert bytes(token.callback_return()) == b""  # @nonreentrant: no reason
+    assert pool.balanceOf(token.address) == shares
+    assert token.balanceOf(token.address) == wallet0
+    assert pool.totalAssets() == assets0 - 60 * unit + 95 * unit // 100
+    assert engine.collateral_of(stranger.address) == collateral0 + 60 * unit - 95 * unit // 100
+    assert_intact(s, holders)
+
+    # outside pool.pay, the same redeem goes through: only the pool's lock stopped it
+    expected = pool.convertToAssets(shares)
+    token.fire(sender=stranger)
+    assert token.callback_ok() is True
+    assert pool.balanceOf(token.address) == 0
+    assert token.balanceOf(token.address) == wallet0 + expected
+    assert_intact(s, holders)
+
+
+def test_reentrant_callback_into_the_pool_during_a_liquidation_sees_final_state(
+    rsys, keeper, trader, other_trader, stranger
+):
+    """The engine's transfer to the pool is not inside any pool function, so a callback into
+    `pool.redeem` from it runs (the pool's lock is free and the engine's does not cover the
+    pool). It is harmless: by then the liquidation's loss has reached the pool and the open
+    interest is updated, so the redeemer gets exactly what its shares are worth after the
+    whole transaction, and the engine's own accounting is untouched."""
+    s, token, engine, pool, unit = rsys, rsys.token, rsys.engine, rsys.pool, rsys.unit
+    holders = [trader, other_trader, stranger, keeper, token]
+    token.mint(stranger.address, 100 * unit, sender=stranger)
+    token.approve(pool.address, MAX_UINT, sender=stranger)
+    pool.deposit(100 * unit, token.address, sender=stranger)
+    shares = pool.balanceOf(token.address)
+    token.set_callback(
+        pool.address,
+        pool.redeem.encode_input(shares, token.address, token.address),
+        ON_TRANSFER,
+        sender=stranger,
+    )
+    pool_balance0 = token.balanceOf(pool.address)
+    supply0 = pool.totalSupply()
+    wallet0 = token.balanceOf(token.address)
+    collateral0 = engine.collateral_of(trader.address)
+
+    tx = engine.liquidate(trader.address, sender=keeper)
+    liq = one(tx, engine.Liquidation)
+    # the trader's realised loss, sent by the engine to the pool, is the first transfer
+    to_pool = collateral0 - liq.collateral - liq.penalty
+    assert to_pool > 0
+    assert token.attempts() == 1
+    assert token.callback_ok() is True
+    redeemed = token.balanceOf(token.address) - wallet0
+    assert pool.balanceOf(token.address) == 0
+    assert token.balanceOf(pool.address) == pool_balance0 + to_pool - redeemed
+    # priced on the pool's assets after the loss arrived (erc4626: virtual share offset 6)
+    assert redeemed == shares * (pool_balance0 + to_pool + 1) // (supply0 + 10**6)
     assert_intact(s, holders)
 
 
@@ -304,6 +406,67 @@ def test_one_unit_deposit_does_not_block_the_tranche(system, trader, stranger, k
     log = one(tx, engine.Liquidation)
     assert log.closed_notional > 0 and log.keeper_reward > 0
     assert_intact(system, [trader, stranger, keeper])
+
+
+def test_deposit_lifting_ratio_above_one_forces_a_call_then_the_tranche(
+    system, chain, trader, stranger, keeper
+):
+    """A deposit front-running the tranche of an account with no call on record, lifting its
+    ratio from 0.967 to just above 1 (below call_ratio 1.25), makes it CALLABLE: the tranche
+    reverts and the keeper must call it; once the grace period has passed, the tranche goes
+    through (the front-run buys the trader one grace period, not an escape)."""
+    engine, token, unit = system.engine, system.token, system.unit
+    holders = [trader, stranger, keeper]
+    distressed(system, trader)
+    system.set_price(ETH, 1_840)
+    assert engine.check_margin(trader.address).state == State.LIQUIDATABLE
+    deposit(system, stranger, 13 * unit, account=trader)  # equity 369 / maintenance 368
+    st = engine.check_margin(trader.address)
+    assert (st.equity, st.maintenance) == (369 * WAD, 368 * WAD)
+    assert st.ratio == 369 * WAD // 368 and WAD < st.ratio < 125 * WAD // 100
+    assert st.state == State.CALLABLE and st.call_deadline == 0
+    before = snapshot(system, trader)
+    keeper_wallet = token.balanceOf(keeper.address)
+    with ape.reverts("engine: account not liquidatable"):
+        engine.liquidate(trader.address, sender=keeper)
+    assert engine.liquidate_many([trader.address], sender=keeper).return_value == 0
+    assert snapshot(system, trader) == before
+    assert token.balanceOf(keeper.address) == keeper_wallet
+
+    tx = engine.margin_call(trader.address, sender=keeper)
+    call = one(tx, engine.MarginCall)
+    deadline = tx_time(chain, tx) + 3_600
+    assert (call.deadline, call.reward, call.equity, call.ratio) == (deadline, unit, 368 * WAD, WAD)
+    assert token.balanceOf(keeper.address) == keeper_wallet + unit
+    assert engine.account_info(trader.address)[2] == deadline
+    # during the grace period (ratio exactly 1: still CALLED), no tranche
+    travel_to(chain, deadline - 1)
+    assert engine.check_margin(trader.address).state == State.CALLED
+    pin_next_tx(chain)
+    with ape.reverts("engine: account not liquidatable"):
+        engine.liquidate(trader.address, sender=keeper)
+    # from the deadline on, the tranche goes through, as the reference math says
+    travel_to(chain, deadline)
+    assert engine.check_margin(trader.address).state == State.LIQUIDATABLE
+    now = pin_next_tx(chain)
+    ref = reference_tranche(system, trader, now)
+    tx = engine.liquidate(trader.address, sender=keeper)
+    assert tx_time(chain, tx) == deadline
+    liq = one(tx, engine.Liquidation)
+    assert (liq.state, liq.tranche, liq.full_close) == (State.LIQUIDATABLE, 1, False)
+    assert (liq.fraction, liq.closed_notional, liq.penalty) == (
+        ref.fraction,
+        ref.closed_notional,
+        ref.penalty,
+    )
+    assert (liq.keeper_reward, liq.collateral, liq.ratio_after) == (
+        ref.keeper_reward,
+        ref.collateral_after,
+        ref.ratio_after,
+    )
+    assert liq.closed_notional > 0 and liq.keeper_reward > 0
+    assert token.balanceOf(keeper.address) == keeper_wallet + unit + liq.keeper_reward
+    assert_intact(system, holders)
 
 
 def test_deposit_short_of_call_ratio_does_not_block_an_overdue_call(
@@ -472,6 +635,75 @@ def test_price_at_max_bound_values_correctly(system, owner, trader):
     assert_intact(system, [trader])
 
 
+MIN_PRICE_CASES = {
+    # market: (market id, price of a feed answer of 1: the smallest valid price)
+    "eth-8-decimal-feed": (ETH, 10**10),
+    "sol-18-decimal-feed": (SOL, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(MIN_PRICE_CASES))
+def test_price_at_min_bound_with_size_at_packed_max(system, owner, trader, case):
+    """At the smallest price the adapter gives (min_price is 1 wei; an 8-decimal feed cannot
+    go below 1e10 wei), a size one below 2**127 opens a correct position, valued as the
+    reference math says; one more unit (or a flip to -2**127) is refused by the packing
+    check."""
+    market, price = MIN_PRICE_CASES[case]
+    engine, unit = system.engine, system.unit
+    oracle, feed = system.oracles[market], system.feeds[market]
+    scale = 10 ** (18 - system.decimals)
+    assert oracle.min_price() == 1
+    feed.set_answer(0, sender=owner)  # the only answer below: refused
+    with ape.reverts("oracle: non-positive price"):
+        oracle.price()
+    feed.set_answer(1, sender=owner)
+    assert oracle.price() == price
+
+    size = BIAS - 1
+    cfg = engine.markets(market)
+    notional = mul_up(size, price)
+    cost = div_ceil(size * price, WAD)
+    fee = div_ceil(mul_up(notional, cfg.fee), scale)
+    collateral = div_ceil(mul_up(notional, cfg.imr), scale) + unit
+    deposit(system, trader, collateral + fee)
+    oi = engine.open_interest()
+    tx = trade(system, trader, size, market)
+    log = one(tx, engine.PositionChanged)
+    assert (log.size, log.open_notional, log.price, log.fee) == (size, cost, price, fee)
+    assert engine.position(trader.address, market) == (size, cost)
+    assert engine.open_interest() == oi + cost
+    assert engine.collateral_of(trader.address) == collateral
+
+    for answer in (1, 2):  # at the bound and at twice it: valued as the reference math does
+        feed.set_answer(answer, sender=owner)
+        account = account_model(system, trader)
+        assert account.positions[0].notional == mul_up(size, answer * price)
+        v = evaluate(account, scale)
+        st = engine.check_margin(trader.address)
+        assert (st.equity, st.maintenance, st.initial) == (v.equity, v.maintenance, v.initial)
+        assert st.equity == collateral * scale + div_floor(size * answer * price, WAD) - cost
+        assert st.state == State.HEALTHY
+    feed.set_answer(1, sender=owner)
+
+    info = engine.account_info(trader.address)
+    with ape.reverts("engine: size out of range"):
+        trade(system, trader, 1, market)  # size 2**127
+    with ape.reverts("engine: size out of range"):
+        trade(system, trader, -2 * BIAS + 1, market)  # flip to -2**127
+    assert engine.account_info(trader.address) == info
+    assert engine.position(trader.address, market) == (size, cost)
+    assert engine.open_interest() == oi + cost
+
+    tx = engine.close_position(market, 0, sender=trader)
+    log = one(tx, engine.PositionChanged)
+    realized = div_floor(div_floor(size * price, WAD) - cost, scale)
+    assert (log.size, log.realized_pnl, log.fee) == (0, realized, fee)
+    assert engine.position(trader.address, market) == (0, 0)
+    assert engine.open_interest() == oi
+    assert engine.collateral_of(trader.address) == collateral + realized - fee
+    assert_intact(system, [trader])
+
+
 # --- 6. pause -------------------------------------------------------------------------------
 
 
@@ -581,13 +813,18 @@ def test_nothing_admin_works_after_renounce(system, owner, guardian, stranger):
 # --- 8. token returning False -----------------------------------------------------------------
 
 
-def test_false_returning_token_credits_nothing(project, deployer, guardian, trader):
+def _false_token_engine(project, deployer, guardian):
     token = deployer.deploy(project.MockFalseToken, "False USD", "xUSD", 18)
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund_ = deployer.deploy(project.InsuranceFund, token.address, pool.address)
     engine = deployer.deploy(
         project.MarginEngine, token.address, pool.address, fund_.address, guardian.address
     )
+    return token, engine
+
+
+def test_false_returning_token_credits_nothing(project, deployer, guardian, trader):
+    token, engine = _false_token_engine(project, deployer, guardian)
     token.mint(trader.address, 100 * WAD, sender=trader)
     token.approve(engine.address, 50 * WAD, sender=trader)
 
@@ -603,6 +840,34 @@ def test_false_returning_token_credits_nothing(project, deployer, guardian, trad
     engine.withdraw(40 * WAD, sender=trader)
     assert engine.collateral_of(trader.address) == 60 * WAD
     assert token.balanceOf(engine.address) == 60 * WAD
+
+
+def test_false_returning_outgoing_transfer_reverts_withdraw(project, deployer, guardian, trader):
+    """The engine's own balance always covers what it sends, so only its check of the returned
+    flag (`_push`) stops a withdrawal whose transfer returned False and moved nothing."""
+    token, engine = _false_token_engine(project, deployer, guardian)
+    token.mint(trader.address, 110 * WAD, sender=trader)
+    token.approve(engine.address, MAX_UINT, sender=trader)
+    engine.deposit(100 * WAD, sender=trader)
+    token.set_fail(True, sender=trader)
+    assert token.balanceOf(engine.address) == 100 * WAD  # enough: the flag alone fails it
+
+    with ape.reverts("engine: transfer failed"):
+        engine.withdraw(40 * WAD, sender=trader)
+    assert engine.account_info(trader.address) == (100 * WAD, 0, 0, 0, 0)
+    assert token.balanceOf(engine.address) == 100 * WAD
+    assert token.balanceOf(trader.address) == 10 * WAD
+    # incoming too: the flag, not the balance-difference check ("token transfer short")
+    with ape.reverts("engine: transfer failed"):
+        engine.deposit(10 * WAD, sender=trader)
+    assert engine.collateral_of(trader.address) == 100 * WAD
+    assert token.balanceOf(trader.address) == 10 * WAD
+
+    token.set_fail(False, sender=trader)
+    engine.withdraw(40 * WAD, sender=trader)
+    assert engine.collateral_of(trader.address) == 60 * WAD
+    assert token.balanceOf(engine.address) == 60 * WAD
+    assert token.balanceOf(trader.address) == 50 * WAD
 
 
 # --- 9. donations -----------------------------------------------------------------------------
@@ -628,6 +893,84 @@ def test_donation_to_pool_moves_only_lp_share_price(system, lp, trader, stranger
     gain = pool.convertToAssets(shares) - lp_assets0
     assert donation - 1 <= gain <= donation  # the one virtual share keeps a sliver
     assert_intact(system, [trader])
+
+
+def test_donations_to_the_fund_move_nothing_else_and_cover_bad_debt(
+    system, lp, trader, other_trader, stranger, keeper
+):
+    """The fund's balance is its token balance: a plain transfer counts as much as `donate`
+    (which alone logs a Donation). Neither moves the LP share price, a collateral ledger or
+    an account's margin; a later bad debt of 204 is covered in full only with both (150 + 100
+    from an empty fund), and the keeper of the bankrupt account is paid from the rest."""
+    engine, pool, fund_, token, unit = (
+        system.engine,
+        system.pool,
+        system.fund,
+        system.token,
+        system.unit,
+    )
+    holders = [trader, other_trader, stranger, keeper]
+    distressed(system, trader)
+    deposit(system, other_trader, 300 * unit)
+    assert fund_.fund_balance() == token.balanceOf(fund_.address) == 0
+    one_share = 10 ** pool.decimals()
+    share_price0, assets0 = pool.convertToAssets(one_share), pool.totalAssets()
+    collateral0 = [engine.collateral_of(h.address) for h in holders]
+    status0, oi0 = engine.check_margin(trader.address), engine.open_interest()
+
+    token.mint(stranger.address, 150 * unit, sender=stranger)
+    tx = token.transfer(fund_.address, 150 * unit, sender=stranger)
+    assert tx.decode_logs(fund_.Donation) == []
+    assert fund_.fund_balance() == 150 * unit
+    fund(system, stranger, 100 * unit, spender=fund_)
+    with ape.reverts("fund: zero amount"):
+        fund_.donate(0, sender=stranger)
+    log = one(fund_.donate(100 * unit, sender=stranger), fund_.Donation)
+    assert (log.donor, log.amount, log.balance_after) == (stranger.address, 100 * unit, 250 * unit)
+    assert fund_.fund_balance() == token.balanceOf(fund_.address) == 250 * unit
+    assert token.balanceOf(stranger.address) == 0
+
+    assert pool.convertToAssets(one_share) == share_price0
+    assert pool.totalAssets() == assets0
+    assert [engine.collateral_of(h.address) for h in holders] == collateral0
+    assert engine.check_margin(trader.address) == status0
+    assert engine.open_interest() == oi0
+    assert_intact(system, holders)
+
+    # bankrupt at 1,700: equity 996 - 1,200 = -204
+    system.set_price(ETH, 1_700)
+    st = engine.check_margin(trader.address)
+    assert st.state == State.BANKRUPT and st.equity == -204 * WAD
+    collateral = engine.collateral_of(trader.address)
+    assert collateral == 996 * unit
+    pool_balance0, keeper_wallet = token.balanceOf(pool.address), token.balanceOf(keeper.address)
+    supply = pool.totalSupply()
+
+    tx = engine.liquidate(trader.address, sender=keeper)
+    liq = one(tx, engine.Liquidation)
+    assert (liq.state, liq.full_close, liq.collateral) == (State.BANKRUPT, True, 0)
+    bad = one(tx, engine.BadDebt)
+    assert (bad.amount, bad.paid_by_fund, bad.socialised) == (204 * unit, 204 * unit, 0)
+    covered = one(tx, fund_.DeficitCovered)
+    assert (covered.account, covered.requested, covered.paid, covered.balance_after) == (
+        trader.address,
+        204 * unit,
+        204 * unit,
+        46 * unit,
+    )
+    paid = one(tx, fund_.KeeperPaid)  # min_keeper_reward, 1 token
+    assert (paid.keeper, paid.amount, paid.balance_after) == (keeper.address, unit, 45 * unit)
+    assert fund_.fund_balance() == 45 * unit
+    assert token.balanceOf(keeper.address) == keeper_wallet + unit
+    # the pool got the whole loss (996 + 204): the LPs lose nothing to the bad debt
+    assert token.balanceOf(pool.address) == pool_balance0 + 1_200 * unit
+    assert pool.totalSupply() == supply
+    assert pool.convertToAssets(one_share) == one_share * (assets0 + 1_200 * unit + 1) // (
+        supply + 10**6
+    )
+    assert engine.account_info(trader.address)[:2] == (0, 0)
+    assert [engine.collateral_of(h.address) for h in holders[1:]] == collateral0[1:]
+    assert_intact(system, holders)
 
 
 def test_donation_to_engine_credits_nobody(system, trader, stranger):
