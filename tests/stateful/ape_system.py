@@ -106,12 +106,12 @@ def deploy_funded_ape_system(
 ) -> ApeDriver:
     """Deploys a system with `margincall.deploy` (the fuzzed markets) and funds it as the
     titanoboa campaigns do. `accounts` maps roles to Ape accounts: owner, guardian, lp,
-    keeper, rival_keeper, donor and trader0..trader2."""
+    second_lp, keeper, rival_keeper, donor and trader0..trader2."""
     a = accounts
     actors = Actors(
         owner=a["owner"].address,
         guardian=a["guardian"].address,
-        lp=a["lp"].address,
+        lps=(a["lp"].address, a["second_lp"].address),
         keepers=(a["keeper"].address, a["rival_keeper"].address),
         donor=a["donor"].address,
         traders=tuple(a[f"trader{i}"].address for i in range(3)),
@@ -120,6 +120,7 @@ def deploy_funded_ape_system(
     token, unit = system.token, 10**decimals
     for role, amount, spender in (
         ("lp", LP_LIQUIDITY, system.pool),
+        ("second_lp", LP_LIQUIDITY, system.pool),
         ("donor", TRADER_TOKENS, system.fund),
         *((f"trader{i}", TRADER_TOKENS, system.engine) for i in range(3)),
     ):

@@ -108,7 +108,7 @@ def boa_actors() -> Actors:
     return Actors(
         owner=g("owner"),
         guardian=g("guardian"),
-        lp=g("lp"),
+        lps=(g("lp"), g("second_lp")),
         keepers=(g("keeper"), g("rival_keeper")),
         donor=g("donor"),
         traders=tuple(g(f"trader{i}") for i in range(N_TRADERS)),
@@ -152,12 +152,12 @@ def deploy_funded_boa_system(decimals: int) -> BoaDriver:
     d = deploy_boa_system(a, decimals)
     token, unit = d.token, d.unit
     for who, amount, spender in (
-        (a.lp, LP_LIQUIDITY, d.pool),
+        *((lp, LP_LIQUIDITY, d.pool) for lp in a.lps),
         (a.donor, TRADER_TOKENS, d.fund),
         *((t, TRADER_TOKENS, d.engine) for t in a.traders),
     ):
         token.mint(who, amount * unit, sender=who)
         token.approve(spender.address, 2**256 - 1, sender=who)
-    d.pool.deposit(LP_LIQUIDITY * unit, a.lp, sender=a.lp)
+    d.pool.deposit(LP_LIQUIDITY * unit, a.lps[0], sender=a.lps[0])
     d.fund.donate(FUND_SEED * unit, sender=a.donor)
     return d

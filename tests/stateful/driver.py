@@ -44,7 +44,7 @@ class Actors:
 
     owner: str
     guardian: str
-    lp: str
+    lps: tuple[str, str]  # the first seeds the pool; the second joins during the run
     keepers: tuple[str, str]
     donor: str
     traders: tuple[str, ...]

@@ -1,4 +1,4 @@
-"""The whole-system state machine: traders, an LP, keepers, a donor, the owner and the guardian.
+"""The whole-system state machine: traders, two LPs, keepers, a donor, the owner and the guardian.
 
 One machine, two backends: `test_engine_machine.py` runs it in titanoboa (quick profile in
 `make test`, the deep campaign in `make fuzz`), `test_engine_machine_ape.py` runs it with a
@@ -8,13 +8,15 @@ After every step it checks, against `margincall.math` (the reference the SDK and
 and a model of the parts the reference does not cover (feeds and adapters, pause, markets):
 
 - token conservation: the engine holds exactly the sum of its collateral ledgers, and every
-  other balance (pool, fund, traders, keepers, LP, donor) equals what the model says moved;
+  other balance (pool, fund, traders, keepers, LPs, donor) equals what the model says moved,
+  and the two LPs own every pool share;
 - `check_margins`, `check_margin` and `preview_liquidation` equal `evaluate`, `classify` and
   `plan_tranche` at the model's prices; every adapter's `try_price`/`reason` equal the model;
 - each action succeeds exactly when the model says it may, with the predicted effect, and
   fails with the predicted reason: HEALTHY, CALLABLE and CALLED accounts cannot be
   liquidated, only CALLABLE ones can be called, CALLED accounts can neither withdraw nor add
-  exposure, no withdrawal leaves equity under initial margin;
+  exposure (except a flip that cures the account in the same trade, which the engine allows
+  and which clears the call), no withdrawal leaves equity under initial margin;
 - a tranche that does not close the account never lowers its ratio;
 - the fund never pays more than it holds; `BadDebt.socialised > 0` only when it paid it all;
 - pause (guardian or owner only): new exposure is refused with "engine: paused"; deposits,
@@ -136,7 +138,7 @@ class EngineMachine(RuleBasedStateMachine):
         a = d.actors
         self.traders = list(a.traders)
         self.keepers = list(a.keepers)
-        self.holders = [d.engine.address, d.pool.address, d.fund.address, a.lp, a.donor]
+        self.holders = [d.engine.address, d.pool.address, d.fund.address, *a.lps, a.donor]
         self.holders += self.keepers + self.traders
         self.expected = {h: d.balance(h) for h in self.holders}
         self.stats: Counter = Counter()
@@ -855,16 +857,22 @@ class EngineMachine(RuleBasedStateMachine):
 
     # --- LP, fund ---------------------------------------------------------------
 
-    @rule(deposit=st.booleans(), amount=st.integers(1, 100_000), frac=st.integers(1, 20))
-    def lp_moves(self, deposit, amount, frac):
-        """The LP deposits `amount` whole tokens, or redeems `frac`% of what it may."""
-        d, lp = self.d, self.a.lp
+    @rule(
+        which=st.integers(0, 1),
+        deposit=st.booleans(),
+        amount=st.integers(1, 100_000),
+        frac=st.integers(1, 20),
+    )
+    def lp_moves(self, which, deposit, amount, frac):
+        """An LP deposits `amount` whole tokens, or redeems `frac`% of what it may."""
+        d, lp = self.d, self.a.lps[which]
         if deposit:
             amount *= d.unit
             self.must(d.token, "mint", lp, amount, sender=lp)
             self.expected[lp] += amount
             self.must(d.pool, "deposit", amount, lp, sender=lp)
             self.move(lp, d.pool.address, amount)
+            self.note(f"lp{which}:deposit")
             return
         shares = int(d.pool.maxRedeem(lp)) * frac // 100
         if shares == 0:
@@ -875,6 +883,7 @@ class EngineMachine(RuleBasedStateMachine):
         if sent.value is not None:
             assert sent.value == ev.assets
         self.move(d.pool.address, lp, ev.assets)
+        self.note(f"lp{which}:redeem")
 
     @rule(amount=st.integers(1, 2_000))
     def donate(self, amount):
@@ -941,7 +950,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(
         market=st.integers(0, 2),
         cap=st.sampled_from([None, 2_000, 20_000, 10**12]),
-        inactive=st.booleans(),
+        inactive=st.sampled_from([True, False]),
         by_guardian=st.booleans(),
     )
     def set_market(self, market, cap, inactive, by_guardian):
@@ -964,6 +973,19 @@ class EngineMachine(RuleBasedStateMachine):
         d.forget()
         assert (int(d.config(market).window_cap), bool(d.config(market).active)) == (cap, active)
         self.window_changed = True
+
+    @rule(i=st.integers(0, N_TRADERS - 1), frac=st.integers(1, 130), close=st.booleans())
+    def market_wind_down(self, i, frac, close):
+        """A delisting: the owner takes the market of a trader's largest position out of
+        service; the trader can still reduce or close that position, and cannot add to it."""
+        acct, _ = self.account(self.traders[i])
+        if not acct.positions:
+            return
+        market = max(acct.positions, key=lambda q: q.notional).market_id
+        if self.active[market]:
+            self.set_market(market, None, True, False)
+        self.trade(i, market, "close" if close else "reduce", frac)
+        self.trade(i, market, "open", frac)
 
     @rule(
         paused=st.sampled_from([True, False]), by=st.sampled_from(["guardian", "owner", "keeper"])
@@ -1001,6 +1023,8 @@ class EngineMachine(RuleBasedStateMachine):
             assert d.balance(h) == self.expected[h], h
         ledger = sum(d.raw_account(t).collateral for t in self.traders)
         assert d.balance(d.engine.address) == ledger
+        shares = [int(d.pool.balanceOf(lp)) for lp in self.a.lps]
+        assert sum(shares) == int(d.pool.totalSupply())  # the LPs own every share
 
     @invariant()
     def oracles_agree_with_model(self):

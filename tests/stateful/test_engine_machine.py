@@ -59,6 +59,8 @@ DEEP_COVERAGE = (
     "paused:liquidate",
     "refused:pause_by_stranger",
     "inactive:reduce",
+    "lp1:deposit",  # the second LP joins the pool during the run
+    "lp1:redeem",
 )
 
 

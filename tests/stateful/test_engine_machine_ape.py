@@ -40,6 +40,7 @@ def ape_driver(request, chain, project, accounts, owner, guardian, lp, keeper, r
         "owner": owner,
         "guardian": guardian,
         "lp": lp,
+        "second_lp": accounts[7],
         "keeper": keeper,
         "rival_keeper": rival_keeper,
         "trader0": accounts[5],
