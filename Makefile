@@ -47,6 +47,8 @@ bench-gas: setup
 lint: setup setup-lint
 	# every contract compiles (tests/unit/test_bytecode_size.py checks EIP-170)
 	ape compile > /dev/null
+	# and the protocol's contracts compile without a single compiler warning
+	for c in contracts/*.vy; do vyper -W error -f bytecode_runtime $$c > /dev/null || exit 1; done
 	ruff check src scripts bots tests
 	ruff format --check src scripts bots tests
 	# Vyper formatting (line length as ruff's); fix with `.venv-lint/bin/mamushi -l 100 contracts`
