@@ -1,6 +1,8 @@
 """Checks that the state machine can fail: runs it (titanoboa) against mutants of the engine,
 each of which removes or bends one protection that the machine's pause, market and oracle
-rules are there to check, and reports which mutants the machine kills.
+rules, or its core invariants (calls only on CALLABLE accounts, no withdrawal under initial
+margin, the tranche interval), are there to check, and reports which mutants the machine
+kills.
 
     python -m tests.stateful.mutants [NAME ...] [--examples N]
 
@@ -76,6 +78,24 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
         "a deposit refused on an invalid price",
         "        prices, ok = self._try_prices(acct.markets, prices, 0)\n" + DEPOSIT_CLEAR,
         "        prices = self._prices(acct.markets)\n        ok = True\n" + DEPOSIT_CLEAR,
+    ),
+    # the core invariants (I2, I5, the tranche interval)
+    "healthy_callable": (
+        "a margin call on a HEALTHY or CALLED account",
+        "    if self._classify(ev, acct, p) != CALLABLE:\n        return False, 0",
+        "    if self._classify(ev, acct, p) > CALLED:\n        return False, 0",
+    ),
+    "withdraw_below_initial": (
+        "a withdrawal that leaves equity under initial margin",
+        "        if not (ev.equity >= convert(ev.initial, int256)):\n"
+        '            self._fail("engine: insufficient margin")\n    self._store(msg.sender, acct)',
+        '        if False:\n            self._fail("engine: insufficient margin")\n'
+        "    self._store(msg.sender, acct)",
+    ),
+    "tranche_interval_ignored": (
+        "a second tranche before the tranche interval",
+        "    elif plan.code == TOO_SOON:\n        self._fail(",
+        "    elif False:\n        self._fail(",
     ),
     "liquidate_many_ignores_validity": (
         "a batch liquidation at an invalid price",
