@@ -12,8 +12,8 @@ counted from the block of the price update.
 
 The block gas limit bounds how many liquidations fit in one block (about 44k gas each in a
 100-account batch, so about 680 per 30M block): `--gas-limit` sets Anvil's and may be given
-more than once (default: 30M, then 100M, where 1,000 fit). Prints a table; `--json` writes
-the figures.
+more than once (default: 30M, Anvil's default; 60M, Ethereum mainnet's limit since November
+2025; 100M). Prints a table; `--json` writes the figures.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     os.chdir(ROOT)
-    limits = args.gas_limit or [30_000_000, 100_000_000]
+    limits = args.gas_limit or [30_000_000, 60_000_000, 100_000_000]
     results = [measure(args.accounts, g) for g in limits]
     print(table(results))
     for r in results:
