@@ -25,6 +25,7 @@ from ape.cli import ConnectedProviderCommand, account_option, network_option
 from ape.exceptions import ContractLogicError
 from rich.console import Console
 
+from margincall.deploy import ZERO
 from margincall.deployment import (
     DEFAULT_CONFIG,
     DEFAULT_DIR,
@@ -34,6 +35,7 @@ from margincall.deployment import (
     check_writable,
     deploy_from_config,
     load_config,
+    preflight,
     record_path,
     write_record,
 )
@@ -53,12 +55,14 @@ def run_deploy(
 ) -> tuple[DeploymentRecord, Path]:
     """Deploys from the config with a connected provider; returns the record and its path.
 
-    Raises `ConfigError` (bad config) or `RecordExists` before any transaction.
+    Raises `ConfigError` (bad config, or an existing token or feed without code on this
+    network) or `RecordExists` before any transaction.
     """
     network = network or chain.provider.network_choice
     path = Path(output) if output else record_path(network, DEFAULT_DIR)
     check_writable(path, force)  # fail before spending gas
     config = load_config(config_path)
+    preflight(config, chain.provider)
     deployed = deploy_from_config(project, deployer, config, network, chain)
     write_record(deployed.record, path, force=force)
     return deployed.record, path
@@ -71,7 +75,10 @@ def summary(record: DeploymentRecord, path: Path) -> None:
         ("engine", record.engine),
         ("pool", record.pool),
         ("insurance fund", record.fund),
-        ("collateral (mock)", f"{record.token} ({record.collateral_decimals} decimals)"),
+        (
+            "collateral (mock)" if record.collateral_mock else "collateral",
+            f"{record.token} ({record.collateral_decimals} decimals)",
+        ),
         ("guardian", record.guardian),
         ("reserve factor", fmt_pct(record.reserve_factor)),
         (
@@ -81,8 +88,19 @@ def summary(record: DeploymentRecord, path: Path) -> None:
         ),
         ("blocks", f"{record.block} .. {record.end_block}"),
     ]
+    if record.pending_owner != ZERO:
+        rows.append(
+            (
+                "pending owner",
+                f"{record.pending_owner} (must call accept_ownership on engine, pool and fund)",
+            )
+        )
     for m in record.markets:
         feed = "mock feed" if m.mock_feed else f"feed {m.feed}"
+        if m.fallback_feed != ZERO:
+            feed += f", fallback {m.fallback_feed}"
+        if m.sequencer_feed != ZERO:
+            feed += f", sequencer {m.sequencer_feed} (grace {m.sequencer_grace} s)"
         rows.append(
             (
                 f"market {m.market_id}: {m.name}",

@@ -29,6 +29,12 @@ class MarketSpec:
     heartbeat: int = 86_400
     min_price: int = 1
     max_price: int = 10**12 * WAD
+    # optional adapter inputs (docs/oracle.md): a fallback feed used while the primary is
+    # invalid, and an L2 sequencer-uptime feed with its grace period after a restart
+    fallback_feed: str | None = None
+    fallback_heartbeat: int = 0
+    sequencer_feed: str | None = None
+    sequencer_grace: int = 0
 
 
 DEFAULT_MARKETS = (
@@ -77,9 +83,17 @@ def deploy_system(
     guardian: Any = None,
     decimals: int = 18,
     markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS,
+    token: str | None = None,
 ) -> System:
-    """Deploys token, feeds, adapters, pool, fund and engine, and wires them."""
-    token = owner.deploy(project.MockERC20, "Mock USD", "mUSD", decimals)
+    """Deploys token, feeds, adapters, pool, fund and engine, and wires them.
+
+    `token` is the address of an existing ERC-20 to use as collateral; without it a
+    `MockERC20` ("Mock USD", `decimals` decimals) is deployed.
+    """
+    if token is None:
+        token = owner.deploy(project.MockERC20, "Mock USD", "mUSD", decimals)
+    else:
+        token = project.MockERC20.at(token)  # only its ERC-20 functions are used
     pool = owner.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund = owner.deploy(project.InsuranceFund, token.address, pool.address)
     engine = owner.deploy(
@@ -119,10 +133,10 @@ def add_market(
         project.OracleAdapter,
         feed,
         spec.heartbeat,
-        ZERO,
-        0,
-        ZERO,
-        0,
+        spec.fallback_feed or ZERO,
+        spec.fallback_heartbeat if spec.fallback_feed else 0,
+        spec.sequencer_feed or ZERO,
+        spec.sequencer_grace if spec.sequencer_feed else 0,
         spec.min_price,
         spec.max_price,
     )

@@ -3,11 +3,14 @@
 `load_config` reads a YAML deploy config (see `config/deploy-local.yaml`) into a
 `DeployConfig`, checking every key and value first, so a typo fails before the
 first transaction. `deploy_from_config` deploys and wires the system through
-`margincall.deploy.deploy_system` (token, pool, fund, engine), then sets the
-risk parameters, the reserve factor and the markets (mock feeds or existing
-Chainlink feeds), and returns a `DeploymentRecord`: addresses, parameters as
-the contracts report them, blocks, chain id and deployer. `write_record`
-refuses to overwrite a record unless `force`.
+`margincall.deploy.deploy_system` (a mock token or an existing ERC-20, pool,
+fund, engine), then sets the risk parameters, the reserve factor and the
+markets (mock feeds or existing Chainlink feeds, with an optional fallback feed
+and L2 sequencer-uptime feed), optionally starts the two-step ownership
+transfer to the protocol's owner (a multisig), and returns a
+`DeploymentRecord`: addresses, parameters as the contracts report them, blocks,
+chain id and deployer. `write_record` refuses to overwrite a record unless
+`force`.
 
 Units in the config are human ones: ratios and fractions as decimals
 (`imr: "0.10"` is 10%), prices and notionals in collateral units
@@ -19,13 +22,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from margincall.constants import MAX_MARKETS, WAD
-from margincall.deploy import MarketSpec, add_market, deploy_system
+from margincall.deploy import ZERO, MarketSpec, add_market, deploy_system
 from margincall.math import RiskParams
 
 RECORD_VERSION = 1
@@ -104,6 +107,8 @@ class MarketConfig:
     mmr: int  # wad
     fee: int  # wad
     window_cap: int  # wad notional
+    fallback_feed: str | None = None  # used while the primary is invalid
+    fallback_heartbeat: int = 0
 
     @property
     def mock(self) -> bool:
@@ -122,6 +127,8 @@ class MarketConfig:
             heartbeat=self.heartbeat,
             min_price=self.min_price,
             max_price=self.max_price,
+            fallback_feed=self.fallback_feed,
+            fallback_heartbeat=self.fallback_heartbeat,
         )
 
     @classmethod
@@ -138,6 +145,8 @@ class MarketConfig:
             "mmr",
             "fee",
             "window_cap",
+            "fallback_feed",
+            "fallback_heartbeat",
         }
         what = f"markets[{index}]"
         _keys(raw, allowed, what)
@@ -173,6 +182,18 @@ class MarketConfig:
             raise ConfigError(f"{what}: need 0 < min_price < max_price")
         if price is not None and not min_price <= to_wad(price, "price") <= max_price:
             raise ConfigError(f"{what}.price: outside [min_price, max_price]")
+        fallback, fallback_heartbeat = None, 0
+        if raw.get("fallback_feed") is not None:
+            fallback = to_address(raw["fallback_feed"], f"{what}.fallback_feed")
+            if feed is not None and fallback == feed:
+                raise ConfigError(f"{what}.fallback_feed: must differ from the primary feed")
+            if "fallback_heartbeat" not in raw:
+                raise ConfigError(f"{what}: a fallback feed needs a fallback_heartbeat")
+            fallback_heartbeat = to_int(
+                raw["fallback_heartbeat"], f"{what}.fallback_heartbeat", minimum=1
+            )
+        elif "fallback_heartbeat" in raw:
+            raise ConfigError(f"{what}: fallback_heartbeat without a fallback_feed")
         imr = to_wad(raw["imr"], f"{what}.imr")
         mmr = to_wad(raw["mmr"], f"{what}.mmr")
         if not 0 < mmr < imr <= WAD:
@@ -191,6 +212,8 @@ class MarketConfig:
             mmr=mmr,
             fee=to_wad(raw["fee"], f"{what}.fee"),
             window_cap=to_wad(raw.get("window_cap", 10**12), f"{what}.window_cap"),
+            fallback_feed=fallback,
+            fallback_heartbeat=fallback_heartbeat,
         )
 
 
@@ -204,19 +227,47 @@ class DeployConfig:
     reserve_factor: int | None = None  # wad; None: keep the pool's default
     decimals: int = 18  # of the mock collateral token
     source: str = ""
+    token: str | None = None  # an existing ERC-20 as collateral; None: deploy a mock
+    sequencer_feed: str | None = None  # L2 sequencer-uptime feed, for every market
+    sequencer_grace: int = 0  # seconds after a restart without a valid price
+    owner: str | None = None  # hand ownership over (two steps) to this address at the end
 
     @classmethod
     def parse(cls, raw: Any, source: str = "") -> DeployConfig:
-        _keys(raw, {"collateral", "markets", "risk", "guardian", "reserve_factor"}, "config")
+        _keys(
+            raw,
+            {"collateral", "markets", "risk", "guardian", "reserve_factor", "sequencer", "owner"},
+            "config",
+        )
         collateral = raw.get("collateral") or {"mock": True}
-        _keys(collateral, {"mock", "decimals"}, "collateral")
-        if collateral.get("mock", True) is not True:
-            raise ConfigError(
-                "collateral: only a mock token is supported (deploy_system deploys MockERC20)"
-            )
-        decimals = to_int(collateral.get("decimals", 18), "collateral.decimals")
-        if decimals > 18:
-            raise ConfigError(f"collateral.decimals: at most 18, got {decimals}")
+        _keys(collateral, {"mock", "decimals", "address"}, "collateral")
+        token = None
+        decimals = 18
+        if "address" in collateral:
+            if "mock" in collateral or "decimals" in collateral:
+                raise ConfigError(
+                    "collateral: either address (an existing ERC-20, decimals read on chain)"
+                    " or mock/decimals (a MockERC20 deployed), not both"
+                )
+            token = to_address(collateral["address"], "collateral.address")
+        elif collateral.get("mock", True) is not True:
+            raise ConfigError("collateral: give the address of an existing ERC-20, or mock: true")
+        else:
+            decimals = to_int(collateral.get("decimals", 18), "collateral.decimals")
+            if decimals > 18:
+                raise ConfigError(f"collateral.decimals: at most 18, got {decimals}")
+
+        sequencer_feed, sequencer_grace = None, 0
+        if raw.get("sequencer") is not None:
+            seq = raw["sequencer"]
+            _keys(seq, {"feed", "grace_period"}, "sequencer")
+            if "feed" not in seq or "grace_period" not in seq:
+                raise ConfigError("sequencer: needs feed and grace_period")
+            sequencer_feed = to_address(seq["feed"], "sequencer.feed")
+            sequencer_grace = to_int(seq["grace_period"], "sequencer.grace_period")
+        owner = raw.get("owner")
+        if owner is not None:
+            owner = to_address(owner, "owner")
 
         markets_raw = raw.get("markets")
         if not isinstance(markets_raw, list) or not markets_raw:
@@ -246,7 +297,18 @@ class DeployConfig:
             reserve = to_wad(reserve, "reserve_factor")
             if reserve > WAD:
                 raise ConfigError("reserve_factor: at most 1")
-        return cls(markets, risk, guardian, reserve, decimals, source)
+        return cls(
+            markets,
+            risk,
+            guardian,
+            reserve,
+            decimals,
+            source,
+            token=token,
+            sequencer_feed=sequencer_feed,
+            sequencer_grace=sequencer_grace,
+            owner=owner,
+        )
 
 
 def load_config(path: str | Path) -> DeployConfig:
@@ -264,6 +326,24 @@ def load_config(path: str | Path) -> DeployConfig:
         return DeployConfig.parse(raw, source=str(path))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def preflight(config: DeployConfig, provider: Any) -> None:
+    """Checks the config's existing contracts on the connected chain, before any transaction:
+    the collateral token and every real feed must have code. Raises `ConfigError`."""
+    wanted: list[tuple[str, str]] = []
+    if config.token is not None:
+        wanted.append(("collateral.address", config.token))
+    if config.sequencer_feed is not None:
+        wanted.append(("sequencer.feed", config.sequencer_feed))
+    for m in config.markets:
+        if m.feed is not None:
+            wanted.append((f"market {m.name}.feed", m.feed))
+        if m.fallback_feed is not None:
+            wanted.append((f"market {m.name}.fallback_feed", m.fallback_feed))
+    for what, address in wanted:
+        if not provider.get_code(address):
+            raise ConfigError(f"{what}: no contract at {address} on this network")
 
 
 # --- record ------------------------------------------------------------------
@@ -284,6 +364,10 @@ class MarketRecord:
     mmr: int
     fee: int
     window_cap: int
+    fallback_feed: str = ZERO  # the adapter's settings (ZERO: none)
+    fallback_heartbeat: int = 0
+    sequencer_feed: str = ZERO
+    sequencer_grace: int = 0
 
 
 @dataclass(frozen=True)
@@ -307,6 +391,7 @@ class DeploymentRecord:
     markets: tuple[MarketRecord, ...] = ()
     config: str = ""
     version: int = RECORD_VERSION
+    pending_owner: str = ZERO  # set when the deploy started an ownership hand-over
 
     # --- lookups ---
 
@@ -430,7 +515,9 @@ def deploy_from_config(
     """
     guardian = _Address(config.guardian) if config.guardian else None
     first_block = int(chain.blocks.head.number) + 1
-    system = deploy_system(project, deployer, guardian, decimals=config.decimals, markets=())
+    system = deploy_system(
+        project, deployer, guardian, decimals=config.decimals, markets=(), token=config.token
+    )
     engine, pool = system.engine, system.pool
     if config.risk is not None:
         engine.set_risk_params(config.risk.as_tuple(), sender=deployer)
@@ -439,17 +526,32 @@ def deploy_from_config(
 
     feeds = []
     for m in config.markets:
+        spec = replace(
+            m.spec(), sequencer_feed=config.sequencer_feed, sequencer_grace=config.sequencer_grace
+        )
         feed_address, _ = add_market(
             system,
-            m.spec(),
+            spec,
             feed=None if m.mock else m.feed,
             answer=int(Decimal(m.price) * 10**m.feed_decimals) if m.mock else None,
             sender=deployer,
         )
         feeds.append((str(feed_address), m.mock))
     system.markets = tuple(m.spec() for m in config.markets)
+    if config.owner is not None and config.owner != str(deployer.address):
+        # two steps (snekmate ownable_2step): nothing changes hands until the new owner
+        # calls `accept_ownership` on each of the three contracts
+        for contract in (engine, pool, system.fund):
+            contract.transfer_ownership(config.owner, sender=deployer)
     record = record_of(
-        system, network, chain, deployer, feeds=feeds, first_block=first_block, config=config.source
+        system,
+        network,
+        chain,
+        deployer,
+        feeds=feeds,
+        first_block=first_block,
+        config=config.source,
+        collateral_mock=config.token is None,
     )
     return Deployed(system, record, system.feeds)
 
@@ -462,6 +564,7 @@ def record_of(
     feeds: list[tuple[str, bool]] | None = None,
     first_block: int = 0,
     config: str = "",
+    collateral_mock: bool = True,
 ) -> DeploymentRecord:
     """The deployment record of a deployed `System`, read back from the chain.
 
@@ -493,6 +596,10 @@ def record_of(
                 mmr=int(on_chain.mmr),
                 fee=int(on_chain.fee),
                 window_cap=int(on_chain.window_cap),
+                fallback_feed=str(oracle.fallback()),
+                fallback_heartbeat=int(oracle.fallback_heartbeat()),
+                sequencer_feed=str(oracle.sequencer()),
+                sequencer_grace=int(oracle.sequencer_grace()),
             )
         )
     params = engine.risk_params()
@@ -512,10 +619,11 @@ def record_of(
         guardian=str(engine.guardian()),
         reserve_factor=int(pool.reserve_factor()),
         collateral_decimals=int(system.token.decimals()),
-        collateral_mock=True,
+        collateral_mock=collateral_mock,
         risk_params={f.name: int(getattr(params, f.name)) for f in fields(RiskParams)},
         markets=tuple(records),
         config=config,
+        pending_owner=str(engine.pending_owner()),
     )
 
 
@@ -533,6 +641,7 @@ __all__ = [
     "check_writable",
     "deploy_from_config",
     "load_config",
+    "preflight",
     "read_record",
     "record_of",
     "record_path",

@@ -176,7 +176,22 @@ def test_default_record_path_is_per_ecosystem_and_network():
         (lambda d: d["markets"][0].update(heartbeat=0), "heartbeat: expected an integer >= 1"),
         (lambda d: d["risk"].update(call_ratoi="1.2"), "risk: unknown key.*call_ratoi"),
         (lambda d: d.update(reserve_factor="1.5"), "reserve_factor: at most 1"),
-        (lambda d: d.update(collateral={"mock": False}), "only a mock token"),
+        (lambda d: d.update(collateral={"mock": False}), "address of an existing ERC-20"),
+        (
+            lambda d: d.update(collateral={"mock": True, "address": "0x" + "11" * 20}),
+            "either address.*or mock",
+        ),
+        (lambda d: d.update(collateral={"address": "0x12"}), "collateral.address: expected"),
+        (
+            lambda d: d["markets"][0].update(fallback_feed="0x" + "22" * 20),
+            "fallback feed needs a fallback_heartbeat",
+        ),
+        (
+            lambda d: d["markets"][0].update(fallback_heartbeat=60),
+            "fallback_heartbeat without a fallback_feed",
+        ),
+        (lambda d: d.update(sequencer={"feed": "0x" + "33" * 20}), "needs feed and grace_period"),
+        (lambda d: d.update(owner="multisig"), "owner: expected an address"),
         (lambda d: d.update(markets=[]), "markets: expected a non-empty list"),
     ],
 )
@@ -202,6 +217,89 @@ def test_config_with_a_real_feed_address_needs_no_price(guardian, tmp_path):
     config = load_config(write_config(tmp_path, data))
     assert not config.markets[0].mock
     assert config.markets[0].feed == "0x5f4eC3Df9cbd43714FE2740f5E3616155c5b8419"
+
+
+def test_config_fallback_feed_must_differ_from_the_primary(guardian, tmp_path):
+    data = config_data(guardian.address)
+    market = {k: v for k, v in data["markets"][0].items() if k not in ("price", "feed_decimals")}
+    market.update(feed="0x" + "44" * 20, fallback_feed="0x" + "44" * 20, fallback_heartbeat=60)
+    data["markets"] = [market]
+    with pytest.raises(ConfigError, match="must differ from the primary"):
+        load_config(write_config(tmp_path, data))
+
+
+def test_deploy_on_existing_token_and_feeds_with_fallback_sequencer_and_owner_handover(
+    project, chain, owner, guardian, stranger, tmp_path
+):
+    """What a real-network deploy uses: an ERC-20 and Chainlink-style feeds that exist
+    already, a fallback feed, an L2 sequencer-uptime feed, and the ownership handed to a
+    multisig in two steps."""
+    usdc = owner.deploy(project.MockERC20, "USD Coin", "USDC", 6)
+    primary = owner.deploy(project.MockAggregator, 8, 2_000 * 10**8)
+    backup = owner.deploy(project.MockAggregator, 18, 2_001 * WAD)
+    sequencer = owner.deploy(project.MockAggregator, 0, 0)  # 0: up, since its round start
+    chain.pending_timestamp += 3_601
+    chain.mine()
+    data = config_data(guardian.address)
+    data.pop("collateral")
+    data["collateral"] = {"address": usdc.address}
+    data["owner"] = stranger.address
+    data["sequencer"] = {"feed": sequencer.address, "grace_period": 3_600}
+    eth = {k: v for k, v in data["markets"][0].items() if k not in ("price", "feed_decimals")}
+    eth.update(feed=primary.address, fallback_feed=backup.address, fallback_heartbeat=7_200)
+    data["markets"] = [eth]
+    record, _ = deploy_script.run_deploy(
+        project, chain, owner, write_config(tmp_path, data), tmp_path / "real.json"
+    )
+
+    assert record.token == usdc.address and not record.collateral_mock
+    assert record.collateral_decimals == 6
+    engine = project.MarginEngine.at(record.engine)
+    assert engine.TOKEN() == usdc.address
+    (m,) = record.markets
+    assert not m.mock_feed and m.feed == primary.address and m.feed_decimals == 8
+    assert (m.fallback_feed, m.fallback_heartbeat) == (backup.address, 7_200)
+    assert (m.sequencer_feed, m.sequencer_grace) == (sequencer.address, 3_600)
+    adapter = project.OracleAdapter.at(m.oracle)
+    assert adapter.price() == 2_000 * WAD
+    primary.set_answer(0, sender=owner)  # primary invalid: the fallback prices the market
+    assert adapter.price() == 2_001 * WAD
+    sequencer.set_answer(1, sender=owner)  # sequencer down: no price at all
+    assert adapter.try_price()[1] is False
+
+    contracts = (
+        engine,
+        project.LiquidityPool.at(record.pool),
+        project.InsuranceFund.at(record.fund),
+    )
+    assert record.pending_owner == stranger.address
+    for contract in contracts:  # nothing changed hands yet
+        assert contract.owner() == owner.address
+        assert contract.pending_owner() == stranger.address
+    for contract in contracts:
+        contract.accept_ownership(sender=stranger)
+        assert contract.owner() == stranger.address
+
+
+def test_existing_token_or_feed_without_code_is_refused_before_any_transaction(
+    project, chain, owner, guardian, tmp_path
+):
+    data = config_data(guardian.address)
+    data["collateral"] = {"address": "0x" + "55" * 20}
+    nonce = owner.nonce
+    with pytest.raises(ConfigError, match="collateral.address: no contract at"):
+        deploy_script.run_deploy(
+            project, chain, owner, write_config(tmp_path, data), tmp_path / "o.json"
+        )
+    data = config_data(guardian.address)
+    eth = {k: v for k, v in data["markets"][0].items() if k not in ("price", "feed_decimals")}
+    data["markets"] = [{**eth, "feed": "0x" + "66" * 20}]
+    with pytest.raises(ConfigError, match="market ETH-USD.feed: no contract at"):
+        deploy_script.run_deploy(
+            project, chain, owner, write_config(tmp_path, data), tmp_path / "o.json"
+        )
+    assert owner.nonce == nonce
+    assert not (tmp_path / "o.json").exists()
 
 
 # --- click: parsing and refusals ---------------------------------------------------
