@@ -21,6 +21,19 @@
         that limit, as ERC-4626 requires. `pay` is not limited by the
         reserve: the reserve exists precisely to pay traders.
 
+        Deposit cooldown: shares minted by `deposit` or `mint` lock their
+        receiver's shares (no `withdraw`, `redeem`, `transfer` or
+        `transferFrom` out of that address) until `unlock_time(receiver)`.
+        A deposit of `shares` into a balance of `b` shares (after the mint)
+        sets the lock to at least now + ceil(cooldown * shares / b): a fresh
+        address waits the whole `cooldown` (default 15 minutes), while a
+        deposit that is small next to an LP's balance extends its lock only
+        in proportion, so nobody can lock another LP for long by sending it
+        dust shares. This stops a flash-loan sandwich: deposit, trigger a
+        liquidation or a losing close that realises trader losses into the
+        pool, redeem, all in one transaction. A depositor who holds the
+        shares through the cooldown carries the pool's risk meanwhile.
+
         Fixed point: risk values (open interest, reserve factor) are wad;
         amounts that move are token units. Conversion happens only in
         `_reserve`. Tokens with more than 18 decimals are rejected.
@@ -30,8 +43,8 @@
         LP withdrawals or release the reserve). Trusts the collateral token
         to be a plain ERC-20 (no fee on transfer, no rebasing, no hooks).
         Ownership is snekmate's two-step transfer; the owner can only set
-        the engine (once) and the reserve factor (bounded to [0, 1e18]); it
-        can never move the pool's assets. Every function that moves tokens
+        the engine (once), the reserve factor (bounded to [0, 1e18]) and the
+        cooldown (at most 7 days); it can never move the pool's assets. Every function that moves tokens
         is `@nonreentrant`. Inflation attacks are mitigated by snekmate's
         virtual shares with a decimals offset of 6 (see `erc4626`), and a
         deposit that would mint no shares reverts.
@@ -61,10 +74,9 @@ initializes: ownable_2step[ownable := ownable]
 
 exports: (
     # ERC-20 (the LP share token) and EIP-2612 / EIP-5267, from `erc4626`.
+    # `transfer` and `transferFrom` are defined below (deposit cooldown).
     erc4626.totalSupply,
     erc4626.balanceOf,
-    erc4626.transfer,
-    erc4626.transferFrom,
     erc4626.approve,
     erc4626.allowance,
     erc4626.name,
@@ -104,6 +116,11 @@ DEFAULT_RESERVE_FACTOR: constant(uint256) = 2 * 10**17
 DECIMALS_OFFSET: constant(uint8) = 6
 # @dev The largest `reserve_factor`: 100% of open interest.
 MAX_RESERVE_FACTOR: constant(uint256) = WAD
+# @dev The default `cooldown`, seconds: shares of a fresh deposit are locked
+# for 15 minutes.
+DEFAULT_COOLDOWN: constant(uint256) = 900
+# @dev The longest `cooldown`, seconds.
+MAX_COOLDOWN: constant(uint256) = 7 * 86_400
 
 # @dev 10**(18 - token decimals): wad per token unit.
 _WAD_PER_UNIT: immutable(uint256)
@@ -114,6 +131,10 @@ engine: public(address)
 # @dev The fraction (wad) of the engine's open interest that LP withdrawals
 # must leave in the pool.
 reserve_factor: public(uint256)
+# @dev Seconds a fresh deposit locks its receiver's shares (see the notice).
+cooldown: public(uint256)
+# @dev When each address's shares unlock (0: never locked).
+unlock_time: public(HashMap[address, uint256])
 
 
 event ProfitPaid:
@@ -129,6 +150,16 @@ event EngineSet:
 event ReserveFactorSet:
     old_factor: uint256
     new_factor: uint256
+
+
+event CooldownSet:
+    old_cooldown: uint256
+    new_cooldown: uint256
+
+
+event SharesLocked:
+    owner: indexed(address)
+    unlock_time: uint256
 
 
 @deploy
@@ -154,6 +185,8 @@ def __init__(asset_: address, name_: String[25], symbol_: String[5]):
     ownable_2step.__init__()
     self.reserve_factor = DEFAULT_RESERVE_FACTOR
     log ReserveFactorSet(old_factor=0, new_factor=DEFAULT_RESERVE_FACTOR)
+    self.cooldown = DEFAULT_COOLDOWN
+    log CooldownSet(old_cooldown=0, new_cooldown=DEFAULT_COOLDOWN)
 
 
 @external
@@ -161,7 +194,8 @@ def __init__(asset_: address, name_: String[25], symbol_: String[5]):
 def deposit(assets: uint256, receiver: address) -> uint256:
     """
     @notice Deposits exactly `assets` tokens and mints shares to `receiver`
-            (rounded down, against the depositor).
+            (rounded down, against the depositor). Locks `receiver`'s
+            shares for the cooldown, in proportion to the new shares.
     @param assets The amount of tokens to deposit, in token units.
     @param receiver The receiver of the shares.
     @return The shares minted.
@@ -169,6 +203,7 @@ def deposit(assets: uint256, receiver: address) -> uint256:
     shares: uint256 = erc4626._preview_deposit(assets)
     assert shares > 0, "pool: zero shares"
     erc4626._deposit(msg.sender, receiver, assets, shares)
+    self._lock(receiver, shares)
     return shares
 
 
@@ -177,14 +212,48 @@ def deposit(assets: uint256, receiver: address) -> uint256:
 def mint(shares: uint256, receiver: address) -> uint256:
     """
     @notice Mints exactly `shares` to `receiver` for the tokens it costs
-            (rounded up, against the depositor).
+            (rounded up, against the depositor). Locks `receiver`'s shares
+            for the cooldown, in proportion to the new shares.
     @param shares The shares to mint.
     @param receiver The receiver of the shares.
     @return The tokens taken from the caller.
     """
+    assert shares > 0, "pool: zero shares"
     assets: uint256 = erc4626._preview_mint(shares)
     erc4626._deposit(msg.sender, receiver, assets, shares)
+    self._lock(receiver, shares)
     return assets
+
+
+@external
+def transfer(to: address, amount: uint256) -> bool:
+    """
+    @notice Moves `amount` shares from the caller to `to`; refused while
+            the caller's shares are locked by a recent deposit.
+    @param to The receiver of the shares.
+    @param amount The shares to move.
+    @return True (reverts on failure).
+    """
+    self._check_unlocked(msg.sender)
+    erc4626.erc20._transfer(msg.sender, to, amount)
+    return True
+
+
+@external
+def transferFrom(owner: address, to: address, amount: uint256) -> bool:
+    """
+    @notice Moves `amount` shares from `owner` to `to` with the caller's
+            allowance; refused while `owner`'s shares are locked by a
+            recent deposit.
+    @param owner The owner of the shares.
+    @param to The receiver of the shares.
+    @param amount The shares to move.
+    @return True (reverts on failure).
+    """
+    self._check_unlocked(owner)
+    erc4626.erc20._spend_allowance(owner, msg.sender, amount)
+    erc4626.erc20._transfer(owner, to, amount)
+    return True
 
 
 @external
@@ -193,10 +262,12 @@ def maxWithdraw(owner: address) -> uint256:
     """
     @notice The most tokens `owner` can withdraw now: the value of its
             shares, capped by the free assets above the open-interest
-            reserve.
+            reserve; 0 while its shares are locked by a recent deposit.
     @param owner The share owner.
     @return The maximum `withdraw` amount, in token units.
     """
+    if block.timestamp < self.unlock_time[owner]:
+        return 0
     return min(erc4626._max_withdraw(owner), self._free_assets())
 
 
@@ -206,10 +277,13 @@ def maxRedeem(owner: address) -> uint256:
     """
     @notice The most shares `owner` can redeem now: its balance, capped by
             the shares that the free assets buy (rounded down), so that
-            redeeming them never touches the reserve.
+            redeeming them never touches the reserve; 0 while its shares are
+            locked by a recent deposit.
     @param owner The share owner.
     @return The maximum `redeem` amount, in shares.
     """
+    if block.timestamp < self.unlock_time[owner]:
+        return 0
     return min(erc4626._max_redeem(owner), erc4626._convert_to_shares(self._free_assets(), False))
 
 
@@ -219,13 +293,15 @@ def withdraw(assets: uint256, receiver: address, owner: address) -> uint256:
     """
     @notice Burns the shares worth `assets` (rounded up, against the LP)
             from `owner` and sends exactly `assets` tokens to `receiver`.
-            Reverts if that would dip into the open-interest reserve.
+            Reverts if that would dip into the open-interest reserve, or
+            while `owner`'s shares are locked by a recent deposit.
     @param assets The tokens to withdraw, in token units.
     @param receiver The receiver of the tokens.
     @param owner The owner of the shares; a caller other than `owner`
            spends its share allowance.
     @return The shares burned.
     """
+    self._check_unlocked(owner)
     assert assets <= erc4626._max_withdraw(owner), "pool: withdraw more than balance"
     assert assets <= self._free_assets(), "pool: reserve for open interest"
     shares: uint256 = erc4626._preview_withdraw(assets)
@@ -239,13 +315,15 @@ def redeem(shares: uint256, receiver: address, owner: address) -> uint256:
     """
     @notice Burns exactly `shares` from `owner` and sends their value
             (rounded down, against the LP) to `receiver`. Reverts if that
-            would dip into the open-interest reserve.
+            would dip into the open-interest reserve, or while `owner`'s
+            shares are locked by a recent deposit.
     @param shares The shares to redeem.
     @param receiver The receiver of the tokens.
     @param owner The owner of the shares; a caller other than `owner`
            spends its share allowance.
     @return The tokens sent, in token units.
     """
+    self._check_unlocked(owner)
     assert shares <= erc4626._max_redeem(owner), "pool: redeem more than balance"
     assets: uint256 = erc4626._preview_redeem(shares)
     assert assets <= self._free_assets(), "pool: reserve for open interest"
@@ -302,6 +380,19 @@ def set_reserve_factor(new_factor: uint256):
 
 
 @external
+def set_cooldown(new_cooldown: uint256):
+    """
+    @notice Sets how long a fresh deposit locks its receiver's shares. Only
+            the owner. Locks already set keep their time.
+    @param new_cooldown Seconds, at most 7 days; 0 disables new locks.
+    """
+    ownable._check_owner()
+    assert new_cooldown <= MAX_COOLDOWN, "pool: cooldown too long"
+    log CooldownSet(old_cooldown=self.cooldown, new_cooldown=new_cooldown)
+    self.cooldown = new_cooldown
+
+
+@external
 @view
 def reserve() -> uint256:
     """
@@ -320,6 +411,28 @@ def free_assets() -> uint256:
     @return The free assets, in token units.
     """
     return self._free_assets()
+
+
+@internal
+def _lock(receiver: address, shares: uint256):
+    """
+    @dev Locks `receiver` until now + ceil(cooldown * shares / balance),
+         its balance counted after the mint; never shortens a lock.
+    """
+    cooldown: uint256 = self.cooldown
+    if cooldown == 0:
+        return
+    balance: uint256 = erc4626.erc20.balanceOf[receiver]
+    until: uint256 = block.timestamp + math._mul_div(cooldown, shares, balance, True)
+    if until > self.unlock_time[receiver]:
+        self.unlock_time[receiver] = until
+        log SharesLocked(owner=receiver, unlock_time=until)
+
+
+@internal
+@view
+def _check_unlocked(owner: address):
+    assert block.timestamp >= self.unlock_time[owner], "pool: shares locked"
 
 
 @internal

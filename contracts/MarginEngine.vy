@@ -563,11 +563,7 @@ def liquidate(account: address) -> uint256:
     elif plan.code == WINDOW_FULL:
         self._fail("engine: liquidation window cap reached")
     self._execute(account, acct, ev, plan, msg.sender)
-    self._settle_pool(plan.pool_net)
-    if plan.keeper_reward > 0:
-        self._push(msg.sender, plan.keeper_reward)
-    if plan.fund_fee > 0:
-        self._push(FUND.address, plan.fund_fee)
+    self._pay_out(plan.pool_net, plan.keeper_reward, plan.fund_fee)
     return plan.closed_notional
 
 
@@ -604,11 +600,7 @@ def liquidate_many(accounts: DynArray[address, MAX_BATCH]) -> uint256:
         reward += plan.keeper_reward
         fund_fee += plan.fund_fee
         count += 1
-    self._settle_pool(pool_net)
-    if reward > 0:
-        self._push(msg.sender, reward)
-    if fund_fee > 0:
-        self._push(FUND.address, fund_fee)
+    self._pay_out(pool_net, reward, fund_fee)
     return count
 
 
@@ -648,9 +640,7 @@ def check_margins(accounts: DynArray[address, MAX_SCAN]) -> DynArray[MarginStatu
         prices, ok = self._try_prices(acct.markets, prices, have)
         if ok:
             have |= acct.markets
-            out.append(self._status(account, acct, prices, True))
-        else:
-            out.append(self._status(account, acct, prices, False))
+        out.append(self._status(account, acct, prices, ok))
     return out
 
 
@@ -986,7 +976,14 @@ def _margin_call(account: address, acct_in: Acct, prices: uint256[MAX_MARKETS]) 
     p: RiskParams = self._unpack_params(self._params)
     if self._classify(ev, acct, p) != CALLABLE:
         return False, 0
-    reward: uint256 = min(self._to_token_down(p.call_reward), acct.collateral)
+    # the reward never takes equity below maintenance: a call is a notice,
+    # it must not itself make the account liquidatable (rounded down)
+    # (CALLABLE: equity >= maintenance > 0)
+    room: uint256 = convert(ev.equity, uint256) // SCALE
+    need: uint256 = self._to_token_up(ev.maintenance)
+    reward: uint256 = 0
+    if room > need:
+        reward = min(min(self._to_token_down(p.call_reward), room - need), acct.collateral)
     acct.collateral -= reward
     acct.deadline = block.timestamp + p.grace_period
     acct.tranches = 0
@@ -1037,6 +1034,7 @@ def _plan(acct: Acct, ev: Eval, params: uint256[3]) -> Plan:
         return plan
     plan.full = plan.state >= CRITICAL
     f: uint256 = WAD
+    capped: bool = False
     if not plan.full:
         if acct.last_tranche != 0 and block.timestamp < acct.last_tranche + p.tranche_interval:
             plan.code = TOO_SOON
@@ -1055,7 +1053,10 @@ def _plan(acct: Acct, ev: Eval, params: uint256[3]) -> Plan:
                 return plan
             notional: uint256 = self._mul_up(convert(abs(ev.pos[i].size), uint256), ev.px[i])
             # round the allowed fraction down: never past the cap
-            f = min(f, (cap - used) * WAD // notional)
+            room: uint256 = (cap - used) * WAD // notional
+            if room < f:
+                f = room
+                capped = True
         if f == 0:
             plan.code = WINDOW_FULL
             return plan
@@ -1114,6 +1115,10 @@ def _plan(acct: Acct, ev: Eval, params: uint256[3]) -> Plan:
     plan.equity_after = convert(plan.collateral_after * SCALE, int256) + upnl
     plan.maintenance_after = maintenance
     plan.ratio_after = self._ratio(plan.equity_after, maintenance)
+    # a tranche shrunk by the window cap can be so small that the token-unit
+    # roundings outweigh it: one that would lower the ratio waits for room
+    if capped and plan.ratio_after < self._ratio(ev.equity, ev.maintenance):
+        plan.code = WINDOW_FULL
     plan.clears_call = acct.deadline != 0 and (plan.full or plan.ratio_after >= p.call_ratio)
     return plan
 
@@ -1180,8 +1185,8 @@ def _execute(account: address, acct_in: Acct, ev: Eval, plan: Plan, keeper: addr
             ratio=plan.ratio_after,
         )
     if plan.deficit > 0:
-        # the engine's collateral reaches the pool first (`pool_net`), so the
-        # fund's payment lands on a pool that already holds the rest
+        # the fund pays the pool here; the account's collateral follows in the
+        # caller's `_settle_pool` (netted over a batch), in the same transaction
         paid: uint256 = extcall FUND.cover(plan.deficit, account)
         log BadDebt(
             account=account, amount=plan.deficit, paid_by_fund=paid, socialised=plan.deficit - paid
@@ -1479,7 +1484,9 @@ def _set_params(p: RiskParams):
         self._fail("engine: grace_period out of bounds")
     if not (p.close_factor >= MIN_CLOSE_FACTOR and p.close_factor <= WAD):
         self._fail("engine: close_factor out of bounds")
-    if not (p.tranche_interval <= MAX_TRANCHE_INTERVAL):
+    # at least 1 s: two tranches of one account never share a block, so a
+    # batch that lists an account twice acts on it once
+    if not (p.tranche_interval >= 1 and p.tranche_interval <= MAX_TRANCHE_INTERVAL):
         self._fail("engine: tranche_interval out of bounds")
     if not (p.liquidation_penalty <= MAX_PENALTY):
         self._fail("engine: liquidation_penalty out of bounds")
@@ -1556,6 +1563,19 @@ def _pull(sender: address, amount: uint256):
 def _push(receiver: address, amount: uint256):
     if not (extcall TOKEN.transfer(receiver, amount, default_return_value=True)):
         self._fail("engine: transfer failed")
+
+
+@internal
+def _pay_out(pool_net: int256, keeper_reward: uint256, fund_fee: uint256):
+    """
+    @dev A liquidation's token moves: the pool settled (netted), then the
+         keeper's reward to the caller and the fund's share of the penalty.
+    """
+    self._settle_pool(pool_net)
+    if keeper_reward > 0:
+        self._push(msg.sender, keeper_reward)
+    if fund_fee > 0:
+        self._push(FUND.address, fund_fee)
 
 
 @internal

@@ -197,6 +197,7 @@ def plan_tranche(
         return None
     full = state >= State.CRITICAL
     f = WAD
+    capped = False
     if not full:
         if account.last_tranche and now < account.last_tranche + params.tranche_interval:
             return None
@@ -206,7 +207,9 @@ def plan_tranche(
             if room is not None:
                 if room <= 0:
                     return None
-                f = min(f, room * WAD // p.notional)
+                allowed = room * WAD // p.notional
+                if allowed < f:
+                    f, capped = allowed, True
         if f == 0:
             return None
     t = Tranche(state=state, full=full, fraction=f)
@@ -241,4 +244,17 @@ def plan_tranche(
         t.collateral_after = balance - penalty
     t.equity_after = t.collateral_after * scale + upnl
     t.ratio_after = ratio(t.equity_after, maintenance)
+    if capped and t.ratio_after < ratio(v.equity, v.maintenance):
+        return None  # a window-capped sliver whose roundings would lower the ratio
     return t
+
+
+def call_reward(account: Account, params: RiskParams, scale: int) -> int:
+    """What `margin_call` takes from a CALLABLE account for the caller (token units): the
+    `call_reward`, but never more than the collateral, nor so much that equity falls below
+    maintenance (a call must not make the account liquidatable)."""
+    v = evaluate(account, scale)
+    room, need = v.equity // scale, div_ceil(v.maintenance, scale)
+    if room <= need:
+        return 0
+    return min(params.call_reward // scale, room - need, account.collateral)

@@ -503,6 +503,53 @@ def test_rival_keeper_loses_race_for_a_full_close_cleanly(
     assert engine.position(trader, ETH) == (0, 0)
 
 
+def test_window_capped_sliver_never_lowers_the_ratio(system, chain, trader, keeper, decimals):
+    """A tranche shrunk by the window cap to a few wei of size would still pay a penalty
+    rounded up to one token unit: with 6-decimal collateral that outweighs what it closes and
+    the ratio would fall. Such a sliver waits for room (WINDOW_FULL) instead; with 18-decimal
+    collateral the rounding is a wei and the sliver goes through without lowering the ratio."""
+    engine = system.engine
+    open_account(system, trader, 1_000)
+    system.set_price(ETH, 1_830)
+    set_window_cap(system, ETH, 12_000)  # 12,000 wei of notional: a sliver of 4 ETH
+    before = engine.check_margin(trader)
+    assert before.state == State.LIQUIDATABLE
+    now = pin_next_tx(chain)
+    if decimals == 6:
+        assert reference_tranche(system, trader, now) is None
+        preview = engine.preview_liquidation(trader)
+        assert not preview.liquidatable and preview.reason == PlanCode.WINDOW_FULL
+        with ape.reverts("engine: liquidation window cap reached"):
+            engine.liquidate(trader, sender=keeper)
+        assert engine.liquidate_many([trader], sender=keeper).return_value == 0
+        assert engine.check_margin(trader) == before
+    else:
+        ref = reference_tranche(system, trader, now)
+        tx = engine.liquidate(trader, sender=keeper)
+        liq = one(tx, engine.Liquidation)
+        assert_matches_reference(liq, ref)
+        assert 0 < liq.closed_notional <= 12_000
+        assert liq.ratio_after >= before.ratio
+
+
+def test_batch_listing_an_account_twice_acts_once_at_the_shortest_interval(
+    system, chain, trader, keeper
+):
+    """`tranche_interval` is at least 1 s, so two tranches of one account never share a
+    block: a batch that repeats an account runs one tranche, also at the shortest interval."""
+    engine = system.engine
+    set_risk_params(system, tranche_interval=1)
+    open_account(system, trader, 1_000)
+    system.set_price(ETH, 1_815)  # ratio ~0.71: one 25% tranche leaves it LIQUIDATABLE
+    tx = engine.liquidate_many([trader] * 5, sender=keeper)
+    assert tx.return_value == 1
+    liq = one(tx, engine.Liquidation)
+    assert not liq.full_close and liq.ratio_after < WAD  # a second tranche would be due...
+    assert engine.check_margin(trader).state == State.LIQUIDATABLE  # ...one second later
+    chain.pending_timestamp = tx_time(chain, tx) + 1
+    assert one(engine.liquidate(trader, sender=keeper), engine.Liquidation).tranche == 2
+
+
 def test_window_cap_shrinks_tranches_and_exempts_critical_accounts(
     system, chain, trader, other_trader, third_trader, stranger, keeper
 ):

@@ -255,6 +255,7 @@ def test_reentrant_callback_into_the_pool_inside_pool_pay_is_refused(
     token.mint(stranger.address, 100 * unit, sender=stranger)
     token.approve(pool.address, MAX_UINT, sender=stranger)
     pool.deposit(100 * unit, token.address, sender=stranger)
+    travel_to(ape.chain, pool.unlock_time(token.address))  # past the deposit cooldown
     shares = pool.balanceOf(token.address)
     trade(s, stranger, WAD)  # 1 ETH at 1,840
     s.set_price(ETH, 1_900)
@@ -301,6 +302,7 @@ def test_reentrant_callback_into_the_pool_during_a_liquidation_sees_final_state(
     token.mint(stranger.address, 100 * unit, sender=stranger)
     token.approve(pool.address, MAX_UINT, sender=stranger)
     pool.deposit(100 * unit, token.address, sender=stranger)
+    travel_to(ape.chain, pool.unlock_time(token.address))  # past the deposit cooldown
     shares = pool.balanceOf(token.address)
     token.set_callback(
         pool.address,
@@ -391,6 +393,47 @@ def test_self_margin_call_is_zero_sum(system, trader):
     assert token.balanceOf(trader.address) == wallet0 + reward
     assert engine.account_info(trader.address)[2] != 0  # and the call is now on record
     assert_intact(system, [trader])
+
+
+def test_margin_call_reward_never_makes_the_account_liquidatable(
+    system, chain, trader, stranger, keeper
+):
+    """An account just above maintenance (equity 368.5, maintenance 368): the full 1-token call
+    reward would take it below ratio 1, LIQUIDATABLE at once, and a keeper could call and
+    liquidate in one block. The reward is cut to what keeps equity at maintenance (0.5): the
+    account is CALLED, with its whole grace period, and no tranche goes through."""
+    engine, token, unit = system.engine, system.token, system.unit
+    distressed(system, trader)
+    system.set_price(ETH, 1_840)
+    deposit(system, stranger, 25 * unit // 2, account=trader)  # equity 368.5 / maintenance 368
+    st = engine.check_margin(trader.address)
+    assert (st.equity, st.maintenance) == (3_685 * WAD // 10, 368 * WAD)
+    assert st.state == State.CALLABLE
+    wallet = token.balanceOf(keeper.address)
+    assert engine.risk_params().call_reward == WAD  # what an uncapped call would take
+
+    tx = engine.margin_call(trader.address, sender=keeper)
+    call = one(tx, engine.MarginCall)
+    assert call.reward == unit // 2
+    assert (call.equity, call.ratio) == (368 * WAD, WAD)
+    assert token.balanceOf(keeper.address) == wallet + unit // 2
+    after = engine.check_margin(trader.address)
+    assert after.state == State.CALLED and after.ratio == WAD
+    with ape.reverts("engine: account not liquidatable"):
+        engine.liquidate(trader.address, sender=keeper)
+    assert engine.liquidate_many([trader.address], sender=keeper).return_value == 0
+    assert_intact(system, [trader, stranger, keeper])
+
+
+def test_margin_call_at_exactly_maintenance_pays_no_reward(system, trader, stranger, keeper):
+    engine, unit = system.engine, system.unit
+    distressed(system, trader)
+    system.set_price(ETH, 1_840)
+    deposit(system, stranger, 12 * unit, account=trader)  # equity 368 = maintenance 368
+    assert engine.check_margin(trader.address).state == State.CALLABLE
+    call = one(engine.margin_call(trader.address, sender=keeper), engine.MarginCall)
+    assert call.reward == 0 and call.ratio == WAD
+    assert engine.check_margin(trader.address).state == State.CALLED
 
 
 # --- 3. front-running a tranche with a deposit ---------------------------------------------

@@ -46,6 +46,7 @@ from margincall.math import (
     Account,
     Position,
     RiskParams,
+    call_reward,
     classify,
     div_ceil,
     div_floor,
@@ -155,6 +156,10 @@ class EngineMachine(RuleBasedStateMachine):
             mul = d.mul(m)
             self.bounds.append((div_ceil(spec.min_price, mul), spec.max_price // mul))
         self.oracles_changed = True
+        # the LP side: shares held and the deposit cooldown's locks
+        self.pool_cooldown = int(d.pool.cooldown())
+        self.lp_shares = {lp: int(d.pool.balanceOf(lp)) for lp in a.lps}
+        self.unlock = {lp: int(d.pool.unlock_time(lp)) for lp in a.lps}
         # accounts whose views must be checked against the reference after this step
         self.dirty = set(self.traders)
         self.window_changed = False  # a window's room changed: LIQUIDATABLE previews too
@@ -664,7 +669,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.note("margin_call")
         if self.paused:
             self.note("paused:margin_call")
-        reward = min(p.call_reward // d.scale, acct.collateral)
+        reward = call_reward(acct, p, d.scale)
         self.move(d.engine.address, keeper, reward)
         raw = d.raw_account(t)
         assert raw.collateral == acct.collateral - reward
@@ -683,7 +688,7 @@ class EngineMachine(RuleBasedStateMachine):
                 self.note("skipped:oracle")
             elif self.state(acct, p) == State.CALLABLE:
                 called.append(t)
-                total += min(p.call_reward // d.scale, acct.collateral)
+                total += call_reward(acct, p, d.scale)
         sent = self.must(d.engine, "margin_call_many", batch, sender=keeper)
         assert [e.account for e in sent.of(d.engine, "MarginCall")] == called
         if sent.value is not None:
@@ -864,15 +869,34 @@ class EngineMachine(RuleBasedStateMachine):
         frac=st.integers(1, 20),
     )
     def lp_moves(self, which, deposit, amount, frac):
-        """An LP deposits `amount` whole tokens, or redeems `frac`% of what it may."""
+        """An LP deposits `amount` whole tokens, or redeems `frac`% of what it may.
+
+        Shares are priced by the model (snekmate's ERC-4626 with a decimals offset of 6:
+        shares = assets * (supply + 1e6) // (assets held + 1), assets back the same way, both
+        rounded down), and the deposit cooldown is modelled: a deposit locks the LP until
+        now + ceil(cooldown * minted / balance), never shortening a lock; a locked LP's redeem
+        is refused with `pool: shares locked`."""
         d, lp = self.d, self.a.lps[which]
+        supply, held = int(d.pool.totalSupply()), int(d.pool.totalAssets())
         if deposit:
             amount *= d.unit
             self.must(d.token, "mint", lp, amount, sender=lp)
             self.expected[lp] += amount
-            self.must(d.pool, "deposit", amount, lp, sender=lp)
+            sent = self.must(d.pool, "deposit", amount, lp, sender=lp)
+            (ev,) = sent.of(d.pool, "Deposit")
+            minted = amount * (supply + 10**6) // (held + 1)
+            assert ev.shares == minted, (ev.shares, minted)
+            self.lp_shares[lp] += minted
+            lock = -(-self.pool_cooldown * minted // self.lp_shares[lp])
+            self.unlock[lp] = max(self.unlock[lp], self.now + lock)
             self.move(lp, d.pool.address, amount)
             self.note(f"lp{which}:deposit")
+            return
+        if self.now < self.unlock[lp]:
+            shares = max(self.lp_shares[lp] * frac // 100, 1)
+            sent = self.send(d.pool, "redeem", shares, lp, lp, sender=lp)
+            self.refused(sent, "pool: shares locked", lp, self.unlock[lp])
+            self.note("refused:lp_locked")
             return
         shares = int(d.pool.maxRedeem(lp)) * frac // 100
         if shares == 0:
@@ -880,8 +904,10 @@ class EngineMachine(RuleBasedStateMachine):
         sent = self.must(d.pool, "redeem", shares, lp, lp, sender=lp)
         (ev,) = sent.of(d.pool, "Withdraw")
         assert ev.shares == shares
+        assert ev.assets == shares * (held + 1) // (supply + 10**6), "redeem mispriced"
         if sent.value is not None:
             assert sent.value == ev.assets
+        self.lp_shares[lp] -= shares
         self.move(d.pool.address, lp, ev.assets)
         self.note(f"lp{which}:redeem")
 
@@ -898,7 +924,7 @@ class EngineMachine(RuleBasedStateMachine):
         critical=st.integers(10, 95),
         penalty=st.integers(0, 99),
         close=st.integers(MIN_CLOSE_FACTOR // 10**16, 100),
-        interval=st.sampled_from([0, 60, 600]),
+        interval=st.sampled_from([1, 60, 600]),
         share=st.integers(0, 100),
         rewards=st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)),
         window=st.sampled_from([60, 300, 3_600]),
@@ -949,18 +975,19 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(
         market=st.integers(0, 2),
-        cap=st.sampled_from([None, 2_000, 20_000, 10**12]),
+        # wad of notional: 10,000 wei leaves room only for slivers (a few wei of size)
+        cap=st.sampled_from([None, 10_000, 2_000 * WAD, 20_000 * WAD, 10**12 * WAD]),
         inactive=st.sampled_from([True, False]),
         by_guardian=st.booleans(),
     )
     def set_market(self, market, cap, inactive, by_guardian):
-        """The owner (never the guardian) changes a market's window cap (whole tokens of
-        notional; None keeps it) and takes it out of service or back: an inactive market
+        """The owner (never the guardian) changes a market's window cap (wad of notional;
+        None keeps it) and takes it out of service or back: an inactive market
         refuses new exposure; its positions are valued, reduced, called and liquidated as
         before."""
         d = self.d
         active = not inactive
-        cap = int(d.config(market).window_cap) if cap is None else cap * WAD
+        cap = int(d.config(market).window_cap) if cap is None else cap
         if by_guardian:
             sent = self._set_market(market, cap, active, self.a.guardian)
             self.refused(sent, "ownable: caller is not the owner")
@@ -1025,6 +1052,10 @@ class EngineMachine(RuleBasedStateMachine):
         assert d.balance(d.engine.address) == ledger
         shares = [int(d.pool.balanceOf(lp)) for lp in self.a.lps]
         assert sum(shares) == int(d.pool.totalSupply())  # the LPs own every share
+        assert shares == [self.lp_shares[lp] for lp in self.a.lps]  # as the model priced them
+        assert [int(d.pool.unlock_time(lp)) for lp in self.a.lps] == [
+            self.unlock[lp] for lp in self.a.lps
+        ]
 
     @invariant()
     def oracles_agree_with_model(self):

@@ -1,8 +1,9 @@
 """Checks that the state machine can fail: runs it (titanoboa) against mutants of the engine,
 each of which removes or bends one protection that the machine's pause, market and oracle
-rules, or its core invariants (calls only on CALLABLE accounts, no withdrawal under initial
-margin, the tranche interval), are there to check, and reports which mutants the machine
-kills.
+rules, or its core invariants (I1 conservation, calls only on CALLABLE accounts, no
+withdrawal under initial margin, the tranche interval, I4 the ratio after a tranche, I6/I7
+the fund before socialisation, I8 views equal to the reference, the call reward cap) are
+there to check, and reports which mutants the machine kills.
 
     python -m tests.stateful.mutants [NAME ...] [--examples N]
 
@@ -102,7 +103,40 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
         "        if not ok:\n            continue\n        have |= acct.markets\n        ev: Eval",
         "        have |= acct.markets\n        ev: Eval",
     ),
+    # I1: token conservation
+    "fund_fee_kept": (
+        "the fund's share of a penalty kept in the engine (tokens not where the ledgers say)",
+        "    if fund_fee > 0:\n        self._push(FUND.address, fund_fee)",
+        "    pass",
+    ),
+    # I4: a tranche never lowers the ratio (6-decimal collateral: see MUTANT_DECIMALS)
+    "sliver_guard_removed": (
+        "a window-capped sliver whose penalty rounding lowers the ratio",
+        "    if capped and plan.ratio_after < self._ratio(ev.equity, ev.maintenance):",
+        "    if False:",
+    ),
+    # I6/I7: the fund pays before anything is socialised
+    "fund_skipped": (
+        "a deficit socialised while the fund holds tokens",
+        "        paid: uint256 = extcall FUND.cover(plan.deficit, account)",
+        "        paid: uint256 = 0",
+    ),
+    # I8: the views equal the reference math
+    "view_ratio_off_by_one": (
+        "check_margin(s) reporting a ratio one wei off",
+        "    s.ratio = self._ratio(ev.equity, ev.maintenance)",
+        "    s.ratio = self._ratio(ev.equity + 1, ev.maintenance)",
+    ),
+    # a call is a notice: it never makes the account liquidatable
+    "call_reward_uncapped": (
+        "a call reward that takes equity below maintenance",
+        "        reward = min(min(self._to_token_down(p.call_reward), room - need),"
+        " acct.collateral)",
+        "        reward = min(self._to_token_down(p.call_reward), acct.collateral)",
+    ),
 }
+# collateral decimals per mutant (default 18): token-unit roundings show with 6 decimals
+MUTANT_DECIMALS = {"sliver_guard_removed": 6, "call_reward_uncapped": 6}
 
 
 def run_mutant(name: str, examples: int, workdir: Path) -> tuple[bool, str]:
@@ -116,7 +150,7 @@ def run_mutant(name: str, examples: int, workdir: Path) -> tuple[bool, str]:
     boa_system.CONTRACTS = contracts
     boa_system._deployer.cache_clear()
     boa.interpret.set_search_paths([str(contracts), str(ROOT)])
-    driver = boa_system.deploy_funded_boa_system(18)
+    driver = boa_system.deploy_funded_boa_system(MUTANT_DECIMALS.get(name, 18))
 
     class Machine(EngineMachine):
         pass

@@ -61,6 +61,7 @@ DEEP_COVERAGE = (
     "inactive:reduce",
     "lp1:deposit",  # the second LP joins the pool during the run
     "lp1:redeem",
+    "refused:lp_locked",  # a redeem inside the deposit cooldown
 )
 
 

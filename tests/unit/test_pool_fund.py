@@ -115,10 +115,20 @@ def _deployed(
 
 
 def _deposit(token, pool, lp, assets: int) -> int:
+    """Deposits and waits out the deposit's cooldown (tests of the lock deposit by hand)."""
     token.mint(lp, assets, sender=lp)
     token.approve(pool, assets, sender=lp)
     tx = pool.deposit(assets, lp, sender=lp)
+    _unlock(pool, lp)
     return tx.decode_logs(pool.Deposit)[0].shares
+
+
+def _unlock(pool, who) -> None:
+    """Mines a block at `who`'s unlock time, so its shares can move (and views see it)."""
+    until = pool.unlock_time(who)
+    if ape.chain.blocks.head.timestamp < until:
+        ape.chain.pending_timestamp = until
+        ape.chain.mine()
 
 
 def _fill_fund(token, fund, donor, amount: int) -> None:
@@ -186,6 +196,7 @@ def test_lp_deposit_then_redeem_round_trip_returns_the_assets(token, pool, lp, u
     assert token.balanceOf(pool) == assets
     assert token.balanceOf(lp) == 0
 
+    _unlock(pool, lp)
     shares = pool.balanceOf(lp)
     tx = pool.redeem(shares, lp, lp, sender=lp)
     [log] = tx.decode_logs(pool.Withdraw)
@@ -212,6 +223,7 @@ def test_lp_mint_then_withdraw_round_trip_returns_the_assets(token, pool, lp, un
     assert log.shares == shares
     assert token.balanceOf(pool) == assets
 
+    _unlock(pool, lp)
     tx = pool.withdraw(assets, lp, lp, sender=lp)
     [log] = tx.decode_logs(pool.Withdraw)
     assert log.assets == assets
@@ -560,6 +572,19 @@ def test_donate_adds_to_the_balance_and_emits_donation(token, fund, donor, unit)
     assert token.balanceOf(donor) == 0
 
 
+def test_donation_of_a_fee_on_transfer_token_is_refused(project, owner, deployer, donor):
+    """The fund books what arrives: a token that delivers less than it was asked is refused,
+    so the fund's `Donation` log can never claim more than its balance gained."""
+    fee_token = owner.deploy(project.MockFeeToken, "Fee USD", "fUSD", 18)
+    pool = owner.deploy(project.LiquidityPool, fee_token, "margincall LP", "mcLP")
+    fund = owner.deploy(project.InsuranceFund, fee_token, pool)
+    fee_token.mint(donor, 100 * WAD, sender=donor)
+    fee_token.approve(fund, 100 * WAD, sender=donor)
+    with ape.reverts("fund: token transfer short"):
+        fund.donate(100 * WAD, sender=donor)
+    assert fee_token.balanceOf(fund) == 0
+
+
 def test_donate_zero_reverts(fund, donor):
     with ape.reverts("fund: zero amount"):
         fund.donate(0, sender=donor)
@@ -696,3 +721,130 @@ def test_deposit_that_would_mint_no_shares_reverts(token, pool, lp):
     token.approve(pool, 1, sender=lp)
     with ape.reverts("pool: zero shares"):
         pool.deposit(0, lp, sender=lp)
+
+
+def test_mint_of_zero_shares_reverts(pool, lp):
+    with ape.reverts("pool: zero shares"):
+        pool.mint(0, lp, sender=lp)
+
+
+# --- pool: deposit cooldown (flash-loan sandwich defence) -------------------------------------
+
+
+def _raw_deposit(token, pool, sender, assets: int, receiver=None):
+    token.mint(sender, assets, sender=sender)
+    token.approve(pool, assets, sender=sender)
+    return pool.deposit(assets, receiver or sender, sender=sender)
+
+
+def test_default_cooldown_is_fifteen_minutes(fresh_pool):
+    assert fresh_pool.cooldown() == 900
+
+
+def test_fresh_deposit_locks_redeem_withdraw_and_share_transfers_for_the_cooldown(
+    token, pool, lp, outsider, unit
+):
+    tx = _raw_deposit(token, pool, lp, 1_000 * unit)
+    shares = pool.balanceOf(lp)
+    until = tx.timestamp + pool.cooldown()  # a fresh address waits the whole cooldown
+    assert pool.unlock_time(lp) == until
+    [log] = tx.decode_logs(pool.SharesLocked)
+    assert (log.owner, log.unlock_time) == (lp.address, until)
+    assert pool.maxRedeem(lp) == 0 and pool.maxWithdraw(lp) == 0
+
+    pool.approve(outsider, shares, sender=lp)
+    for call in (
+        lambda: pool.redeem(shares, lp, lp, sender=lp),
+        lambda: pool.withdraw(1, lp, lp, sender=lp),
+        lambda: pool.transfer(outsider, shares, sender=lp),
+        lambda: pool.transferFrom(lp, outsider, shares, sender=outsider),
+        lambda: pool.redeem(shares, outsider, lp, sender=outsider),
+    ):
+        with ape.reverts("pool: shares locked"):
+            call()
+
+    ape.chain.pending_timestamp = until - 1
+    with ape.reverts("pool: shares locked"):
+        pool.redeem(shares, lp, lp, sender=lp)
+    ape.chain.pending_timestamp = until
+    pool.transfer(outsider, shares // 2, sender=lp)  # unlocked from `until` on
+    pool.redeem(pool.balanceOf(lp), lp, lp, sender=lp)
+    assert pool.balanceOf(outsider) == shares // 2
+
+
+@pytest.mark.parametrize("cooldown", [900, 0], ids=["cooldown", "no-cooldown-control"])
+def test_deposit_and_redeem_in_one_block_sandwich(token, pool, owner, lp, unit, cooldown):
+    """The flash-loan sandwich: deposit, realise trader losses into the pool, redeem. With
+    automine off the three share a block (and its timestamp, as inside one transaction).
+    With the cooldown the redeem is refused; the control without it shows the attack: the
+    attacker leaves with most of the losses that belonged to the seasoned LP."""
+    _deposit(token, pool, lp, 1_000 * unit)  # an honest, seasoned LP
+    pool.set_cooldown(cooldown, sender=owner)
+    attacker = ape.accounts.test_accounts[8]
+    token.mint(attacker, 10_000 * unit, sender=attacker)
+    token.approve(pool, 10_000 * unit, sender=attacker)
+    shares = pool.previewDeposit(10_000 * unit)
+    provider = ape.chain.provider
+    provider.make_request("evm_setAutomine", [False])
+    nonce = attacker.nonce
+    sent = dict(required_confirmations=0, gas=500_000)
+    try:
+        deposit = pool.deposit(10_000 * unit, attacker, sender=attacker, nonce=nonce, **sent)
+        token.mint(pool, 500 * unit, sender=lp, **sent)  # trader losses realised into the pool
+        redeem = pool.redeem(shares, attacker, attacker, sender=attacker, nonce=nonce + 1, **sent)
+        provider.make_request("evm_mine", [])
+    finally:
+        provider.make_request("evm_setAutomine", [True])
+    deposited = provider.get_receipt(deposit.txn_hash)
+    receipt = provider.get_receipt(redeem.txn_hash)
+    assert deposited.status == 1 and receipt.block_number == deposited.block_number
+    if cooldown:
+        assert receipt.status == 0
+        assert token.balanceOf(attacker) == 0  # all of it still in the pool, locked
+    else:
+        assert receipt.status == 1
+        gain = token.balanceOf(attacker) - 10_000 * unit
+        assert gain > 450 * unit  # 10/11 of the 500 the seasoned LP should have earned
+
+
+def test_dust_deposit_for_another_lp_extends_its_lock_only_in_proportion(
+    token, pool, lp, outsider, unit
+):
+    """Nobody can lock a seasoned LP for long by sending it a few shares."""
+    _deposit(token, pool, lp, 1_000 * unit)  # seasoned: unlocked
+    tx = _raw_deposit(token, pool, outsider, unit, receiver=lp)  # 0.1% of lp's balance
+    until = pool.unlock_time(lp)
+    # ceil(900 s * 1 / 1,001) = 1 s
+    assert until == tx.timestamp + 1
+    ape.chain.pending_timestamp = until
+    pool.redeem(pool.balanceOf(lp), lp, lp, sender=lp)
+
+
+def test_a_later_deposit_never_shortens_a_lock(token, pool, lp, unit):
+    first = _raw_deposit(token, pool, lp, 1_000 * unit)
+    until = pool.unlock_time(lp)
+    assert until == first.timestamp + 900
+    ape.chain.pending_timestamp = first.timestamp + 100
+    _raw_deposit(token, pool, lp, unit)  # would lock until +100 + 1 s only
+    assert pool.unlock_time(lp) == until
+
+
+def test_set_cooldown_bounds_owner_and_event(pool, owner, lp):
+    tx = pool.set_cooldown(3_600, sender=owner)
+    [log] = tx.decode_logs(pool.CooldownSet)
+    assert (log.old_cooldown, log.new_cooldown) == (900, 3_600)
+    assert pool.cooldown() == 3_600
+    pool.set_cooldown(7 * 86_400, sender=owner)
+    with ape.reverts("pool: cooldown too long"):
+        pool.set_cooldown(7 * 86_400 + 1, sender=owner)
+    with ape.reverts("ownable: caller is not the owner"):
+        pool.set_cooldown(0, sender=lp)
+
+
+def test_cooldown_zero_locks_nothing(token, pool, owner, lp, unit):
+    pool.set_cooldown(0, sender=owner)
+    tx = _raw_deposit(token, pool, lp, 100 * unit)
+    assert not tx.decode_logs(pool.SharesLocked)
+    assert pool.unlock_time(lp) == 0
+    pool.redeem(pool.balanceOf(lp), lp, lp, sender=lp)
+    assert token.balanceOf(lp) == 100 * unit
