@@ -19,7 +19,9 @@ system, plays the story below and stops Anvil again.
 
 Every state the story relies on is asserted: a regression in the engine
 stops the demo with a clear message and a nonzero exit code. Figures of
-actions come from the events of their receipts.
+actions come from the events of their receipts. Every transaction goes through
+the SDK (`margincall.sdk.Clients`), which checks it before sending; the reverts
+the story shows are simulated with `eth_call`, to show the engine's own reasons.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from margincall.report import (
     state_text,
     status_table,
 )
+from margincall.sdk import Clients, MarginCallError
 
 # noise from a dependency's settings model, unrelated to the demo
 warnings.filterwarnings("ignore", message="Field 'import_remapping'")
@@ -112,16 +115,17 @@ class Demo:
     def say(self, text: str) -> None:
         console.print(f"  {text}")
 
-    def mint_approve(self, who, whole: float, spender) -> int:
+    def mint_approve(self, who, whole: float, client) -> int:
+        """Mints from the mock token's faucet and approves the `client`'s contract."""
         amount = units(whole, self.decimals)
         self.system.token.mint(who.address, amount, sender=who)
-        self.system.token.approve(spender.address, amount, sender=who)
+        client.approve(amount, sender=who)
         return amount
 
     def deposit(self, name: str, whole: float):
         trader = self.traders[name]
-        amount = self.mint_approve(trader, whole, self.engine)
-        receipt = self.engine.deposit(amount, trader.address, sender=trader)
+        amount = self.mint_approve(trader, whole, self.client)
+        receipt = self.client.deposit(amount, sender=trader)
         ev = receipt.decode_logs(self.engine.Deposit)[0]
         self.say(f"{name} deposits {self.tok(ev.amount, 0)} (collateral {self.tok(ev.collateral)})")
         return receipt
@@ -131,7 +135,7 @@ class Demo:
         price = self.system.oracles[market].price()
         delta = units(size)
         bound = price * 101 // 100 if delta > 0 else price * 99 // 100
-        receipt = self.engine.trade(market, delta, bound, sender=trader)
+        receipt = self.client.trade(market, delta, bound, sender=trader)
         ev = receipt.decode_logs(self.engine.PositionChanged)[-1]
         side = "buys" if delta > 0 else "sells"
         base = self.system.markets[market].name.split("-")[0]
@@ -200,6 +204,8 @@ class Demo:
     def step1_deploy(self) -> None:
         self.header(1, "deploy the system, fund the pool and the insurance fund")
         self.system = deploy_system(project, self.owner, self.guardian, decimals=18)
+        self.clients = Clients.from_system(self.system)
+        self.client = self.clients.engine
         self.decimals = self.system.decimals
         s = self.system
         addresses = [
@@ -242,18 +248,19 @@ class Demo:
             )
         console.print(markets)
 
-        amount = self.mint_approve(self.lp, LP_DEPOSIT, s.pool)
-        s.pool.deposit(amount, self.lp.address, sender=self.lp)
+        pool, fund = self.clients.pool, self.clients.fund
+        amount = self.mint_approve(self.lp, LP_DEPOSIT, pool)
+        pool.deposit(amount, sender=self.lp)
         self.say(f"LP deposits {self.tok(amount, 0)} into the pool")
-        amount = self.mint_approve(self.owner, DONATION, s.fund)
-        receipt = s.fund.donate(amount, sender=self.owner)
+        amount = self.mint_approve(self.owner, DONATION, fund)
+        receipt = fund.donate(amount, sender=self.owner)
         ev = receipt.decode_logs(s.fund.Donation)[0]
         self.say(
             f"the insurance fund receives a donation of {self.tok(ev.amount, 0)}"
             f" (balance {self.tok(ev.balance_after, 0)})"
         )
-        expect(s.pool.totalAssets() == units(LP_DEPOSIT, self.decimals), "pool not funded")
-        self.pool_start = s.pool.totalAssets()
+        expect(pool.total_assets() == units(LP_DEPOSIT, self.decimals), "pool not funded")
+        self.pool_start = pool.total_assets()
         self.keeper_start = s.token.balanceOf(self.keeper.address)
 
     def step2_open(self) -> None:
@@ -289,7 +296,7 @@ class Demo:
         callable_ = [n for n, s in self.statuses().items() if int(s.state) == State.CALLABLE]
         expect(callable_ == ["B", "C"], f"expected B and C callable, found {callable_}")
         for name in callable_:
-            receipt = self.engine.margin_call(self.traders[name].address, sender=self.keeper)
+            receipt = self.client.margin_call(self.traders[name].address, sender=self.keeper)
             ev = receipt.decode_logs(self.engine.MarginCall)[0]
             self.calls.append(ev)
             self.say(
@@ -330,9 +337,9 @@ class Demo:
 
     def liquidate(self, name: str):
         address = self.traders[name].address
-        preview = self.engine.preview_liquidation(address)
-        expect(preview.liquidatable, f"trader {name} is not liquidatable (reason {preview.reason})")
-        receipt = self.engine.liquidate(address, sender=self.keeper)
+        preview = self.client.preview_liquidation(address)
+        expect(preview.liquidatable, f"trader {name} is not liquidatable ({preview.reason.name})")
+        receipt = self.client.liquidate(address, sender=self.keeper)
         ev = receipt.decode_logs(self.engine.Liquidation)[0]
         self.liquidations.append(ev)
         expect(
@@ -399,7 +406,7 @@ class Demo:
         )
         self.expect_states(states, {"B": State.HEALTHY}, "after B's tranches")
 
-        receipt = self.engine.close_position(ETH, units(1, 18), sender=self.traders["B"])
+        receipt = self.client.close(ETH, units(1, 18), sender=self.traders["B"])
         ev = receipt.decode_logs(self.engine.PositionChanged)[-1]
         self.say(
             f"B closes what is left ({fmt_wad(-ev.size_delta, 4)} ETH at {fmt_wad(ev.price)}):"
@@ -429,7 +436,7 @@ class Demo:
         )
 
         fund = self.system.fund
-        before = fund.fund_balance()
+        before = self.clients.fund.balance()
         receipt, ev = self.liquidate("D")
         expect(ev.full_close, "a BANKRUPT account must close in one liquidation")
         bad = receipt.decode_logs(self.engine.BadDebt)
@@ -438,7 +445,7 @@ class Demo:
         self.bad_debts.append(debt)
         paid = receipt.decode_logs(fund.KeeperPaid)
         self.fund_payouts.extend(paid)
-        after = fund.fund_balance()
+        after = self.clients.fund.balance()
         self.say(
             f"[magenta]BadDebt[/] of D: {self.tok(debt.amount)},"
             f" paid by the fund {self.tok(debt.paid_by_fund)},"
@@ -469,12 +476,12 @@ class Demo:
         )
         penalties = sum(e.penalty for e in self.liquidations)
         fund_fees = sum(e.fund_fee for e in self.liquidations)
-        pool_assets = s.pool.totalAssets()
+        pool_assets = self.clients.pool.total_assets()
         held = s.token.balanceOf(s.engine.address)
         ledgers = sum(s.engine.collateral_of(t.address) for t in self.traders.values())
         conserved = held == ledgers
         rows = [
-            ("insurance fund balance", self.tok(s.fund.fund_balance())),
+            ("insurance fund balance", self.tok(self.clients.fund.balance())),
             ("  donation", self.tok(units(DONATION, self.decimals))),
             ("  + liquidation fees", self.tok(fund_fees)),
             ("  - bad debt paid", self.tok(sum(d.paid_by_fund for d in self.bad_debts))),
@@ -524,7 +531,7 @@ def main() -> None:
     )
     try:
         ok = Demo().run()
-    except DemoFailure as err:
+    except (DemoFailure, MarginCallError) as err:  # a step the SDK refused fails the story
         console.print(f"\n[bold red]demo failed:[/] {err}")
         sys.exit(1)
     console.print(f"\n[dim]finished in {time.monotonic() - start:.1f} s[/]")

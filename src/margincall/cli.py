@@ -511,7 +511,15 @@ def _account_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise click.BadParameter(str(err)) from None
 
 
+def _not_an_option(ctx: click.Context, value: str) -> None:
+    """Commands with `_SIGNED` take unknown options as arguments: name a mistyped option
+    as click would (`--acount` is no amount)."""
+    if value.startswith("--"):
+        raise click.NoSuchOption(value.split("=", 1)[0], ctx=ctx)
+
+
 def _amount_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    _not_an_option(ctx, value)
     try:
         to_units(value, 18, "amount")  # the token's decimals are checked once connected
     except InputError as err:
@@ -520,6 +528,7 @@ def _amount_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def _size_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    _not_an_option(ctx, value)
     try:
         to_units(value, 18, "size", signed=True)
     except InputError as err:
@@ -527,7 +536,8 @@ def _size_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-# negative sizes (`trade ETH-USD -0.5`) must not be parsed as options
+# a number with a minus sign (`trade ETH-USD -0.5`, `withdraw -3`) must reach its argument's
+# check, not be parsed as an option: a negative size sells, a negative amount is refused
 _SIGNED = {"ignore_unknown_options": True}
 
 
@@ -549,7 +559,7 @@ def status(provider: Any, account: str, deployment: Path | None) -> None:
         run_status(_session(provider, deployment), account)
 
 
-@cli.command(cls=ConnectedProviderCommand)
+@cli.command(cls=ConnectedProviderCommand, context_settings=_SIGNED)
 @click.argument("amount", callback=_amount_arg)
 @network_option()
 @account_option()
@@ -563,7 +573,7 @@ def deposit(
         run_deposit(_session(provider, deployment), amount, account, approve=not no_approve)
 
 
-@cli.command(cls=ConnectedProviderCommand)
+@cli.command(cls=ConnectedProviderCommand, context_settings=_SIGNED)
 @click.argument("amount", callback=_amount_arg)
 @network_option()
 @account_option()

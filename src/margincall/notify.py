@@ -1108,18 +1108,31 @@ DEFAULT_OUTBOX_DIR = Path(".margincall")
 
 #: The notifier's settings: env var -> (default, meaning). docs/bots.md lists the same.
 ENV_VARS: dict[str, tuple[str | None, str]] = {
-    "MARGINCALL_DEPLOYMENT": (None, "deployment record JSON (default: deployments/<net>.json)"),
-    "MARGINCALL_WEBHOOK_URL": (None, "http(s) URL to POST messages to; unset: log only"),
-    "MARGINCALL_OUTBOX": (None, "SQLite outbox (default: .margincall/notifier-<id>.sqlite)"),
+    "MARGINCALL_DEPLOYMENT": (
+        None,
+        "deployment record JSON (default: deployments/<ecosystem>-<network>.json of the network)",
+    ),
+    "MARGINCALL_WEBHOOK_URL": (
+        None,
+        "http(s) URL to POST every message to; unset: log only (messages are marked "
+        "delivered once logged)",
+    ),
+    "MARGINCALL_OUTBOX": (
+        None,
+        "SQLite outbox (default: .margincall/notifier-<chain id>-<engine>.sqlite)",
+    ),
     "MARGINCALL_WARN_RATIO": ("1.5", "early warning under this ratio; 'off' disables"),
-    "MARGINCALL_WARN_HYSTERESIS": ("0.05", "re-arm at warn_ratio * (1 + this)"),
+    "MARGINCALL_WARN_HYSTERESIS": ("0.05", "an episode ends at warn_ratio * (1 + this)"),
     "MARGINCALL_CONFIRMATIONS": ("0", "read logs up to head minus this many blocks"),
     "MARGINCALL_NOTIFY_FROM": ("deployment", "first block notified: deployment, head or N"),
     "MARGINCALL_LOG_CHUNK": ("2000", "blocks per eth_getLogs request"),
     "MARGINCALL_WEBHOOK_TIMEOUT": ("5", "seconds per POST"),
-    "MARGINCALL_RETRY_BASE": ("1", "first retry delay, seconds (doubles per failure)"),
-    "MARGINCALL_RETRY_MAX": ("60", "longest retry delay, seconds"),
-    "MARGINCALL_DELIVERY_BUDGET": ("2", "seconds of delivery per block at most"),
+    "MARGINCALL_RETRY_BASE": ("1", "seconds before a failed message's first retry (doubles)"),
+    "MARGINCALL_RETRY_MAX": ("60", "longest delay between two retries of one message, seconds"),
+    "MARGINCALL_DELIVERY_BUDGET": (
+        "2",
+        "seconds one delivery round may take before the courier looks at the outbox again",
+    ),
 }
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -28,8 +28,43 @@ LOCAL_NETWORK = "ethereum:local:foundry"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 class BotError(RuntimeError):
     """A bot process did not start, or died, or printed what it must not."""
+
+
+def die_with_parent(
+    sig: int = signal.SIGTERM, parent_pid: int | None = None
+) -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send `sig` to the child when its parent dies
+    (`prctl(PR_SET_PDEATHSIG)`; kept across `exec`). None where that is not available
+    (not Linux, no libc).
+
+    The signal fires when the parent *thread* that forked the child exits. A parent that
+    died between the fork and the `prctl` would never send it: the child then checks that
+    its parent is still `parent_pid` (default: the caller) and, if not, exits at once with
+    code 128 + `sig`, as if it had received it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid() if parent_pid is None else parent_pid
+
+    def setup() -> None:  # runs in the child, between fork and exec: keep it to syscalls
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(128 + int(sig))
+
+    return setup
 
 
 def silverback_bin() -> str:
@@ -68,6 +103,9 @@ class BotProcess:
     `node_url` attaches the bot to a running local node (`APE_FOUNDRY_HOST`),
     as the demo and the tests do with their own Anvil; leave it out for a
     named network. `env` adds settings (`MARGINCALL_*`).
+    `parent_death_signal` is what the bot gets when this process (strictly: the
+    thread that called `start()`) dies; None keeps it running. `command` replaces
+    `silverback run ...` (tests run a stand-in).
     """
 
     def __init__(
@@ -81,6 +119,8 @@ class BotProcess:
         cwd: str | Path = PROJECT_ROOT,
         fresh_session: bool = True,
         name: str | None = None,
+        parent_death_signal: int | None = signal.SIGTERM,
+        command: Sequence[str] | None = None,
     ):
         self.bot = bot
         self.name = name or f"margincall-{bot}-{uuid.uuid4().hex[:8]}"
@@ -91,6 +131,8 @@ class BotProcess:
         self.network = network
         self.cwd = Path(cwd)
         self.fresh_session = fresh_session
+        self.parent_death_signal = parent_death_signal
+        self.command = list(command) if command is not None else None
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
         self._offset = 0  # log position of the current run, for `wait_for`
@@ -115,14 +157,18 @@ class BotProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        preexec = (
+            None if self.parent_death_signal is None else die_with_parent(self.parent_death_signal)
+        )
         self.proc = subprocess.Popen(
-            bot_command(self.bot, self.network, self.account),
+            self.command or bot_command(self.bot, self.network, self.account),
             cwd=self.cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() kills it all
+            preexec_fn=preexec,  # noqa: PLW1509 - only a prctl syscall (die_with_parent)
         )
         return self
 
@@ -222,4 +268,12 @@ class BotProcess:
         self.stop()
 
 
-__all__ = ["BotError", "BotProcess", "LOCAL_NETWORK", "RUNNER", "bot_command", "silverback_bin"]
+__all__ = [
+    "BotError",
+    "BotProcess",
+    "LOCAL_NETWORK",
+    "RUNNER",
+    "bot_command",
+    "die_with_parent",
+    "silverback_bin",
+]

@@ -1,7 +1,15 @@
-"""Typed SDK over the MarginEngine: read account status, check, then send.
+"""Typed SDK over every margincall contract: read, check, then send.
 
-Everything the CLI, the bots, the simulator and the tests do with the engine
-goes through `MarginEngineClient`. Reads come back as frozen dataclasses with
+- `MarginEngineClient`: margin accounts, trades, margin calls, liquidations;
+- `PoolClient`: the LP pool (ERC-4626): assets, share price, the open-interest
+  reserve, deposits, redemptions and withdrawals;
+- `FundClient`: the insurance fund: balance, donations, its payments to keepers;
+- `OracleClient`: one market's oracle adapter: price, validity, reason, settings;
+- `Clients`: all four over one deployed system (`Clients.from_system`,
+  `Clients.from_record`).
+
+Everything the CLI, the bots, the scripts, the simulator and the tests do with
+the contracts goes through these clients. Reads come back as frozen dataclasses with
 plain integers (wad for values and ratios, token units for token amounts, as
 the engine documents). Every sender checks first, with the engine's own views
 and the reference math of `margincall.math`, and raises a typed
@@ -85,6 +93,14 @@ class TooSoon(NotLiquidatable):
 
 class WindowFull(NotLiquidatable):
     """`liquidate` would revert: the market's liquidation window cap is reached."""
+
+
+class ReserveLocked(MarginCallError):
+    """An LP withdrawal would dip into the pool's reserve for open interest."""
+
+
+class SharesLocked(MarginCallError):
+    """The LP's shares are still in the pool's cooldown (only on pools that have one)."""
 
 
 # --- data ---------------------------------------------------------------
@@ -243,6 +259,24 @@ class AccountRecord:
         return tuple(m for m in range(MAX_MARKETS) if self.markets >> m & 1)
 
 
+def _checked_price(adapter: Any, market_id: int) -> int:
+    """The adapter's price (wad); `StalePrice`/`OracleError` with its reason when invalid."""
+    price, ok = adapter.try_price()
+    if not ok:
+        reason = str(adapter.reason())
+        raise (StalePrice if reason == STALE_REASON else OracleError)(market_id, reason)
+    return int(price)
+
+
+def _has_view(contract: Any, name: str) -> bool:
+    """Whether the contract's ABI has a view `name` (any object with that attribute when it
+    carries no ABI, as test doubles do)."""
+    contract_type = getattr(contract, "contract_type", None)
+    if contract_type is None:
+        return callable(getattr(contract, name, None))
+    return any(abi.name == name for abi in contract_type.view_methods)
+
+
 def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive slices of at most `size` items."""
     for i in range(0, len(items), size):
@@ -328,12 +362,7 @@ class MarginEngineClient:
 
     def price(self, market_id: int) -> int:
         """The market's oracle price (wad); raises `StalePrice`/`OracleError` when invalid."""
-        oracle = self.oracle(market_id)
-        price, ok = oracle.try_price()
-        if not ok:
-            reason = str(oracle.reason())
-            raise (StalePrice if reason == STALE_REASON else OracleError)(market_id, reason)
-        return int(price)
+        return _checked_price(self.oracle(market_id), market_id)
 
     def prices(self, market_ids: Iterable[int]) -> dict[int, int]:
         return {m: self.price(m) for m in market_ids}
@@ -566,11 +595,21 @@ class MarginEngineClient:
 
     # --- senders ---
 
+    def approve(self, amount: int, sender: Any, **txn: Any) -> Any:
+        """Lets the engine take `amount` token units from the sender (for deposits)."""
+        return self.token.approve(_addr(self.engine), amount, sender=sender, **txn)
+
     def deposit(self, amount: int, sender: Any, account: Any = None, **txn: Any) -> Any:
         """Deposits `amount` token units for `account` (default: the sender)."""
         self.check_deposit(amount, sender, account)
         target = _addr(account if account is not None else sender)
         return self.engine.deposit(amount, target, sender=sender, **txn)
+
+    def deposit_call(self, amount: int, sender: Any, account: Any = None) -> tuple[Any, tuple]:
+        """The checked deposit as `(contract method, arguments)`, for a sender that does not
+        wait for receipts (`margincall.tx.TxSender.send_call`); raises as `deposit` does."""
+        self.check_deposit(amount, sender, account)
+        return self.engine.deposit, (amount, _addr(account if account is not None else sender))
 
     def withdraw(self, amount: int, sender: Any, **txn: Any) -> Any:
         self.check_withdraw(amount, sender)
@@ -649,20 +688,472 @@ class MarginEngineClient:
         ]
 
 
+# --- pool ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """The pool as a whole (token units, except `reserve_factor` in wad)."""
+
+    total_assets: int
+    total_supply: int  # shares (the token's decimals + 6)
+    reserve: int  # assets withdrawals must leave for open interest (rounded up)
+    free_assets: int  # total_assets - reserve, floored at 0
+    reserve_factor: int  # wad fraction of open interest
+    share_price: int  # token units one whole share redeems for now (rounded down)
+    cooldown: int | None = None  # seconds fresh shares stay locked; None: no cooldown
+
+
+@dataclass(frozen=True)
+class LpPosition:
+    """One LP's shares and what they can take out now."""
+
+    owner: str
+    shares: int
+    assets: int  # value of the shares (rounded down)
+    max_withdraw: int  # token units, capped by the free assets
+    max_redeem: int  # shares, capped by the free assets
+    unlock_time: int | None  # end of its deposit cooldown (0: none); None: no cooldown
+
+
+class PoolClient:
+    """The LP pool (an ERC-4626 vault of the collateral token) and its token.
+
+    A pool with a deposit cooldown exposes `unlock_time(owner)`: the owner's shares can
+    neither leave nor move before it ("pool: shares locked"). On a pool without that view
+    the cooldown check is skipped (`unlock_time` and `cooldown` read None).
+    """
+
+    def __init__(self, pool: Any, token: Any):
+        self.pool = pool
+        self.token = token
+        self.decimals = int(token.decimals())
+        self.share_decimals = int(pool.decimals())
+
+    @classmethod
+    def from_system(cls, system: Any) -> PoolClient:
+        return cls(system.pool, system.token)
+
+    # --- reads ---
+
+    def total_assets(self) -> int:
+        return int(self.pool.totalAssets())
+
+    def reserve(self) -> int:
+        return int(self.pool.reserve())
+
+    def free_assets(self) -> int:
+        return int(self.pool.free_assets())
+
+    def share_price(self) -> int:
+        """Token units that one whole share (10**share_decimals) redeems for now."""
+        return int(self.pool.convertToAssets(10**self.share_decimals))
+
+    def state(self) -> PoolState:
+        return PoolState(
+            total_assets=self.total_assets(),
+            total_supply=int(self.pool.totalSupply()),
+            reserve=self.reserve(),
+            free_assets=self.free_assets(),
+            reserve_factor=int(self.pool.reserve_factor()),
+            share_price=self.share_price(),
+            cooldown=self.cooldown(),
+        )
+
+    def shares(self, owner: Any) -> int:
+        return int(self.pool.balanceOf(_addr(owner)))
+
+    def max_withdraw(self, owner: Any) -> int:
+        return int(self.pool.maxWithdraw(_addr(owner)))
+
+    def max_redeem(self, owner: Any) -> int:
+        return int(self.pool.maxRedeem(_addr(owner)))
+
+    def preview_deposit(self, assets: int) -> int:
+        return int(self.pool.previewDeposit(assets))
+
+    def preview_redeem(self, shares: int) -> int:
+        return int(self.pool.previewRedeem(shares))
+
+    def preview_withdraw(self, assets: int) -> int:
+        return int(self.pool.previewWithdraw(assets))
+
+    @property
+    def has_cooldown(self) -> bool:
+        """Whether the pool locks fresh deposits (it has an `unlock_time(owner)` view)."""
+        return _has_view(self.pool, "unlock_time")
+
+    def cooldown(self) -> int | None:
+        """The pool's deposit cooldown in seconds (None: the pool has none)."""
+        return int(self.pool.cooldown()) if _has_view(self.pool, "cooldown") else None
+
+    def unlock_time(self, owner: Any) -> int | None:
+        """When the owner's shares leave the cooldown (0: not locked; None: no cooldown)."""
+        return int(self.pool.unlock_time(_addr(owner))) if self.has_cooldown else None
+
+    def position(self, owner: Any) -> LpPosition:
+        shares = self.shares(owner)
+        return LpPosition(
+            owner=_addr(owner),
+            shares=shares,
+            assets=int(self.pool.convertToAssets(shares)),
+            max_withdraw=self.max_withdraw(owner),
+            max_redeem=self.max_redeem(owner),
+            unlock_time=self.unlock_time(owner),
+        )
+
+    # --- checks ---
+
+    def check_deposit(self, assets: int, sender: Any, receiver: Any = None) -> int:
+        """Returns the shares the deposit mints; raises what the pool would revert on."""
+        if assets <= 0:
+            raise InvalidRequest("pool deposit: amount must be positive")
+        if receiver is not None and int(_addr(receiver), 16) == 0:
+            raise InvalidRequest("pool deposit: zero receiver")
+        balance = int(self.token.balanceOf(_addr(sender)))
+        if balance < assets:
+            raise InsufficientFunds(
+                f"pool deposit: balance {balance} < amount {assets} (token units)"
+            )
+        allowance = int(self.token.allowance(_addr(sender), _addr(self.pool)))
+        if allowance < assets:
+            raise InsufficientFunds(
+                f"pool deposit: allowance {allowance} < amount {assets}; approve the pool first"
+            )
+        shares = self.preview_deposit(assets)
+        if shares == 0:
+            raise InvalidRequest(
+                f"pool deposit: {assets} token units buy no share (pool: zero shares)"
+            )
+        return shares
+
+    def _check_unlocked(self, what: str, owner: Any) -> None:
+        unlock = self.unlock_time(owner)
+        if not unlock:
+            return
+        from ape import chain
+
+        now = int(chain.blocks.head.timestamp)
+        if now < unlock:
+            raise SharesLocked(
+                f"pool {what}: {_addr(owner)}'s shares are in the deposit cooldown until "
+                f"{unlock} (now {now}, {unlock - now} s left) (pool: shares locked)"
+            )
+
+    def _check_exit(self, what: str, owner: Any, sender: Any, shares: int, assets: int) -> None:
+        """The checks common to `redeem` and `withdraw`, after the balance's."""
+        free = self.free_assets()
+        if assets > free:
+            raise ReserveLocked(
+                f"pool {what}: {assets} token units would dip into the reserve for open "
+                f"interest (pool: reserve for open interest); {free} are free now"
+            )
+        if _addr(sender).lower() != _addr(owner).lower():
+            allowance = int(self.pool.allowance(_addr(owner), _addr(sender)))
+            if allowance < shares:
+                raise InsufficientFunds(
+                    f"pool {what}: share allowance {allowance} < {shares} shares of the owner"
+                )
+
+    def check_redeem(self, shares: int, sender: Any, owner: Any = None) -> int:
+        """Returns the token units the redemption pays; raises what the pool would revert on,
+        in the pool's order (cooldown, balance, reserve; then the share allowance)."""
+        owner = sender if owner is None else owner
+        if shares <= 0:
+            raise InvalidRequest("pool redeem: shares must be positive")
+        self._check_unlocked("redeem", owner)
+        held = self.shares(owner)
+        if shares > held:
+            raise InsufficientFunds(
+                f"pool redeem: {shares} shares > the {held} held (pool: redeem more than balance)"
+            )
+        assets = self.preview_redeem(shares)
+        self._check_exit("redeem", owner, sender, shares, assets)
+        return assets
+
+    def check_withdraw(self, assets: int, sender: Any, owner: Any = None) -> int:
+        """Returns the shares the withdrawal burns; raises what the pool would revert on,
+        in the pool's order (cooldown, balance, reserve; then the share allowance)."""
+        owner = sender if owner is None else owner
+        if assets <= 0:
+            raise InvalidRequest("pool withdraw: amount must be positive")
+        self._check_unlocked("withdraw", owner)
+        worth = int(self.pool.convertToAssets(self.shares(owner)))
+        if assets > worth:
+            raise InsufficientFunds(
+                f"pool withdraw: {assets} token units > the {worth} the shares are worth "
+                "(pool: withdraw more than balance)"
+            )
+        shares = self.preview_withdraw(assets)
+        self._check_exit("withdraw", owner, sender, shares, assets)
+        return shares
+
+    # --- senders ---
+
+    def approve(self, amount: int, sender: Any, **txn: Any) -> Any:
+        """Lets the pool take `amount` token units from the sender."""
+        return self.token.approve(_addr(self.pool), amount, sender=sender, **txn)
+
+    def deposit(self, assets: int, sender: Any, receiver: Any = None, **txn: Any) -> Any:
+        """Deposits `assets` token units; the shares go to `receiver` (default: the sender)."""
+        self.check_deposit(assets, sender, receiver)
+        target = _addr(receiver if receiver is not None else sender)
+        return self.pool.deposit(assets, target, sender=sender, **txn)
+
+    def redeem(
+        self, shares: int, sender: Any, receiver: Any = None, owner: Any = None, **txn: Any
+    ) -> Any:
+        """Burns `shares` of `owner` (default: the sender); the tokens go to `receiver`."""
+        self.check_redeem(shares, sender, owner)
+        to = _addr(receiver if receiver is not None else sender)
+        return self.pool.redeem(shares, to, _addr(owner or sender), sender=sender, **txn)
+
+    def withdraw(
+        self, assets: int, sender: Any, receiver: Any = None, owner: Any = None, **txn: Any
+    ) -> Any:
+        """Takes exactly `assets` token units out of `owner`'s shares (default: the sender)."""
+        self.check_withdraw(assets, sender, owner)
+        to = _addr(receiver if receiver is not None else sender)
+        return self.pool.withdraw(assets, to, _addr(owner or sender), sender=sender, **txn)
+
+
+# --- insurance fund -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FundState:
+    """The insurance fund's wiring and balance (token units)."""
+
+    balance: int
+    asset: str
+    pool: str
+    engine: str
+
+
+@dataclass(frozen=True)
+class KeeperPayment:
+    """A `KeeperPaid` event: the fund rewarded a keeper for closing a bankrupt account."""
+
+    keeper: str
+    account: str
+    amount: int  # token units
+    balance_after: int
+    block: int
+
+
+class FundClient:
+    """The insurance fund and its token."""
+
+    def __init__(self, fund: Any, token: Any):
+        self.fund = fund
+        self.token = token
+
+    @classmethod
+    def from_system(cls, system: Any) -> FundClient:
+        return cls(system.fund, system.token)
+
+    # --- reads ---
+
+    def balance(self) -> int:
+        """The fund's assets, token units."""
+        return int(self.fund.fund_balance())
+
+    def state(self) -> FundState:
+        return FundState(
+            balance=self.balance(),
+            asset=str(self.fund.asset()),
+            pool=str(self.fund.pool()),
+            engine=str(self.fund.engine()),
+        )
+
+    def keeper_payments(
+        self, start: int, stop: int, keeper: Any = None, chunk: int = 5_000
+    ) -> list[KeeperPayment]:
+        """The fund's `KeeperPaid` events of blocks `start..stop` (only `keeper`'s if given)."""
+        from ape import chain
+
+        provider = chain.provider
+        abi = self.fund.KeeperPaid.abi
+        want = None if keeper is None else _addr(keeper).lower()
+        out: list[KeeperPayment] = []
+        for lo in range(start, stop + 1, chunk):
+            raw = provider.web3.eth.get_logs(
+                {
+                    "address": _addr(self.fund),
+                    "fromBlock": lo,
+                    "toBlock": min(stop, lo + chunk - 1),
+                }
+            )
+            for log in provider.network.ecosystem.decode_logs(raw, abi) if raw else ():
+                if want is not None and str(log.keeper).lower() != want:
+                    continue
+                out.append(
+                    KeeperPayment(
+                        str(log.keeper),
+                        str(log.account),
+                        int(log.amount),
+                        int(log.balance_after),
+                        int(log.block_number),
+                    )
+                )
+        return out
+
+    # --- checks and senders ---
+
+    def check_donate(self, amount: int, sender: Any) -> None:
+        if amount <= 0:
+            raise InvalidRequest("fund donate: amount must be positive (fund: zero amount)")
+        balance = int(self.token.balanceOf(_addr(sender)))
+        if balance < amount:
+            raise InsufficientFunds(f"fund donate: balance {balance} < amount {amount}")
+        allowance = int(self.token.allowance(_addr(sender), _addr(self.fund)))
+        if allowance < amount:
+            raise InsufficientFunds(
+                f"fund donate: allowance {allowance} < amount {amount}; approve the fund first"
+            )
+
+    def approve(self, amount: int, sender: Any, **txn: Any) -> Any:
+        """Lets the fund take `amount` token units from the sender."""
+        return self.token.approve(_addr(self.fund), amount, sender=sender, **txn)
+
+    def donate(self, amount: int, sender: Any, **txn: Any) -> Any:
+        """Adds `amount` token units of the sender's to the fund (for good)."""
+        self.check_donate(amount, sender)
+        return self.fund.donate(amount, sender=sender, **txn)
+
+
+# --- oracle adapter -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OracleStatus:
+    """`status()` and `reason()` of an adapter: price 0 and a reason when not valid."""
+
+    price: int  # wad
+    valid: bool
+    using_fallback: bool
+    reason: str  # "" when valid
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """The adapter's immutable settings (prices in wad, times in seconds; ZERO: none)."""
+
+    primary: str
+    primary_heartbeat: int
+    fallback: str
+    fallback_heartbeat: int
+    sequencer: str
+    sequencer_grace: int
+    min_price: int
+    max_price: int
+
+
+class OracleClient:
+    """One market's oracle adapter (the adapter has no owner and no setters: reads only)."""
+
+    def __init__(self, adapter: Any, market_id: int = 0):
+        self.adapter = adapter
+        self.market_id = market_id
+
+    def price(self) -> int:
+        """The valid price (wad); raises `StalePrice`/`OracleError` with the adapter's reason."""
+        return _checked_price(self.adapter, self.market_id)
+
+    def try_price(self) -> tuple[int, bool]:
+        price, ok = self.adapter.try_price()
+        return int(price), bool(ok)
+
+    def reason(self) -> str:
+        """Why no valid price exists ("" when one does)."""
+        return str(self.adapter.reason())
+
+    def status(self) -> OracleStatus:
+        price, ok, fallback = self.adapter.status()
+        return OracleStatus(int(price), bool(ok), bool(fallback), "" if ok else self.reason())
+
+    def settings(self) -> FeedSettings:
+        a = self.adapter
+        return FeedSettings(
+            primary=str(a.primary()),
+            primary_heartbeat=int(a.primary_heartbeat()),
+            fallback=str(a.fallback()),
+            fallback_heartbeat=int(a.fallback_heartbeat()),
+            sequencer=str(a.sequencer()),
+            sequencer_grace=int(a.sequencer_grace()),
+            min_price=int(a.min_price()),
+            max_price=int(a.max_price()),
+        )
+
+
+# --- all of them ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The four clients over one deployed system."""
+
+    engine: MarginEngineClient
+    pool: PoolClient
+    fund: FundClient
+    oracles: tuple[OracleClient, ...]
+
+    @classmethod
+    def from_contracts(
+        cls, engine: Any, token: Any, pool: Any, fund: Any, oracles: Sequence[Any]
+    ) -> Clients:
+        return cls(
+            MarginEngineClient(engine, token, oracles),
+            PoolClient(pool, token),
+            FundClient(fund, token),
+            tuple(OracleClient(o, m) for m, o in enumerate(oracles)),
+        )
+
+    @classmethod
+    def from_system(cls, system: Any) -> Clients:
+        """From a `margincall.deploy.System`."""
+        return cls.from_contracts(
+            system.engine, system.token, system.pool, system.fund, system.oracles
+        )
+
+    @classmethod
+    def from_record(cls, record: Any, project: Any) -> Clients:
+        """From a `margincall.deployment.DeploymentRecord` and the Ape project's types."""
+        c = record.contracts(project)
+        return cls.from_contracts(c["engine"], c["token"], c["pool"], c["fund"], c["oracles"])
+
+    def oracle(self, market_id: int) -> OracleClient:
+        if not 0 <= market_id < len(self.oracles):
+            raise InvalidRequest(f"market {market_id}: no oracle adapter known to the client")
+        return self.oracles[market_id]
+
+
 __all__ = [
     "AccountRecord",
+    "Clients",
+    "FeedSettings",
+    "FundClient",
+    "FundState",
     "InsufficientFunds",
     "InsufficientMargin",
     "InvalidRequest",
+    "KeeperPayment",
     "LiquidationPreview",
+    "LpPosition",
     "MarginCallError",
     "MarginEngineClient",
     "MarginStatus",
     "Market",
     "NotCallable",
     "NotLiquidatable",
+    "OracleClient",
     "OracleError",
+    "OracleStatus",
+    "PoolClient",
+    "PoolState",
     "Position",
+    "ReserveLocked",
+    "SharesLocked",
     "SlippageExceeded",
     "StalePrice",
     "State",

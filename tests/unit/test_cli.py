@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from margincall import cli as mc
+from margincall import cli_bots
 from margincall.constants import WAD, State
 from margincall.deployment import (
     RecordError,
@@ -25,6 +26,7 @@ from margincall.deployment import (
     load_config,
     write_record,
 )
+from margincall.notify import ENV_VARS, NotifierConfig, default_outbox
 from margincall.report import fmt_wad
 from margincall.sdk import InsufficientFunds, InsufficientMargin, InvalidRequest
 from tests.utils.helpers import fund_lp
@@ -331,7 +333,9 @@ def invoke(*args: str):
         (["status", "0x12"], "not an address"),
         (["deposit", "abc", "--account", "TEST::5"], "not a number"),
         (["deposit", "0", "--account", "TEST::5"], "must not be zero"),
-        (["withdraw", "-3", "--account", "TEST::5"], "No such option"),
+        (["withdraw", "-3", "--account", "TEST::5"], "amount: must be positive, got -3"),
+        (["deposit", "-0.5", "--account", "TEST::5"], "amount: must be positive, got -0.5"),
+        (["withdraw", "--acount", "TEST::5"], "No such option: --acount"),
         (["trade", "ETH-USD", "x", "--account", "TEST::5"], "not a number"),
         (
             ["trade", "ETH-USD", "1", "--slippage-bps", "10000", "--account", "TEST::5"],
@@ -405,3 +409,130 @@ def test_cli_good_invocations(record_file, funded, deployed, trader):
         assert result.exit_code == 0, f"{args}: {result.output}"
         assert expected in result.output, f"{args}: {result.output}"
     assert deployed.system.engine.position(trader.address, ETH)[0] == 0
+
+
+# --- bot launchers: exported variables are the options' defaults --------------------
+
+
+@pytest.fixture
+def bot_record(tmp_path) -> Path:
+    path = tmp_path / "record.json"
+    path.write_text("{}")
+    return path
+
+
+def launch(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(mc.cli, [*args, "--dry-run"], env=env or {})
+
+
+def shown(result) -> dict[str, str]:
+    """The variables a dry run prints."""
+    return dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line[:40])
+
+
+def test_keeper_takes_exported_variables_as_option_defaults(bot_record):
+    env = {
+        "MARGINCALL_DEPLOYMENT": str(bot_record),
+        "MARGINCALL_SHARD": "1/2",
+        "MARGINCALL_PROFIT_MARGIN_BPS": "15000",
+        "MARGINCALL_CLEAR_CALLS": "0",
+        "MARGINCALL_GAS_PER_CALL": "90000",  # no option: passes through
+    }
+    result = launch("keeper", "--account", "TEST::3", env=env)
+    assert result.exit_code == 0, result.output
+    got = shown(result)
+    assert got["MARGINCALL_SHARD"] == "1/2"
+    assert got["MARGINCALL_PROFIT_MARGIN_BPS"] == "15000"
+    assert got["MARGINCALL_CLEAR_CALLS"] == "0"
+    assert got["MARGINCALL_GAS_PER_CALL"] == "90000"
+    assert got["MARGINCALL_DEPLOYMENT"] == str(bot_record.resolve())
+
+
+def test_keeper_option_on_the_command_line_beats_the_exported_variable(bot_record):
+    env = {"MARGINCALL_SHARD": "1/2"}
+    result = launch(
+        "keeper", "--deployment", str(bot_record), "--account", "TEST::3", "--shard", "0/2", env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert shown(result)["MARGINCALL_SHARD"] == "0/2"
+    flag = launch(
+        "keeper",
+        *("--deployment", str(bot_record), "--account", "TEST::3", "--no-clear-calls"),
+        env={"MARGINCALL_CLEAR_CALLS": "1"},
+    )
+    assert shown(flag)["MARGINCALL_CLEAR_CALLS"] == "0"
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("MARGINCALL_SHARD", "2/2", "shard '2/2'"),
+        ("MARGINCALL_MAX_BATCH", "500", "MARGINCALL_MAX_BATCH"),
+        ("MARGINCALL_GAS_PER_CALL", "lots", "MARGINCALL_GAS_PER_CALL must be an integer"),
+        ("MARGINCALL_STALE_BLOCKS", "0", "MARGINCALL_STALE_BLOCKS"),
+        ("MARGINCALL_CLEAR_CALLS", "maybe", "MARGINCALL_CLEAR_CALLS must be 1 or 0"),
+        ("MARGINCALL_MAX_BACKOFF", "0", "MARGINCALL_MAX_BACKOFF must be a positive number"),
+    ],
+)
+def test_keeper_checks_the_merged_environment_before_starting(bot_record, name, value, message):
+    result = launch(
+        "keeper", "--deployment", str(bot_record), "--account", "TEST::3", env={name: value}
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_notifier_takes_exported_variables_and_checks_the_merged_environment(bot_record):
+    env = {
+        "MARGINCALL_DEPLOYMENT": str(bot_record),
+        "MARGINCALL_WARN_RATIO": "1.3",
+        "MARGINCALL_RETRY_MAX": "30",
+    }
+    ok = launch("notifier", env=env)
+    assert ok.exit_code == 0, ok.output
+    got = shown(ok)
+    assert got["MARGINCALL_WARN_RATIO"] == "1.3"
+    assert got["MARGINCALL_DEPLOYMENT"] == str(bot_record.resolve())
+    assert shown(launch("notifier", "--warn-ratio", "off", env=env))["MARGINCALL_WARN_RATIO"] == (
+        "off"
+    )
+    # the exported maximum is below the base given on the command line: refused
+    bad = launch("notifier", "--retry-base", "45", env=env)
+    assert bad.exit_code == 2, bad.output
+    assert "MARGINCALL_RETRY_MAX must be >= MARGINCALL_RETRY_BASE" in bad.output
+    typed = launch("notifier", env={**env, "MARGINCALL_CONFIRMATIONS": "-1"})
+    assert typed.exit_code == 2 and "MARGINCALL_CONFIRMATIONS" in typed.output
+    runner = launch("notifier", env={**env, "MARGINCALL_MAX_BACKOFF": "soon"})
+    assert runner.exit_code == 2 and "MARGINCALL_MAX_BACKOFF must be a number" in runner.output
+
+
+def test_check_runner_env_accepts_unset_and_positive_seconds():
+    cli_bots.check_runner_env({})
+    cli_bots.check_runner_env({"MARGINCALL_POLL_INTERVAL": "0.5", "MARGINCALL_MAX_BACKOFF": "3"})
+    with pytest.raises(cli_bots.EnvError, match="MARGINCALL_POLL_INTERVAL"):
+        cli_bots.check_runner_env({"MARGINCALL_POLL_INTERVAL": "-1"})
+
+
+def test_notifier_env_vars_describe_the_code(record):
+    """ENV_VARS (the options' help) says what the code does: defaults and the outbox name."""
+    config = NotifierConfig.from_env({"MARGINCALL_DEPLOYMENT": "x.json"})
+    defaults = {
+        "MARGINCALL_WARN_RATIO": config.warn_ratio,
+        "MARGINCALL_WARN_HYSTERESIS": config.hysteresis,
+        "MARGINCALL_CONFIRMATIONS": config.confirmations,
+        "MARGINCALL_LOG_CHUNK": config.log_chunk,
+        "MARGINCALL_WEBHOOK_TIMEOUT": config.webhook_timeout,
+        "MARGINCALL_RETRY_BASE": config.retry_base,
+        "MARGINCALL_RETRY_MAX": config.retry_max,
+        "MARGINCALL_DELIVERY_BUDGET": config.delivery_budget,
+    }
+    for name, value in defaults.items():
+        text = ENV_VARS[name][0]
+        expected = float(text) * (WAD if name.startswith("MARGINCALL_WARN") else 1)
+        assert value == expected, name
+    assert config.notify_from == ENV_VARS["MARGINCALL_NOTIFY_FROM"][0]
+    outbox = default_outbox(record)
+    assert outbox.parent.as_posix() == ".margincall"
+    assert outbox.name == f"notifier-{record.chain_id}-{record.engine.lower()}.sqlite"
+    assert ".margincall/notifier-<chain id>-<engine>.sqlite" in ENV_VARS["MARGINCALL_OUTBOX"][1]
+    assert "per block" not in ENV_VARS["MARGINCALL_DELIVERY_BUDGET"][1]

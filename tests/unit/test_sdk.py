@@ -12,6 +12,7 @@ import pytest
 from margincall.constants import WAD, PlanCode, State
 from margincall.math import div_floor
 from margincall.sdk import (
+    InsufficientFunds,
     InsufficientMargin,
     InvalidRequest,
     LiquidationPreview,
@@ -153,6 +154,22 @@ def test_deposit_checks_balance_and_allowance_then_sends(system, client, trader)
     client.deposit(amount, sender=trader)
     assert trader.nonce == nonce + 1  # `not_sent` would see a transaction
     assert system.engine.collateral_of(trader) == amount
+
+
+def test_deposit_call_is_checked_and_not_sent(system, client, trader, stranger):
+    """`deposit_call` (for senders that do not wait) checks like `deposit`, sends nothing."""
+    with not_sent(trader), pytest.raises(InvalidRequest):
+        client.deposit_call(0, sender=trader)
+    system.token.mint(trader.address, client.tokens(5), sender=trader)
+    with not_sent(trader), pytest.raises(InsufficientFunds, match="approve the engine first"):
+        client.deposit_call(client.tokens(5), sender=trader, account=stranger)
+    client.approve(client.tokens(5), sender=trader)
+    assert system.token.allowance(trader, system.engine) == client.tokens(5)
+    with not_sent(trader):
+        method, args = client.deposit_call(client.tokens(5), sender=trader, account=stranger)
+    assert args == (client.tokens(5), stranger.address)
+    method(*args, sender=trader)
+    assert system.engine.collateral_of(stranger) == client.tokens(5)
 
 
 def test_withdraw_beyond_initial_margin_raises_before_sending(system, client, leveraged):
