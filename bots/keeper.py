@@ -37,7 +37,12 @@ def start(startup_state):
     if bot.signer is None:
         raise RuntimeError("the keeper needs an account to send from: pass --account")
     contracts = record.contracts(project)
-    sender = TxSender(bot.signer, chain.provider, stale_blocks=config.stale_blocks)
+    sender = TxSender(
+        bot.signer,
+        chain.provider,
+        stale_blocks=config.stale_blocks,
+        replace_after=config.replace_after,
+    )
     keeper = Keeper(
         record.client(project), record, sender, config, chain.provider, contracts["fund"]
     )
@@ -49,18 +54,32 @@ def start(startup_state):
 def scan(block):
     keeper: Keeper = bot.state.keeper
     try:
-        keeper.on_block(int(block.number), int(block.timestamp))
-    except Exception as err:  # noqa: BLE001 - retried on the next poll; Silverback halts on 3
+        keeper.on_block(
+            int(block.number),
+            int(block.timestamp),
+            base_fee=int(getattr(block, "base_fee", 0) or 0),
+            gas_limit=int(block.gas_limit) if getattr(block, "gas_limit", None) else None,
+        )
+    except Exception as err:  # noqa: BLE001 - node and RPC errors: the next block starts over
         keeper.state.rpc_errors += 1
         logger.warning(
-            f"block {block.number}: scan failed ({type(err).__name__}: {err}); will retry"
+            f"block {block.number}: scan failed ({type(err).__name__}: {err});"
+            " the next block starts over"
         )
         raise_if_fatal(err)
 
 
+# Errors that no node response can cause: a bug in this code. Anything else (a refused
+# connection, a JSON-RPC error, a malformed or truncated response, which can surface as a
+# KeyError, TypeError, AttributeError or ValueError while it is decoded) must never stop a
+# keeper. A fatal error reaches Silverback, which halts the bot after more than 3 failed
+# tasks in a row (its `max_exceptions`); one fatal error alone is only logged there.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (NameError, ImportError, SyntaxError)
+
+
 def raise_if_fatal(err: Exception) -> None:
-    """Programming errors stop the bot; network and node errors do not."""
-    if isinstance(err, (TypeError, AttributeError, NameError, KeyError)):
+    """Re-raises programming errors (`FATAL_ERRORS`); node and RPC errors are swallowed."""
+    if isinstance(err, FATAL_ERRORS):
         raise err
 
 

@@ -7,33 +7,40 @@ of `margincall.keeper_logic`; this module does the I/O around them:
 1. at start, rebuild the set of accounts with open positions from the
    engine's `PositionChanged` logs since the deployment block (one
    `eth_getLogs` per chunk of blocks);
-2. on every block: read the new logs (same rule, so a restart or a skipped
-   block never loses an account), collect the receipts of its own
-   transactions (calls and tranches made, races lost, rewards, delays),
-   scan its shard of accounts with the batched `check_margins`, decide,
-   and send `margin_call_many` / `liquidate_many` batches without waiting,
-   one nonce after the other (`margincall.tx.TxSender`);
-3. optionally clear recorded margin calls of accounts that recovered
-   (`clear_margin_call`, no reward: it protects traders from the call
-   record gap described in docs/design.md);
-4. write its metrics to a JSON file after every block.
+2. on every block, first what the first transaction needs, then the rest:
+   - at once, in three threads: the new logs (same rule, so a restart or a
+     skipped block never loses an account), the scan of its shard with the
+     batched `check_margins` at that block, and its own nonce at that block
+     (which of its transactions are mined, without reading their receipts);
+   - decide with the timestamp the transactions are expected to carry (the
+     head's plus the block interval, `keeper_logic.BlockClock`), and send
+     `liquidate_many` / `margin_call_many` batches without waiting, one nonce
+     after the other, with the fees fixed once per block from the head's base
+     fee (`margincall.tx.TxSender`);
+   - then: read the receipts of its mined transactions (calls and tranches
+     made, races lost, rewards, delays), clear recorded margin calls of
+     accounts that recovered (`clear_margin_call`, no reward: it protects
+     traders from the call record gap described in docs/design.md), replace
+     its stuck transactions, and write its metrics.
 
 Every price update lands in a block, and every block is scanned, so an
 oracle update is acted on in the block after it: the keeper reads prices
 through the engine (the adapters read the feeds), never from a cache.
 
-Errors: an RPC error inside a block is logged and counted, and the block is
-retried on the next poll (`ResilientRunner`); a transaction the engine
-skips for an account (a rival was first) is a lost race, counted, never
-fatal.
+Errors: an RPC error inside a block is logged and counted by the bot, and
+the next block is handled from scratch; a transaction the engine skips for
+an account (a rival was first, the account recovered, the market's
+liquidation window was full) is counted, never fatal.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -43,6 +50,7 @@ from ape.logging import logger
 
 from margincall.constants import MAX_BATCH, MAX_SCAN, TX_GAS_CAP, WAD, State
 from margincall.keeper_logic import (
+    BlockClock,
     CostModel,
     Decision,
     Metrics,
@@ -51,10 +59,12 @@ from margincall.keeper_logic import (
     can_call,
     can_liquidate,
     decide,
+    held_by_window,
     shard,
+    window_reopens,
 )
 from margincall.logs import RawEvent
-from margincall.tx import Deferred, Mined, TooLarge, TxSender
+from margincall.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
 
 LOG_CHUNK = 5_000  # blocks per eth_getLogs
 
@@ -111,6 +121,9 @@ class KeeperConfig:
     stale_blocks: int = 20
     log_every: int = 50  # blocks between summary lines
     tx_gas_cap: int = TX_GAS_CAP  # a batch over it is split in halves (EIP-7825)
+    block_time: int | None = None  # seconds; None: measured from the heads (BlockClock)
+    replace_after: int = 3  # blocks before an unmined transaction is re-sent with more fee
+    max_clears: int = 20  # clear_margin_call transactions per block at most
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KeeperConfig:
@@ -150,6 +163,9 @@ class KeeperConfig:
             stale_blocks=_int(env, "MARGINCALL_STALE_BLOCKS", 20, 1),
             log_every=_int(env, "MARGINCALL_LOG_EVERY", 50, 1),
             tx_gas_cap=_int(env, "MARGINCALL_TX_GAS_CAP", TX_GAS_CAP, 100_000),
+            block_time=_int(env, "MARGINCALL_BLOCK_TIME", 0, 0) or None,
+            replace_after=_int(env, "MARGINCALL_REPLACE_BLOCKS", 3, 1),
+            max_clears=_int(env, "MARGINCALL_MAX_CLEARS", 20, 0),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -167,6 +183,9 @@ class KeeperConfig:
             "MARGINCALL_STALE_BLOCKS": str(self.stale_blocks),
             "MARGINCALL_LOG_EVERY": str(self.log_every),
             "MARGINCALL_TX_GAS_CAP": str(self.tx_gas_cap),
+            "MARGINCALL_BLOCK_TIME": str(self.block_time or 0),
+            "MARGINCALL_REPLACE_BLOCKS": str(self.replace_after),
+            "MARGINCALL_MAX_CLEARS": str(self.max_clears),
         }
         if self.metrics_path is not None:
             env["MARGINCALL_KEEPER_METRICS"] = str(self.metrics_path)
@@ -191,11 +210,27 @@ class KeeperState:
     gas_spent: int = 0
     clears_sent: int = 0
     clears_made: int = 0
+    too_large: int = 0  # single accounts whose tranche does not fit in one transaction
+    held_window: int = 0  # accounts held back this block: their market's window is full
+    window_full_until: dict[int, int] = field(default_factory=dict)  # market -> time
+    backoff: dict[str, int] = field(default_factory=dict)  # account -> first block to retry
     started_at: float = field(default_factory=time.time)
 
 
 def _lower(address: Any) -> str:
     return str(address).lower()
+
+
+def _head_seen(number: int) -> float | None:
+    """When the bot's runner first saw head `number` (latency logs), if a runner runs here;
+    never imports Silverback for other users of this module (the simulator)."""
+    runner = sys.modules.get("margincall.runner")
+    return runner.head_seen(number) if runner is not None else None
+
+
+TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction is retried
+WINDOW_PREVIEWS = 20  # skipped accounts per receipt checked for a full liquidation window
+REASON_WINDOW_FULL = 3  # `preview_liquidation(...).reason` when the window cap is reached
 
 
 class Keeper:
@@ -219,7 +254,11 @@ class Keeper:
         self.engine = client.engine
         self.metrics = Metrics()
         self.state = KeeperState()
+        self.clock = BlockClock(fixed=config.block_time)
         self._t0 = time.monotonic()
+        self._io = ThreadPoolExecutor(max_workers=3, thread_name_prefix="keeper-io")
+        self._wanted: set[str] = set()  # accounts worth a transaction at the last scan
+        self._actionable: set[str] = set()  # accounts eligible at the last scan (delays)
         params = client.risk_params()
         decimals = int(record.collateral_decimals)
         self.rate = config.wei_per_token_unit(decimals)
@@ -232,6 +271,7 @@ class Keeper:
             margin_bps=config.margin_bps,
         )
         self.call_ratio = int(params.call_ratio)
+        self.liquidation_window = int(params.liquidation_window)
         self._events = {
             name: getattr(self.engine, name).abi
             for name in ("PositionChanged", "MarginCall", "Liquidation")
@@ -255,7 +295,8 @@ class Keeper:
 
     def start(self) -> None:
         """Rebuilds the account book from the engine's logs since its deployment, then scans."""
-        head = int(self.provider.get_block("latest").number)
+        latest = self.provider.get_block("latest")
+        head = int(latest.number)
         t0 = time.monotonic()
         n = self._ingest(int(self.record.block), head)
         self.metrics.track(len(self._mine(self.state.book.accounts)))
@@ -266,29 +307,41 @@ class Keeper:
             f" (blocks {self.record.block}..{head}, {time.monotonic() - t0:.2f} s);"
             f" {self.metrics.accounts_tracked} in this shard"
         )
+        # the block interval from the last few heads, before the first decision needs it
+        for number in range(max(0, head - self.clock.window + 1), head):
+            self.clock.observe(number, int(self.provider.web3.eth.get_block(number)["timestamp"]))
         # a first scan at once: eligible accounts are acted on without waiting for a block,
         # and every code path is warm before the first block arrives
-        latest = self.provider.get_block("latest")
-        self.on_block(int(latest.number), int(latest.timestamp))
+        self.on_block(
+            head,
+            int(latest.timestamp),
+            base_fee=int(getattr(latest, "base_fee", 0) or 0),
+            gas_limit=int(latest.gas_limit) if getattr(latest, "gas_limit", None) else None,
+        )
+        logger.info(
+            f"block interval {self.clock.interval()} s (from {len(self.clock.heads)} heads)"
+        )
 
     # --- logs ---
 
-    def _logs(self, start: int, stop: int) -> Iterable[Any]:
+    def _read_logs(self, start: int, stop: int) -> list[Any]:
         """The engine's raw `PositionChanged` logs of blocks start..stop."""
         topic = "0x" + self._raw["PositionChanged"].topic0.hex()
+        out: list[Any] = []
         for lo in range(start, stop + 1, LOG_CHUNK):
             hi = min(stop, lo + LOG_CHUNK - 1)
-            yield from self.provider.web3.eth.get_logs(
-                {"address": self._engine, "fromBlock": lo, "toBlock": hi, "topics": [topic]}
+            out.extend(
+                self.provider.web3.eth.get_logs(
+                    {"address": self._engine, "fromBlock": lo, "toBlock": hi, "topics": [topic]}
+                )
             )
+        return out
 
-    def _ingest(self, start: int, stop: int) -> int:
-        """Applies PositionChanged logs of blocks start..stop; returns how many."""
-        if stop < start:
-            return 0
+    def _apply(self, logs: Iterable[Any], stop: int) -> int:
+        """Applies raw PositionChanged logs read up to block `stop`; returns how many."""
         ev = self._raw["PositionChanged"]
         n = 0
-        for log in self._logs(start, stop):
+        for log in logs:
             self.state.book.apply(
                 {
                     "account": ev.field(log, "account"),
@@ -297,8 +350,14 @@ class Keeper:
                 }
             )
             n += 1
-        self.state.cursor = stop
+        self.state.cursor = max(self.state.cursor, stop)
         return n
+
+    def _ingest(self, start: int, stop: int) -> int:
+        """Applies PositionChanged logs of blocks start..stop; returns how many."""
+        if stop < start:
+            return 0
+        return self._apply(self._read_logs(start, stop), stop)
 
     def _mine(self, accounts: list[str]) -> list[str]:
         """This keeper's shard of `accounts`."""
@@ -306,57 +365,142 @@ class Keeper:
             return accounts
         return shard(accounts, self.config.shard_index, self.config.shard_count)
 
+    def _scan(self, accounts: list[str], number: int) -> list[Any]:
+        if not accounts:
+            return []
+        return self.client.statuses(accounts, chunk=self.config.scan_chunk, block_id=number)
+
     # --- block ---
 
-    def on_block(self, number: int, timestamp: int) -> Decision | None:
-        """Everything the keeper does for one block; raises on RPC errors (the bot retries)."""
+    def on_block(
+        self,
+        number: int,
+        timestamp: int,
+        *,
+        base_fee: int | None = None,
+        gas_limit: int | None = None,
+    ) -> Decision | None:
+        """Everything the keeper does for head `number` (stamped `timestamp`, with
+        `base_fee` and `gas_limit`: read from the node when not given). Raises on RPC
+        errors; the bot logs them and handles the next block from scratch."""
         state = self.state
         if number <= state.last_scanned:
             return None
         self._t0 = time.monotonic()
-        self._ingest(state.cursor + 1, number)
-        self._collect(number)
-        self.costs = replace(self.costs, gas_price=int(self.provider.web3.eth.gas_price))
-        busy = {_lower(a) for a in self.sender.in_flight()}
-        accounts = [a for a in self._mine(state.book.accounts) if _lower(a) not in busy]
-        self.metrics.track(len(self._mine(state.book.accounts)))
-        statuses = (
-            self.client.statuses(accounts, chunk=self.config.scan_chunk, block_id=number)
-            if accounts
-            else []
-        )
+        seen = _head_seen(number)
+        self.clock.observe(number, timestamp)
+        now = self.clock.next_timestamp(timestamp)  # what the transactions will carry
+        if base_fee is None or gas_limit is None:
+            block = self.provider.web3.eth.get_block(number)
+            base_fee = int(block.get("baseFeePerGas", 0) or 0)
+            gas_limit = int(block["gasLimit"])
+        _, tip = self.sender.begin_block(number, base_fee)
+        self.costs = replace(self.costs, gas_price=base_fee + tip)
+
+        # the three reads the decision needs, at once, all at block `number`
+        known = self._mine(state.book.accounts)
+        f_logs = self._io.submit(self._read_logs, state.cursor + 1, number)
+        f_mined = self._io.submit(self.sender.mined_count, number) if self.sender.pending else None
+        f_scan = self._io.submit(self._scan, known, number)
+        self._apply(f_logs.result(), number)
+        statuses = f_scan.result()
+        mined = f_mined.result() if f_mined is not None else None
+        seen_before = set(known)
+        mine = self._mine(state.book.accounts)
+        new = [a for a in mine if a not in seen_before]
+        if new:  # opened in this block: scanned too, a price may have fallen in the same block
+            statuses = statuses + self._scan(new, number)
+        self.metrics.track(len(mine))
+        for a in [a for a, until in state.backoff.items() if until <= number]:
+            del state.backoff[a]
         scanned_ms = 1000 * (time.monotonic() - self._t0)
-        snaps = [Snapshot.from_status(s) for s in statuses]
-        self._mark_eligible(snaps, number, timestamp)
-        decision = decide(snaps, timestamp, self.costs, max_batch=self.config.max_batch)
-        self._send(decision, number)
-        if self.config.clear_calls:
-            self._clear_recovered(statuses, number)
-        state.last_scanned = number
-        if decision.calls or decision.liquidated:
+
+        busy = {_lower(a) for a in self.sender.in_flight(mined)}
+        snaps_all = [Snapshot.from_status(s) for s in statuses]
+        free = [
+            s for s in snaps_all if _lower(s.account) not in busy and s.account not in state.backoff
+        ]
+        kept, held = held_by_window(free, now, state.book.markets, state.window_full_until)
+        state.held_window = len(held)
+        self._mark_eligible(kept, number, now)
+        decision = decide(kept, now, self.costs, max_batch=self.config.max_batch)
+        free_costs = replace(self.costs, gas_price=0)
+        due_next = frozenset(
+            s.account
+            for s in kept
+            if s.account in set(decision.liquidated) and not can_liquidate(s, timestamp, free_costs)
+        )
+        first = self._send(decision, number, gas_limit, due_next)
+        if first is not None:
+            after = f", {1000 * (first - seen):.0f} ms after the head was seen" if seen else ""
             logger.info(
                 f"block {number}: scanned {len(statuses)} accounts in {scanned_ms:.0f} ms,"
-                f" sent in {1000 * (time.monotonic() - self._t0):.0f} ms"
+                f" sent in {1000 * (first - self._t0):.0f} ms{after};"
+                f" all {len(decision.margin_calls) + len(decision.liquidations)} batches in"
+                f" {1000 * (time.monotonic() - self._t0):.0f} ms"
+                f" (head timestamp {timestamp}, decided for {now})"
             )
+
+        # the rest does not hold up the first transaction
+        self._wanted = self._worth_sending(snaps_all, now)
+        if mined is not None:  # else nothing was pending before this block's sends
+            self._collect(number, mined)
+        if self.config.clear_calls:
+            self._clear_recovered(statuses, number, busy, gas_limit)
+        self.sender.unstick(number, self._still_useful, mined)
+        state.last_scanned = number
         if decision.calls or decision.liquidated or number % self.config.log_every == 0:
             self._log_summary(number, decision)
         self.write_metrics()
         return decision
 
     def _mark_eligible(self, snaps: list[Snapshot], number: int, now: int) -> None:
-        """First block each account was seen actionable (for the delay metric); ignores profit."""
+        """First block after which each account was seen actionable (for the delay metric);
+        ignores profit."""
         free = replace(self.costs, gas_price=0)
         actionable = set()
         for s in snaps:
             if can_liquidate(s, now, free) or can_call(s, free):
                 actionable.add(s.account)
                 self.state.eligible_since.setdefault(s.account, number)
+        self._actionable = actionable
+        in_flight = self.sender.in_flight()
         for a in [a for a in self.state.eligible_since if a not in actionable]:
-            if a not in self.sender.in_flight():
+            if a not in in_flight:
                 del self.state.eligible_since[a]
 
-    def _send(self, decision: Decision, number: int) -> None:
-        """All batches of the block at once (gas estimated concurrently), most urgent first."""
+    def _worth_sending(self, snaps: list[Snapshot], now: int) -> set[str]:
+        """Accounts a transaction in the next block could act on (ignoring profit): used to
+        decide whether a stuck transaction is re-sent or cancelled."""
+        free = replace(self.costs, gas_price=0)
+        out = {
+            _lower(s.account)
+            for s in snaps
+            if can_liquidate(s, now, free)
+            or can_call(s, free)
+            or (
+                s.priced
+                and s.state == State.HEALTHY
+                and s.call_deadline
+                and s.ratio >= self.call_ratio
+            )
+        }
+        return out
+
+    def _still_useful(self, tx: PendingTx) -> bool:
+        return any(_lower(a) in self._wanted for a in tx.accounts)
+
+    def _send(
+        self,
+        decision: Decision,
+        number: int,
+        gas_limit: int | None = None,
+        due_next: frozenset[str] = frozenset(),
+    ) -> float | None:
+        """All batches of the block at once (gas estimated concurrently), most urgent first.
+        `gas_limit`: block `number`'s (read from the node when not given). `due_next`: the
+        accounts liquidatable at the next block's timestamp but not at the head's. Returns
+        when the first transaction went out (monotonic), or None."""
         calls = [
             (self.engine.liquidate_many, (list(batch),), "liquidate_many", batch)
             for batch in decision.liquidations
@@ -365,22 +509,44 @@ class Keeper:
             for batch in decision.margin_calls
         ]
         if not calls:
-            return
-        budget = self._block_gas_limit(number)
+            return None
+        if gas_limit is None:
+            gas_limit = self._block_gas_limit(number)
+        first: float | None = None
         deferred = 0
         while calls:
+            # the estimate runs at the head's timestamp, where a tranche due only at the next
+            # block's is skipped: count `gas_per_tranche` for each of those
+            extra = [
+                self.config.gas_per_tranche * sum(1 for a in batch if a in due_next)
+                for _, _, _, batch in calls
+            ]
             results = self.sender.send_many(
-                calls, number, gas_budget=budget, tx_gas_cap=self.config.tx_gas_cap
+                calls,
+                number,
+                gas_budget=gas_limit,
+                tx_gas_cap=self.config.tx_gas_cap,
+                extra_gas=extra,
             )
             halves = []
             for (method, _, label, batch), tx in zip(calls, results, strict=True):
                 if isinstance(tx, Deferred):
                     deferred += len(batch)
                     continue
-                if isinstance(tx, TooLarge) and len(batch) > 1:
-                    logger.info(f"block {number}: {tx}; sent as two batches")
-                    mid = (len(batch) + 1) // 2
-                    halves += [(method, (list(b),), label, b) for b in (batch[:mid], batch[mid:])]
+                if isinstance(tx, TooLarge):
+                    if len(batch) > 1:
+                        logger.info(f"block {number}: {tx}; sent as two batches")
+                        mid = (len(batch) + 1) // 2
+                        halves += [
+                            (method, (list(b),), label, b) for b in (batch[:mid], batch[mid:])
+                        ]
+                    else:  # nothing smaller to send: not an RPC error, and not every block
+                        self.state.too_large += 1
+                        self.state.backoff[batch[0]] = number + TOO_LARGE_BACKOFF
+                        logger.warning(
+                            f"block {number}: {label} for {batch[0]} alone does not fit in one"
+                            f" transaction ({tx}); retried in {TOO_LARGE_BACKOFF} blocks"
+                        )
                     continue
                 if isinstance(tx, Exception):
                     self.state.rpc_errors += 1
@@ -388,6 +554,8 @@ class Keeper:
                         f"block {number}: {label} for {len(batch)} accounts not sent: {tx}"
                     )
                     continue
+                if first is None:
+                    first = time.monotonic()
                 if label == "liquidate_many":
                     self.metrics.tranches_sent += len(batch)
                 else:
@@ -395,11 +563,12 @@ class Keeper:
                 logger.info(
                     f"block {number}: sent {label} for {len(batch)} accounts"
                     f" ({tx.txn_hash[:10]}, nonce {tx.nonce},"
-                    f" {1000 * (time.monotonic() - self._t0):.0f} ms into the block's scan)"
+                    f" {1000 * (time.monotonic() - self._t0):.0f} ms into the block)"
                 )
             calls = halves
         if deferred:
             logger.info(f"block {number}: {deferred} accounts wait for the next block (gas limit)")
+        return first
 
     def _block_gas_limit(self, number: int) -> int | None:
         try:
@@ -407,34 +576,47 @@ class Keeper:
         except Exception:  # noqa: BLE001 - no budget rather than no keeper
             return None
 
-    def _clear_recovered(self, statuses: list[Any], number: int) -> None:
-        for s in statuses:
-            if not (s.priced and s.state == State.HEALTHY and s.call_deadline):
-                continue
-            if s.ratio < self.call_ratio:
-                continue
-            try:
-                self.sender.send_call(
-                    self.engine.clear_margin_call,
-                    (s.account,),
-                    "clear_margin_call",
-                    (s.account,),
-                    number,
-                )
-            except Exception as err:  # noqa: BLE001 - e.g. the price moved since the scan
-                logger.warning(f"block {number}: clear_margin_call({s.account}) not sent: {err}")
+    def _clear_recovered(
+        self, statuses: list[Any], number: int, busy: set[str], gas_limit: int | None
+    ) -> None:
+        """`clear_margin_call` for recovered accounts (HEALTHY with a call still recorded),
+        at most `max_clears` per block, estimated at once and sent after the batches."""
+        todo = [
+            s.account
+            for s in statuses
+            if s.priced
+            and s.state == State.HEALTHY
+            and s.call_deadline
+            and s.ratio >= self.call_ratio
+            and _lower(s.account) not in busy
+        ][: self.config.max_clears]
+        if not todo:
+            return
+        calls = [(self.engine.clear_margin_call, (a,), "clear_margin_call", (a,)) for a in todo]
+        results = self.sender.send_many(
+            calls, number, gas_budget=gas_limit, tx_gas_cap=self.config.tx_gas_cap
+        )
+        for account, tx in zip(todo, results, strict=True):
+            if isinstance(tx, Exception):  # e.g. the price moved since the scan; next block
+                logger.warning(f"block {number}: clear_margin_call({account}) not sent: {tx}")
                 continue
             self.state.clears_sent += 1
 
     # --- receipts ---
 
-    def _collect(self, number: int) -> None:
-        for mined in self.sender.poll(number):
-            self._account_for(mined)
+    def _collect(self, number: int, mined: int | None) -> None:
+        for m in self.sender.poll(number, mined):
+            self._account_for(m, number)
         self.state.gas_spent = self.sender.gas_spent
 
-    def _account_for(self, mined: Mined) -> None:
+    def _account_for(self, mined: Mined, number: int) -> None:
         tx = mined.tx
+        if mined.cancel:
+            logger.info(
+                f"{tx.label} nonce {tx.nonce}: its cancel was mined in block {mined.block};"
+                f" nothing done for {len(tx.accounts)} accounts"
+            )
+            return
         if tx.label == "clear_margin_call":
             if mined.ok:
                 self.state.clears_made += 1
@@ -467,20 +649,30 @@ class Keeper:
         accounts = [ev.field(log, "account") for log in made]
         done = {_lower(a) for a in accounts}
         for account in accounts:
-            since = self.state.eligible_since.pop(account, None)
-            if since is not None:
-                self.metrics.record_delay(since, mined.block)
+            self._restart_eligibility(account, number, mined.block)
         skipped = [a for a in tx.accounts if _lower(a) not in done]
-        for a in skipped:  # its eligibility, if any, starts again at the next scan
-            self.state.eligible_since.pop(a, None)
+        for a in skipped:  # its eligibility, if any, starts again
+            self._restart_eligibility(a, number, None)
         if skipped:
             raced = self._acted_by_rivals(skipped, mined.block)
-            self.metrics.record_skips(len(raced), len(skipped) - len(raced))
+            rest = [a for a in skipped if _lower(a) not in raced]
+            full = self._window_full(rest, mined.block) if tx.label == "liquidate_many" else set()
+            recovered = len(rest) - len(full)
+            self.metrics.record_skips(len(raced), recovered, len(full))
             logger.info(
                 f"{tx.label} in block {mined.block}: engine skipped {len(skipped)} of"
                 f" {len(tx.accounts)} accounts ({len(raced)} lost races to other keepers,"
-                f" {len(skipped) - len(raced)} no longer eligible)"
+                f" {len(full)} held by a full liquidation window, {recovered} no longer eligible)"
             )
+
+    def _restart_eligibility(self, account: str, number: int, acted: int | None) -> None:
+        """After a receipt: records the delay of an action, and if the account is eligible
+        again at the block being handled, its new eligibility starts there."""
+        since = self.state.eligible_since.pop(account, None)
+        if acted is not None and since is not None:
+            self.metrics.record_delay(since, acted)
+        if account in self._actionable:
+            self.state.eligible_since[account] = number
 
     def _by_me(self, ev: RawEvent, log: Any, field_name: str) -> bool:
         return _lower(ev.field(log, field_name)) == self._me
@@ -500,6 +692,37 @@ class Keeper:
                     out.add(account)
         return out
 
+    def _window_full(self, accounts: list[str], block: int) -> set[str]:
+        """The `accounts` (skipped by a `liquidate_many` mined in `block`) that the engine
+        held back because a market's liquidation window was full (`preview_liquidation`
+        reason 3 after that block). Records until when each full window stays full, so
+        that `held_by_window` holds those accounts back instead of resending them."""
+        out: set[str] = set()
+        now = self.clock.next_timestamp(self.clock.heads[-1][1]) if self.clock.heads else 0
+        for m in [m for m, t in self.state.window_full_until.items() if t <= now]:
+            del self.state.window_full_until[m]  # restarted since
+        for account in accounts[:WINDOW_PREVIEWS]:
+            try:
+                preview = self.engine.preview_liquidation(account, block_id=block)
+            except Exception:  # noqa: BLE001 - e.g. an invalid price: not a window matter
+                continue
+            if int(preview.reason) != REASON_WINDOW_FULL:
+                continue
+            out.add(_lower(account))
+            for m in self.state.book.markets.get(account, ()):
+                if m in self.state.window_full_until:
+                    continue
+                start, used = self.engine.window_state(m, block_id=block)
+                cap = int(self.engine.markets(m, block_id=block).window_cap)
+                until = window_reopens(int(start), int(used), cap, self.liquidation_window)
+                if until is not None:
+                    self.state.window_full_until[m] = until
+                    logger.warning(
+                        f"block {block}: market {m}'s liquidation window is full until {until};"
+                        " its non-critical tranches wait"
+                    )
+        return out
+
     # --- reporting ---
 
     def snapshot(self) -> dict[str, Any]:
@@ -512,9 +735,14 @@ class Keeper:
             gas_spent=self.sender.gas_spent,
             fees_paid_wei=self.sender.fees_paid,
             pending=len(self.sender.pending),
+            replacements=self.sender.replacements,
+            cancels=self.sender.cancels,
             rpc_errors=self.state.rpc_errors,
             clears_sent=self.state.clears_sent,
             clears_made=self.state.clears_made,
+            too_large=self.state.too_large,
+            held_window=self.state.held_window,
+            block_interval_s=self.clock.interval(),
             uptime_s=round(time.time() - self.state.started_at, 1),
         )
         return out
@@ -535,7 +763,7 @@ class Keeper:
             f" this block {len(decision.calls)} calls,"
             f" {len(decision.liquidated)} tranches; total calls {m.calls_made}/{m.calls_sent},"
             f" tranches {m.tranches_made}/{m.tranches_sent}, races lost {m.races_lost},"
-            f" skipped (recovered) {m.skipped_recovered},"
+            f" skipped (recovered) {m.skipped_recovered}, skipped (window) {m.skipped_window},"
             f" rewards {m.rewards_earned} token units, max delay {m.max_delay} blocks"
         )
 

@@ -1,7 +1,8 @@
 """The keeper's decisions as pure functions: no chain, no I/O.
 
-The bot (issue 3) feeds these with `check_margins` snapshots, the head
-timestamp and a gas estimate, and sends what `decide` returns through the
+The bot feeds these with `check_margins` snapshots taken at the head block,
+the timestamp its transactions are expected to carry (the next block's:
+`BlockClock`) and a gas price, and sends what `decide` returns through the
 SDK's `margin_call_many` / `liquidate_many`. Everything is a plain integer:
 gas in gas units, prices and rewards in wei of the native coin (the bot
 converts collateral rewards at its own exchange rate), times in seconds.
@@ -13,6 +14,12 @@ Rules (PROTOCOL.md section 5, design.md "Account states"):
 - LIQUIDATABLE accounts are liquidated once their tranche interval has
   elapsed and when the expected keeper reward covers the gas times the
   profit margin.
+- A snapshot is projected to `now` (`state_at`): prices do not move with
+  time, but a CALLED account whose deadline has passed (`call_deadline <=
+  now`) is LIQUIDATABLE at `now`, since its ratio is under `call_ratio` and
+  its call stays enforceable for one grace period after the deadline. So a
+  keeper scanning block b with `now = t(b+1)` sends the tranche that the
+  engine accepts in block b+1, not one block later.
 - CALLABLE accounts are called when the call reward covers the gas times
   the profit margin.
 - Accounts whose prices are invalid (`priced = False`) are skipped: the
@@ -24,6 +31,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from statistics import median
 from typing import Any
 
 from margincall.constants import MAX_BATCH, State
@@ -84,6 +92,25 @@ def covers(reward: int, gas: int, gas_price: int, margin_bps: int) -> bool:
     return reward * 10_000 >= gas * gas_price * margin_bps
 
 
+def state_at(s: Snapshot, now: int, grace_period: int | None = None) -> State:
+    """The state the engine gives the account of snapshot `s` at time `now` (prices as in
+    the snapshot, no transaction in between).
+
+    Only a recorded call moves with time: a CALLED account (1 <= ratio < call_ratio) whose
+    `call_deadline` is at or before `now` is LIQUIDATABLE, its call being enforceable for
+    one grace period after the deadline. With `grace_period` given, a call whose
+    enforceable period is over at `now` has lapsed and the account is CALLABLE again;
+    without it (the keeper, which looks one block ahead) the call is taken as live.
+    Not modelled: a tranche that would leave dust makes the engine say CRITICAL instead
+    of LIQUIDATABLE (both are liquidated; only the tranche interval differs).
+    """
+    if s.state != State.CALLED or s.call_deadline == 0 or now < s.call_deadline:
+        return s.state
+    if grace_period is not None and now >= s.call_deadline + grace_period:
+        return State.CALLABLE
+    return State.LIQUIDATABLE
+
+
 def can_call(s: Snapshot, costs: CostModel, reward: int | None = None) -> bool:
     """A CALLABLE, priced account whose call reward pays for the call."""
     if not s.priced or s.state != State.CALLABLE:
@@ -93,12 +120,16 @@ def can_call(s: Snapshot, costs: CostModel, reward: int | None = None) -> bool:
 
 
 def can_liquidate(s: Snapshot, now: int, costs: CostModel, reward: int | None = None) -> bool:
-    """CRITICAL/BANKRUPT always; LIQUIDATABLE when the interval allows and it pays."""
+    """Whether a `liquidate` carrying timestamp `now` should be sent for the account of `s`:
+    CRITICAL/BANKRUPT always; LIQUIDATABLE at `now` (`state_at`: including a CALLED account
+    whose deadline is at or before `now`) when the tranche interval has elapsed by `now`
+    and the reward pays for the gas times the margin."""
     if not s.priced:
         return False
-    if s.state in (State.CRITICAL, State.BANKRUPT):
+    state = state_at(s, now)
+    if state in (State.CRITICAL, State.BANKRUPT):
         return True
-    if s.state != State.LIQUIDATABLE:
+    if state != State.LIQUIDATABLE:
         return False
     if now < s.next_tranche_time:
         return False
@@ -146,7 +177,9 @@ def decide(
 ) -> Decision:
     """Which accounts to `margin_call_many` and which to `liquidate_many` at `now`.
 
-    `now` is the timestamp the transactions are expected to carry.
+    `now` is the timestamp the transactions are expected to carry: for a keeper that
+    scanned block b, the timestamp of block b+1 (`BlockClock.next_timestamp`); for the
+    simulator, its next slot's time. Snapshots are projected to `now` (`state_at`).
     `rewards` optionally overrides the expected reward per account (wei), e.g.
     from `preview_liquidation(...).keeper_reward`. Liquidations come most
     urgent first (BANKRUPT, CRITICAL, then by ratio); calls by ratio.
@@ -168,17 +201,99 @@ def decide(
             liq.append(s)
         elif can_call(s, costs, reward):
             call.append(s)
-        elif s.priced and s.state == State.LIQUIDATABLE and now < s.next_tranche_time:
+        elif not s.priced:
+            continue
+        elif state_at(s, now) == State.LIQUIDATABLE and now < s.next_tranche_time:
             wake = s.next_tranche_time if wake is None else min(wake, s.next_tranche_time)
-        elif s.priced and s.state == State.CALLED and s.call_deadline:
+        elif s.state == State.CALLED and s.call_deadline > now:
             wake = s.call_deadline if wake is None else min(wake, s.call_deadline)
-    liq.sort(key=lambda s: (-int(s.state), s.ratio))
+    liq.sort(key=lambda s: (-int(state_at(s, now)), s.ratio))
     call.sort(key=lambda s: s.ratio)
     return Decision(
         margin_calls=batches([s.account for s in call], max_batch),
         liquidations=batches([s.account for s in liq], max_batch),
         wake_at=wake,
     )
+
+
+# --- time ---------------------------------------------------------------------
+
+
+@dataclass
+class BlockClock:
+    """Estimates the timestamp the next block will carry, from the heads seen.
+
+    `interval()` is `fixed` when set (`MARGINCALL_BLOCK_TIME`), else the median of the
+    per-block timestamp deltas between the last `window` heads observed (a gap of k
+    blocks counts as k blocks), at least 1 s: robust to one odd block (a time jump on a
+    test chain, a missed slot), and 1 s when nothing has been observed yet.
+    """
+
+    fixed: int | None = None
+    window: int = 8
+    heads: list[tuple[int, int]] = field(default_factory=list)  # (number, timestamp), rising
+
+    def __post_init__(self) -> None:
+        if self.fixed is not None and self.fixed < 1:
+            raise ValueError("a fixed block time must be at least 1 s")
+        if self.window < 2:
+            raise ValueError("the window needs at least 2 heads")
+
+    def observe(self, number: int, timestamp: int) -> None:
+        """Records a head; older or repeated numbers are ignored."""
+        if self.heads and number <= self.heads[-1][0]:
+            return
+        self.heads.append((number, timestamp))
+        del self.heads[: -self.window]
+
+    def interval(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        deltas = [
+            (t1 - t0) / (n1 - n0)
+            for (n0, t0), (n1, t1) in zip(self.heads, self.heads[1:], strict=False)
+        ]
+        if not deltas:
+            return 1
+        return max(1, round(median(deltas)))
+
+    def next_timestamp(self, timestamp: int) -> int:
+        """The expected timestamp of the block after a head stamped `timestamp`."""
+        return timestamp + self.interval()
+
+
+# --- cascade window ----------------------------------------------------------------
+
+
+def window_reopens(start: int, used: int, cap: int, window: int) -> int | None:
+    """When a market's liquidation window has room again: `None` if it has room now
+    (`used < cap`), else the time it restarts (`start + window`). Inputs are the engine's
+    `window_state(market_id)`, the market's `window_cap` and `liquidation_window`."""
+    return None if used < cap else start + window
+
+
+def held_by_window(
+    snapshots: Iterable[Snapshot],
+    now: int,
+    markets_of: Mapping[str, Iterable[int]],
+    full_until: Mapping[int, int],
+) -> tuple[list[Snapshot], list[Snapshot]]:
+    """Splits `snapshots` into (to decide on, held back): an account is held back when it
+    would be a plain tranche at `now` (LIQUIDATABLE, not CRITICAL/BANKRUPT, which the cap
+    exempts) and one of its markets' windows is full until after `now`
+    (`full_until[market] > now`). The engine would skip it: no point sending it."""
+    keep: list[Snapshot] = []
+    held: list[Snapshot] = []
+    for s in snapshots:
+        if (
+            s.priced
+            and state_at(s, now) == State.LIQUIDATABLE
+            and any(full_until.get(m, 0) > now for m in markets_of.get(s.account, ()))
+        ):
+            held.append(s)
+        else:
+            keep.append(s)
+    return keep, held
 
 
 # --- sharding ---------------------------------------------------------------
@@ -277,6 +392,7 @@ class Metrics:
     tranches_made: int = 0  # accounts actually liquidated
     races_lost: int = 0  # sent but skipped by the engine: a rival acted first
     skipped_recovered: int = 0  # sent but skipped: no longer eligible (price moved back)
+    skipped_window: int = 0  # sent but skipped: the market's liquidation window was full
     rewards_earned: int = 0  # token units
     delays: list[int] = field(default_factory=list)  # blocks from eligible to acted
 
@@ -305,13 +421,15 @@ class Metrics:
             raise ValueError(f"made {made} of {sent} sent")
         self.races_lost += sent - made
 
-    def record_skips(self, raced: int, recovered: int) -> None:
+    def record_skips(self, raced: int, recovered: int, window: int = 0) -> None:
         """Accounts the engine skipped: `raced` because a rival acted first in or before the
-        block, `recovered` because they were no longer eligible."""
-        if raced < 0 or recovered < 0:
+        block, `window` because the market's liquidation window was full, `recovered`
+        because they were no longer eligible."""
+        if raced < 0 or recovered < 0 or window < 0:
             raise ValueError("skip counts must be non-negative")
         self.races_lost += raced
         self.skipped_recovered += recovered
+        self.skipped_window += window
 
     @property
     def max_delay(self) -> int:
@@ -330,6 +448,7 @@ class Metrics:
 
 
 __all__ = [
+    "BlockClock",
     "CostModel",
     "Decision",
     "Metrics",
@@ -340,7 +459,10 @@ __all__ = [
     "can_liquidate",
     "covers",
     "decide",
+    "held_by_window",
     "open_accounts",
     "shard",
     "shard_of",
+    "state_at",
+    "window_reopens",
 ]

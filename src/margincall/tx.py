@@ -7,13 +7,26 @@ a crash sends several batches in one block and must not wait for each: this
 buffer), keeps the nonce locally so a burst of transactions goes out in
 order, and collects receipts later with `poll()`.
 
+Fees: `begin_block(number, base_fee)` fixes the fees of every transaction
+sent for that block (`2 * base fee + tip`; the tip is read from the node at
+most every `tip_refresh_blocks` blocks), so a send costs one RPC, not three.
+
 Nonce rules: the first send reads the pending nonce from the node; each send
 takes the next one; a send that the node refuses for its nonce ("nonce too
 low", "already known", "replacement transaction underpriced") resyncs from
 the node and retries once; any other refusal also resyncs, so a gap never
-jams the account. A transaction not mined after `stale_blocks` blocks is
-dropped from `pending` (its accounts become eligible again) and the nonce is
-resynced.
+jams the account. A resync never goes below a nonce this sender still tracks.
+
+Stuck transactions are replaced, never just forgotten (forgetting one leaves
+its nonce occupied in the node's pool, and every later send queues behind
+it): `unstick()` re-sends a transaction not mined `replace_after` blocks after
+its last send at the same nonce with both fees raised by `bump_bps` (at least
+12.5%, over what nodes require of a replacement; and at least the current
+fees). When the action is no longer useful (the caller says so), or the
+transaction is `stale_blocks` old, the replacement is a zero-value transfer
+to itself (a "cancel"), which frees its accounts for new transactions. Until
+one transaction of the nonce is mined, all of its hashes are watched: the
+original may still win.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ from typing import Any
 from ape.logging import logger
 
 NONCE_ERRORS = ("nonce too low", "already known", "replacement transaction underpriced", "nonce")
+TRANSFER_GAS = 21_000
+MIN_BUMP_BPS = 11_250  # +12.5%: more than any common node asks of a replacement
 
 
 def _int(value: Any) -> int:
@@ -37,6 +52,20 @@ def _hex(data: Any) -> str:
     if isinstance(data, str):
         return data if data.startswith("0x") else "0x" + data
     return "0x" + bytes(data).hex()
+
+
+def _hash(txn_hash: Any) -> str:
+    if hasattr(txn_hash, "to_0x_hex"):
+        return txn_hash.to_0x_hex()
+    if isinstance(txn_hash, bytes):
+        return "0x" + txn_hash.hex()
+    return str(txn_hash)
+
+
+def bumped(old: int, current: int, bump_bps: int) -> int:
+    """A replacement's fee: `old` raised by `bump_bps` (rounded up, and at least by 1 wei),
+    or `current` if that is higher."""
+    return max(-(-old * bump_bps // 10_000), old + 1, current)
 
 
 class Deferred(Exception):
@@ -55,24 +84,54 @@ class TooLarge(Exception):
 
 @dataclass
 class PendingTx:
-    """A sent transaction and what it was for."""
+    """A sent transaction (one nonce) and what it was for.
+
+    `txn_hash` is its latest version; `replaced` the earlier ones at the same nonce,
+    oldest first (any of them may be the one mined). After a cancel, `cancelled` is set,
+    `cancels` holds the hashes of the zero-value self-transfers and the accounts are no
+    longer in flight."""
 
     txn_hash: str
     nonce: int
     label: str  # e.g. "liquidate_many"
     accounts: tuple[str, ...]
-    sent_block: int
+    sent_block: int  # the block of the last (re)send
     gas_limit: int
     meta: dict[str, Any] = field(default_factory=dict)
+    to: str = ""
+    data: str = "0x"
+    max_fee: int = 0
+    tip: int = 0
+    first_block: int = -1  # the block of the first send
+    replaced: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    cancels: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.first_block < 0:
+            self.first_block = self.sent_block
+
+    @property
+    def hashes(self) -> list[str]:
+        """Every version of this nonce, newest first."""
+        return [self.txn_hash, *reversed(self.replaced)]
+
+    @property
+    def replacements(self) -> int:
+        return len(self.replaced)
 
 
 @dataclass
 class Mined:
     """A pending transaction with its receipt (the node's raw receipt: `logs`, `status`,
-    `gasUsed`, `blockNumber`; read logs with `margincall.logs.RawEvent`)."""
+    `gasUsed`, `blockNumber`; read logs with `margincall.logs.RawEvent`).
+
+    `cancel` is set when the transaction mined at that nonce was the zero-value
+    self-transfer that replaced the action: nothing was done for `tx.accounts`."""
 
     tx: PendingTx
     receipt: Any
+    cancel: bool = False
 
     @property
     def block(self) -> int:
@@ -92,7 +151,8 @@ class Mined:
 
 
 class TxSender:
-    """Signs and sends from `account` without waiting; `poll()` returns what was mined."""
+    """Signs and sends from `account` without waiting; `poll()` returns what was mined,
+    `unstick()` replaces what does not get mined."""
 
     def __init__(
         self,
@@ -101,18 +161,32 @@ class TxSender:
         gas_buffer_bps: int = 11_000,
         stale_blocks: int = 20,
         priority_fee: int | None = None,
+        replace_after: int = 3,
+        bump_bps: int = 12_500,
+        tip_refresh_blocks: int = 10,
     ):
         if gas_buffer_bps < 10_000:
             raise ValueError("gas_buffer_bps must be at least 10_000 (no buffer)")
+        if bump_bps < MIN_BUMP_BPS:
+            raise ValueError(f"bump_bps must be at least {MIN_BUMP_BPS} (+12.5%)")
+        if replace_after < 1 or stale_blocks < 1:
+            raise ValueError("replace_after and stale_blocks must be at least 1 block")
         self.account = account
         self.provider = provider
         self.gas_buffer_bps = gas_buffer_bps
         self.stale_blocks = stale_blocks
         self.priority_fee = priority_fee
+        self.replace_after = replace_after
+        self.bump_bps = bump_bps
+        self.tip_refresh_blocks = tip_refresh_blocks
         self.next_nonce: int | None = None
-        self.pending: dict[str, PendingTx] = {}
+        self.pending: dict[str, PendingTx] = {}  # by latest hash
         self.gas_spent = 0
         self.fees_paid = 0  # wei
+        self.replacements = 0  # fee-bumped re-sends
+        self.cancels = 0  # zero-value self-transfers sent
+        self._block_fees: tuple[int, int] | None = None  # (max fee, tip) of `begin_block`
+        self._tip: tuple[int, int] | None = None  # (block read at, tip)
 
     @property
     def address(self) -> str:
@@ -122,21 +196,77 @@ class TxSender:
     def web3(self) -> Any:
         return self.provider.web3
 
+    # --- nonce and fees ---
+
     def sync_nonce(self) -> int:
-        self.next_nonce = int(self.web3.eth.get_transaction_count(self.address, "pending"))
+        """The node's pending nonce, but never below a nonce still tracked here: a tracked
+        transaction the node dropped leaves a gap that `unstick` fills at its own nonce."""
+        count = int(self.web3.eth.get_transaction_count(self.address, "pending"))
+        tracked = [tx.nonce for tx in self.pending.values()]
+        self.next_nonce = max([count, *(n + 1 for n in tracked)])
         return self.next_nonce
 
-    def in_flight(self) -> set[str]:
-        """Accounts named in a transaction not mined yet."""
-        return {a for tx in self.pending.values() for a in tx.accounts}
+    def mined_count(self, block: int | str = "latest") -> int:
+        """How many of this account's transactions are mined as of `block` (one RPC)."""
+        return int(self.web3.eth.get_transaction_count(self.address, block))
+
+    def in_flight(self, mined: int | None = None) -> set[str]:
+        """Accounts named in a transaction not mined yet (and not cancelled). With `mined`
+        (`mined_count` at the block being handled), transactions with a lower nonce count
+        as mined even before `poll` has read their receipts."""
+        return {
+            a
+            for tx in self.pending.values()
+            if not tx.cancelled and (mined is None or tx.nonce >= mined)
+            for a in tx.accounts
+        }
+
+    def tip(self, block: int) -> int:
+        """The priority fee: the fixed one, or the node's, read at most every
+        `tip_refresh_blocks` blocks."""
+        if self.priority_fee is not None:
+            return self.priority_fee
+        if self._tip is None or block - self._tip[0] >= self.tip_refresh_blocks or block < 0:
+            self._tip = (block, int(getattr(self.provider, "priority_fee", 0) or 0))
+        return self._tip[1]
+
+    def begin_block(self, block: int, base_fee: int, tip: int | None = None) -> tuple[int, int]:
+        """Fixes the fees of the transactions sent for `block` (whose base fee is
+        `base_fee`): `(2 * base_fee + tip, tip)`. Returns them."""
+        tip = self.tip(block) if tip is None else tip
+        self._block_fees = (2 * int(base_fee) + tip, tip)
+        return self._block_fees
 
     def _fees(self) -> tuple[int, int]:
+        if self._block_fees is not None:
+            return self._block_fees
         head = self.web3.eth.get_block("latest")
         base = int(head.get("baseFeePerGas", 0) or 0)
         tip = self.priority_fee
         if tip is None:
             tip = int(getattr(self.provider, "priority_fee", 0) or 0)
         return 2 * base + tip, tip
+
+    # --- sending ---
+
+    def _sign_and_send(
+        self, to: str, data: str, nonce: int, gas_limit: int, max_fee: int, tip: int
+    ) -> str:
+        txn = self.provider.network.ecosystem.create_transaction(
+            chain_id=self.provider.chain_id,
+            receiver=to,
+            data=data,
+            value=0,
+            nonce=nonce,
+            gas_limit=gas_limit,
+            max_fee=max_fee,
+            max_priority_fee=tip,
+            type=2,
+        )
+        signed = self.account.sign_transaction(txn)
+        if signed is None:
+            raise RuntimeError(f"{self.address}: the account refused to sign")
+        return _hash(self.web3.eth.send_raw_transaction(signed.serialize_transaction()))
 
     def send(
         self,
@@ -153,25 +283,16 @@ class TxSender:
         estimate = self.gas_of(contract_address, data) if gas is None else gas
         gas_limit = estimate * self.gas_buffer_bps // 10_000
         max_fee, tip = self._fees()
+        payload = _hex(data)
         for attempt in (1, 2):
             if self.next_nonce is None:
                 self.sync_nonce()
             nonce = self.next_nonce
-            txn = self.provider.network.ecosystem.create_transaction(
-                chain_id=self.provider.chain_id,
-                receiver=contract_address,
-                data=data,
-                nonce=nonce,
-                gas_limit=gas_limit,
-                max_fee=max_fee,
-                max_priority_fee=tip,
-                type=2,
-            )
-            signed = self.account.sign_transaction(txn)
-            if signed is None:
-                raise RuntimeError(f"{self.address}: the account refused to sign")
+            assert nonce is not None
             try:
-                txn_hash = self.web3.eth.send_raw_transaction(signed.serialize_transaction())
+                txn_hash = self._sign_and_send(
+                    contract_address, payload, nonce, gas_limit, max_fee, tip
+                )
             except Exception as err:  # noqa: BLE001 - node refusals come in many types
                 self.next_nonce = None  # resync before anything else is sent
                 text = str(err).lower()
@@ -181,13 +302,17 @@ class TxSender:
                 raise
             self.next_nonce = nonce + 1
             tx = PendingTx(
-                txn_hash=txn_hash.to_0x_hex() if hasattr(txn_hash, "to_0x_hex") else str(txn_hash),
+                txn_hash=txn_hash,
                 nonce=nonce,
                 label=label,
                 accounts=tuple(accounts),
                 sent_block=head_block,
                 gas_limit=gas_limit,
                 meta=dict(meta or {}),
+                to=str(contract_address),
+                data=payload,
+                max_fee=max_fee,
+                tip=tip,
             )
             self.pending[tx.txn_hash] = tx
             return tx
@@ -214,11 +339,17 @@ class TxSender:
         workers: int = 4,
         gas_budget: int | None = None,
         tx_gas_cap: int | None = None,
+        extra_gas: list[int] | None = None,
     ) -> list[PendingTx | Exception]:
         """Sends several contract calls `(method, args, label, accounts)` at once: their gas
         is estimated concurrently (the slow part: each estimate runs the whole batch on the
         node), then they are signed and sent one after the other in nonce order. Returns,
         per call, the pending transaction or the exception that stopped it.
+
+        The estimate runs at the head, with the head's timestamp. `extra_gas` (one value
+        per call) adds what the call will use in the next block but did not use in the
+        estimate: e.g. a tranche that is due only at the next block's timestamp, which the
+        estimate skipped (without it the transaction runs out of gas).
 
         `gas_budget` (e.g. the block gas limit) caps the gas limits sent, counting the
         transactions still pending: what does not fit comes back as `Deferred`, to be sent
@@ -227,37 +358,48 @@ class TxSender:
         `tx_gas_cap` (EIP-7825: 2**24 on Ethereum since Fusaka) or over the whole
         `gas_budget` can never be sent as it is: it comes back as `TooLarge`, and the calls
         after it are still sent."""
+        if not calls:
+            return []
         prepared = [
             (str(m.contract.address), m.encode_input(*args), label, accounts)
             for m, args, label, accounts in calls
         ]
+
+        extras = list(extra_gas) if extra_gas is not None else [0] * len(prepared)
+        if len(extras) != len(prepared):
+            raise ValueError("extra_gas needs one value per call")
 
         def estimate(item: tuple) -> int:
             return self.gas_of(item[0], item[1])
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(prepared)))) as pool:
             futures = [pool.submit(estimate, item) for item in prepared]
-        out: list[PendingTx | Exception] = []
-        room = None
-        if gas_budget is not None:
-            room = gas_budget - sum(tx.gas_limit for tx in self.pending.values())
-        caps = [c for c in (tx_gas_cap, gas_budget) if c is not None]
-        for (to, data, label, accounts), future in zip(prepared, futures, strict=True):
-            try:
-                gas = future.result()
-                need = gas * self.gas_buffer_bps // 10_000
-                if caps and need > min(caps):
-                    out.append(TooLarge(label, need, min(caps)))
-                    continue
-                if room is not None:
-                    if need > room:
-                        out.append(Deferred(f"{label}: {need:,} gas does not fit in {room:,}"))
-                        room = -1  # keep the order: nothing after a deferred batch
+            out: list[PendingTx | Exception] = []
+            room = None
+            if gas_budget is not None:
+                room = gas_budget - sum(
+                    tx.gas_limit for tx in self.pending.values() if not tx.cancelled
+                )
+            caps = [c for c in (tx_gas_cap, gas_budget) if c is not None]
+            # in order, each as soon as its own estimate is back
+            for (to, data, label, accounts), future, extra in zip(
+                prepared, futures, extras, strict=True
+            ):
+                try:
+                    gas = future.result() + extra
+                    need = gas * self.gas_buffer_bps // 10_000
+                    if caps and need > min(caps):
+                        out.append(TooLarge(label, need, min(caps)))
                         continue
-                    room -= need
-                out.append(self.send(to, data, label, accounts, head_block, gas=gas))
-            except Exception as err:  # noqa: BLE001 - reported per call
-                out.append(err)
+                    if room is not None:
+                        if need > room:
+                            out.append(Deferred(f"{label}: {need:,} gas does not fit in {room:,}"))
+                            room = -1  # keep the order: nothing after a deferred batch
+                            continue
+                        room -= need
+                    out.append(self.send(to, data, label, accounts, head_block, gas=gas))
+                except Exception as err:  # noqa: BLE001 - reported per call
+                    out.append(err)
         return out
 
     def send_call(
@@ -273,37 +415,121 @@ class TxSender:
         data = method.encode_input(*args)
         return self.send(str(method.contract.address), data, label, accounts, head_block, meta)
 
-    def poll(
-        self, head_block: int, on_stale: Callable[[PendingTx], None] | None = None
-    ) -> list[Mined]:
+    # --- receipts ---
+
+    def _receipt(self, txn_hash: str) -> Any:
+        # the raw JSON-RPC result: web3's formatters take ~0.2 s on a receipt of a
+        # 100-account batch (hundreds of logs), which a keeper cannot spend per block
+        raw = self.web3.provider.make_request("eth_getTransactionReceipt", [txn_hash])
+        if raw.get("error"):
+            raise RuntimeError(f"eth_getTransactionReceipt({txn_hash}): {raw['error']}")
+        return raw.get("result")
+
+    def poll(self, head_block: int, mined: int | None = None) -> list[Mined]:
         """Receipts of pending transactions mined by `head_block` (later ones stay pending, so
-        the caller's view of block `head_block` is consistent); drops stale ones."""
-        mined: list[Mined] = []
-        for txn_hash, tx in list(self.pending.items()):
-            # the raw JSON-RPC result: web3's formatters take ~0.2 s on a receipt of a
-            # 100-account batch (hundreds of logs), which a keeper cannot spend per block
-            raw = self.web3.provider.make_request("eth_getTransactionReceipt", [txn_hash])
-            if raw.get("error"):
-                raise RuntimeError(f"eth_getTransactionReceipt({txn_hash}): {raw['error']}")
-            raw = raw.get("result")
-            if raw is not None and _int(raw["blockNumber"]) > head_block:
-                raw = None  # mined after the block being handled: not seen from there yet
-            if raw is None:
-                if head_block - tx.sent_block > self.stale_blocks:
-                    logger.warning(
-                        f"{tx.label} {txn_hash} not mined after {self.stale_blocks} blocks"
-                    )
-                    del self.pending[txn_hash]
-                    self.next_nonce = None
-                    if on_stale:
-                        on_stale(tx)
+        the caller's view of block `head_block` is consistent).
+
+        One `eth_getTransactionCount` at `head_block` (or `mined`, that count, if the
+        caller has it) tells which nonces are mined; only their receipts are read. A nonce
+        mined by a transaction this sender does not know (another process with the same
+        key) is dropped with a warning."""
+        if not self.pending:
+            return []
+        if mined is None:
+            mined = self.mined_count(head_block)
+        out: list[Mined] = []
+        for key, tx in sorted(self.pending.items(), key=lambda kv: kv[1].nonce):
+            if tx.nonce >= mined:
                 continue
-            del self.pending[txn_hash]
-            m = Mined(tx, raw)
+            found = None
+            for txn_hash in tx.hashes:
+                raw = self._receipt(txn_hash)
+                if raw is not None and _int(raw["blockNumber"]) <= head_block:
+                    found = (txn_hash, raw)
+                    break
+            del self.pending[key]
+            if found is None:
+                logger.warning(
+                    f"{tx.label} nonce {tx.nonce}: mined by a transaction this keeper did not"
+                    f" send ({len(tx.hashes)} versions watched); forgotten"
+                )
+                continue
+            txn_hash, raw = found
+            m = Mined(tx, raw, cancel=txn_hash in tx.cancels)
             self.gas_spent += m.gas_used
             self.fees_paid += m.gas_used * _int(raw.get("effectiveGasPrice") or 0)
-            mined.append(m)
-        return mined
+            out.append(m)
+        return out
+
+    # --- stuck transactions ---
+
+    def stuck(self, head_block: int, mined: int | None = None) -> list[PendingTx]:
+        """Transactions not mined `replace_after` blocks after their last send, by nonce."""
+        out = [
+            tx
+            for tx in self.pending.values()
+            if head_block - tx.sent_block >= self.replace_after
+            and (mined is None or tx.nonce >= mined)
+        ]
+        return sorted(out, key=lambda tx: tx.nonce)
+
+    def replace(self, tx: PendingTx, head_block: int, cancel: bool = False) -> PendingTx:
+        """Re-sends `tx` at its nonce with both fees bumped (`bumped`): the same call, or
+        with `cancel` (or once cancelled) a zero-value transfer to itself. Raises the
+        node's refusal (e.g. "nonce too low": it was mined meanwhile; `poll` sees it)."""
+        cur_max, cur_tip = self._fees()
+        tip = bumped(tx.tip, cur_tip, self.bump_bps)
+        max_fee = max(bumped(tx.max_fee, cur_max, self.bump_bps), tip)
+        cancel = cancel or tx.cancelled
+        if cancel:
+            to, data, gas_limit = self.address, "0x", TRANSFER_GAS
+        else:
+            to, data, gas_limit = tx.to, tx.data, tx.gas_limit
+        txn_hash = self._sign_and_send(to, data, tx.nonce, gas_limit, max_fee, tip)
+        del self.pending[tx.txn_hash]
+        tx.replaced.append(tx.txn_hash)
+        tx.txn_hash = txn_hash
+        tx.max_fee, tx.tip = max_fee, tip
+        tx.sent_block = head_block
+        if cancel:
+            if not tx.cancelled:
+                self.cancels += 1
+            tx.cancelled = True
+            tx.cancels.add(txn_hash)
+            tx.gas_limit = TRANSFER_GAS
+        else:
+            self.replacements += 1
+        self.pending[txn_hash] = tx
+        return tx
+
+    def unstick(
+        self,
+        head_block: int,
+        useful: Callable[[PendingTx], bool] | None = None,
+        mined: int | None = None,
+    ) -> list[PendingTx]:
+        """Replaces every stuck transaction (`stuck`), lowest nonce first: with the same
+        call while `useful(tx)` says the action is still wanted (default: yes) and it is
+        younger than `stale_blocks`, else with a cancel. Returns those replaced; a refusal
+        is logged and retried at the next block."""
+        done = []
+        for tx in self.stuck(head_block, mined):
+            age = head_block - tx.first_block
+            cancel = tx.cancelled or age >= self.stale_blocks or not (useful is None or useful(tx))
+            try:
+                self.replace(tx, head_block, cancel=cancel)
+            except Exception as err:  # noqa: BLE001 - mined meanwhile, or still underpriced
+                logger.warning(
+                    f"{tx.label} nonce {tx.nonce} not replaced ({type(err).__name__}: {err})"
+                )
+                continue
+            logger.warning(
+                f"{tx.label} nonce {tx.nonce} not mined after {age} blocks:"
+                f" {'cancelled' if tx.cancelled else 're-sent'} with max fee {tx.max_fee},"
+                f" tip {tx.tip} ({tx.txn_hash[:10]})"
+            )
+            done.append(tx)
+        return done
 
 
-__all__ = ["Deferred", "Mined", "PendingTx", "TooLarge", "TxSender"]
+__all__ = ["Deferred", "Mined", "PendingTx", "TooLarge", "TxSender", "bumped"]

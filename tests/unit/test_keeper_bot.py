@@ -13,7 +13,7 @@ from margincall.audit import delay_stats
 from margincall.cli import cli
 from margincall.keeper import ConfigError, KeeperConfig, parse_shard
 from margincall.population import crash_path, plan_crowd
-from margincall.runner import Backoff
+from margincall.runner import RESULT_POLL, Backoff, _mark_seen, _QuickKicker, head_seen
 
 # --- keeper settings ---------------------------------------------------------------------
 
@@ -50,8 +50,15 @@ def test_keeper_config_defaults_and_round_trip_through_env():
         clear_calls=False,
         metrics_path=Path("m.json"),
         tx_gas_cap=5_000_000,
+        block_time=12,
+        replace_after=5,
+        max_clears=3,
     )
     assert KeeperConfig.from_env(custom.to_env()) == custom
+    assert config.block_time is None and config.replace_after == 3  # measured; 3 blocks
+    assert KeeperConfig.from_env({"MARGINCALL_DEPLOYMENT": "r", "MARGINCALL_BLOCK_TIME": "0"}) == (
+        KeeperConfig(deployment=Path("r"))
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,6 +72,9 @@ def test_keeper_config_defaults_and_round_trip_through_env():
         ("MARGINCALL_CLEAR_CALLS", "maybe", "must be 1 or 0"),
         ("MARGINCALL_SHARD", "5/5", "shard"),
         ("MARGINCALL_TX_GAS_CAP", "99999", "MARGINCALL_TX_GAS_CAP must be"),
+        ("MARGINCALL_BLOCK_TIME", "-1", "MARGINCALL_BLOCK_TIME must be"),
+        ("MARGINCALL_BLOCK_TIME", "fast", "MARGINCALL_BLOCK_TIME must be an integer"),
+        ("MARGINCALL_REPLACE_BLOCKS", "0", "MARGINCALL_REPLACE_BLOCKS must be"),
     ],
 )
 def test_keeper_config_names_the_bad_setting(name, value, message):
@@ -152,6 +162,41 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
     assert (b.next(), b.failures) == (0.25, 1)
     with pytest.raises(ValueError):
         Backoff(first=3, cap=2)
+
+
+def test_runner_waits_for_a_task_result_at_a_fine_interval_not_taskiqs_200_ms():
+    import asyncio
+
+    seen: dict[str, object] = {}
+
+    class Kicked:
+        task_id = "t1"
+
+        async def wait_result(self, check_interval=0.2, timeout=-1.0, with_logs=False):
+            seen.update(check_interval=check_interval, timeout=timeout)
+            return "result"
+
+    class Decorated:
+        __annotations__ = {"return": int}
+
+        async def kiq(self, *args):
+            seen["args"] = args
+            return Kicked()
+
+    kicker = _QuickKicker(Decorated(), RESULT_POLL)
+    task = asyncio.run(kicker.kiq(7))
+    assert asyncio.run(task.wait_result()) == "result"
+    assert seen == {"args": (7,), "check_interval": RESULT_POLL, "timeout": -1.0}
+    assert RESULT_POLL <= 0.01
+    assert task.task_id == "t1" and kicker.__annotations__ == {"return": int}
+
+
+def test_runner_records_when_it_first_saw_each_head():
+    _mark_seen(10**9)
+    first = head_seen(10**9)
+    _mark_seen(10**9)
+    assert first is not None and head_seen(10**9) == first
+    assert head_seen(10**9 + 1) is None
 
 
 # --- crowd and crash path -----------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from margincall.constants import MAX_BATCH, WAD, State
 from margincall.keeper_logic import (
+    BlockClock,
     CostModel,
     Metrics,
     PositionBook,
@@ -17,9 +18,12 @@ from margincall.keeper_logic import (
     can_liquidate,
     covers,
     decide,
+    held_by_window,
     open_accounts,
     shard,
     shard_of,
+    state_at,
+    window_reopens,
 )
 
 NOW = 1_800_000_000
@@ -93,6 +97,127 @@ def test_cost_model_rejects_negative_inputs():
         CostModel(gas_price=-1)
     with pytest.raises(ValueError):
         CostModel(gas_price=1, margin_bps=-1)
+
+
+# --- the next block's timestamp ---------------------------------------------------------
+# The keeper scans block b (timestamp t_b) and decides for t_{b+1}, the timestamp its
+# transactions carry: what the engine accepts in block b+1 is what it sends.
+
+T_B, T_NEXT = NOW, NOW + 12  # the scanned block and the next one
+
+
+def test_a_tranche_due_between_the_scanned_block_and_the_next_is_sent_now():
+    s = snap(1, State.LIQUIDATABLE, next_tranche_time=T_B + 5)  # t_b < next <= t_{b+1}
+    assert not can_liquidate(s, T_B, COSTS)  # what deciding at the scanned block did
+    assert can_liquidate(s, T_NEXT, COSTS)
+    assert decide([s], T_NEXT, COSTS).liquidated == [addr(1)]
+    assert can_liquidate(snap(1, State.LIQUIDATABLE, next_tranche_time=T_NEXT), T_NEXT, COSTS)
+    assert not can_liquidate(
+        snap(1, State.LIQUIDATABLE, next_tranche_time=T_NEXT + 1), T_NEXT, COSTS
+    )
+
+
+def test_a_called_account_is_liquidatable_once_its_deadline_is_reached():
+    called = snap(1, State.CALLED, call_deadline=T_B + 5, ratio=11 * WAD // 10)
+    assert state_at(called, T_B) == State.CALLED
+    assert state_at(called, T_B + 5) == State.LIQUIDATABLE  # deadline <= now
+    assert not can_liquidate(called, T_B, COSTS)
+    assert can_liquidate(called, T_NEXT, COSTS)
+    d = decide([called], T_NEXT, COSTS)
+    assert d.liquidated == [addr(1)] and d.calls == []
+    # before the deadline: nothing to send, wake at the deadline
+    early = decide([called], T_B, COSTS)
+    assert early.empty and early.wake_at == T_B + 5
+
+
+def test_an_expired_call_still_waits_for_the_tranche_interval_and_the_profit_rule():
+    waits = snap(1, State.CALLED, call_deadline=T_B, next_tranche_time=T_NEXT + 30)
+    assert not can_liquidate(waits, T_NEXT, COSTS)
+    d = decide([waits], T_NEXT, COSTS)
+    assert d.empty and d.wake_at == T_NEXT + 30
+    expired = snap(2, State.CALLED, call_deadline=T_B)
+    cost = COSTS.gas_per_tranche * COSTS.gas_price
+    assert can_liquidate(expired, T_NEXT, COSTS, reward=cost * 12 // 10)
+    assert not can_liquidate(expired, T_NEXT, COSTS, reward=cost * 12 // 10 - 1)
+    assert not can_liquidate(snap(3, State.CALLED, call_deadline=T_B, priced=False), T_NEXT, COSTS)
+
+
+def test_a_called_snapshot_without_deadline_is_left_alone():
+    s = snap(1, State.CALLED, call_deadline=0)
+    assert state_at(s, T_NEXT) == State.CALLED and not can_liquidate(s, T_NEXT, COSTS)
+
+
+def test_a_lapsed_call_is_callable_again_when_the_grace_period_is_known():
+    s = snap(1, State.CALLED, call_deadline=T_B)
+    grace = 300
+    assert state_at(s, T_B + grace - 1, grace) == State.LIQUIDATABLE
+    assert state_at(s, T_B + grace, grace) == State.CALLABLE
+    assert state_at(s, T_B + grace) == State.LIQUIDATABLE  # the keeper's view: one block on
+
+
+def test_expired_calls_sort_with_the_liquidatable_accounts_by_ratio():
+    snaps = [
+        snap(1, State.LIQUIDATABLE, ratio=9 * WAD // 10),
+        snap(2, State.CALLED, call_deadline=T_B, ratio=11 * WAD // 10),
+        snap(3, State.CRITICAL, ratio=4 * WAD // 10),
+    ]
+    assert decide(snaps, T_NEXT, COSTS).liquidated == [addr(3), addr(1), addr(2)]
+
+
+def test_block_clock_predicts_the_next_timestamp_from_the_median_interval():
+    clock = BlockClock()
+    assert clock.next_timestamp(T_B) == T_B + 1  # nothing seen: 1 s
+    for n, t in [(10, 1_000), (11, 1_012), (12, 1_024), (13, 1_324), (14, 1_336)]:
+        clock.observe(n, t)  # one 300 s jump among 12 s slots
+    assert clock.interval() == 12
+    assert clock.next_timestamp(1_336) == 1_348
+    clock.observe(14, 9_999)  # a head seen twice changes nothing
+    clock.observe(17, 1_372)  # three blocks skipped: 12 s each
+    assert clock.interval() == 12
+
+
+def test_block_clock_is_at_least_one_second_and_can_be_fixed():
+    fast = BlockClock()
+    for n in range(10):
+        fast.observe(n, 1_000)  # sub-second blocks share a timestamp
+    assert fast.interval() == 1
+    fixed = BlockClock(fixed=12)
+    fixed.observe(1, 100)
+    fixed.observe(2, 101)
+    assert fixed.next_timestamp(101) == 113
+    short = BlockClock(window=3)
+    for n in range(10):
+        short.observe(n, 10 * n)
+    assert len(short.heads) == 3
+    with pytest.raises(ValueError):
+        BlockClock(fixed=0)
+    with pytest.raises(ValueError):
+        BlockClock(window=1)
+
+
+# --- liquidation window ------------------------------------------------------------------
+
+
+def test_window_reopens_when_it_restarts_and_only_when_full():
+    assert window_reopens(start=1_000, used=5, cap=10, window=300) is None
+    assert window_reopens(start=1_000, used=10, cap=10, window=300) == 1_300
+
+
+def test_accounts_in_a_full_window_are_held_back_but_critical_ones_are_not():
+    markets = {addr(1): {0}, addr(2): {1}, addr(3): {0}, addr(4): {0, 1}, addr(5): {0}}
+    snaps = [
+        snap(1, State.LIQUIDATABLE),
+        snap(2, State.LIQUIDATABLE),
+        snap(3, State.CRITICAL),
+        snap(4, State.CALLED, call_deadline=T_B),  # a tranche at T_NEXT
+        snap(5, State.CALLABLE),
+    ]
+    full = {0: T_NEXT + 1}
+    keep, held = held_by_window(snaps, T_NEXT, markets, full)
+    assert [s.account for s in held] == [addr(1), addr(4)]
+    assert [s.account for s in keep] == [addr(2), addr(3), addr(5)]
+    keep, held = held_by_window(snaps, T_NEXT + 1, markets, full)  # the window restarted
+    assert held == [] and len(keep) == 5
 
 
 # --- decide ---------------------------------------------------------------------------------
@@ -247,6 +372,9 @@ def test_metrics_count_sends_races_rewards_and_delays():
     m.record_tranches(sent=3, made=1, reward=100)
     m.record_delay(100, 101)
     m.record_delay(100, 104)
+    m.record_skips(raced=1, recovered=2, window=3)
+    assert (m.skipped_recovered, m.skipped_window) == (2, 3)
+    m.races_lost -= 1
     assert (m.calls_sent, m.calls_made, m.tranches_sent, m.tranches_made) == (10, 8, 8, 6)
     assert m.races_lost == 2 + 2
     assert m.rewards_earned == 9_100
