@@ -3,16 +3,23 @@ against the baseline, a sensitivity sweep, and the section 7 summary; rewrites t
 generated blocks of docs/benchmarks.md and the plots in docs/img/.
 
     python scripts/bench.py                      # everything (what `make bench` runs after
-                                                 # `ape run bench_gas`), about 25 minutes
+                                                 # `ape run bench_gas`), about 30 minutes
     python scripts/bench.py --only scan,summary  # some of it
     python scripts/bench.py --traders 100 --no-write   # a quick look, docs untouched
 
 Blocks (each between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; text outside them
 is kept): `summary` (section 7 targets side by side, gas figures read from the gas block
-that `ape run bench_gas` writes), `scan`, `sim`, `sensitivity`. The `reaction` block
-belongs to the keeper-bot reaction benchmark: if `scripts/bench_reaction.py` exists, this
-script runs it and puts the table it prints into the block (see `run_reaction`);
-otherwise, or if it fails, the block is left as it is.
+that `ape run bench_gas` writes), `scan`, `reaction`, `sim`, `sensitivity`. The
+`reaction` block belongs to the keeper-bot reaction benchmark: this script runs
+`scripts/bench_reaction.py` and puts the table it prints into the block (see
+`run_reaction`).
+
+Failures: a step that fails (an exception, or a sub-benchmark exiting non-zero) leaves its
+block as it was, is marked FAILED in the summary (never replaced by an older stored
+figure), and makes this script exit 1 after the other steps ran. The `sim` block, its
+plots and `.build/bench/sim.json` are written only when every scenario ran; a run on a
+subset prints its figures and writes nothing. Figures the summary reads from an earlier
+run (`.build/bench/NAME.json`) are named, with their date, under the summary table.
 
 Each simulation starts an Anvil of its own and stops it; runs are sequential, so wall
 times are not inflated by this script itself (other processes on the machine may be:
@@ -29,6 +36,9 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +47,22 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
+STORE = ROOT / ".build" / "bench"
 SCENARIOS = ("black_thursday", "flash_crash", "slow_bleed", "broken_correlation", "random")
+TARGET_TRADERS = 500  # PROTOCOL.md section 7: crash replay with 500 traders
 SPEED_TARGET = 600  # seconds: 500 traders through Black Thursday
+SCAN_TARGET = 20_000  # accounts/s through check_margins
 CURE_SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
+GAS_SWEEP = (1.0, 10.0, 50.0)  # gwei, the keeper's gas price
+GAS_SCENARIOS = ("black_thursday", "flash_crash")
+FUND_SWEEP = (0.0, 0.0025, 0.01)  # insurance fund seed, fraction of the opening notional
+FUND_SCENARIO = "flash_crash"
+SCAN_HEADLINE = "sdk (MarginEngineClient.statuses)"  # what the keeper bot scans with
 STEPS = ("scan", "sim", "sensitivity", "summary", "reaction")
+
+
+class StepFailed(RuntimeError):
+    """A benchmark step failed; its block is left as it was."""
 
 
 # --- docs blocks -----------------------------------------------------------------------
@@ -53,8 +75,10 @@ def block(name: str, body: str) -> str:
     )
 
 
-def write_block(name: str, body: str, title: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+def write_block(name: str, body: str, title: str, doc: Path = DOC) -> None:
+    """Replaces the block `name` of `doc` (text outside it kept), or appends it under a
+    `## title` heading when the document has no such block."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     new = block(name, body)
     if begin in text and end in text:
@@ -62,11 +86,11 @@ def write_block(name: str, body: str, title: str) -> None:
         text = head + new + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + f"\n\n## {title}\n\n{new}\n"
-    DOC.write_text(text)
+    doc.write_text(text)
 
 
-def read_block(name: str) -> str:
-    text = DOC.read_text() if DOC.exists() else ""
+def read_block(name: str, doc: Path = DOC) -> str:
+    text = doc.read_text() if doc.exists() else ""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin not in text or end not in text:
         return ""
@@ -101,7 +125,26 @@ def pct(x: float) -> str:
     return f"{x:+.1%}"
 
 
+def share(x: float) -> str:
+    """A fraction as a percentage without needless decimals: 0.2 -> 20%, 0.0025 -> 0.25%."""
+    return f"{x * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def hours_text(h: float) -> str:
+    """14 -> '14 h', 2.25 -> '2.25 h'."""
+    return f"{h:.2f}".rstrip("0").rstrip(".") + " h"
+
+
+def ratio_text(wad: int) -> str:
+    return f"{wad / 10**18:g}"
+
+
 # --- scan ------------------------------------------------------------------------------
+
+
+def scan_headline(result: dict) -> dict[str, dict]:
+    """The SDK rows (the keeper bot's scan path), by account count: the section 7 figure."""
+    return {str(r["accounts"]): r for r in result["rows"] if r["way"] == SCAN_HEADLINE}
 
 
 def run_scan(write: bool) -> dict[str, Any]:
@@ -110,16 +153,7 @@ def run_scan(write: bool) -> dict[str, Any]:
     print("scan throughput: opening 10,000 accounts ...", flush=True)
     result = bench_scan.measure(repeat=5)
     load = os.getloadavg()[0]
-    best = {}
-    for row in result["rows"]:
-        if row["way"] not in ("sequential", "batched", "parallel") and not row["way"].startswith(
-            "sdk"
-        ):
-            continue
-        n = row["accounts"]
-        if n not in best or row["accounts_per_s"] > best[n]["accounts_per_s"]:
-            best[n] = row
-    result["best"] = {str(k): v for k, v in best.items()}
+    result["headline"] = scan_headline(result)
     body = "\n".join(
         [
             "Reproduce: `python scripts/bench_scan.py` (part of `make bench`): an Anvil of its own"
@@ -137,10 +171,11 @@ def run_scan(write: bool) -> dict[str, Any]:
             " batch (one HTTP request); `parallel` the chunks over two threads and two"
             " connections; `node only` the batched requests without decoding (Anvil's own"
             " time); `sdk` `MarginEngineClient.statuses`, what the keeper bot scans with: one"
-            " `eth_call` per chunk through Ape's web3 and the same decoder. The decoder is"
-            " `margincall.codec.decode_statuses` (the `MarginStatus` struct is 11 static"
-            " words); the eth_abi and Ape rows show what the generic decoders cost. The"
-            " simulator's own calls go over plain `http.client`.",
+            " `eth_call` per chunk through Ape's web3 and the same decoder. The `sdk` rows are"
+            " the section 7 figure (the summary reports them); the others show what a faster"
+            " request path would give. The decoder is `margincall.codec.decode_statuses` (the"
+            " `MarginStatus` struct is 11 static words); the eth_abi and Ape rows show what the"
+            " generic decoders cost. The simulator's own calls go over plain `http.client`.",
         ]
     )
     if write:
@@ -152,7 +187,7 @@ def run_scan(write: bool) -> dict[str, Any]:
 # --- simulator ---------------------------------------------------------------------------
 
 
-def progress_printer(label: str):
+def progress_printer(label: str) -> Callable[[str, int, int, str], None]:
     last = [0.0]
 
     def show(mode: str, done: int, total: int, text: str) -> None:
@@ -165,12 +200,15 @@ def progress_printer(label: str):
 
 
 def run_sim(traders: int, seed: int, write: bool, scenarios: tuple[str, ...]) -> dict:
+    """Every scenario in `scenarios`, phased and baseline. Writes the block and the plots
+    only when `scenarios` is the full set: a partial table never replaces the full one."""
     from margincall.sim import plots
     from margincall.sim.population import scenario_population
     from margincall.sim.runner import SimConfig
     from margincall.sim.simulate import simulate
 
-    results = {}
+    complete = set(scenarios) == set(SCENARIOS)
+    results, outcomes = {}, {}
     for name in scenarios:
         config = SimConfig(
             scenario=name, seed=seed, population=scenario_population(name, traders=traders)
@@ -178,25 +216,31 @@ def run_sim(traders: int, seed: int, write: bool, scenarios: tuple[str, ...]) ->
         print(f"simulate {name}: {traders} traders, seed {seed}", flush=True)
         outcome = simulate(config, progress=progress_printer(name))
         results[name] = outcome.result
-        if write:
-            IMG.mkdir(parents=True, exist_ok=True)
+        outcomes[name] = outcome
+        p, b = (outcome.result["runs"][m]["metrics"] for m in ("phased", "baseline"))
+        c = outcome.result["comparison"]
+        print(
+            f"  {name}: penalties {tok(p['paid_by_traders'])} vs {tok(b['paid_by_traders'])}"
+            f" ({pct(-c['penalty_cut'])}, all-in {pct(-c['all_in_cut'])}: {c['penalty_status']}),"
+            f" bad debt {tok(p['bad_debt'])} vs {tok(b['bad_debt'])},"
+            f" paid by fund {tok(p['paid_by_fund'])}, socialised {tok(p['socialised'])}",
+            flush=True,
+        )
+    if write and complete:
+        IMG.mkdir(parents=True, exist_ok=True)
+        for name, outcome in outcomes.items():
             plots.summary(
                 outcome.records,
                 outcome.path,
                 IMG / f"sim-{name}.png",
                 f"{name}: {outcome.path.description}",
             )
-        m = outcome.result["runs"]
-        print(
-            f"  {name}: penalties {m['phased']['metrics']['paid_by_traders']:,.0f} vs"
-            f" {m['baseline']['metrics']['paid_by_traders']:,.0f},"
-            f" socialised {m['phased']['metrics']['socialised']:,.0f},"
-            f" bad debt {m['phased']['metrics']['bad_debt']:,.0f}"
-            f" vs {m['baseline']['metrics']['bad_debt']:,.0f}",
-            flush=True,
-        )
-    if write:
         write_block("sim", sim_markdown(results, traders, seed), "Stress simulator")
+    elif write:
+        print(
+            f"sim: {len(scenarios)} of {len(SCENARIOS)} scenarios ran; the sim block, its plots"
+            " and .build/bench/sim.json are left as they were (they need every scenario)"
+        )
     return results
 
 
@@ -204,9 +248,50 @@ def _met(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
-def sim_markdown(results: dict, traders: int, seed: int) -> str:
+def _by_value(values: dict[str, Any], fmt: Callable[[Any], str]) -> str:
+    """'20% (broken_correlation: 100%)': the most common value, then the exceptions."""
+    common, _ = Counter(values.values()).most_common(1)[0]
+    odd = [f"{n}: {fmt(v)}" for n, v in values.items() if v != common]
+    return fmt(common) + (f" ({', '.join(odd)})" if odd else "")
+
+
+def population_text(results: dict, seed: int) -> str:
+    """The population, keeper and chain of a set of results, from the results themselves."""
     first = next(iter(results.values()))
-    pop = first["population"]
+    pop, chain = first["population"], first["chain"]
+    cross = _by_value({n: r["population"]["cross_share"] for n, r in results.items()}, share)
+    params = first["runs"]["phased"]["params"]
+    tail, grace = chain["tail_seconds"], chain["grace_period"]
+    tail_text = (
+        f"one grace period ({grace:,} s) plus {tail - grace:,} s"
+        if tail >= grace
+        else f"{tail:,} s (less than the grace period of {grace:,} s)"
+    )
+    return (
+        f"Population (seed {seed}): {pop['traders']} traders, leverage {pop['leverage_dist']}"
+        f" {pop['leverage'][0]:g}-{pop['leverage'][1]:g}x (opened at most at"
+        f" {pop['max_opened_leverage']:.2f}x, the engine's initial-margin limit),"
+        f" {share(pop['long_share'])} long, cross-margin (two markets) {cross}, collateral"
+        f" log-uniform {pop['collateral'][0]:,.0f}-{pop['collateral'][1]:,.0f} tokens. Curing is"
+        f" a trait drawn once per trader: {pop['traders_curing']} of the {pop['traders']}"
+        f" traders ({share(pop['cure_probability'])} expected) cure every margin call they get,"
+        f" each after a delay of its own drawn in {pop['cure_delay'][0]}-{pop['cure_delay'][1]}"
+        f" s (inside the {params['grace_period']:,} s grace period),"
+        f" {share(1 - pop['reduce_share'])} of them by deposit (if their wallet allows), the"
+        f" others by reducing, to ratio {pop['cure_target']:g}; the rest never cure."
+        f" {pop['lps']} LPs with {share(pop['lp_liquidity'])} of the opening notional; insurance"
+        f" fund seeded with {share(pop['fund_seed'])} of the opening notional (in"
+        f" {first['scenario']}: {pop['opening_notional']:,.0f} tokens of notional, a fund of"
+        f" {pop['fund_seed_tokens']:,.0f}). Keeper: `keeper_logic.decide` with the keeper bot's"
+        f" cost model at {chain['gas_price_gwei']:g} gwei, one scan per block, its transactions"
+        f" in the next block; {chain['block_time']} s blocks; after the last price the chain runs"
+        f" {tail_text}."
+    )
+
+
+def sim_markdown(results: dict, traders: int, seed: int) -> str:
+    from margincall.sim.metrics import PENALTY_GUARD, PENALTY_TARGET
+
     lines = [
         f"Reproduce: `make bench`, or one scenario: `margincall simulate --scenario NAME"
         f" --baseline --seed {seed}` (add `--out DIR` for JSON, CSV and plots). Each run"
@@ -216,29 +301,16 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
         "",
         machine_line(),
         "",
-        f"Population (seed {seed}): {traders} traders, leverage uniform"
-        f" {pop['leverage'][0]:g}-{pop['leverage'][1]:g}x (opened at most at"
-        f" {pop['max_opened_leverage']:.2f}x, the engine's initial-margin limit),"
-        f" {pop['long_share']:.0%} long, {pop['cross_share']:.0%} cross-margin (two markets;"
-        f" broken_correlation: 100%), collateral log-uniform"
-        f" {pop['collateral'][0]:,.0f}-{pop['collateral'][1]:,.0f} tokens; a called trader"
-        f" cures with probability {pop['cure_probability']:.0%} after"
-        f" {pop['cure_delay'][0]}-{pop['cure_delay'][1]} s ({1 - pop['reduce_share']:.0%} by"
-        f" deposit, else by reducing, to ratio {pop['cure_target']:g}); {pop['lps']} LPs with"
-        f" {pop['lp_liquidity']:.0%} of the opening notional; insurance fund seeded with"
-        f" {pop['fund_seed']:.0%} of the opening notional (in {first['scenario']}:"
-        f" {first['population']['opening_notional']:,.0f} tokens of notional, a fund of"
-        f" {first['population']['fund_seed_tokens']:,.0f}). Keeper: `keeper_logic.decide` with"
-        " the keeper bot's cost model at 1 gwei, one scan per block; 12 s blocks; after the"
-        " last price the chain runs one grace period plus 10 minutes more.",
+        population_text(results, seed),
         "",
-        "### Targets (PROTOCOL.md section 7: zero socialised loss; penalties paid by traders"
-        " at least 30% below the baseline)",
+        f"### Targets (PROTOCOL.md section 7: zero socialised loss; penalties paid by traders"
+        f" at least {PENALTY_TARGET:.0%} below the baseline)",
         "",
-        "| scenario | path (end, largest fall) | bad debt phased / baseline | socialised phased"
-        " / baseline | penalties paid by traders phased / baseline | change | status | traders'"
-        " PnL phased / baseline |",
-        "|---|---|---:|---:|---:|---:|---|---:|",
+        "| scenario | path (end, largest fall) | bad debt phased / baseline | paid by the fund"
+        " phased / baseline | socialised phased / baseline | penalties paid by traders phased /"
+        " baseline | change | all-in change | status | left open at the end, phased: accounts"
+        " (liquidatable, their notional) | traders' PnL phased / baseline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, r in results.items():
         p, b = r["runs"]["phased"]["metrics"], r["runs"]["baseline"]["metrics"]
@@ -247,30 +319,35 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
             f"{m} {v:+.0%} ({r['path']['drawdowns'][m]:+.0%})"
             for m, v in r["path"]["moves"].items()
         )
-        status = f"socialised {_met(c['socialised_zero'])}, penalties {_met(c['penalty_cut_met'])}"
+        status = f"socialised {_met(c['socialised_zero'])}; penalties {c['penalty_status']}"
         lines.append(
-            f"| {name} | {r['path']['hours']:.0f} h, {moves} | {tok(p['bad_debt'])} /"
-            f" {tok(b['bad_debt'])} | {tok(p['socialised'])} / {tok(b['socialised'])} |"
+            f"| {name} | {hours_text(r['path']['hours'])}, {moves} | {tok(p['bad_debt'])} /"
+            f" {tok(b['bad_debt'])} | {tok(p['paid_by_fund'])} / {tok(b['paid_by_fund'])} |"
+            f" {tok(p['socialised'])} / {tok(b['socialised'])} |"
             f" {tok(p['paid_by_traders'])} / {tok(b['paid_by_traders'])} |"
-            f" {pct(-c['penalty_cut'])} | {status} | {tok(p['trader_pnl'])} /"
-            f" {tok(b['trader_pnl'])} |"
+            f" {pct(-c['penalty_cut'])} | {pct(-c['all_in_cut'])} | {status} |"
+            f" {p['left_open']} ({p['left_liquidatable']}, {tok(p['left_liquidatable_notional'])})"
+            f" | {tok(p['trader_pnl'])} / {tok(b['trader_pnl'])} |"
         )
     lines += [
         "",
-        "Penalties paid by traders = liquidation penalties + margin-call rewards (both"
-        " come out of the trader's collateral). Bankrupt accounts pay no penalty (their"
-        " deficit is bad debt instead), so the penalty figure must be read with the bad-debt"
-        " column. Traders' PnL: every trader's equity at the end (collateral plus unrealised"
-        " PnL; a closed bankrupt account counts 0) less at the start, less what cures"
-        " deposited: the whole outcome for traders, market moves included.",
+        "Penalties paid by traders = liquidation penalties + margin-call rewards (both come out"
+        " of the trader's collateral): the section 7 figure, `change` against the baseline."
+        " Status: "
+        + PENALTY_GUARD
+        + " (see *How the penalty target is judged*). Traders' PnL: every trader's equity at"
+        " the end (collateral plus unrealised PnL; a closed bankrupt account counts 0) less"
+        " at the start, less what cures deposited: the whole outcome for traders, market"
+        " moves included.",
         "",
         "### Every figure",
         "",
-        "| scenario | mode | fund start | fund max drawdown | fund end | notional liquidated |"
-        " liquidations (full) | accounts liquidated | tranches per account mean / max |"
-        " calls / accounts cured | delay p50 / p99 / max (blocks) | keeper gas | keeper"
-        " profit | traders' PnL | pool assets change | wall s (load) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | mode | fund start | fund max drawdown | paid by the fund | fund end |"
+        " notional liquidated | liquidations (full) | accounts liquidated | tranches per account"
+        " mean / max | calls / accounts cured (deposit, reduce) | delay p50 / p99 / max"
+        " (blocks) | keeper gas | keeper profit | traders' PnL | pool assets change | open at"
+        " the end (notional) | wall s (load) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         for mode in ("phased", "baseline"):
@@ -278,14 +355,24 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
             t = r["runs"][mode]["timing"]
             lines.append(
                 f"| {name} | {mode} | {tok(m['fund_start'])} | {tok(m['fund_drawdown'])} |"
-                f" {tok(m['fund_end'])} | {tok(m['notional_liquidated'])} |"
+                f" {tok(m['paid_by_fund'])} | {tok(m['fund_end'])} |"
+                f" {tok(m['notional_liquidated'])} |"
                 f" {m['liquidations']:,} ({m['full_closes']:,}) | {m['accounts_liquidated']} |"
                 f" {m['tranches_per_account_mean']:.1f} / {m['tranches_per_account_max']} |"
-                f" {m['margin_calls']:,} / {m['accounts_cured']} |"
+                f" {m['margin_calls']:,} / {m['accounts_cured']}"
+                f" ({m['accounts_cured_by_deposit']}, {m['accounts_cured_by_reduce']}) |"
                 f" {m['delay_p50']} / {m['delay_p99']} / {m['delay_max']} |"
                 f" {m['keeper_gas']:,} | {tok(m['keeper_profit'])} | {tok(m['trader_pnl'])} |"
-                f" {tok(m['lp_pnl'])} | {t['wall_seconds']:.0f} ({t['load_avg']:.1f}) |"
+                f" {tok(m['lp_pnl'])} | {m['left_open']} ({tok(m['left_open_notional'])}) |"
+                f" {t['wall_seconds']:.0f} ({t['load_avg']:.1f}) |"
             )
+    lines += [
+        "",
+        "Delay: the block of a tranche (or full close) less the first block in which it was"
+        " possible, plus one (1 = in that first block): the state after block b is evaluated"
+        " at the timestamp of block b + 1, with the engine's rules (a called account whose"
+        " deadline has come is liquidatable; a tranche waits for its interval).",
+    ]
     bt = results.get("black_thursday")
     if bt is not None:
         setup = bt["timing"]["setup_seconds"]
@@ -296,18 +383,15 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
         pm = bt["runs"]["phased"]["metrics"]
         lines += [
             "",
-            "### Speed (target: 500 traders through Black Thursday in at most 10 minutes)",
+            f"### Speed (target: {TARGET_TRADERS} traders through Black Thursday in at most"
+            f" {SPEED_TARGET // 60} minutes)",
             "",
             f"Black Thursday, {traders} traders: deploy and opening the population"
             f" {setup:.0f} s, phased replay {phased:.0f} s ({pm['blocks_mined']:,}"
             f" blocks mined of {pm['blocks']:,} slots), baseline"
             f" replay {base:.0f} s; `margincall simulate --scenario black_thursday` (phased"
-            f" only) about {single:.0f} s, with `--baseline` {total:.0f} s: "
-            + (
-                f"**ok**, {SPEED_TARGET - single:.0f} s under the target."
-                if single <= SPEED_TARGET
-                else f"**MISS** by {single - SPEED_TARGET:.0f} s."
-            ),
+            f" only, Anvil and Ape start included) about {single:.0f} s, with `--baseline`"
+            f" {total:.0f} s: " + speed_status(single, traders),
         ]
     lines += ["", "### Plots", ""]
     for name in results:
@@ -316,107 +400,269 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
     return "\n".join(lines)
 
 
+def speed_status(seconds: float, traders: int) -> str:
+    if traders != TARGET_TRADERS:
+        return f"not the target's population ({traders} traders, the target asks {TARGET_TRADERS})."
+    if seconds <= SPEED_TARGET:
+        return f"**ok**, {SPEED_TARGET - seconds:.0f} s under the target."
+    return f"**MISS** by {seconds - SPEED_TARGET:.0f} s."
+
+
 # --- sensitivity ------------------------------------------------------------------------
 
 
+def _ratio(name: str, value: float) -> tuple[str, int]:
+    return (name, int(round(value * 10**9)) * 10**9)
+
+
+def sensitivity_plans() -> dict[str, dict[str, list]]:
+    """Per scenario, per table: the variants (phased runs on one setup)."""
+    from margincall.sim.runner import Variant
+
+    gas = [Variant(f"{g:g} gwei", gas_price_gwei=g) for g in GAS_SWEEP]
+    return {
+        "black_thursday": {
+            "cure": [Variant(f"cure probability {p:g}", cure_probability=p) for p in CURE_SWEEP],
+            "params": [
+                Variant("call_ratio 1.5", params=(_ratio("call_ratio", 1.5),)),
+                Variant("call_ratio 2.0", params=(_ratio("call_ratio", 2.0),)),
+                Variant("close_factor 0.5", params=(_ratio("close_factor", 0.5),)),
+            ],
+            "gas": gas,
+        },
+        "flash_crash": {
+            "params": [
+                *(
+                    Variant(f"critical_ratio {c:g}", params=(_ratio("critical_ratio", c),))
+                    for c in (0.5, 0.7, 0.9)
+                ),
+                Variant("tranche_interval 1 s (shortest)", params=(("tranche_interval", 1),)),
+                Variant("close_factor 1.0", params=(_ratio("close_factor", 1.0),)),
+            ],
+            "gas": gas,
+        },
+    }
+
+
+def _variant_key(v: Any, config: Any, params: Any) -> tuple:
+    """Variants that run the same thing share one run (e.g. cure probability 0.5 and 1 gwei
+    are both the defaults)."""
+    cure = config.population.cure_probability if v.cure_probability is None else v.cure_probability
+    gas = config.gas_price_gwei if v.gas_price_gwei is None else v.gas_price_gwei
+    changed = tuple(sorted((k, x) for k, x in v.params if getattr(params, k) != x))
+    return (cure, gas, changed)
+
+
+def sensitivity_row(name: str, variant: str, m: dict, base: dict) -> dict[str, Any]:
+    from margincall.sim.metrics import compare
+
+    c = compare(m, base)
+    keys = (
+        "paid_by_traders",
+        "bad_debt",
+        "paid_by_fund",
+        "socialised",
+        "fund_drawdown",
+        "liquidations",
+        "full_closes",
+        "margin_calls",
+        "accounts_liquidated",
+        "accounts_cured",
+        "tranches_missed",
+        "left_liquidatable",
+        "left_liquidatable_notional",
+        "delay_p50",
+        "delay_max",
+        "keeper_profit",
+        "trader_pnl",
+    )
+    return {
+        "scenario": name,
+        "variant": variant,
+        **{k: m[k] for k in keys},
+        "baseline_paid": base["paid_by_traders"],
+        "baseline_bad_debt": base["bad_debt"],
+        "baseline_trader_pnl": base["trader_pnl"],
+        "cut": c["penalty_cut"],
+        "all_in_cut": c["all_in_cut"],
+        "status": c["penalty_status"],
+    }
+
+
 def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
-    """Black Thursday with every cure probability, and the flash crash with stricter
-    critical ratios, on one setup each (the variants replay from the same snapshot)."""
+    """Black Thursday with every cure probability and other call parameters, the flash
+    crash with stricter liquidation parameters, the keeper's gas price on both (variants
+    replay from one setup per scenario), and the insurance fund's seed on the flash crash
+    (one setup per seed: the fund is funded at setup)."""
+    from dataclasses import asdict
+
     from margincall.sim.metrics import summarize
     from margincall.sim.paths import scenario_path
     from margincall.sim.population import scenario_population
     from margincall.sim.runner import SimConfig, Simulation, Variant
     from margincall.sim.simulate import own_chain
 
-    out: dict[str, Any] = {"black_thursday": [], "flash_crash": []}
-
-    def ratio(name: str, value: float) -> tuple[str, int]:
-        return (name, int(round(value * 10**9)) * 10**9)
-
-    plans = {
-        "black_thursday": [
-            *(Variant(f"cure probability {p:g}", cure_probability=p) for p in CURE_SWEEP),
-            Variant("call_ratio 1.5", params=(ratio("call_ratio", 1.5),)),
-            Variant("call_ratio 2.0", params=(ratio("call_ratio", 2.0),)),
-            Variant("close_factor 0.5", params=(ratio("close_factor", 0.5),)),
-        ],
-        "flash_crash": [
-            *(
-                Variant(f"critical_ratio {c:g}", params=(ratio("critical_ratio", c),))
-                for c in (0.5, 0.7, 0.9)
-            ),
-            Variant("tranche_interval 0", params=(("tranche_interval", 0),)),
-            Variant("close_factor 1.0", params=(ratio("close_factor", 1.0),)),
-        ],
-    }
-    for name, variants in plans.items():
+    out: dict[str, Any] = {"tables": {}, "defaults": {}, "fund": []}
+    for name, tables in sensitivity_plans().items():
         config = SimConfig(
             scenario=name, seed=seed, population=scenario_population(name, traders=traders)
         )
-        print(f"sensitivity {name}: {len(variants)} variants", flush=True)
+        n = sum(len(v) for v in tables.values())
+        print(f"sensitivity {name}: {n} variants", flush=True)
         with own_chain() as (rpc, project, owner):
             sim = Simulation(rpc, project, owner, scenario_path(name, seed), config)
             sim.setup()
+            out["defaults"][name] = {
+                "cure_probability": config.population.cure_probability,
+                "gas_price_gwei": config.gas_price_gwei,
+                "fund_seed": config.population.fund_seed,
+                "params": asdict(sim.params),
+            }
             base = summarize(sim.run("baseline"))
-            for v in variants:
-                m = summarize(sim.run("phased", variant=v))
-                row = {
-                    "scenario": name,
-                    "variant": v.name,
-                    "paid_by_traders": m["paid_by_traders"],
-                    "baseline_paid": base["paid_by_traders"],
-                    "cut": 1 - m["paid_by_traders"] / base["paid_by_traders"],
-                    "bad_debt": m["bad_debt"],
-                    "baseline_bad_debt": base["bad_debt"],
-                    "socialised": m["socialised"],
-                    "liquidations": m["liquidations"],
-                    "accounts_liquidated": m["accounts_liquidated"],
-                    "accounts_cured": m["accounts_cured"],
-                    "trader_pnl": m["trader_pnl"],
-                    "baseline_trader_pnl": base["trader_pnl"],
-                }
-                print(f"  {v.name}: {json.dumps({k: row[k] for k in ('cut', 'bad_debt')})}")
-                out[name].append(row)
+            done: dict[tuple, dict] = {}
+            for table, variants in tables.items():
+                rows = out["tables"].setdefault(name, {}).setdefault(table, [])
+                for v in variants:
+                    key = _variant_key(v, config, sim.params)
+                    if key not in done:
+                        done[key] = summarize(sim.run("phased", variant=v))
+                    row = sensitivity_row(name, v.name, done[key], base)
+                    print(f"  {v.name}: {row['status']}, bad debt {tok(row['bad_debt'])}")
+                    rows.append(row)
+            if name == FUND_SCENARIO:
+                key = _variant_key(Variant("defaults"), config, sim.params)
+                if key not in done:
+                    done[key] = summarize(sim.run("phased"))
+                out["fund"].append(fund_row(config.population.fund_seed, done[key], base))
+    # the fund seed: one setup each (the same population and path; only the donation differs)
+    for seed_share in FUND_SWEEP:
+        if any(r["fund_seed"] == seed_share for r in out["fund"]):
+            continue
+        config = SimConfig(
+            scenario=FUND_SCENARIO,
+            seed=seed,
+            population=scenario_population(FUND_SCENARIO, traders=traders, fund_seed=seed_share),
+        )
+        print(f"sensitivity {FUND_SCENARIO}: fund seed {share(seed_share)}", flush=True)
+        with own_chain() as (rpc, project, owner):
+            sim = Simulation(rpc, project, owner, scenario_path(FUND_SCENARIO, seed), config)
+            sim.setup()
+            base = summarize(sim.run("baseline"))
+            m = summarize(sim.run("phased"))
+        out["fund"].append(fund_row(seed_share, m, base))
+    out["fund"].sort(key=lambda r: r["fund_seed"])
     if write:
         write_block("sensitivity", sensitivity_markdown(out, traders, seed), "Sensitivity")
     return out
 
 
+def fund_row(seed_share: float, m: dict, base: dict) -> dict[str, Any]:
+    keys = ("fund_start", "bad_debt", "paid_by_fund", "socialised", "fund_drawdown", "fund_end")
+    return {
+        "fund_seed": seed_share,
+        **{k: m[k] for k in keys},
+        **{f"baseline_{k}": base[k] for k in keys},
+    }
+
+
+SENSITIVITY_TITLES = {
+    ("black_thursday", "cure"): "**Black Thursday**: how many traders cure their margin calls",
+    ("black_thursday", "params"): "**Black Thursday**: earlier or larger margin calls and tranches",
+    ("flash_crash", "params"): "**Flash crash**: `critical_ratio` (below it one `liquidate`"
+    " closes the whole account, exempt from the tranche interval), the shortest tranche"
+    " interval, or tranches of up to the whole account",
+}
+
+
 def sensitivity_markdown(out: dict, traders: int, seed: int) -> str:
+    from margincall.sim.metrics import PENALTY_TARGET
+
+    d = next(iter(out["defaults"].values()))
+    p = d["params"]
     lines = [
         f"Reproduce: `python scripts/bench.py --only sensitivity` ({traders} traders, seed"
         f" {seed}). Each variant is a phased run that changes one thing against the defaults"
-        " above (cure probability 0.5, engine defaults: call_ratio 1.25, critical_ratio 0.5,"
-        " close_factor 0.25) and replays from the same chain snapshot as its baseline; a risk"
-        " parameter is set with `set_risk_params`, within the engine's bounds.",
+        f" above (cure probability {d['cure_probability']:g}, keeper gas price"
+        f" {d['gas_price_gwei']:g} gwei, insurance fund seed {share(d['fund_seed'])}; engine"
+        f" defaults: call_ratio {ratio_text(p['call_ratio'])}, critical_ratio"
+        f" {ratio_text(p['critical_ratio'])}, close_factor {ratio_text(p['close_factor'])},"
+        f" tranche_interval {p['tranche_interval']} s) and replays from the same chain snapshot"
+        " as its baseline; a risk parameter is set with `set_risk_params`, within the engine's"
+        f" bounds. Status: the penalty target ({PENALTY_TARGET:.0%} below the baseline) with the"
+        " all-in guard of the stress-simulator section.",
     ]
-    titles = {
-        "black_thursday": "**Black Thursday**: how many called traders cure, and earlier or"
-        " larger margin calls",
-        "flash_crash": "**Flash crash**: `critical_ratio` (below it one `liquidate` closes the"
-        " whole account, exempt from the tranche interval), no tranche interval, or tranches"
-        " of up to the whole account",
-    }
-    for name, rows in out.items():
-        if not rows:
-            continue
+    for name, tables in out["tables"].items():
+        for table, rows in tables.items():
+            if table == "gas" or not rows:
+                continue
+            lines += [
+                "",
+                SENSITIVITY_TITLES.get((name, table), f"**{name}**: {table}"),
+                "",
+                "| variant | penalties paid by traders (baseline) | change | all-in change |"
+                " status | bad debt (baseline) | paid by the fund | socialised | liquidations |"
+                " accounts liquidated | accounts cured | traders' PnL (baseline) |",
+                "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in rows:
+                lines.append(
+                    f"| {r['variant']} | {tok(r['paid_by_traders'])} ({tok(r['baseline_paid'])})"
+                    f" | {pct(-r['cut'])} | {pct(-r['all_in_cut'])} | {r['status']} |"
+                    f" {tok(r['bad_debt'])} ({tok(r['baseline_bad_debt'])}) |"
+                    f" {tok(r['paid_by_fund'])} | {tok(r['socialised'])} |"
+                    f" {r['liquidations']:,} | {r['accounts_liquidated']} |"
+                    f" {r['accounts_cured']} |"
+                    f" {tok(r['trader_pnl'])} ({tok(r['baseline_trader_pnl'])}) |"
+                )
+    gas_rows = [r for t in out["tables"].values() for r in t.get("gas", [])]
+    if gas_rows:
         lines += [
             "",
-            titles.get(name, name),
+            "**Keeper gas price**: the keeper's profit rule (`keeper_logic`, the bot's cost"
+            " model) expects the minimum keeper reward for a tranche and the call reward for a"
+            " call, and sends only what pays its gas times the margin; CRITICAL and BANKRUPT"
+            " accounts are liquidated whatever the price. `missed`: tranches that were possible"
+            " and never sent before the account recovered; `left`: accounts still liquidatable"
+            " at the end (their notional); delay: counted from the first block in which a"
+            " tranche was possible, whatever its profit, so a keeper that waits for an account"
+            " to become CRITICAL shows it here.",
             "",
-            "| variant | penalties paid by traders | baseline | change | bad debt (baseline) |"
-            " socialised | liquidations | accounts liquidated | accounts cured | traders' PnL"
-            " (baseline) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| scenario | gas price | calls | liquidations (full) | accounts liquidated |"
+            " missed | left (notional) | delay p50 / max | bad debt | paid by the fund |"
+            " socialised | keeper profit | penalties change | all-in change | status |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
-        for r in rows:
+        for r in gas_rows:
             lines.append(
-                f"| {r['variant']} | {tok(r['paid_by_traders'])} | {tok(r['baseline_paid'])} |"
-                f" {pct(-r['cut'])} | {tok(r['bad_debt'])} ({tok(r['baseline_bad_debt'])}) |"
-                f" {tok(r['socialised'])} | {r['liquidations']:,} | {r['accounts_liquidated']} |"
-                f" {r['accounts_cured']} |"
-                f" {tok(r['trader_pnl'])} ({tok(r['baseline_trader_pnl'])}) |"
+                f"| {r['scenario']} | {r['variant']} | {r['margin_calls']:,} |"
+                f" {r['liquidations']:,} ({r['full_closes']:,}) | {r['accounts_liquidated']} |"
+                f" {r['tranches_missed']:,} | {r['left_liquidatable']}"
+                f" ({tok(r['left_liquidatable_notional'])}) |"
+                f" {r['delay_p50']} / {r['delay_max']} | {tok(r['bad_debt'])} |"
+                f" {tok(r['paid_by_fund'])} | {tok(r['socialised'])} |"
+                f" {tok(r['keeper_profit'])} | {pct(-r['cut'])} | {pct(-r['all_in_cut'])} |"
+                f" {r['status']} |"
             )
+    if out["fund"]:
+        lines += [
+            "",
+            f"**Insurance fund seed** ({FUND_SCENARIO}): the same population and path with the"
+            " fund seeded at setup with a share of the opening notional; penalties flow in"
+            " during the run. Zero socialised loss depends on what the fund holds when the"
+            " deficits come.",
+            "",
+            "| fund seed | mode | fund start | bad debt | paid by the fund | socialised |"
+            " fund max drawdown | fund end |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in out["fund"]:
+            for mode, pre in (("phased", ""), ("baseline", "baseline_")):
+                lines.append(
+                    f"| {share(r['fund_seed'])} | {mode} | {tok(r[pre + 'fund_start'])} |"
+                    f" {tok(r[pre + 'bad_debt'])} | {tok(r[pre + 'paid_by_fund'])} |"
+                    f" {tok(r[pre + 'socialised'])} | {tok(r[pre + 'fund_drawdown'])} |"
+                    f" {tok(r[pre + 'fund_end'])} |"
+                )
     return "\n".join(lines)
 
 
@@ -434,10 +680,10 @@ GAS_ROWS = (
 )
 
 
-def gas_figures() -> dict[str, tuple[str, str, str]]:
+def gas_figures(doc: Path = DOC) -> dict[str, tuple[str, str, str]]:
     """(gas, target, status) per operation, from the gas block of bench_gas.py."""
     out = {}
-    gas = read_block("gas")
+    gas = read_block("gas", doc)
     for label, key in GAS_ROWS:
         for line in gas.splitlines():
             if line.startswith("| " + key):
@@ -447,13 +693,72 @@ def gas_figures() -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def run_summary(scan: dict | None, sim: dict | None) -> None:
-    """The section 7 table; reads what it does not get from the blocks already written."""
-    if scan is None:
-        scan = _load_json("scan")
-    if sim is None:
-        sim = _load_json("sim")
-    gas = gas_figures()
+def scan_cell(scan: dict) -> str:
+    """`measured | status` of the scan row: the SDK path the keeper bot uses."""
+    headline = scan.get("headline") or scan_headline(scan)
+    parts, ok = [], True
+    for n in ("1000", "10000"):
+        row = headline.get(n)
+        if row:
+            parts.append(f"{int(n):,} accounts: {row['accounts_per_s']:,}/s")
+            ok = ok and row["accounts_per_s"] >= SCAN_TARGET
+    if not parts:
+        return "(no `sdk` row measured) | -"
+    text = f"through `MarginEngineClient.statuses` (the bot's scan): {'; '.join(parts)}"
+    raw = [r for r in scan["rows"] if r["way"] in ("sequential", "batched", "parallel")]
+    if raw:
+        fastest = max(raw, key=lambda r: r["accounts_per_s"])
+        text += (
+            f" (fastest raw path, not the bot's: {fastest['accounts_per_s']:,}/s,"
+            f" {fastest['way']}, {fastest['accounts']:,} accounts)"
+        )
+    return f"{text} | {_met(ok)}"
+
+
+def penalty_cell(sim: dict) -> str:
+    """`measured | status` of the penalty row: the cut, and the all-in guard."""
+    if any("all_in_cut" not in r["comparison"] for r in sim.values()):
+        return "stored figures predate the bad-debt guard: run `--only sim` again | unknown"
+    parts, missed = [], []
+    for n, r in sim.items():
+        c = r["comparison"]
+        text = f"{n} {pct(-c['penalty_cut'])}"
+        if c["penalty_cut_reached"] and not c["all_in_cut_reached"]:
+            text += f" but all-in {pct(-c['all_in_cut'])}"
+        if c["bad_debt_above_baseline"]:
+            text += f" (bad debt {tok(c['bad_debt'])} vs {tok(c['baseline_bad_debt'])})"
+        parts.append(text)
+        if not c["penalty_cut_met"]:
+            missed.append(n)
+    status = "ok" if not missed else f"MISS on {', '.join(missed)}"
+    return "; ".join(parts) + " | " + status
+
+
+def run_summary(
+    scan: dict | None,
+    sim: dict | None,
+    failed: dict[str, str],
+    fresh: set[str],
+    doc: Path = DOC,
+) -> None:
+    """The section 7 table. A figure not measured in this run is read from
+    `.build/bench/NAME.json` and named, with its date, under the table; a step that failed
+    in this run shows FAILED, never an older figure."""
+    stored: list[str] = []
+
+    def load(name: str, fresh: Any) -> Any:
+        if name in failed:
+            return None
+        if fresh is not None:
+            return fresh
+        data, when = _load_json(name)
+        if data is not None:
+            stored.append(f"{name} ({_rel(_store(name))}, {when})")
+        return data
+
+    scan = load("scan", scan)
+    sim = load("sim", sim)
+    gas = gas_figures(doc)
     lines = [
         "Every PROTOCOL.md section 7 target next to its measured figure; the sections below"
         " hold the details, the machine and the command that reproduces each. `make bench`"
@@ -477,76 +782,115 @@ def run_summary(scan: dict | None, sim: dict | None) -> None:
         lines.append(f"| `{label}` | {anchor} | {target} | {measured} | {status} | [Gas](#gas) |")
     lines.append(
         "| keeper delay | production: most volume within 10 blocks on 2025-10-10 | liquidated in"
-        f" the first block after the price, for 1,000 accounts | {reaction_cell()}"
+        f" the first block after the price, for 1,000 accounts |"
+        f" {reaction_cell(failed, fresh, stored)}"
         " | [Keeper reaction](#keeper-reaction) |"
     )
-    if scan and scan.get("best"):
-        parts, ok = [], True
-        for n in ("1000", "10000"):
-            row = scan["best"].get(n)
-            if row:
-                parts.append(f"{int(n):,} accounts: {row['accounts_per_s']:,}/s ({row['way']})")
-                ok = ok and row["accounts_per_s"] >= 20_000
+    scan_row = (
+        "| keeper scan | Compound's reference bot: one call per account | >= 20,000"
+        " accounts/s through `check_margins` | "
+    )
+    if "scan" in failed:
         lines.append(
-            "| keeper scan | Compound's reference bot: one call per account | >= 20,000"
-            f" accounts/s through `check_margins` | {'; '.join(parts)} |"
-            f" {'ok' if ok else 'MISS'} | [Keeper scan](#keeper-scan-throughput) |"
+            scan_row + "failed in this run | FAILED | [Keeper scan](#keeper-scan-throughput) |"
         )
-    if sim:
-        soc = [n for n, r in sim.items() if not r["comparison"]["socialised_zero"]]
-        cuts = {n: r["comparison"]["penalty_cut"] for n, r in sim.items()}
-        missed = [n for n, c in cuts.items() if c < 0.30]
-        cut_text = ", ".join(f"{n} {pct(-c)}" for n, c in cuts.items())
+    elif scan:
+        lines.append(scan_row + scan_cell(scan) + " | [Keeper scan](#keeper-scan-throughput) |")
+    section = "[Stress simulator](#stress-simulator)"
+    if "sim" in failed:
         lines.append(
-            "| crash replay, 500 traders at 2-10x | Maker 2020: 5.67M DAI bad debt | zero"
-            " socialised loss | "
+            f"| crash replay | Maker 2020: 5.67M DAI bad debt | zero socialised loss; penalties"
+            f" | failed in this run | FAILED | {section} |"
+        )
+    elif sim:
+        first = next(iter(sim.values()))
+        n = first["population"]["traders"]
+        who = f"{n} traders" + ("" if n == TARGET_TRADERS else f" (target: {TARGET_TRADERS})")
+        lev = first["population"]["leverage"]
+        soc = [name for name, r in sim.items() if not r["comparison"]["socialised_zero"]]
+        lines.append(
+            f"| crash replay, {who} at {lev[0]:g}-{lev[1]:g}x | Maker 2020: 5.67M DAI bad debt |"
+            " zero socialised loss | "
             + ("0 on every scenario" if not soc else "not zero on " + ", ".join(soc))
-            + f" | {'ok' if not soc else 'MISS'} | [Stress simulator](#stress-simulator) |"
+            + f" (fund seed {share(first['population']['fund_seed'])}; see Sensitivity) |"
+            f" {_met(not soc)} | {section} |"
         )
         lines.append(
             "| crash replay, penalties | liquidate-everything-at-maintenance baseline |"
-            f" penalties paid by traders >= 30% below the baseline | {cut_text} |"
-            + (" ok |" if not missed else f" MISS on {', '.join(missed)} |")
-            + " [Stress simulator](#stress-simulator) |"
+            " penalties paid by traders >= 30% below the baseline, also with bad debt counted |"
+            f" {penalty_cell(sim)} | {section} |"
         )
         bt = sim.get("black_thursday")
         if bt:
             single = (
                 bt["timing"]["total_seconds"] - bt["runs"]["baseline"]["timing"]["wall_seconds"]
             )
+            bt_n = bt["population"]["traders"]
+            status = (
+                _met(single <= SPEED_TARGET) if bt_n == TARGET_TRADERS else f"- ({bt_n} traders)"
+            )
             lines.append(
                 "| simulator speed (issue) | - | 500 traders through Black Thursday in <= 10 min |"
-                f" {single:.0f} s | {'ok' if single <= SPEED_TARGET else 'MISS'} |"
-                " [Stress simulator](#stress-simulator) |"
+                f" {single:.0f} s | {status} | {section} |"
             )
-    write_block("summary", "\n".join(lines), "Targets side by side")
+    if stored:
+        lines += [
+            "",
+            "Read from earlier runs (not measured by this one): " + "; ".join(stored) + ".",
+        ]
+    if failed:
+        lines += [
+            "",
+            "Failed in this run: " + "; ".join(f"{k} ({v})" for k, v in failed.items()) + ".",
+        ]
+    write_block("summary", "\n".join(lines), "Targets side by side", doc)
 
 
-def reaction_cell() -> str:
+def reaction_cell(failed: dict[str, str], fresh: set[str], stored: list[str]) -> str:
     """`measured | status` of the keeper-delay row, from `bench_reaction.py --json`."""
-    runs = _load_json("reaction")
+    if "reaction" in failed:
+        return "benchmark failed in this run | FAILED"
+    runs, when = _load_json("reaction")
     if not runs:
         return "(the keeper bot's reaction benchmark) | pending"
+    if "reaction" not in fresh:
+        stored.append(f"reaction ({_rel(_store('reaction'))}, {when})")
     parts, statuses = [], []
     for r in runs:
+        gl = r["gas_limit"] // 10**6
         spread = ", ".join(f"{c:,} in +{b}" for b, c in r["blocks_after_update"].items())
-        parts.append(f"{r['gas_limit'] // 10**6}M gas blocks: {spread}")
+        if r["liquidated"] < r["accounts"]:
+            spread += f" ({r['liquidated']:,} of {r['accounts']:,} liquidated)"
+        parts.append(f"{gl}M gas blocks: {spread}")
         if r["all_in_first_block"]:
-            statuses.append(f"ok at {r['gas_limit'] // 10**6}M")
+            statuses.append(f"ok at {gl}M")
         else:
-            statuses.append(f"MISS at {r['gas_limit'] // 10**6}M (last in +{r['max_blocks']})")
+            statuses.append(f"MISS at {gl}M (last in +{r['max_blocks']})")
     return "; ".join(parts) + " | " + "; ".join(statuses)
 
 
-def _load_json(name: str) -> Any:
-    path = ROOT / ".build" / "bench" / f"{name}.json"
+def _store(name: str) -> Path:
+    return STORE / f"{name}.json"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _load_json(name: str) -> tuple[Any, str]:
+    """The stored figures of `name` and the date they were written (or None, '')."""
+    path = _store(name)
     if path.exists():
-        return json.loads(path.read_text())
-    return None
+        when = dt.datetime.fromtimestamp(path.stat().st_mtime).date().isoformat()
+        return json.loads(path.read_text()), when
+    return None, ""
 
 
 def _save_json(name: str, data: Any) -> None:
-    path = ROOT / ".build" / "bench" / f"{name}.json"
+    path = _store(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
 
@@ -555,26 +899,30 @@ def _save_json(name: str, data: Any) -> None:
 
 
 def run_reaction(write: bool) -> None:
-    """Hook for the keeper reaction benchmark (N accounts made liquidatable by one price
-    update, interval mining, the real keeper bot), which is not built here: when
-    `scripts/bench_reaction.py` exists, it runs as `python scripts/bench_reaction.py --json
-    .build/bench/reaction.json` and the markdown table it prints (its `|` lines) becomes the
-    `reaction` block; a failure is reported and leaves the block as it was."""
+    """Runs `python scripts/bench_reaction.py --json .build/bench/reaction.json` (N accounts
+    made liquidatable by one price update, interval mining, the real keeper bot); the
+    markdown table it prints (its `|` lines) becomes the `reaction` block. The stored JSON
+    is removed first, so a failure can never leave an older figure for the summary to read;
+    a failure (or a missing script) raises `StepFailed` and leaves the block as it was."""
     script = ROOT / "scripts" / "bench_reaction.py"
+    out = _store("reaction")
+    out.unlink(missing_ok=True)
     if not script.exists():
-        print("reaction: scripts/bench_reaction.py not present, block left as it is")
-        return
-    out = ROOT / ".build" / "bench" / "reaction.json"
+        raise StepFailed("scripts/bench_reaction.py not present")
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(script), "--json", str(out)]
     print("reaction: " + " ".join(cmd[1:]), flush=True)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"reaction: failed ({done.returncode}), block left as it is:\n{done.stderr[-2000:]}")
-        return
+        out.unlink(missing_ok=True)
+        print(done.stdout[-2000:] + done.stderr[-2000:])
+        raise StepFailed(f"bench_reaction.py exited {done.returncode}")
     rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    if not rows or not out.exists():
+        out.unlink(missing_ok=True)
+        raise StepFailed("bench_reaction.py printed no table or wrote no JSON")
     print("\n".join(rows))
-    if write and rows:
+    if write:
         body = "\n".join(
             [
                 "Reproduce: `python scripts/bench_reaction.py` (part of `make bench`; the"
@@ -591,36 +939,65 @@ def run_reaction(write: bool) -> None:
 # --- main ------------------------------------------------------------------------------
 
 
+def _step(name: str, failed: dict[str, str], fn: Callable[[], Any]) -> Any:
+    """Runs one step; a failure is printed, recorded in `failed`, and does not stop the
+    others."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - any failure of a step is reported, then exit 1
+        traceback.print_exc()
+        failed[name] = f"{type(err).__name__}: {err}"[:200]
+        print(f"{name}: FAILED ({failed[name]}); its block is left as it was", flush=True)
+        return None
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(STEPS), help=f"comma list of {STEPS}")
-    parser.add_argument("--traders", type=int, default=500)
+    parser.add_argument("--traders", type=int, default=TARGET_TRADERS)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--no-write", action="store_true", help="leave docs/ untouched")
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="leave docs/ and the stored figures (.build/bench/) untouched",
+    )
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(steps) - set(STEPS)
     if unknown:
         parser.error(f"unknown step(s) {', '.join(sorted(unknown))}; choose from {STEPS}")
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    bad = set(scenarios) - set(SCENARIOS)
+    if bad:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(bad))}; choose from {SCENARIOS}")
     write = not args.no_write
+    failed: dict[str, str] = {}
     scan = sim = None
     started = time.monotonic()
     if "scan" in steps:
-        scan = run_scan(write)
-        _save_json("scan", scan)
+        scan = _step("scan", failed, lambda: run_scan(write))
+        if scan is not None and write:
+            _save_json("scan", scan)
     if "sim" in steps:
-        scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
-        sim = run_sim(args.traders, args.seed, write, scenarios)
-        if write and set(scenarios) == set(SCENARIOS):
+        sim = _step("sim", failed, lambda: run_sim(args.traders, args.seed, write, scenarios))
+        if sim is not None and set(scenarios) != set(SCENARIOS):
+            sim = None  # a partial set feeds neither the store nor the summary
+        elif sim is not None and write:
             _save_json("sim", sim)
     if "sensitivity" in steps:
-        _save_json("sensitivity", run_sensitivity(args.traders, args.seed, write))
+        sens = _step("sensitivity", failed, lambda: run_sensitivity(args.traders, args.seed, write))
+        if sens is not None and write:
+            _save_json("sensitivity", sens)
     if "reaction" in steps:
-        run_reaction(write)
+        _step("reaction", failed, lambda: run_reaction(write))
     if "summary" in steps and write:
-        run_summary(scan, sim)
+        fresh = {s for s in ("scan", "reaction") if s in steps and s not in failed}
+        run_summary(scan, sim, failed, fresh)
     print(f"bench done in {time.monotonic() - started:.0f} s" + (f"; wrote {DOC}" if write else ""))
+    if failed:
+        print("FAILED: " + "; ".join(f"{k}: {v}" for k, v in failed.items()), file=sys.stderr)
+        return 1
     return 0
 
 

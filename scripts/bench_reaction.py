@@ -13,7 +13,8 @@ counted from the block of the price update.
 The block gas limit bounds how many liquidations fit in one block (about 44k gas each in a
 100-account batch, so about 680 per 30M block): `--gas-limit` sets Anvil's and may be given
 more than once (default: 30M, Anvil's default; 60M, Ethereum mainnet's limit since November
-2025; 100M). Prints a table; `--json` writes the figures.
+2025; 100M). Prints a table; `--json` writes the figures. Exits 1 when a run did not see every
+account liquidated before its timeout (the figures are still printed and written).
 """
 
 from __future__ import annotations
@@ -244,7 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in r.items() if k != "log"}))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
-    return 0
+    short = [r for r in results if r["liquidated"] < r["accounts"]]
+    for r in short:
+        print(
+            f"incomplete: {r['liquidated']:,} of {r['accounts']:,} accounts liquidated within"
+            f" the timeout at {r['gas_limit']:,} gas per block (keeper log: {r['log']})",
+            file=sys.stderr,
+        )
+    return 1 if short else 0
 
 
 if __name__ == "__main__":

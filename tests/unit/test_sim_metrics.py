@@ -99,8 +99,8 @@ def record(mode: str = "phased") -> RunRecord:
         {"slot": 0, "t": 0, "account": "c", "reward": UNIT},
     ]
     r.clears += [
-        {"slot": 2, "t": 24, "account": "c", "by_trader": True},
-        {"slot": 2, "t": 24, "account": "a", "by_trader": False},
+        {"slot": 2, "t": 24, "account": "c", "by_trader": True, "how": "deposit"},
+        {"slot": 2, "t": 24, "account": "a", "by_trader": False, "how": ""},
     ]
     r.keeper_paid.append({"slot": 1, "t": 12, "amount": UNIT})
     r.delays = [1, 1, 2, 1]
@@ -128,6 +128,7 @@ def test_summary_adds_up_the_events():
     assert m["tranches_histogram"] == {1: 1, 3: 1}
     assert m["notional_liquidated"] == 4_000
     assert m["accounts_called"] == 2 and m["accounts_cured"] == 1
+    assert m["accounts_cured_by_deposit"] == 1 and m["accounts_cured_by_reduce"] == 0
     assert (m["delay_p50"], m["delay_p99"], m["delay_max"]) == (1, 2, 2)
     assert m["fund_drawdown"] == 500 and m["fund_min"] == 700
     assert m["keeper_rewards"] == 6 + 2 + 1  # tranche shares, call rewards, bankrupt pay
@@ -135,14 +136,74 @@ def test_summary_adds_up_the_events():
     assert m["lp_pnl"] == 1_000 and m["conserved"] is True
 
 
+def figures(paid: float, bad_debt: float = 0.0, **extra: float) -> dict[str, float]:
+    """The figures `compare` reads, as `summarize` would give them."""
+    out = {
+        "socialised": 0.0,
+        "paid_by_traders": paid,
+        "penalties": paid,
+        "bad_debt": bad_debt,
+        "paid_by_fund": bad_debt,
+        "left_deficit": 0.0,
+        "left_liquidatable_notional": 0.0,
+    }
+    out.update(extra)
+    out.setdefault("all_in_cost", paid + bad_debt + out["left_deficit"])
+    return out
+
+
 def test_comparison_against_the_section_7_targets():
-    phased = {"socialised": 0, "paid_by_traders": 60.0, "penalties": 58.0}
-    baseline = {"socialised": 0, "paid_by_traders": 100.0, "penalties": 100.0}
+    phased, baseline = figures(60.0), figures(100.0)
     c = compare(phased, baseline)
     assert c["socialised_zero"] and c["penalty_cut"] == pytest.approx(0.40) and c["penalty_cut_met"]
-    c = compare({**phased, "paid_by_traders": 75.0, "socialised": 3}, baseline)
+    assert c["penalty_status"] == "ok"
+    c = compare({**figures(75.0), "socialised": 3}, baseline)
     assert not c["socialised_zero"] and not c["penalty_cut_met"]
+    assert c["penalty_status"].startswith("MISS (")
     assert "penalty_cut" not in compare(phased, None)
+
+
+def test_penalty_target_is_not_met_when_phased_bad_debt_exceeds_the_baseline():
+    # the flash-crash shape: half the penalties, but bankruptcies pay none and the fund pays more
+    phased, baseline = figures(60_000.0, bad_debt=143_000.0), figures(120_000.0, bad_debt=61_000.0)
+    c = compare(phased, baseline)
+    assert c["penalty_cut"] == pytest.approx(0.5) and c["penalty_cut_reached"]
+    assert c["bad_debt_above_baseline"] and c["all_in_cut"] < 0
+    assert not c["penalty_cut_met"]
+    assert c["penalty_status"].startswith("MISS with bad debt counted")
+    assert (c["bad_debt"], c["baseline_bad_debt"]) == (143_000.0, 61_000.0)
+    assert (c["paid_by_fund"], c["baseline_paid_by_fund"]) == (143_000.0, 61_000.0)
+
+
+def test_unliquidated_notional_left_open_is_not_a_saving():
+    # the phased run stopped liquidating: few penalties, but a large liquidatable book and a
+    # deficit are still open at the end
+    phased = figures(
+        40.0, left_deficit=10.0, left_liquidatable_notional=5_000.0, all_in_cost=40 + 10 + 75
+    )
+    c = compare(phased, figures(100.0))
+    assert c["penalty_cut"] == pytest.approx(0.6)
+    assert c["bad_debt_above_baseline"], "an open deficit is bad debt not yet realised"
+    assert not c["penalty_cut_met"]
+
+
+def test_summary_counts_what_is_left_open_in_the_all_in_cost():
+    r = record()
+    r.final.update(
+        {
+            "open_accounts": 2,
+            "open_notional": 9_000 * WAD,
+            "left_liquidatable": 1,
+            "left_liquidatable_notional": 2_000 * WAD,
+            "open_deficit": 5 * WAD,
+        }
+    )
+    m = summarize(r)
+    assert (m["left_open"], m["left_open_notional"]) == (2, 9_000)
+    assert (m["left_liquidatable"], m["left_liquidatable_notional"]) == (1, 2_000)
+    assert m["left_deficit"] == 5
+    assert m["left_penalty"] == pytest.approx(30)  # 1.5% of 2,000
+    assert m["all_in_cost"] == pytest.approx(32 + 400 + 5 + 30)
 
 
 def test_renderings_carry_every_mode():
@@ -166,7 +227,12 @@ def test_renderings_carry_every_mode():
     assert ["penalties", "30.0", "30.0"] in rows
     samples = list(csv.reader(io.StringIO(samples_csv(rec["phased"]))))
     assert tuple(samples[0]) == sample_columns(("ETH-USD",)) and len(samples) == 5
-    assert table(result).row_count > 20
+    t = table(result)
+    assert t.row_count > 20
+    labels = list(t.columns[0].cells)
+    status = list(t.columns[1].cells)[labels.index("penalty target (>= 30% less, both lines)")]
+    assert "ok" in status or "MISS" in status
+    assert any("bad debt phased / baseline" in label for label in labels)
 
 
 @pytest.mark.parametrize(

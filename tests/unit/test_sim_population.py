@@ -14,7 +14,6 @@ from margincall.sim.population import (
     deposit_to_cure,
     reduce_to_cure,
     scenario_population,
-    trader_rng,
 )
 
 MARKETS = (ETH, BTC)
@@ -55,15 +54,39 @@ def test_one_market_population_has_no_cross_accounts():
     assert all(len(t.legs) == 1 for t in pop.traders)
 
 
-def test_cure_plans_follow_the_probability_and_stay_inside_the_grace_period():
-    cfg = PopulationConfig(cure_probability=0.3, cure_delay=(60, 2_700))
-    rng = trader_rng(1, 0, "cure")
-    plans = [cure_plan(cfg, rng) for _ in range(2_000)]
-    share = sum(p.cures for p in plans) / len(plans)
-    assert share == pytest.approx(0.3, abs=0.04)
-    assert all(60 <= p.delay <= 2_700 for p in plans if p.cures)
-    never = PopulationConfig(cure_probability=0.0)
-    assert not any(cure_plan(never, rng).cures for _ in range(100))
+def test_curing_is_a_trait_drawn_once_per_trader():
+    cfg = PopulationConfig(traders=2_000, cure_probability=0.3, cure_delay=(60, 2_700))
+    pop = build_population(cfg, 1, MARKETS)
+    curing = [t for t in pop.traders if t.cures(cfg.cure_probability)]
+    assert len(curing) / len(pop.traders) == pytest.approx(0.3, abs=0.04)
+    for t in pop.traders[:50]:
+        plans = {cure_plan(cfg, t) for _ in range(5)}
+        assert len(plans) == 1, "every call of a trader gets the same answer"
+        (plan,) = plans
+        assert plan.cures == (t in curing)
+        if plan.cures:
+            assert 60 <= plan.delay <= 2_700 and plan.deposit == t.cure.deposit
+    # some traders never cure, whatever the number of calls
+    assert any(not cure_plan(cfg, t).cures for t in pop.traders)
+    never = PopulationConfig(traders=200, cure_probability=0.0)
+    assert not any(cure_plan(never, t).cures for t in build_population(never, 1, MARKETS).traders)
+
+
+def test_cure_probability_sweep_changes_who_cures_and_nothing_else():
+    low = build_population(PopulationConfig(traders=500, cure_probability=0.25), 4, MARKETS)
+    high = build_population(PopulationConfig(traders=500, cure_probability=0.5), 4, MARKETS)
+    assert [t.cure for t in low.traders] == [t.cure for t in high.traders]
+    assert [t.collateral for t in low.traders] == [t.collateral for t in high.traders]
+    cure_low = {t.index for t in low.traders if t.cures(0.25)}
+    cure_high = {t.index for t in high.traders if t.cures(0.5)}
+    assert cure_low < cure_high, "the traders who cure at 0.25 are among those at 0.5"
+
+
+def test_reduce_share_splits_curers_between_deposit_and_reduction():
+    cfg = PopulationConfig(traders=1_000, cure_probability=1.0, reduce_share=0.4)
+    pop = build_population(cfg, 2, MARKETS)
+    deposit = sum(t.cure.deposit for t in pop.traders) / len(pop.traders)
+    assert deposit == pytest.approx(0.6, abs=0.05)
 
 
 def test_deposit_and_reduce_reach_the_target_ratio():

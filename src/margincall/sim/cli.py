@@ -8,7 +8,10 @@ Starts an Anvil node of its own (and stops it, also on errors and Ctrl-C),
 deploys the system, opens the population, replays the path block by block
 with the project's keeper logic and prints the figures. `--baseline` adds a
 run of the same paths and population with liquidate-everything-at-
-maintenance parameters, side by side. `--out DIR` writes result.json,
+maintenance parameters, side by side. Curing is a trait drawn once per trader
+from the seed: a `--cure-probability` share of the traders cure every margin
+call they get (by depositing or reducing, each after a delay of its own within
+the grace period), the others never do. `--out DIR` writes result.json,
 metrics.csv, samples-<mode>.csv (one row per mined block), liquidations-<mode>.csv
 (one row per tranche) and PNG plots. The same seed gives the same
 figures. Exit codes: 0 done (also when a target is missed, unless
@@ -98,7 +101,9 @@ def write_outputs(outcome, out: Path) -> list[Path]:  # noqa: ANN001 - Outcome, 
     type=click.FloatRange(0, 1),
     default=0.5,
     show_default=True,
-    help="Probability that a called trader cures within the grace period.",
+    help="Fraction of traders who cure their margin calls: a trait drawn once per trader from"
+    " the seed (a curing trader cures every call, after a delay of its own within the grace"
+    " period, by depositing or reducing); the others never cure.",
 )
 @click.option(
     "--fund-seed",
@@ -143,7 +148,13 @@ def simulate(
     quiet: bool,
     check: bool,
 ) -> None:
-    """Replay a stress scenario on a local Anvil (phased liquidation; --baseline to compare)."""
+    """Replay a stress scenario on a local Anvil (phased liquidation; --baseline to compare).
+
+    Traders act only on margin calls: a --cure-probability share of them (drawn once per
+    trader from --seed) cure every call after a delay of their own within the grace
+    period, by depositing or reducing; the rest never cure. The keeper is the project's
+    keeper logic at --gas-price-gwei, one scan per block, acting in the next block.
+    """
     from margincall.sim.runner import SimConfig, SimulationError
     from margincall.sim.simulate import load_path
     from margincall.sim.simulate import simulate as run_simulation

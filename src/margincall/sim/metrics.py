@@ -9,12 +9,20 @@ Definitions:
 
 - penalties paid by traders: liquidation penalties plus margin-call rewards
   (both come out of the trader's collateral; the baseline has no calls);
-- bad debt: deficits of bankrupt accounts (`BadDebt.amount`); socialised:
-  the part the insurance fund could not pay;
+- bad debt: deficits of bankrupt accounts (`BadDebt.amount`); paid by fund:
+  the part the insurance fund paid; socialised: the part it could not pay;
+- left open at the end: accounts still holding positions when the replay
+  stops, their notional, those still liquidatable (and their notional), and
+  the deficit of those with negative equity (bad debt not yet realised);
+- all-in cost: penalties paid by traders + bad debt + the open deficit + the
+  penalty the liquidatable notional left open would still pay. A bankrupt
+  account pays no penalty and unliquidated notional pays none yet, so the
+  penalty figure alone can improve when the outcome is worse; the all-in cost
+  cannot;
 - fund drawdown: the largest fall of the fund's balance from a running peak;
-- liquidation delay: blocks from the first block in which an account was
-  seen eligible for its next tranche (or full close) to the block of that
-  tranche (1 = the next block, the target);
+- liquidation delay: the block of a tranche (or full close) less the first
+  block in which it was possible, plus one (1 = in that first block, the
+  target); see `margincall.sim.runner.eligible_slot`;
 - pool assets change: the pool's `totalAssets` at the end less at the start: realised
   trader losses and trading fees in, realised profits and socialised loss out; what open
   positions owe (or are owed) is not in it;
@@ -39,6 +47,13 @@ from margincall.constants import WAD, State
 from margincall.sim.runner import RunRecord
 
 PENALTY_TARGET = 0.30  # PROTOCOL.md section 7: at least 30% below the baseline
+PENALTY_GUARD = (
+    "the penalty target counts as met only when the all-in cost (penalties paid by traders"
+    " + bad debt + the negative equity of accounts left open + the penalty their liquidatable"
+    " notional would still pay) is also at least 30% below the baseline's: a bankruptcy or an"
+    " unliquidated account pays no penalty, so the penalty figure alone can improve when the"
+    " outcome is worse"
+)
 SAMPLE_FIXED = ("slot", "t")
 SAMPLE_TAIL = (
     "fund",
@@ -92,11 +107,22 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         + sum(e["amount"] for e in record.keeper_paid)
     )
     cured = {e["account"] for e in record.clears if e["by_trader"]}
+    cured_by = {
+        how: {e["account"] for e in record.clears if e["by_trader"] and e.get("how") == how}
+        for how in ("deposit", "trade", "clear_margin_call")
+    }
+    final = record.final
+    wad_tok = lambda x: x / WAD  # noqa: E731
+    left_penalty = (
+        final.get("left_liquidatable_notional", 0) * record.params.liquidation_penalty // WAD
+    )
     called = {e["account"] for e in record.calls}
     bankrupt = {e["account"] for e in liq if e["state"] == State.BANKRUPT}
     delays = record.delays
+    bad_debt = tok(sum(e["amount"] for e in record.bad_debts))
+    open_deficit = wad_tok(final.get("open_deficit", 0))
     return {
-        "bad_debt": tok(sum(e["amount"] for e in record.bad_debts)),
+        "bad_debt": bad_debt,
         "socialised": tok(sum(e["socialised"] for e in record.bad_debts)),
         "paid_by_fund": tok(sum(e["paid_by_fund"] for e in record.bad_debts)),
         "accounts_bankrupt": len(bankrupt),
@@ -119,7 +145,11 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         "margin_calls": len(record.calls),
         "accounts_called": len(called),
         "accounts_cured": len(cured),
+        "accounts_cured_by_deposit": len(cured_by["deposit"]),
+        "accounts_cured_by_reduce": len(cured_by["trade"]),
         "cures_sent": record.cures_sent,
+        "cures_sent_deposit": record.cures_by_deposit,
+        "cures_sent_reduce": record.cures_by_reduce,
         "cures_planned": record.cures_planned,
         "delay_p50": percentile(delays, 50),
         "delay_p99": percentile(delays, 99),
@@ -128,9 +158,13 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         "delays_counted": len(delays),
         "call_delay_p50": percentile(record.call_delays, 50),
         "call_delay_max": max(record.call_delays, default=0),
+        "tranches_missed": record.liq_missed,
+        "calls_missed": record.call_missed,
+        "gas_price_gwei": record.gas_price_gwei,
         "keeper_gas": record.keeper_gas,
         "keeper_txs": record.keeper_txs,
         "keeper_skipped": record.keeper_skipped,
+        "keeper_reverts": record.keeper_reverts,
         "keeper_rewards": tok(keeper_rewards),
         "keeper_gas_cost": record.keeper_fee_tokens,
         "keeper_profit": tok(keeper_rewards) - record.keeper_fee_tokens,
@@ -144,8 +178,17 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         "blocks_mined": record.blocks_mined,
         "hours": record.end / 3600,
         "conserved": bool(record.final.get("conserved", False)),
-        "left_liquidatable": record.final.get("left_liquidatable", 0),
-        "left_unserved": record.final.get("left_unserved", 0),
+        "left_open": final.get("open_accounts", 0),
+        "left_open_notional": wad_tok(final.get("open_notional", 0)),
+        "left_liquidatable": final.get("left_liquidatable", 0),
+        "left_liquidatable_notional": wad_tok(final.get("left_liquidatable_notional", 0)),
+        "left_unserved": final.get("left_unserved", 0),
+        "left_deficit": open_deficit,
+        "left_penalty": wad_tok(left_penalty),
+        "all_in_cost": tok(penalties + call_rewards)
+        + bad_debt
+        + open_deficit
+        + wad_tok(left_penalty),
     }
 
 
@@ -160,21 +203,53 @@ def timing(record: RunRecord) -> dict[str, Any]:
     }
 
 
+def _cut(phased: float, baseline: float) -> float:
+    return (1 - phased / baseline) if baseline > 0 else 0.0
+
+
 def compare(phased: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any]:
     """The section 7 targets for a scenario: zero socialised loss (phased); penalties paid
-    by traders at least 30% below the baseline."""
+    by traders at least 30% below the baseline, guarded by the all-in cost (`PENALTY_GUARD`).
+
+    `penalty_cut` is the section 7 figure; `penalty_cut_met` is True only when it reaches
+    the target and `all_in_cut` does too. The bad-debt figures of both modes ride along so
+    that no rendering shows the penalty cut without them."""
     out: dict[str, Any] = {
         "socialised_zero": phased["socialised"] == 0,
     }
     if baseline is not None:
         base = baseline["paid_by_traders"]
-        cut = (1 - phased["paid_by_traders"] / base) if base > 0 else 0.0
+        cut = _cut(phased["paid_by_traders"], base)
+        all_in = _cut(phased.get("all_in_cost", 0.0), baseline.get("all_in_cost", 0.0))
+        bad = phased["bad_debt"] + phased.get("left_deficit", 0.0)
+        base_bad = baseline["bad_debt"] + baseline.get("left_deficit", 0.0)
         out["penalty_cut"] = cut
-        out["penalty_cut_met"] = base > 0 and cut >= PENALTY_TARGET
-        out["liquidation_penalty_cut"] = (
-            (1 - phased["penalties"] / baseline["penalties"]) if baseline["penalties"] else 0.0
+        out["penalty_cut_reached"] = base > 0 and cut >= PENALTY_TARGET
+        out["all_in_cut"] = all_in
+        out["all_in_cut_reached"] = (
+            baseline.get("all_in_cost", 0.0) > 0 and all_in >= PENALTY_TARGET
         )
+        out["penalty_cut_met"] = out["penalty_cut_reached"] and out["all_in_cut_reached"]
+        out["bad_debt"] = phased["bad_debt"]
+        out["baseline_bad_debt"] = baseline["bad_debt"]
+        out["bad_debt_above_baseline"] = bad > base_bad
+        out["paid_by_fund"] = phased["paid_by_fund"]
+        out["baseline_paid_by_fund"] = baseline["paid_by_fund"]
+        out["left_liquidatable_notional"] = phased.get("left_liquidatable_notional", 0.0)
+        out["liquidation_penalty_cut"] = _cut(phased["penalties"], baseline["penalties"])
+        out["penalty_status"] = penalty_status(out)
     return out
+
+
+def penalty_status(cmp: Mapping[str, Any]) -> str:
+    """`ok`, or `MISS` with the reason (the cut itself, or the cut once bad debt counts)."""
+    if "penalty_cut" not in cmp:
+        return "-"
+    if cmp["penalty_cut_met"]:
+        return "ok"
+    if not cmp["penalty_cut_reached"]:
+        return f"MISS ({-cmp['penalty_cut']:+.1%})"
+    return f"MISS with bad debt counted (all-in {-cmp['all_in_cut']:+.1%})"
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -191,6 +266,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("paid_by_traders", "penalties paid by traders", "tok"),
     ("penalties", "  liquidation penalties", "tok"),
     ("call_rewards", "  margin-call rewards", "tok"),
+    ("all_in_cost", "all-in cost (penalties + bad debt + left open)", "tok"),
     ("notional_liquidated", "notional liquidated", "tok"),
     ("liquidations", "liquidations (tranches + full closes)", "int"),
     ("full_closes", "  full closes", "int"),
@@ -199,15 +275,24 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("tranches_per_account_max", "tranches per account, max", "int"),
     ("margin_calls", "margin calls", "int"),
     ("accounts_cured", "accounts that cured their call", "int"),
-    ("delay_p50", "liquidation delay p50 (blocks)", "int"),
+    ("accounts_cured_by_deposit", "  by depositing", "int"),
+    ("accounts_cured_by_reduce", "  by reducing", "int"),
+    ("delay_p50", "liquidation delay p50 (blocks, 1 = first possible)", "int"),
     ("delay_p99", "liquidation delay p99 (blocks)", "int"),
     ("delay_max", "liquidation delay max (blocks)", "int"),
+    ("tranches_missed", "tranches possible, never sent, account recovered", "int"),
+    ("gas_price_gwei", "keeper gas price (gwei)", "f2"),
     ("keeper_gas", "keeper gas", "int"),
+    ("keeper_reverts", "keeper transactions reverted", "int"),
     ("keeper_profit", "keeper profit", "tok"),
     ("trader_pnl", "traders' PnL (equity change less cure deposits)", "tok"),
     ("lp_pnl", "pool assets change (realised PnL and fees)", "tok"),
-    ("left_liquidatable", "liquidatable at the end", "int"),
-    ("left_unserved", "  of them eligible and not acted on", "int"),
+    ("left_open", "accounts left open at the end", "int"),
+    ("left_open_notional", "  their notional", "tok"),
+    ("left_liquidatable", "  of them liquidatable", "int"),
+    ("left_liquidatable_notional", "    their notional", "tok"),
+    ("left_unserved", "    possible in the next block and not acted on", "int"),
+    ("left_deficit", "  negative equity of open accounts (unrealised bad debt)", "tok"),
 )
 
 
@@ -225,9 +310,10 @@ def table(result: Mapping[str, Any]) -> Table:
     """A rich table: one column per mode, the comparison under it."""
     runs = result["runs"]
     modes = list(runs)
+    hours = f"{result['path']['hours']:.2f}".rstrip("0").rstrip(".")
     title = (
         f"{result['scenario']} (seed {result['seed']}, {result['population']['traders']} traders,"
-        f" {result['path']['hours']:.1f} h)"
+        f" {hours} h)"
     )
     t = Table(title=title, title_justify="left", header_style="bold cyan")
     t.add_column("metric")
@@ -237,19 +323,34 @@ def table(result: Mapping[str, Any]) -> Table:
         t.add_row(label, *(fmt(runs[m]["metrics"].get(key), kind) for m in modes))
     t.add_row("wall time (s)", *(f"{runs[m]['timing']['wall_seconds']:.1f}" for m in modes))
     cmp = result.get("comparison", {})
+    pad = [""] * (len(modes) - 1)
     if "penalty_cut" in cmp:
         style = "green" if cmp["penalty_cut_met"] else "red"
         t.add_section()
+        t.add_row("penalties paid by traders vs baseline", f"{-cmp['penalty_cut']:+.1%}", *pad)
         t.add_row(
-            "penalties vs baseline (target >= 30% less)",
-            f"[{style}]{-cmp['penalty_cut']:+.1%}[/{style}]",
-            *([""] * (len(modes) - 1)),
+            "  all-in cost vs baseline (bad debt counted)", f"{-cmp['all_in_cut']:+.1%}", *pad
+        )
+        t.add_row(
+            "  bad debt phased / baseline",
+            f"{fmt(cmp['bad_debt'], 'tok')} / {fmt(cmp['baseline_bad_debt'], 'tok')}",
+            *pad,
+        )
+        t.add_row(
+            "  paid by the fund phased / baseline",
+            f"{fmt(cmp['paid_by_fund'], 'tok')} / {fmt(cmp['baseline_paid_by_fund'], 'tok')}",
+            *pad,
+        )
+        t.add_row(
+            f"penalty target (>= {PENALTY_TARGET:.0%} less, both lines)",
+            f"[{style}]{cmp['penalty_status']}[/{style}]",
+            *pad,
         )
     style = "green" if cmp.get("socialised_zero") else "red"
     t.add_row(
         "socialised loss (target 0)",
         f"[{style}]{'0' if cmp.get('socialised_zero') else 'NOT ZERO'}[/{style}]",
-        *([""] * (len(modes) - 1)),
+        *pad,
     )
     return t
 
@@ -307,11 +408,13 @@ def liquidations_csv(record: RunRecord) -> str:
 
 
 __all__ = [
+    "PENALTY_GUARD",
     "PENALTY_TARGET",
     "ROWS",
     "compare",
     "liquidations_csv",
     "metrics_csv",
+    "penalty_status",
     "percentile",
     "sample_columns",
     "samples_as_dicts",

@@ -7,9 +7,10 @@ point to the market's feed in the first block at or after its time.
 Named shapes (all prices relative to the start, seeded noise on top):
 
 - `black_thursday`: -43% over 14 hours in 1-minute steps, falling in legs
-  with intraday rebounds of 4-8% (ETH on 2020-03-12; BTC falls 90% as far);
+  with intraday rebounds of 4.4-8.9% between anchors (`rebounds`; ETH on
+  2020-03-12; BTC falls 90% as far);
 - `flash_crash`: 10 quiet minutes, -30% in 5 minutes, +20% from the bottom
-  over the next 10 minutes, then quiet (every market);
+  over the next 10 minutes, then quiet to 2 h 15 min (every market);
 - `slow_bleed`: -60% over 7 days in 5-minute steps;
 - `broken_correlation`: ETH -40% over 12 hours while BTC stays flat;
 - `random`: geometric Brownian motion with Poisson jumps, correlated markets;
@@ -155,6 +156,11 @@ BLACK_THURSDAY_ANCHORS = (
 )
 
 
+def rebounds(anchors: Sequence[tuple[float, float]]) -> list[float]:
+    """The rises between consecutive anchors (e.g. 0.044 for 0.90 -> 0.94)."""
+    return [b / a - 1 for (_, a), (_, b) in zip(anchors, anchors[1:], strict=False) if b > a]
+
+
 def black_thursday(seed: int, start: Mapping[str, float] = START_PRICES) -> PricePath:
     rng = np.random.default_rng([seed, 1])
     hours = 14
@@ -162,10 +168,11 @@ def black_thursday(seed: int, start: Mapping[str, float] = START_PRICES) -> Pric
     anchors = [(h / hours, lv) for h, lv in BLACK_THURSDAY_ANCHORS]
     eth = _bridge(rng, anchors, steps, sigma=0.002)
     btc = _scale_move(_bridge(rng, anchors, steps, sigma=0.0015), 0.9)
+    up = rebounds(BLACK_THURSDAY_ANCHORS)
     return _path(
         "black_thursday",
-        "-43% over 14 hours in 1-minute steps, in legs with 4-8% intraday rebounds"
-        " (ETH; BTC falls 90% as far)",
+        f"-43% over 14 hours in 1-minute steps, in legs with {min(up):.1%}-{max(up):.1%}"
+        " intraday rebounds between anchors (ETH, plus noise; BTC falls 90% as far)",
         60,
         {ETH: eth, BTC: btc},
         start,
@@ -184,7 +191,8 @@ def flash_crash(seed: int, start: Mapping[str, float] = START_PRICES) -> PricePa
         levels[m] = np.concatenate([pre, down, up, post])
     return _path(
         "flash_crash",
-        "10 quiet minutes, -30% in 5 minutes, +20% over the next 10, then quiet"
+        "10 quiet minutes, -30% in 5 minutes, +20% over the next 10, then quiet to"
+        f" {(quiet + crash + rebound + tail) // 60} h {(quiet + crash + rebound + tail) % 60} min"
         " (every market, 1-minute steps)",
         60,
         levels,
@@ -341,6 +349,7 @@ __all__ = [
     "flash_crash",
     "from_csv",
     "random_path",
+    "rebounds",
     "scenario_path",
     "slow_bleed",
 ]

@@ -1,9 +1,10 @@
 """Matplotlib plots of a simulation (PNG, Agg backend, no display needed).
 
 - `price.png`: each market's price relative to its start;
-- `ratios.png`: the distribution of open accounts' ratios (equity / maintenance) over
-  time, per mode: median, 25-75% and 5-95% bands, with the critical, maintenance and
-  call ratios marked;
+- `ratios.png`: the distribution of the ratios (equity / maintenance) of the accounts
+  still open, over time, per mode: median, 25-75% and 5-95% bands, with the critical,
+  maintenance and call ratios marked. Survivorship: an account leaves the sample when it
+  is closed or liquidated whole, so the bands are not the population's (the plot says so);
 - `liquidations.png`: notional liquidated per time window, per mode;
 - `fund.png`: the insurance fund's balance, per mode;
 - `summary.png`: the four in one figure (what docs/benchmarks.md shows).
@@ -92,7 +93,13 @@ def draw_ratios(ax: Axes, record: RunRecord, others: Mapping[str, RunRecord] = (
     ax.set_ylim(0.2, 20)
     ax.set_ylabel("equity / maintenance")
     ax.set_xlabel("hours")
-    ax.set_title(f"account ratios ({record.mode}: 5-25-50-75-95%)")
+    # survivorship: liquidated and closed accounts leave the sample, so the bands describe
+    # the accounts still open, not the population
+    ax.set_title(
+        f"ratios of accounts still open ({record.mode}: 5-25-50-75-95%)\n"
+        "closed and liquidated accounts leave the sample",
+        fontsize=9,
+    )
     ax.legend(loc="upper left", fontsize=7, ncol=2)
 
 

@@ -7,10 +7,16 @@ the same decisions, whatever order the simulator meets the traders in.
 A trader deposits `collateral` and opens one position, or two in different
 markets (cross margin: both legs on the same side, or a pair trade, long one
 and short the other), for a total notional of `leverage * collateral`. The
-wallet keeps `reserve` more tokens for curing a margin call. When called, a
-trader cures with probability `cure_probability`, some time within the grace
-period, by depositing (if the reserve allows) or by reducing, to bring the
-account's ratio to `cure_target`.
+wallet keeps `reserve` more tokens for curing a margin call.
+
+Curing is a trait of the trader, drawn once from the seed (`CureTrait`): a
+trader either cures every margin call it gets, each `cure_delay` seconds after
+the call (one delay per trader, within the grace period), by depositing (if
+the reserve allows) or by reducing, to bring the account's ratio to
+`cure_target`; or it never cures. `cure_probability` is the fraction of traders
+who cure. The trait compares one uniform draw per trader with the probability,
+so with the same seed the traders who cure at 0.25 are among those who cure at
+0.5: a sweep over the probability changes who cures, nothing else.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ class PopulationConfig:
     pair_share: float = 0.5  # of those: long one market, short the other
     collateral: tuple[float, float] = (1_000.0, 50_000.0)  # log-uniform
     reserve: tuple[float, float] = (0.0, 1.0)  # wallet reserve, as a multiple of collateral
-    cure_probability: float = 0.5
-    cure_delay: tuple[int, int] = (60, 2_700)  # seconds after the call
+    cure_probability: float = 0.5  # fraction of traders who cure their margin calls
+    cure_delay: tuple[int, int] = (60, 2_700)  # seconds after the call, drawn once per trader
     reduce_share: float = 0.4  # cures that reduce the position instead of depositing
     cure_target: float = 2.0  # ratio (equity / maintenance) a cure aims for
     lps: int = 5
@@ -95,6 +101,17 @@ class Leg:
 
 
 @dataclass(frozen=True)
+class CureTrait:
+    """How a trader answers margin calls, drawn once: `draw` (uniform in [0, 1)) is compared
+    with the population's `cure_probability`; `delay` seconds after each call; by deposit
+    or else by reducing."""
+
+    draw: float
+    delay: int
+    deposit: bool
+
+
+@dataclass(frozen=True)
 class Trader:
     index: int
     address: str
@@ -102,6 +119,11 @@ class Trader:
     reserve: float  # whole tokens kept in the wallet
     leverage: float  # drawn; the opened leverage is capped by the engine's imr (see `opened`)
     legs: tuple[Leg, ...]
+    cure: CureTrait = CureTrait(1.0, 0, True)  # default: never cures (draw 1.0 >= any p)
+
+    def cures(self, probability: float) -> bool:
+        """Whether this trader cures its margin calls when a `probability` share does."""
+        return self.cure.draw < probability
 
     @property
     def notional(self) -> float:
@@ -150,6 +172,14 @@ def trader_rng(seed: int, index: int, purpose: str) -> random.Random:
     return random.Random(f"{seed}/{index}/{purpose}")
 
 
+def draw_cure(config: PopulationConfig, rng: random.Random) -> CureTrait:
+    """A trader's cure trait, from its own stream."""
+    draw = rng.random()
+    delay = rng.randint(*config.cure_delay)
+    deposit = rng.random() >= config.reduce_share
+    return CureTrait(draw, delay, deposit)
+
+
 def draw_leverage(rng: random.Random, config: PopulationConfig) -> float:
     lo, hi = config.leverage
     if config.leverage_dist == "uniform":
@@ -177,8 +207,9 @@ def build_population(config: PopulationConfig, seed: int, markets: Sequence[str]
             legs: tuple[Leg, ...] = (Leg(first, long, 0.5), Leg(second, long != pair, 0.5))
         else:
             legs = (Leg(rng.choice(list(markets)), long, 1.0),)
+        cure = draw_cure(config, trader_rng(seed, i, "cure"))
         pop.traders.append(
-            Trader(i, address_of(seed, "trader", i), collateral, reserve, leverage, legs)
+            Trader(i, address_of(seed, "trader", i), collateral, reserve, leverage, legs, cure)
         )
     pop.lps = [address_of(seed, "lp", i) for i in range(config.lps)]
     pop.keeper = address_of(seed, "keeper", 0)
@@ -195,12 +226,11 @@ class CurePlan:
     deposit: bool = True  # else reduce
 
 
-def cure_plan(config: PopulationConfig, rng: random.Random) -> CurePlan:
-    """One draw per margin call, from the trader's own stream."""
-    cures = rng.random() < config.cure_probability
-    delay = rng.randint(*config.cure_delay)
-    deposit = rng.random() >= config.reduce_share
-    return CurePlan(cures, delay if cures else 0, deposit)
+def cure_plan(config: PopulationConfig, trader: Trader) -> CurePlan:
+    """What `trader` does with a margin call: its trait, the same for every call."""
+    if not trader.cures(config.cure_probability):
+        return CurePlan(False)
+    return CurePlan(True, trader.cure.delay, trader.cure.deposit)
 
 
 def deposit_to_cure(equity: int, maintenance: int, target: float) -> int:
@@ -222,6 +252,7 @@ def reduce_to_cure(equity: int, maintenance: int, target: float) -> float:
 
 __all__ = [
     "CurePlan",
+    "CureTrait",
     "LEVERAGE_DISTS",
     "Leg",
     "Population",
@@ -233,6 +264,7 @@ __all__ = [
     "build_population",
     "cure_plan",
     "deposit_to_cure",
+    "draw_cure",
     "draw_leverage",
     "reduce_to_cure",
     "scenario_population",

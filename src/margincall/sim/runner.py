@@ -26,10 +26,22 @@ every open account with `check_margins`, turns the statuses into
 the keeper bot uses (`margincall.keeper.KeeperConfig` defaults: profit margin,
 gas per call and per tranche, batch size, clearing recovered calls), and
 sends `liquidate_many` / `margin_call_many` / `clear_margin_call` for the
-next block. Its delay metric is the bot's: blocks from the first block an
-account was seen eligible to the block of its tranche (1 = the next block).
+next block. `decide` gets the timestamp those transactions will carry: the
+next slot's, not the mined block's.
 
-Traders cure margin calls as `population` describes; they act on the last
+Delay (`eligible_slot`): the state after block b is evaluated at the
+timestamp of slot b + 1, the first block that can act on it, with the
+engine's rules (a CALLED account whose deadline has come is LIQUIDATABLE; a
+tranche waits for `next_tranche_time`); when the action only becomes possible
+at a later time (a deadline, a tranche interval) the first slot whose
+timestamp reaches it counts, whether or not the simulator mined that slot.
+The delay of a tranche (or call) is its block less that first possible block,
+plus one: 1 = in the first block where the action was possible. Profit is
+ignored here (the bot's rule), so a keeper that declines unprofitable
+tranches shows up as accounts left liquidatable, not as delays.
+
+Traders cure margin calls as `population` describes (a per-trader trait: a
+trader cures every call, after its own delay, or never); they act on the last
 status they saw, so a cure can fall short when the price moved meanwhile.
 """
 
@@ -49,7 +61,7 @@ import numpy as np
 from margincall.constants import MAX_SCAN, WAD, State
 from margincall.deploy import MarketSpec, deploy_system
 from margincall.keeper import KeeperConfig
-from margincall.keeper_logic import CostModel, Snapshot, can_call, can_liquidate, decide
+from margincall.keeper_logic import CostModel, Snapshot, decide
 from margincall.math import RiskParams
 from margincall.sdk import MarginEngineClient, MarginStatus, chunks
 from margincall.sim.baseline import PHASED, params_for
@@ -70,7 +82,6 @@ from margincall.sim.population import (
     cure_plan,
     deposit_to_cure,
     reduce_to_cure,
-    trader_rng,
 )
 
 MAX_UINT = 2**256 - 1
@@ -78,6 +89,7 @@ FALLBACK_ETH_PRICE = 2_000.0  # for the keeper's gas cost when the path has no E
 HEARTBEAT = 30 * 86_400  # feeds are posted every step; a CSV may have long gaps
 GAS = {"deposit": 200_000, "trade": 400_000, "clear_margin_call": 200_000, "set_answer": 120_000}
 SETUP_CHUNK = 600  # transactions per JSON-RPC batch during setup
+TAIL_MARGIN = 600  # seconds replayed after the last price on top of one grace period
 
 
 class SimulationError(RuntimeError):
@@ -93,7 +105,7 @@ class SimConfig:
     population: PopulationConfig = field(default_factory=PopulationConfig)
     block_time: int = 12
     gas_price_gwei: float = 1.0  # the keeper's gas price, for its profit rule and its profit
-    tail: int | None = None  # seconds replayed after the last price (default: grace + 10 min)
+    tail: int | None = None  # seconds replayed after the last price (default: grace + TAIL_MARGIN)
     csv: Path | None = None  # a CSV path instead of the named scenario
     decimals: int = 18  # collateral token decimals
     mmr: float = 0.05
@@ -103,13 +115,61 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class Variant:
-    """A phased run with something changed, on the same setup: the cure probability, or
-    risk parameters (raw engine units, e.g. `("critical_ratio", 8 * 10**17)`; the engine
-    checks their bounds)."""
+    """A phased run with something changed, on the same setup: the cure probability, the
+    keeper's gas price, or risk parameters (raw engine units, e.g.
+    `("critical_ratio", 8 * 10**17)`; the engine checks their bounds)."""
 
     name: str
     cure_probability: float | None = None
+    gas_price_gwei: float | None = None
     params: tuple[tuple[str, int], ...] = ()
+
+
+def tail_seconds(config: SimConfig, params: RiskParams) -> int:
+    """Seconds replayed after the path's last price: `config.tail`, or one grace period
+    plus `TAIL_MARGIN`."""
+    return config.tail if config.tail is not None else params.grace_period + TAIL_MARGIN
+
+
+def first_slot_at(timestamp: int, t0: int, block_time: int) -> int:
+    """The first slot (block `k` at `t0 + k * block_time`) whose timestamp is at least
+    `timestamp`."""
+    return max(_ceil_div(timestamp - t0, block_time), 0)
+
+
+def eligible_slot(
+    s: Snapshot, slot: int, t0: int, block_time: int, params: RiskParams, calls: bool = True
+) -> tuple[str, int] | None:
+    """What can be done to the account of `s` (the state after block `slot`) and the first
+    slot in which it can be done: `("liquidate", k)`, `("call", k)` or None; profit ignored.
+
+    The state after block `slot` is evaluated at the timestamp of slot `slot + 1`, with the
+    engine's rules: CRITICAL/BANKRUPT close at once; LIQUIDATABLE waits for
+    `next_tranche_time`; a CALLED account (ratio in [1, call_ratio)) becomes LIQUIDATABLE
+    when its deadline comes, and its call lapses one grace period later (then it is
+    CALLABLE again); CALLABLE can be called at once (when `calls`)."""
+    nxt = slot + 1
+    if not s.priced:
+        return None
+    if s.state in (State.CRITICAL, State.BANKRUPT):
+        return ("liquidate", nxt)
+    if s.state == State.LIQUIDATABLE:
+        at = max(nxt, first_slot_at(s.next_tranche_time, t0, block_time))
+        if s.ratio >= WAD and s.call_deadline:  # liquidatable only while its call is live
+            lapse = first_slot_at(s.call_deadline + params.grace_period, t0, block_time)
+            if at >= lapse:
+                return ("call", max(nxt, lapse)) if calls else None
+        return ("liquidate", at)
+    if s.state == State.CALLED and s.call_deadline:
+        lapse = first_slot_at(s.call_deadline + params.grace_period, t0, block_time)
+        at = max(nxt, first_slot_at(s.call_deadline, t0, block_time))
+        at = max(at, first_slot_at(s.next_tranche_time, t0, block_time))
+        if at < lapse:
+            return ("liquidate", at)
+        return ("call", max(nxt, lapse)) if calls else None
+    if s.state == State.CALLABLE and calls:
+        return ("call", nxt)
+    return None
 
 
 @dataclass
@@ -146,16 +206,26 @@ class RunRecord:
     calls: list[dict[str, Any]] = field(default_factory=list)
     clears: list[dict[str, Any]] = field(default_factory=list)
     keeper_paid: list[dict[str, Any]] = field(default_factory=list)
-    delays: list[int] = field(default_factory=list)  # blocks, per tranche or full close
+    # blocks from the first block where it was possible (1 = that block), per tranche or
+    # full close, and per margin call
+    delays: list[int] = field(default_factory=list)
     call_delays: list[int] = field(default_factory=list)
     keeper_gas: int = 0
     keeper_txs: int = 0
     keeper_fee_tokens: float = 0.0
     keeper_skipped: int = 0  # accounts sent to a batch that the engine skipped
+    keeper_reverts: int = 0  # keeper transactions that reverted (out of gas, ...)
     trader_txs: int = 0
     trader_reverts: int = 0
     cures_planned: int = 0
     cures_sent: int = 0
+    cures_by_deposit: int = 0  # cure transactions sent, by kind
+    cures_by_reduce: int = 0
+    gas_price_gwei: float = 0.0  # the keeper's gas price in this run
+    # eligible accounts that stopped being eligible before anyone acted (the keeper declined:
+    # unprofitable, or no time), after the action had been possible
+    liq_missed: int = 0
+    call_missed: int = 0
     trader_equity_start: int = 0  # wad, every trader's equity at the first block
     trader_equity_end: int = 0
     trader_deposits: int = 0  # token units deposited by cures
@@ -215,17 +285,26 @@ class Simulation:
         for s, n in zip(new, counts, strict=True):
             self.nonces[s] = hexint(n)
 
-    def send(self, txs: Sequence[Tx]) -> list[Tx]:
+    def send(self, txs: Sequence[Tx], timestamp: int | None = None) -> list[Tx]:
         """Estimates what needs it, signs nothing (Anvil impersonates), sends in one batch.
-        Returns the transactions sent; one that fails its estimate is dropped."""
+        Returns the transactions sent; one that fails its estimate is dropped.
+
+        With `timestamp` (the block the transactions will be mined in), estimates run on the
+        latest state at that time (a block override): a tranche that only becomes possible
+        at the next block's time (a call deadline, a tranche interval) is a no-op at the
+        head's time, and an estimate made there would starve it of gas."""
         if not txs:
             return []
         txs = list(txs)
         need = [tx for tx in txs if tx.gas == 0]
         if need:
+            at: list[Any] = [] if timestamp is None else [{}, {"time": hex(timestamp)}]
             estimates = self.rpc.batch(
                 [
-                    ("eth_estimateGas", [{"from": tx.sender, "to": tx.to, "data": tx.data}])
+                    (
+                        "eth_estimateGas",
+                        [{"from": tx.sender, "to": tx.to, "data": tx.data}, "latest", *at],
+                    )
                     for tx in need
                 ],
                 allow_errors=True,
@@ -308,6 +387,12 @@ class Simulation:
         s = self.system
         self.client = MarginEngineClient.from_system(s)
         self.params: RiskParams = self.client.risk_params()
+        late = self.config.population.cure_delay[1]
+        if late >= self.params.grace_period:
+            raise SimulationError(
+                f"cure delays up to {late} s do not fit the grace period"
+                f" ({self.params.grace_period} s): a cure must come before the deadline"
+            )
         self.engine_abi = Abi.of(s.engine)
         check_status_layout(self.engine_abi)
         self.token_abi = Abi.of(s.token)
@@ -439,10 +524,13 @@ class Simulation:
         rpc.call("evm_setAutomine", False)
         params = params_for(mode, self.params)
         population = self.config.population
+        gas_price_gwei = self.config.gas_price_gwei
         if variant is not None:
             params = replace(params, **dict(variant.params))
             if variant.cure_probability is not None:
                 population = replace(population, cure_probability=variant.cure_probability)
+            if variant.gas_price_gwei is not None:
+                gas_price_gwei = variant.gas_price_gwei
         # the same configuration block in both modes, so both replay the same block grid
         owner = str(self.owner.address)
         self.send(
@@ -461,7 +549,9 @@ class Simulation:
         for tx, r in self.mine(self.t_setup_end + 1)[0]:
             if hexint(r["status"]) != 1:
                 raise SimulationError(f"{tx.label} reverted: the engine refused {mode} params")
-        replay = Replay(self, mode, params, self.t_setup_end + 1 + self.config.block_time)
+        replay = Replay(
+            self, mode, params, self.t_setup_end + 1 + self.config.block_time, gas_price_gwei
+        )
         replay.population = population
         replay.record.variant = variant.name if variant is not None else ""
         try:
@@ -482,17 +572,24 @@ class Simulation:
 class Replay:
     """One run: the block loop, the keeper and the traders."""
 
-    def __init__(self, sim: Simulation, mode: str, params: RiskParams, t0: int):
+    def __init__(
+        self,
+        sim: Simulation,
+        mode: str,
+        params: RiskParams,
+        t0: int,
+        gas_price_gwei: float | None = None,
+    ):
         self.sim = sim
         self.mode = mode
         self.params = params
         self.t0 = t0
         self.bt = sim.config.block_time
+        self.gas_price_gwei = (
+            sim.config.gas_price_gwei if gas_price_gwei is None else gas_price_gwei
+        )
         path = sim.path
-        tail = sim.config.tail
-        if tail is None:
-            tail = sim.params.grace_period + 600
-        self.end = path.duration + tail
+        self.end = path.duration + tail_seconds(sim.config, sim.params)
         self.record = RunRecord(
             mode=mode,
             params=params,
@@ -501,6 +598,7 @@ class Replay:
             markets=sim.markets,
             duration=path.duration,
             end=self.end,
+            gas_price_gwei=self.gas_price_gwei,
         )
         self.traders = sim.population.by_address()
         self.population: PopulationConfig = sim.config.population
@@ -514,25 +612,22 @@ class Replay:
         }
         self.cures: list[tuple[int, int, str]] = []  # (time, seq, account)
         self.cure_seq = 0
-        self.cure_rng = {
-            t.address: trader_rng(sim.config.seed, t.index, "cure") for t in sim.population.traders
-        }
         self.cure_mode: dict[str, bool] = {}  # account -> deposit (True) or reduce
         self.price_index = 0
         self.prices = sim.path.at(0)
         self.keeper_txs: list[Tx] = []
-        self.wake_at: int | None = None
+        self.wake_slot: int | None = None  # the slot to scan in so the keeper can act on time
+        # account -> first slot in which its next tranche (or call) was possible
         self.liq_since: dict[str, int] = {}
         self.call_since: dict[str, int] = {}
         self.in_flight: set[str] = set()
         cfg = sim.keeper_config
         self.costs = CostModel(
-            gas_price=int(sim.config.gas_price_gwei * 10**9),
+            gas_price=int(self.gas_price_gwei * 10**9),
             gas_per_call=cfg.gas_per_call,
             gas_per_tranche=cfg.gas_per_tranche,
             margin_bps=cfg.margin_bps,
         )
-        self.free = replace(self.costs, gas_price=0)
 
     # --- prices and the keeper's exchange rate ---
 
@@ -567,9 +662,10 @@ class Replay:
                     nxt.append(times[self.price_index])
                 if self.cures:
                     nxt.append(self.cures[0][0])
-                if self.wake_at is not None:
-                    nxt.append(self.wake_at)
-                k = max(slot + 1, _ceil_div(min(nxt), self.bt))
+                slots = [_ceil_div(x, self.bt) for x in nxt]
+                if self.wake_slot is not None:
+                    slots.append(self.wake_slot)
+                k = max(slot + 1, min(slots))
             t = k * self.bt
             if t > self.end:
                 break
@@ -614,7 +710,7 @@ class Replay:
         while self.cures and self.cures[0][0] <= t:
             _, _, account = heapq.heappop(self.cures)
             txs += self._cure(account)
-        sent = sim.send(txs)
+        sent = sim.send(txs, ts)
         for tx in sent:
             if tx.label in ("liquidate_many", "margin_call_many", "clear_margin_call"):
                 rec.keeper_txs += 1
@@ -625,7 +721,7 @@ class Replay:
         rec.blocks_mined += 1
         for tx, receipt in mined:
             self._receipt(slot, t, tx, receipt)
-        self._scan(slot, t, ts, views)
+        self._scan(slot, t, views)
 
     # --- receipts and events ---
 
@@ -637,7 +733,9 @@ class Replay:
             self.in_flight.difference_update(tx.accounts)
             gas = hexint(receipt["gasUsed"])
             rec.keeper_gas += gas
-            rec.keeper_fee_tokens += gas * sim.config.gas_price_gwei * 1e-9 * self.eth_price()
+            rec.keeper_fee_tokens += gas * self.gas_price_gwei * 1e-9 * self.eth_price()
+            if not ok:
+                rec.keeper_reverts += 1
         elif tx.sender in self.traders:
             if not ok:
                 rec.trader_reverts += 1
@@ -680,7 +778,7 @@ class Replay:
                 )
                 since = self.liq_since.pop(account, None)
                 if since is not None:
-                    rec.delays.append(slot - since)
+                    rec.delays.append(slot - since + 1)
             elif name == "BadDebt":
                 rec.bad_debts.append(
                     {
@@ -699,12 +797,20 @@ class Replay:
                 )
                 since = self.call_since.pop(account, None)
                 if since is not None:
-                    rec.call_delays.append(slot - since)
+                    rec.call_delays.append(slot - since + 1)
                 self._plan_cure(account, t)
             elif name == "MarginCallCleared":
                 caller = self._name(ev["caller"])
+                by_trader = caller == account
                 rec.clears.append(
-                    {"slot": slot, "t": t, "account": account, "by_trader": caller == account}
+                    {
+                        "slot": slot,
+                        "t": t,
+                        "account": account,
+                        "by_trader": by_trader,
+                        # how the trader cured: deposit, trade (a reduction) or clear_margin_call
+                        "how": tx.label if by_trader else "",
+                    }
                 )
             elif name == "KeeperPaid":
                 rec.keeper_paid.append({"slot": slot, "t": t, "amount": int(ev["amount"])})
@@ -744,7 +850,7 @@ class Replay:
             sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
         ]
 
-    def _scan(self, slot: int, t: int, ts: int, out: list[Any]) -> None:
+    def _scan(self, slot: int, t: int, out: list[Any]) -> None:
         sim, rec = self.sim, self.record
         statuses: list[MarginStatus] = []
         for data in out[:-2]:
@@ -780,10 +886,11 @@ class Replay:
                 *pct,
             )
         )
-        # the keeper
+        # the keeper: its transactions go into the next slot and carry that slot's timestamp
         snaps = [Snapshot.from_status(s) for s in open_now if s.account not in self.in_flight]
-        self._mark_eligible(snaps, slot, ts)
-        decision = decide(snaps, ts, self._costs_now(), max_batch=sim.keeper_config.max_batch)
+        self._mark_eligible(snaps, slot)
+        now = self.t0 + (slot + 1) * self.bt
+        decision = decide(snaps, now, self._costs_now(), max_batch=sim.keeper_config.max_batch)
         enc = sim.engine_abi.encode
         txs = [
             Tx(
@@ -826,21 +933,36 @@ class Replay:
                             )
                         )
         self.keeper_txs = txs
-        self.wake_at = None if decision.wake_at is None else decision.wake_at - self.t0
+        # to act in the first slot at or after `wake_at`, scan in the slot before it
+        self.wake_slot = (
+            None
+            if decision.wake_at is None
+            else first_slot_at(decision.wake_at, self.t0, self.bt) - 1
+        )
 
-    def _mark_eligible(self, snaps: list[Snapshot], slot: int, now: int) -> None:
-        """First slot each account was seen eligible, ignoring profit (the bot's rule)."""
-        liq, call = set(), set()
+    def _mark_eligible(self, snaps: list[Snapshot], slot: int) -> None:
+        """The first slot in which each account's next tranche (or call) was possible, from
+        the state after block `slot` (`eligible_slot`; profit ignored, the bot's rule). An
+        account that stops being eligible before anyone acted, after the action had been
+        possible, counts as missed."""
+        rec = self.record
+        seen: dict[str, set[str]] = {"liquidate": set(), "call": set()}
+        since = {"liquidate": self.liq_since, "call": self.call_since}
         for s in snaps:
-            if can_liquidate(s, now, self.free):
-                liq.add(s.account)
-                self.liq_since.setdefault(s.account, slot)
-            elif self.mode == PHASED and can_call(s, self.free):
-                call.add(s.account)
-                self.call_since.setdefault(s.account, slot)
-        for since, now_set in ((self.liq_since, liq), (self.call_since, call)):
-            for a in [a for a in since if a not in now_set and a not in self.in_flight]:
-                del since[a]
+            e = eligible_slot(s, slot, self.t0, self.bt, self.params, self.mode == PHASED)
+            if e is None:
+                continue
+            kind, at = e
+            seen[kind].add(s.account)
+            prev = since[kind].get(s.account)
+            since[kind][s.account] = at if prev is None else min(prev, at)
+        for kind, table in since.items():
+            for a in [a for a in table if a not in seen[kind] and a not in self.in_flight]:
+                if table.pop(a) <= slot:
+                    if kind == "liquidate":
+                        rec.liq_missed += 1
+                    else:
+                        rec.call_missed += 1
 
     # --- traders ---
 
@@ -848,7 +970,7 @@ class Replay:
         trader = self.traders.get(account)
         if trader is None:
             return
-        plan = cure_plan(self.population, self.cure_rng[account])
+        plan = cure_plan(self.population, trader)
         if not plan.cures:
             return
         self.record.cures_planned += 1
@@ -883,8 +1005,16 @@ class Replay:
         need = _ceil_div(deposit_to_cure(s.equity, s.maintenance, target), sim.scale)
         if self.cure_mode.get(account, True) and 0 < need <= self.wallet[account]:
             self.wallet[account] -= need
+            self.record.cures_by_deposit += 1
             return [
-                Tx(account, sim.engine, enc("deposit", need, account), "deposit", GAS["deposit"])
+                Tx(
+                    account,
+                    sim.engine,
+                    enc("deposit", need, account),
+                    "deposit",
+                    GAS["deposit"],
+                    amount=need,
+                )
             ]
         fraction = reduce_to_cure(s.equity, s.maintenance, target)
         out = []
@@ -900,6 +1030,8 @@ class Replay:
             out.append(
                 Tx(account, sim.engine, enc("trade", i, delta, bound), "trade", GAS["trade"])
             )
+        if out:
+            self.record.cures_by_reduce += 1
         return out
 
     def _initial_size(self, account: str, market_index: int) -> int:
@@ -935,14 +1067,19 @@ class Replay:
         held = hexint(out[0])
         ledger = sum(hexint(x) for x in out[1:])
         fund, pool = self._balances()
-        left = [
-            s
-            for s in self.status.values()
-            if s.positions > 0 and s.priced and s.state >= State.LIQUIDATABLE
-        ]
-        now = self.t0 + (rec.slots - 1) * self.bt  # the last block mined
-        # eligible now, not just waiting for its tranche interval: the keeper left it
-        unserved = [s for s in left if can_liquidate(Snapshot.from_status(s), now, self.free)]
+        last = rec.slots - 1  # the last block mined
+        open_now = [s for s in self.status.values() if s.positions > 0]
+        left, unserved = [], []
+        for s in open_now:
+            e = eligible_slot(
+                Snapshot.from_status(s), last, self.t0, self.bt, self.params, self.mode == PHASED
+            )
+            if e is not None and e[0] == "liquidate":
+                left.append(s)
+                # possible in the next block, not just waiting for its tranche interval or
+                # its deadline: the keeper left it
+                if e[1] == last + 1:
+                    unserved.append(s)
         rec.trader_equity_end = self._equity()
         rec.final = {
             "engine_holds": held,
@@ -950,8 +1087,20 @@ class Replay:
             "conserved": held == ledger,
             "fund_end": fund,
             "pool_end": pool,
-            "open_accounts": len(self.open),
+            "open_accounts": len(open_now),
+            "open_notional": sum(self._notional(s.account) for s in open_now),
             "left_liquidatable": len(left),
+            "left_liquidatable_notional": sum(self._notional(s.account) for s in left),
             "left_unserved": len(unserved),
+            # what open accounts with negative equity owe: bad debt not yet realised
+            "open_deficit": sum(-s.equity for s in open_now if s.equity < 0),
             "cures_pending": len(self.cures),
         }
+
+    def _notional(self, account: str) -> int:
+        """The account's open notional (wad) at the last posted prices."""
+        total = 0
+        for i, m in enumerate(self.sim.markets):
+            size = self.sizes.get((account, i), self._initial_size(account, i))
+            total += abs(size) * _wad(self.prices[m]) // WAD
+        return total

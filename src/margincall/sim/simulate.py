@@ -27,7 +27,7 @@ from margincall.sim.baseline import BASELINE, MODES, PHASED
 from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc
 from margincall.sim.metrics import compare, summarize, timing
 from margincall.sim.paths import PricePath, from_csv, scenario_path
-from margincall.sim.runner import RunRecord, SimConfig, Simulation
+from margincall.sim.runner import RunRecord, SimConfig, Simulation, tail_seconds
 
 Progress = Callable[[str, int, int, str], None]  # (mode, done, total, text)
 
@@ -131,9 +131,13 @@ def build_result(
             "max_opened_leverage": round(sim.max_leverage(), 4),
             "lp_liquidity_tokens": round(pop.lp_liquidity, 2),
             "fund_seed_tokens": round(pop.fund_seed, 2),
+            # traders whose trait is to cure their calls (cure_probability is the expected share)
+            "traders_curing": sum(t.cures(config.population.cure_probability) for t in pop.traders),
         },
         "chain": {
             "block_time": config.block_time,
+            "tail_seconds": tail_seconds(config, sim.params),
+            "grace_period": sim.params.grace_period,
             "gas_price_gwei": config.gas_price_gwei,
             "decimals": config.decimals,
             "markets": {"imr": config.imr, "mmr": config.mmr, "fee": config.fee},
