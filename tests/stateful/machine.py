@@ -562,7 +562,11 @@ class EngineMachine(RuleBasedStateMachine):
             State.CRITICAL: (0.0, crit),
             State.BANKRUPT: (-0.3, 0.0),
         }[goal]
-        r = lo + (hi - lo) * where / 100
+        self._drive_ratio(acct, lo + (hi - lo) * where / 100)
+
+    def _drive_ratio(self, acct: Account, r: float) -> None:
+        """Sets the price of `acct`'s largest position so that its ratio is about `r`."""
+        d = self.d
         v = evaluate(acct, d.scale)
         q = max(acct.positions, key=lambda q: q.notional)
         # equity(P) = rest + size * P - cost;  maintenance(P) = others + |size| * P * mmr
@@ -577,6 +581,42 @@ class EngineMachine(RuleBasedStateMachine):
             return
         price = min(max(int(price), start // PRICE_BAND[0]), start * PRICE_BAND[1])
         self.set_price(q.market_id, price)
+
+    @rule(i=st.integers(0, N_TRADERS - 1), k=st.integers(1, 200), keeper=st.integers(0, 1))
+    def call_at_the_brink(self, i, k, keeper):
+        """Puts a trader's ratio a hair above 1 (1 + k/100,000: equity above maintenance by less
+        than the call reward for most accounts) and calls it: the reward is cut so the call
+        never makes the account liquidatable (the `margin_call` rule predicts it with
+        `margincall.math.call_reward` and the invariants check the state after)."""
+        acct, _ = self.account(self.traders[i])
+        if not acct.positions:
+            return
+        self._drive_ratio(acct, 1 + k / 100_000)
+        acct, fault = self.account(self.traders[i])
+        if fault or self.state(acct, self.d.risk_params()) != State.CALLABLE:
+            return
+        p = self.d.risk_params()
+        if call_reward(acct, p, self.d.scale) < p.call_reward // self.d.scale:
+            self.note("margin_call:reward_cut")
+        self.margin_call(keeper, i)
+
+    @rule(i=st.integers(0, N_TRADERS - 1), where=st.integers(5, 95), keeper=st.integers(0, 1))
+    def sliver_liquidation(self, i, where, keeper):
+        """Leaves room for only a sliver in the window of a trader's largest market (10,000
+        wei of notional), drives the trader into LIQUIDATABLE and liquidates: with 6-decimal
+        collateral the sliver's penalty rounding would lower the ratio, so the engine must
+        refuse it (the `liquidate` rule predicts it with `plan_tranche`)."""
+        acct, _ = self.account(self.traders[i])
+        if not acct.positions:
+            return
+        q = max(acct.positions, key=lambda q: q.notional)
+        sent = self._set_market(q.market_id, 10_000, self.active[q.market_id], self.a.owner)
+        assert sent.ok, sent.reason
+        self.d.forget()
+        self.window_changed = True
+        self.drive_to_state(i, State.LIQUIDATABLE, where)
+        self.note("liquidate:sliver_window")
+        self.liquidate(keeper, i)
 
     @rule(seconds=st.sampled_from([61, 1, 30, 299, 301, 1_800, 3_601, 7_300]))
     def time_passes(self, seconds):

@@ -62,6 +62,9 @@ DEEP_COVERAGE = (
     "lp1:deposit",  # the second LP joins the pool during the run
     "lp1:redeem",
     "refused:lp_locked",  # a redeem inside the deposit cooldown
+    "margin_call:reward_cut",  # a call reward cut to keep equity at maintenance
+    "liquidate:sliver_window",  # a window with room for a sliver only
+    "refused:liquidate:WINDOW_FULL",
 )
 
 
