@@ -72,7 +72,13 @@ warnings.filterwarnings("ignore", message="Field 'import_remapping'")
 N_TRADERS = 50
 SEED = 2026
 STEPS = 30
-STEP_SECONDS = 300  # chain time per price step
+# The chain's clock moves by whole, regular blocks, like a real chain's slots (a block a
+# second of wall time, each BLOCK_SECONDS of chain time after the one before): a keeper
+# decides for the timestamp its transactions will carry, head + block interval, so the clock
+# never jumps inside a block.
+BLOCK_SECONDS = 100
+BLOCKS_PER_STEP = 3
+STEP_SECONDS = BLOCK_SECONDS * BLOCKS_PER_STEP  # chain time per price step
 CURE_PROBABILITY = 0.5
 LP_DEPOSIT = 2_500_000  # whole tokens, per LP
 FUND_SEED = 150_000
@@ -287,6 +293,8 @@ class CrashDemo:
                 env={
                     **common,
                     "MARGINCALL_KEEPER_METRICS": str((WORKDIR / "keeper.json").resolve()),
+                    # the chain's block interval once the crash starts (automine before it)
+                    "MARGINCALL_BLOCK_TIME": str(BLOCK_SECONDS),
                 },
             ),
             BotProcess(
@@ -313,15 +321,17 @@ class CrashDemo:
 
     def interval_mining(self, on: bool) -> None:
         if on:
+            self.rpc("anvil_setBlockTimestampInterval", [BLOCK_SECONDS])
             self.rpc("evm_setAutomine", [False])
             self.rpc("evm_setIntervalMining", [1])
         else:
             self.rpc("evm_setIntervalMining", [0])
             self.rpc("evm_setAutomine", [True])
+            self.rpc("anvil_removeBlockTimestampInterval", [])
 
-    def cure_calls(self, since: int, until: int) -> int:
-        """Traders who got a call since `since` cure it (deposit) with CURE_PROBABILITY."""
-        history = read_history(self.client.engine, chain.provider, since, until)
+    def cure_calls(self, history: History) -> int:
+        """Traders called in `history` (the blocks since the last look) cure their call (a
+        deposit) with CURE_PROBABILITY."""
         sent = 0
         for ev in history.of("MarginCall"):
             who = str(ev.account)
@@ -343,7 +353,7 @@ class CrashDemo:
             except MarginCallError as err:
                 raise DemoFailure(f"the cure of {who} was refused: {err}") from None
             sender = TxSender(trader, chain.provider)
-            sender.send_call(method, args, "cure", (), until)
+            sender.send_call(method, args, "cure", (), chain.blocks.head.number)
             self.cured.add(who)
             sent += 1
             self.settle(sender)
@@ -356,6 +366,7 @@ class CrashDemo:
         owner = TxSender(self.owner, chain.provider)
         self.crash_block = chain.blocks.head.number + 1
         mark = self.crash_block
+        seen = History()
         with Progress(
             TextColumn("  crash"),
             BarColumn(),
@@ -366,7 +377,6 @@ class CrashDemo:
         ) as bar:
             task = bar.add_task("crash", total=STEPS, line="")
             for k, (p_eth, p_btc) in enumerate(zip(eth, btc, strict=True), start=1):
-                self.rpc("evm_increaseTime", [STEP_SECONDS])
                 head = chain.blocks.head.number
                 owner.send_call(
                     feeds[0].set_answer, (self.system.feed_answer(0, p_eth),), "price", (), head
@@ -375,13 +385,14 @@ class CrashDemo:
                     feeds[1].set_answer, (self.system.feed_answer(1, p_btc),), "price", (), head
                 )
                 self.settle(owner)
-                now = self.wait_blocks(2)
-                self.cure_calls(mark, now)
+                now = self.wait_blocks(BLOCKS_PER_STEP - 1)
+                # only the new blocks are read: the machine's two cores are the bots' too
+                new = read_history(self.client.engine, chain.provider, mark, now)
+                seen.logs.extend(new.logs)
+                self.cure_calls(new)
                 mark = now + 1
                 self.check_bots()
-                s = read_history(
-                    self.client.engine, chain.provider, self.crash_block, now
-                ).summary()
+                s = seen.summary()
                 line = (
                     f"ETH {p_eth:>8,.0f}  BTC {p_btc:>8,.0f} · calls {s['margin_calls']}"
                     f" · tranches {s['tranches']} · closed {s['full_liquidations']}"
@@ -397,9 +408,8 @@ class CrashDemo:
         mark = chain.blocks.head.number
         while rounds < max_rounds:
             rounds += 1
-            self.rpc("evm_increaseTime", [STEP_SECONDS])
-            now = self.wait_blocks(3)
-            self.cure_calls(mark, now)
+            now = self.wait_blocks(BLOCKS_PER_STEP)
+            self.cure_calls(read_history(self.client.engine, chain.provider, mark, now))
             mark = now + 1
             self.check_bots()
             statuses = self.client.statuses([t.address for t in self.traders])
@@ -660,7 +670,11 @@ class CrashDemo:
         try:
             self.start_bots()
             self.interval_mining(True)
-            console.rule("[bold]4 · crash[/] (interval mining: 1 block/s)", style="cyan")
+            console.rule(
+                f"[bold]4 · crash[/] (interval mining: 1 block/s, {BLOCK_SECONDS} s of chain"
+                f" time each, a price every {BLOCKS_PER_STEP} blocks)",
+                style="cyan",
+            )
             self.crash()
             rounds = self.aftermath()
             console.print(f"  aftermath: {rounds} more steps of {STEP_SECONDS} s until quiet")

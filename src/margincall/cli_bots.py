@@ -129,7 +129,7 @@ def _common(f):
             _option(
                 "--poll-interval",
                 type=click.FloatRange(0.01, 60),
-                default=0.2,
+                default=0.05,  # the runner's own default (margincall.runner)
                 show_default=True,
                 envvar="MARGINCALL_POLL_INTERVAL",
                 show_envvar=True,

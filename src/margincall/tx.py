@@ -41,6 +41,7 @@ from ape.logging import logger
 NONCE_ERRORS = ("nonce too low", "already known", "replacement transaction underpriced", "nonce")
 TRANSFER_GAS = 21_000
 MIN_BUMP_BPS = 11_250  # +12.5%: more than any common node asks of a replacement
+RECEIPT_POLLS = 3  # polls a mined nonce may go without a receipt before it is forgotten
 
 
 def _int(value: Any) -> int:
@@ -106,6 +107,7 @@ class PendingTx:
     replaced: list[str] = field(default_factory=list)
     cancelled: bool = False
     cancels: set[str] = field(default_factory=set)
+    unseen: int = 0  # polls that found its nonce mined but none of its receipts
 
     def __post_init__(self) -> None:
         if self.first_block < 0:
@@ -432,7 +434,8 @@ class TxSender:
         One `eth_getTransactionCount` at `head_block` (or `mined`, that count, if the
         caller has it) tells which nonces are mined; only their receipts are read. A nonce
         mined by a transaction this sender does not know (another process with the same
-        key) is dropped with a warning."""
+        key) is dropped with a warning, after `RECEIPT_POLLS` polls: a node can count a nonce
+        as mined a moment before it serves the receipt (seen on a loaded Anvil)."""
         if not self.pending:
             return []
         if mined is None:
@@ -447,6 +450,10 @@ class TxSender:
                 if raw is not None and _int(raw["blockNumber"]) <= head_block:
                     found = (txn_hash, raw)
                     break
+            if found is None:
+                tx.unseen += 1
+                if tx.unseen < RECEIPT_POLLS:
+                    continue  # its receipt may not be served yet: look again next time
             del self.pending[key]
             if found is None:
                 logger.warning(

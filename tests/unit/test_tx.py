@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from margincall.tx import TRANSFER_GAS, PendingTx, TxSender, bumped
+from margincall.tx import RECEIPT_POLLS, TRANSFER_GAS, PendingTx, TxSender, bumped
 
 ME = "0x" + "aa" * 20
 ENGINE = "0x" + "ee" * 20
@@ -182,6 +182,37 @@ def test_in_flight_with_a_mined_count_releases_accounts_before_their_receipts_ar
     node.mine()
     assert sender.in_flight() == {"a", "b"}
     assert sender.in_flight(mined=sender.mined_count(node.block)) == set()
+
+
+def test_a_mined_nonce_whose_receipt_lags_is_kept_until_the_receipt_is_served():
+    """A loaded node can count a nonce as mined a moment before it serves the receipt: the
+    transaction stays pending (its accounts no longer in flight) and is reported once the
+    receipt comes, not forgotten as "mined by another sender"."""
+    node = FakeNode()
+    sender = make_sender(node)
+    tx = liquidate(sender, node, "a")
+    node.mine()
+    receipt = node.receipts.pop(tx.txn_hash)  # counted as mined, receipt not served yet
+    for _ in range(RECEIPT_POLLS - 1):
+        assert sender.poll(node.block) == []
+        assert tx.txn_hash in sender.pending
+        assert sender.in_flight(mined=sender.mined_count(node.block)) == set()
+    node.receipts[tx.txn_hash] = receipt
+    [mined] = sender.poll(node.block)
+    assert mined.tx is tx and not sender.pending
+
+
+def test_a_mined_nonce_without_any_of_its_receipts_is_forgotten_after_a_few_polls():
+    node = FakeNode()
+    sender = make_sender(node)
+    tx = liquidate(sender, node, "a")
+    node.mine()
+    node.receipts.pop(tx.txn_hash)  # mined by a transaction this sender never sent
+    for _ in range(RECEIPT_POLLS - 1):
+        sender.poll(node.block)
+    assert tx.txn_hash in sender.pending
+    assert sender.poll(node.block) == []
+    assert not sender.pending
 
 
 # --- stuck transactions --------------------------------------------------------------------
