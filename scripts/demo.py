@@ -615,13 +615,21 @@ class CrashDemo:
             [
                 *keeper_rows,
                 (
-                    "delay, keeper's view (max / mean)",
+                    "delay once worth the gas (keeper's view, max)",
+                    f"{m.get('max_paid_delay_blocks', 0)} blocks",
+                ),
+                (
+                    "delay from eligibility, keeper's view (max / mean)",
                     f"{m['max_delay_blocks']} / {m['mean_delay_blocks']:.2f} blocks",
                 ),
                 (
-                    "delay, from chain history",
+                    "delay from eligibility, chain history",
                     f"max {d['max']} · p50 {d['p50']} · p99 {d['p99']} blocks"
                     f" over {d['count']} actions",
+                ),
+                (
+                    "eligible but declined (reward below gas)",
+                    f"{m.get('declined', 0)} account-blocks",
                 ),
             ],
         )

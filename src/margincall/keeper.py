@@ -50,11 +50,15 @@ from ape.logging import logger
 
 from margincall.constants import MAX_BATCH, MAX_SCAN, TX_GAS_CAP, WAD, State
 from margincall.keeper_logic import (
+    GAS_EXTRA_MARKET,
+    GAS_PER_CALL,
+    GAS_PER_TRANCHE,
     BlockClock,
     CostModel,
     Decision,
     Metrics,
     PositionBook,
+    RewardModel,
     Snapshot,
     can_call,
     can_liquidate,
@@ -64,6 +68,7 @@ from margincall.keeper_logic import (
     window_reopens,
 )
 from margincall.logs import RawEvent
+from margincall.math import RiskParams
 from margincall.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
 
 LOG_CHUNK = 5_000  # blocks per eth_getLogs
@@ -112,8 +117,9 @@ class KeeperConfig:
     shard_count: int = 1
     margin_bps: int = 12_000  # reward >= gas cost * margin_bps / 10_000
     native_per_token: Decimal = Decimal("0.0004")  # native coin per whole collateral token
-    gas_per_call: int = 80_000  # per account in margin_call_many (profit rule only)
-    gas_per_tranche: int = 250_000  # per account in liquidate_many (profit rule only)
+    gas_per_call: int = GAS_PER_CALL  # per account in margin_call_many (profit rule only)
+    gas_per_tranche: int = GAS_PER_TRANCHE  # per account in liquidate_many (profit rule only)
+    gas_per_extra_market: int = GAS_EXTRA_MARKET  # per further market of a tranche (same)
     max_batch: int = MAX_BATCH
     scan_chunk: int = MAX_SCAN
     clear_calls: bool = True
@@ -154,8 +160,9 @@ class KeeperConfig:
             shard_count=shard_count,
             margin_bps=_int(env, "MARGINCALL_PROFIT_MARGIN_BPS", 12_000, 0),
             native_per_token=native_per_token,
-            gas_per_call=_int(env, "MARGINCALL_GAS_PER_CALL", 80_000, 0),
-            gas_per_tranche=_int(env, "MARGINCALL_GAS_PER_TRANCHE", 250_000, 0),
+            gas_per_call=_int(env, "MARGINCALL_GAS_PER_CALL", GAS_PER_CALL, 0),
+            gas_per_tranche=_int(env, "MARGINCALL_GAS_PER_TRANCHE", GAS_PER_TRANCHE, 0),
+            gas_per_extra_market=_int(env, "MARGINCALL_GAS_PER_EXTRA_MARKET", GAS_EXTRA_MARKET, 0),
             max_batch=_int(env, "MARGINCALL_MAX_BATCH", MAX_BATCH, 1, MAX_BATCH),
             scan_chunk=_int(env, "MARGINCALL_SCAN_CHUNK", MAX_SCAN, 1, MAX_SCAN),
             clear_calls=clear in ("1", "true", "yes"),
@@ -177,6 +184,7 @@ class KeeperConfig:
             "MARGINCALL_NATIVE_PER_TOKEN": str(self.native_per_token),
             "MARGINCALL_GAS_PER_CALL": str(self.gas_per_call),
             "MARGINCALL_GAS_PER_TRANCHE": str(self.gas_per_tranche),
+            "MARGINCALL_GAS_PER_EXTRA_MARKET": str(self.gas_per_extra_market),
             "MARGINCALL_MAX_BATCH": str(self.max_batch),
             "MARGINCALL_SCAN_CHUNK": str(self.scan_chunk),
             "MARGINCALL_CLEAR_CALLS": "1" if self.clear_calls else "0",
@@ -194,6 +202,36 @@ class KeeperConfig:
     def wei_per_token_unit(self, decimals: int) -> Decimal:
         return self.native_per_token * Decimal(10**18) / Decimal(10**decimals)
 
+    @property
+    def wei_per_token(self) -> int:
+        """Wei of native coin per whole collateral token (rounded down)."""
+        return int(self.native_per_token * Decimal(10**18))
+
+    def cost_model(
+        self, params: RiskParams, mmrs: Iterable[int], decimals: int, gas_price: int = 0
+    ) -> CostModel:
+        """The profit rule's cost model: this config's gas figures and margin, and rewards
+        bounded per account from the engine's risk parameters, the markets' `mmr`s and
+        the collateral's decimals (`keeper_logic.RewardModel`). The flat rewards (for
+        snapshots without margins) are `call_reward` and `min_keeper_reward`."""
+        rewards = RewardModel(
+            params=params,
+            max_mmr=max(mmrs, default=WAD),
+            decimals=decimals,
+            wei_per_token=self.wei_per_token,
+        )
+        scale = rewards.scale
+        return CostModel(
+            gas_price=gas_price,
+            gas_per_call=self.gas_per_call,
+            gas_per_tranche=self.gas_per_tranche,
+            gas_per_extra_market=self.gas_per_extra_market,
+            call_reward=rewards.to_wei(params.call_reward // scale),
+            tranche_reward=rewards.to_wei(params.min_keeper_reward // scale),
+            margin_bps=self.margin_bps,
+            rewards=rewards,
+        )
+
 
 # --- keeper -------------------------------------------------------------------
 
@@ -205,6 +243,7 @@ class KeeperState:
     book: PositionBook = field(default_factory=PositionBook)
     cursor: int = -1  # last block whose logs are applied
     eligible_since: dict[str, int] = field(default_factory=dict)  # account -> first block seen
+    worth_since: dict[str, int] = field(default_factory=dict)  # ... seen worth the gas
     last_scanned: int = -1
     rpc_errors: int = 0
     gas_spent: int = 0
@@ -228,6 +267,11 @@ def _head_seen(number: int) -> float | None:
     return runner.head_seen(number) if runner is not None else None
 
 
+# gas limit added per account whose tranche falls due only at the next block's timestamp (the
+# estimate skips it): a tranche of an account with the most markets, with room; a limit,
+# not what is paid (a tranche inside a batch measured 38.7k gas with one market, 74.4k with
+# three; docs/bots.md)
+DUE_NEXT_GAS = 250_000
 TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction is retried
 WINDOW_PREVIEWS = 20  # skipped accounts per receipt checked for a full liquidation window
 REASON_WINDOW_FULL = 3  # `preview_liquidation(...).reason` when the window cap is reached
@@ -259,22 +303,23 @@ class Keeper:
         self._io = ThreadPoolExecutor(max_workers=3, thread_name_prefix="keeper-io")
         self._wanted: set[str] = set()  # accounts worth a transaction at the last scan
         self._actionable: set[str] = set()  # accounts eligible at the last scan (delays)
-        params = client.risk_params()
-        decimals = int(record.collateral_decimals)
-        self.rate = config.wei_per_token_unit(decimals)
-        self.costs = CostModel(
-            gas_price=0,
-            gas_per_call=config.gas_per_call,
-            gas_per_tranche=config.gas_per_tranche,
-            call_reward=self._to_wei(self._tokens(params.call_reward, decimals)),
-            tranche_reward=self._to_wei(self._tokens(params.min_keeper_reward, decimals)),
-            margin_bps=config.margin_bps,
-        )
-        self.call_ratio = int(params.call_ratio)
-        self.liquidation_window = int(params.liquidation_window)
+        self.decimals = int(record.collateral_decimals)
+        self.rate = config.wei_per_token_unit(self.decimals)
+        self.costs = CostModel(gas_price=0)
+        self.mmrs: list[int] = []  # per market id
+        self.call_ratio = 0
+        self.liquidation_window = 0
+        self._load_params()
+        self._params_changed = False  # a MarketSet or RiskParamsSet log since the last load
         self._events = {
             name: getattr(self.engine, name).abi
-            for name in ("PositionChanged", "MarginCall", "Liquidation")
+            for name in (
+                "PositionChanged",
+                "MarginCall",
+                "Liquidation",
+                "MarketSet",
+                "RiskParamsSet",
+            )
         }
         self._raw = {name: RawEvent(abi) for name, abi in self._events.items()}
         self._raw["KeeperPaid"] = RawEvent(fund.KeeperPaid.abi)
@@ -282,14 +327,32 @@ class Keeper:
         self._fund = str(fund.address)
         self._me = _lower(sender.address)
 
-    # --- units ---
+    # --- parameters ---
 
-    @staticmethod
-    def _tokens(wad: int, decimals: int) -> int:
-        return int(wad) * 10**decimals // WAD
+    def _load_params(self, block_id: int | None = None) -> None:
+        """Reads the risk parameters and every market's `mmr` (at `block_id`, default the
+        head) into the cost model (its reward bounds) and the keeper's settings. At start,
+        and again after a block with a `MarketSet` or `RiskParamsSet` log."""
+        at = {} if block_id is None else {"block_id": block_id}
+        rp = self.engine.risk_params(**at)
+        params = RiskParams(**{f: int(getattr(rp, f)) for f in RiskParams.__dataclass_fields__})
+        mmrs = [
+            int(self.engine.markets(m, **at).mmr)
+            for m in range(int(self.engine.market_count(**at)))
+        ]
+        self.costs = self.config.cost_model(params, mmrs, self.decimals, self.costs.gas_price)
+        self.mmrs = mmrs
+        self.call_ratio = params.call_ratio
+        self.liquidation_window = params.liquidation_window
+        self.params = params
 
-    def _to_wei(self, token_units: int) -> int:
-        return int(Decimal(token_units) * self.rate)
+    def _mmr_of(self, account: str) -> int:
+        """The largest mmr of the account's markets (from the position book), 0 if unknown:
+        a tighter reward bound than all markets' largest mmr (`Snapshot.mmr`)."""
+        held = self.state.book.markets.get(account)
+        if not held or max(held) >= len(self.mmrs):
+            return 0
+        return max(self.mmrs[m] for m in held)
 
     # --- startup ---
 
@@ -299,6 +362,7 @@ class Keeper:
         head = int(latest.number)
         t0 = time.monotonic()
         n = self._ingest(int(self.record.block), head)
+        self._params_changed = False  # read at construction, from the head
         self.metrics.track(len(self._mine(self.state.book.accounts)))
         logger.success(
             f"keeper {self.sender.address}"
@@ -325,8 +389,12 @@ class Keeper:
     # --- logs ---
 
     def _read_logs(self, start: int, stop: int) -> list[Any]:
-        """The engine's raw `PositionChanged` logs of blocks start..stop."""
-        topic = "0x" + self._raw["PositionChanged"].topic0.hex()
+        """The engine's raw `PositionChanged`, `MarketSet` and `RiskParamsSet` logs of blocks
+        start..stop (one filter: any of the three topics)."""
+        topic = [
+            "0x" + self._raw[name].topic0.hex()
+            for name in ("PositionChanged", "MarketSet", "RiskParamsSet")
+        ]
         out: list[Any] = []
         for lo in range(start, stop + 1, LOG_CHUNK):
             hi = min(stop, lo + LOG_CHUNK - 1)
@@ -338,10 +406,14 @@ class Keeper:
         return out
 
     def _apply(self, logs: Iterable[Any], stop: int) -> int:
-        """Applies raw PositionChanged logs read up to block `stop`; returns how many."""
+        """Applies raw PositionChanged logs read up to block `stop`; returns how many. A
+        `MarketSet` or `RiskParamsSet` log marks the parameters for a reload."""
         ev = self._raw["PositionChanged"]
         n = 0
         for log in logs:
+            if not ev.matches(log):
+                self._params_changed = True
+                continue
             self.state.book.apply(
                 {
                     "account": ev.field(log, "account"),
@@ -403,6 +475,9 @@ class Keeper:
         f_mined = self._io.submit(self.sender.mined_count, number) if self.sender.pending else None
         f_scan = self._io.submit(self._scan, known, number)
         self._apply(f_logs.result(), number)
+        if self._params_changed:  # the owner changed a market or the risk parameters: rare
+            self._load_params(number)
+            self._params_changed = False
         statuses = f_scan.result()
         mined = f_mined.result() if f_mined is not None else None
         seen_before = set(known)
@@ -416,7 +491,7 @@ class Keeper:
         scanned_ms = 1000 * (time.monotonic() - self._t0)
 
         busy = {_lower(a) for a in self.sender.in_flight(mined)}
-        snaps_all = [Snapshot.from_status(s) for s in statuses]
+        snaps_all = [Snapshot.from_status(s, self._mmr_of(s.account)) for s in statuses]
         free = [
             s for s in snaps_all if _lower(s.account) not in busy and s.account not in state.backoff
         ]
@@ -424,6 +499,7 @@ class Keeper:
         state.held_window = len(held)
         self._mark_eligible(kept, number, now)
         decision = decide(kept, now, self.costs, max_batch=self.config.max_batch)
+        self._mark_worth(decision, number)
         free_costs = replace(self.costs, gas_price=0)
         due_next = frozenset(
             s.account
@@ -468,6 +544,18 @@ class Keeper:
         for a in [a for a in self.state.eligible_since if a not in actionable]:
             if a not in in_flight:
                 del self.state.eligible_since[a]
+
+    def _mark_worth(self, decision: Decision, number: int) -> None:
+        """First block after which each eligible account was also worth its gas (it is in
+        the decision); eligible accounts left out were declined as unprofitable."""
+        chosen = set(decision.calls) | set(decision.liquidated)
+        for a in chosen:
+            self.state.worth_since.setdefault(a, number)
+        self.metrics.declined += len(self._actionable - chosen)
+        in_flight = self.sender.in_flight()
+        for a in [a for a in self.state.worth_since if a not in self._actionable]:
+            if a not in in_flight:
+                del self.state.worth_since[a]
 
     def _worth_sending(self, snaps: list[Snapshot], now: int) -> set[str]:
         """Accounts a transaction in the next block could act on (ignoring profit): used to
@@ -516,10 +604,9 @@ class Keeper:
         deferred = 0
         while calls:
             # the estimate runs at the head's timestamp, where a tranche due only at the next
-            # block's is skipped: count `gas_per_tranche` for each of those
+            # block's is skipped: count `DUE_NEXT_GAS` for each of those
             extra = [
-                self.config.gas_per_tranche * sum(1 for a in batch if a in due_next)
-                for _, _, _, batch in calls
+                DUE_NEXT_GAS * sum(1 for a in batch if a in due_next) for _, _, _, batch in calls
             ]
             results = self.sender.send_many(
                 calls,
@@ -671,6 +758,13 @@ class Keeper:
         since = self.state.eligible_since.pop(account, None)
         if acted is not None and since is not None:
             self.metrics.record_delay(since, acted)
+        # a `worth_since` later than the action belongs to the next action (chosen again at
+        # the block being handled, before this receipt was read): it stays
+        worth = self.state.worth_since.get(account)
+        if worth is not None and (acted is None or worth <= acted):
+            del self.state.worth_since[account]
+            if acted is not None:
+                self.metrics.record_paid_delay(worth, acted)
         if account in self._actionable:
             self.state.eligible_since[account] = number
 
@@ -732,6 +826,7 @@ class Keeper:
             shard=f"{self.config.shard_index}/{self.config.shard_count}",
             block=self.state.last_scanned,
             delays=list(self.metrics.delays),
+            paid_delays=list(self.metrics.paid_delays),
             gas_spent=self.sender.gas_spent,
             fees_paid_wei=self.sender.fees_paid,
             pending=len(self.sender.pending),

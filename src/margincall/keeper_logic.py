@@ -13,7 +13,9 @@ Rules (PROTOCOL.md section 5, design.md "Account states"):
   the bad debt, and the fund pays the keeper of a bankrupt account.
 - LIQUIDATABLE accounts are liquidated once their tranche interval has
   elapsed and when the expected keeper reward covers the gas times the
-  profit margin.
+  profit margin. The expected reward is a lower bound of the engine's
+  reward for that account's tranche, from its `check_margins` status
+  (`tranche_reward_floor`), when the cost model carries a `RewardModel`.
 - A snapshot is projected to `now` (`state_at`): prices do not move with
   time, but a CALLED account whose deadline has passed (`call_deadline <=
   now`) is LIQUIDATABLE at `now`, since its ratio is under `call_ratio` and
@@ -21,7 +23,8 @@ Rules (PROTOCOL.md section 5, design.md "Account states"):
   keeper scanning block b with `now = t(b+1)` sends the tranche that the
   engine accepts in block b+1, not one block later.
 - CALLABLE accounts are called when the call reward covers the gas times
-  the profit margin.
+  the profit margin (the reward the engine pays for that call, which it cuts
+  to keep equity at or above maintenance: `call_reward_floor`).
 - Accounts whose prices are invalid (`priced = False`) are skipped: the
   engine would skip them too.
 """
@@ -34,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
 
-from margincall.constants import MAX_BATCH, State
+from margincall.constants import MAX_BATCH, WAD, State
+from margincall.math import RiskParams, div_ceil, mul_up
 
 # --- inputs ---------------------------------------------------------------
 
@@ -49,10 +53,18 @@ class Snapshot:
     call_deadline: int = 0
     ratio: int = 2**256 - 1
     priced: bool = True
+    # what bounds the reward (`RewardModel`); all wad, as `check_margins` returns them;
+    # maintenance 0: unknown (the cost model's flat rewards are used)
+    collateral: int = 0
+    equity: int = 0
+    maintenance: int = 0
+    positions: int = 0
+    mmr: int = 0  # the largest mmr of the account's markets (wad); 0: unknown (all markets')
 
     @classmethod
-    def from_status(cls, status: Any) -> Snapshot:
-        """From an SDK `MarginStatus`, an engine struct or a dict with the same fields."""
+    def from_status(cls, status: Any, mmr: int = 0) -> Snapshot:
+        """From an SDK `MarginStatus`, an engine struct or a dict with the same fields
+        (`mmr`, which no status carries, is given by the caller)."""
 
         def get(name: str, default: Any) -> Any:
             if isinstance(status, Mapping):
@@ -66,25 +78,156 @@ class Snapshot:
             call_deadline=int(get("call_deadline", 0)),
             ratio=int(get("ratio", 2**256 - 1)),
             priced=bool(get("priced", True)),
+            collateral=int(get("collateral", 0)),
+            equity=int(get("equity", 0)),
+            maintenance=int(get("maintenance", 0)),
+            positions=int(get("positions", 0)),
+            mmr=mmr,
         )
+
+
+# Gas per account, measured from receipts on Anvil (scripts/bench_gas.py's steady state; one
+# `liquidate_many` / `margin_call_many` of n accounts, n = 1, 10, 50, with one market or three
+# each; docs/bots.md): total gas = fixed + n * marginal.
+GAS_TRANCHE_MARGINAL = 38_708  # per one-market account inside `liquidate_many`
+GAS_TRANCHE_FIXED = 82_873  # per `liquidate_many` transaction (21,000 base included)
+GAS_CALL_MARGINAL = 18_117  # per one-market account inside `margin_call_many`
+GAS_CALL_FIXED = 56_215  # per `margin_call_many` transaction (21,000 base included)
+GAS_EXTRA_MARKET = 17_836  # per further market of an account, inside `liquidate_many`
+GAS_CALL_EXTRA_MARKET = 4_751  # per further market of an account, inside `margin_call_many`
+GAS_SHARE_OF = 10  # the profit rule charges each account 1/10 of a transaction's fixed gas
+GAS_PER_TRANCHE = GAS_TRANCHE_MARGINAL + GAS_TRANCHE_FIXED // GAS_SHARE_OF  # 46,995
+GAS_PER_CALL = GAS_CALL_MARGINAL + GAS_CALL_FIXED // GAS_SHARE_OF  # 23,738
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """What bounds the reward of a call or a tranche from a `check_margins` status: the
+    engine's risk parameters, the largest `mmr` of its markets (wad), the collateral's
+    decimals and the keeper's exchange rate (wei of native coin per whole token)."""
+
+    params: RiskParams
+    max_mmr: int
+    decimals: int = 18
+    wei_per_token: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_mmr <= 0:
+            raise ValueError("max_mmr must be positive (every market's mmr is)")
+        if not 0 <= self.decimals <= 18:
+            raise ValueError("decimals must be in 0..18")
+        if self.wei_per_token < 0:
+            raise ValueError("wei_per_token must be non-negative")
+
+    @property
+    def scale(self) -> int:
+        """Wad per token unit."""
+        return 10 ** (18 - self.decimals)
+
+    def to_wei(self, units: int) -> int:
+        """Token units in wei of native coin (rounded down)."""
+        return units * self.wei_per_token // 10**self.decimals
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Gas costs, expected rewards and the profit margin (rewards in wei of native coin)."""
+    """Gas costs, expected rewards and the profit margin (rewards in wei of native coin).
+
+    `gas_per_call` / `gas_per_tranche`: gas charged to one (one-market) account, the
+    measured marginal gas inside a batch plus a tenth of a transaction's fixed gas;
+    `gas_per_extra_market` (`gas_per_call_extra_market`) is added for each further market
+    of a tranche's (a call's) account.
+    `rewards`: with it, each account's reward is bounded from its snapshot
+    (`call_reward_floor`, `tranche_reward_floor`); `call_reward` and `tranche_reward`
+    are the flat fallbacks for snapshots without margins."""
 
     gas_price: int  # wei per gas
-    gas_per_call: int = 80_000  # per account in `margin_call_many`
-    gas_per_tranche: int = 250_000  # per account in `liquidate_many`
-    call_reward: int = 0  # expected `call_reward`, in wei
-    tranche_reward: int = 0  # expected keeper reward of a tranche, in wei
+    gas_per_call: int = GAS_PER_CALL  # per account in `margin_call_many`
+    gas_per_tranche: int = GAS_PER_TRANCHE  # per account in `liquidate_many`
+    call_reward: int = 0  # expected `call_reward`, in wei (fallback)
+    tranche_reward: int = 0  # expected keeper reward of a tranche, in wei (fallback)
     margin_bps: int = 12_000  # reward must be >= cost * margin_bps / 10_000
+    gas_per_extra_market: int = GAS_EXTRA_MARKET  # per market of a tranche beyond the first
+    rewards: RewardModel | None = None
+    gas_per_call_extra_market: int = GAS_CALL_EXTRA_MARKET  # per market of a call beyond one
 
     def __post_init__(self) -> None:
-        if self.gas_price < 0 or self.gas_per_call < 0 or self.gas_per_tranche < 0:
+        if min(self.gas_price, self.gas_per_call, self.gas_per_tranche) < 0:
             raise ValueError("gas price and gas per action must be non-negative")
+        if min(self.gas_per_extra_market, self.gas_per_call_extra_market) < 0:
+            raise ValueError("gas per extra market must be non-negative")
         if self.margin_bps < 0:
             raise ValueError("margin_bps must be non-negative")
+
+    def tranche_gas(self, s: Snapshot) -> int:
+        """Gas charged for the tranche of the account of `s`."""
+        return self.gas_per_tranche + self.gas_per_extra_market * max(s.positions - 1, 0)
+
+    def call_gas(self, s: Snapshot) -> int:
+        """Gas charged for the margin call of the account of `s`."""
+        return self.gas_per_call + self.gas_per_call_extra_market * max(s.positions - 1, 0)
+
+
+# --- reward bounds -------------------------------------------------------------------------
+# The engine's reward of an action, bounded from below from what `check_margins` returns
+# (equity, maintenance, collateral, positions) without reading the positions: the keeper
+# decides in the block it scanned, with no round trip between its scan and its send.
+
+
+def call_reward_floor(s: Snapshot, model: RewardModel) -> int:
+    """What `margin_call` pays for the account of `s` (token units), at the snapshot's
+    prices: `call_reward`, cut so that equity stays at or above maintenance and to the
+    collateral (the engine's rule, `margincall.math.call_reward`; exact, not a bound)."""
+    scale = model.scale
+    room, need = s.equity // scale, div_ceil(s.maintenance, scale)
+    if room <= need:
+        return 0
+    return min(model.params.call_reward // scale, room - need, s.collateral // scale)
+
+
+def tranche_reward_floor(s: Snapshot, model: RewardModel) -> int:
+    """A lower bound of the keeper reward (token units) of the next plain tranche of the
+    account of `s` (LIQUIDATABLE, or CALLED past its deadline), at the snapshot's prices,
+    never above what the engine pays (`margincall.math.plan_tranche`):
+
+    - notional: `maintenance = sum(mul_up(notional_i, mmr_i)) <= notional * max_mmr + k`
+      (k positions), so `notional >= (maintenance - k) / max_mmr`, `max_mmr` being the
+      largest mmr of the account's markets when the snapshot knows it (`Snapshot.mmr`),
+      else of all markets (`RewardModel.max_mmr`);
+    - fraction: the engine's `tranche_fraction` with that notional (its denominator
+      `call_ratio * maintenance - penalty * notional` only grows as the notional
+      shrinks, so the fraction only shrinks), capped by `close_factor`;
+    - closed notional: `fraction * notional`, less each position's truncation (one size
+      wei times the price: under notional / 1e9 for positions of at least 1e-9 base units);
+    - penalty and keeper share as the engine rounds them, the penalty capped by the
+      balance after the close, which lies between the collateral and the equity (less
+      the same rounding allowance);
+    - reward `min(max(share, min_keeper_reward), max_keeper_reward, penalty)`: monotone in
+      share and penalty, so bounds in give a bound out.
+
+    Not modelled: a market whose liquidation window has room for only part of the
+    tranche (the engine then closes less; `held_by_window` holds full windows back), and
+    prices that move between the scan and the block."""
+    p, scale, k = model.params, model.scale, max(s.positions, 1)
+    if s.maintenance <= 0 or s.equity <= 0:
+        return 0
+    notional = max(s.maintenance - k, 0) * WAD // (s.mmr or model.max_mmr)
+    equity = s.equity - (2 * scale + 8 * k + 8)
+    cm = p.call_ratio * s.maintenance
+    num = cm - equity * WAD
+    den = cm - p.liquidation_penalty * notional
+    if num <= 0:
+        return 0
+    f = p.close_factor if den <= 0 else min(div_ceil(num * WAD, den), p.close_factor)
+    slack = notional // 10**9 + k + 1
+    closed = notional * f // WAD - slack
+    if closed <= 0:
+        return 0
+    share = closed * p.liquidation_penalty // WAD * p.keeper_share // WAD // scale
+    balance = (min(s.collateral, s.equity) - slack - 8 * k - 8) // scale - 1
+    penalty = min(div_ceil(mul_up(closed, p.liquidation_penalty), scale), balance)
+    reward = min(max(share, p.min_keeper_reward // scale), p.max_keeper_reward // scale, penalty)
+    return max(reward, 0)
 
 
 def covers(reward: int, gas: int, gas_price: int, margin_bps: int) -> bool:
@@ -111,19 +254,41 @@ def state_at(s: Snapshot, now: int, grace_period: int | None = None) -> State:
     return State.LIQUIDATABLE
 
 
+def call_reward_wei(s: Snapshot, costs: CostModel) -> int:
+    """The reward (wei) the profit rule counts for calling the account of `s`:
+    `call_reward_floor` with `costs.rewards` and the snapshot's margins, else the flat
+    `costs.call_reward`."""
+    model = costs.rewards
+    if model is not None and s.maintenance > 0:
+        return model.to_wei(call_reward_floor(s, model))
+    return costs.call_reward
+
+
+def tranche_reward_wei(s: Snapshot, costs: CostModel) -> int:
+    """The reward (wei) the profit rule counts for a tranche of the account of `s`:
+    `tranche_reward_floor` with `costs.rewards` and the snapshot's margins, else the flat
+    `costs.tranche_reward`."""
+    model = costs.rewards
+    if model is not None and s.maintenance > 0:
+        return model.to_wei(tranche_reward_floor(s, model))
+    return costs.tranche_reward
+
+
 def can_call(s: Snapshot, costs: CostModel, reward: int | None = None) -> bool:
-    """A CALLABLE, priced account whose call reward pays for the call."""
+    """A CALLABLE, priced account whose call reward pays for the call (`reward`, wei,
+    overrides `call_reward_wei`)."""
     if not s.priced or s.state != State.CALLABLE:
         return False
-    r = costs.call_reward if reward is None else reward
-    return covers(r, costs.gas_per_call, costs.gas_price, costs.margin_bps)
+    r = call_reward_wei(s, costs) if reward is None else reward
+    return covers(r, costs.call_gas(s), costs.gas_price, costs.margin_bps)
 
 
 def can_liquidate(s: Snapshot, now: int, costs: CostModel, reward: int | None = None) -> bool:
     """Whether a `liquidate` carrying timestamp `now` should be sent for the account of `s`:
     CRITICAL/BANKRUPT always; LIQUIDATABLE at `now` (`state_at`: including a CALLED account
     whose deadline is at or before `now`) when the tranche interval has elapsed by `now`
-    and the reward pays for the gas times the margin."""
+    and the reward (`reward`, wei, else `tranche_reward_wei`) pays for the gas
+    (`CostModel.tranche_gas`) times the margin."""
     if not s.priced:
         return False
     state = state_at(s, now)
@@ -133,8 +298,8 @@ def can_liquidate(s: Snapshot, now: int, costs: CostModel, reward: int | None = 
         return False
     if now < s.next_tranche_time:
         return False
-    r = costs.tranche_reward if reward is None else reward
-    return covers(r, costs.gas_per_tranche, costs.gas_price, costs.margin_bps)
+    r = tranche_reward_wei(s, costs) if reward is None else reward
+    return covers(r, costs.tranche_gas(s), costs.gas_price, costs.margin_bps)
 
 
 # --- decision ---------------------------------------------------------------
@@ -180,7 +345,8 @@ def decide(
     `now` is the timestamp the transactions are expected to carry: for a keeper that
     scanned block b, the timestamp of block b+1 (`BlockClock.next_timestamp`); for the
     simulator, its next slot's time. Snapshots are projected to `now` (`state_at`).
-    `rewards` optionally overrides the expected reward per account (wei), e.g.
+    Each account's reward is `call_reward_wei` / `tranche_reward_wei` (from its snapshot
+    when `costs.rewards` is set); `rewards` optionally overrides it per account (wei), e.g.
     from `preview_liquidation(...).keeper_reward`. Liquidations come most
     urgent first (BANKRUPT, CRITICAL, then by ratio); calls by ratio.
     Each account appears at most once.
@@ -395,6 +561,10 @@ class Metrics:
     skipped_window: int = 0  # sent but skipped: the market's liquidation window was full
     rewards_earned: int = 0  # token units
     delays: list[int] = field(default_factory=list)  # blocks from eligible to acted
+    # blocks from "eligible and its reward covers the gas" to acted: what the profit rule
+    # is answerable for (an action the keeper declined as unprofitable waits in `delays`)
+    paid_delays: list[int] = field(default_factory=list)
+    declined: int = 0  # account-blocks eligible but declined: the reward did not cover the gas
 
     def track(self, accounts: int) -> None:
         self.accounts_tracked = accounts
@@ -415,6 +585,11 @@ class Metrics:
         if acted_block < eligible_block:
             raise ValueError("acted before the account was eligible")
         self.delays.append(acted_block - eligible_block)
+
+    def record_paid_delay(self, worth_block: int, acted_block: int) -> None:
+        if acted_block < worth_block:
+            raise ValueError("acted before the action was worth it")
+        self.paid_delays.append(acted_block - worth_block)
 
     def _record(self, sent: int, made: int) -> None:
         if not 0 <= made <= sent:
@@ -441,9 +616,10 @@ class Metrics:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["delays"]
+        del out["delays"], out["paid_delays"]
         out["max_delay_blocks"] = self.max_delay
         out["mean_delay_blocks"] = self.mean_delay
+        out["max_paid_delay_blocks"] = max(self.paid_delays, default=0)
         return out
 
 
@@ -453,8 +629,11 @@ __all__ = [
     "Decision",
     "Metrics",
     "PositionBook",
+    "RewardModel",
     "Snapshot",
     "batches",
+    "call_reward_floor",
+    "call_reward_wei",
     "can_call",
     "can_liquidate",
     "covers",
@@ -464,5 +643,7 @@ __all__ = [
     "shard",
     "shard_of",
     "state_at",
+    "tranche_reward_floor",
+    "tranche_reward_wei",
     "window_reopens",
 ]

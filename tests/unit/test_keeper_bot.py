@@ -3,6 +3,7 @@ crash path, without a chain (the bots themselves run in tests/e2e)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,7 +12,16 @@ from click.testing import CliRunner
 
 from margincall.audit import delay_stats
 from margincall.cli import cli
+from margincall.constants import WAD, State
 from margincall.keeper import ConfigError, KeeperConfig, parse_shard
+from margincall.keeper_logic import (
+    GAS_EXTRA_MARKET,
+    GAS_PER_CALL,
+    GAS_PER_TRANCHE,
+    Snapshot,
+    tranche_reward_floor,
+)
+from margincall.math import RiskParams
 from margincall.population import crash_path, plan_crowd
 from margincall.runner import RESULT_POLL, Backoff, _mark_seen, _QuickKicker, head_seen
 
@@ -53,6 +63,9 @@ def test_keeper_config_defaults_and_round_trip_through_env():
         block_time=12,
         replace_after=5,
         max_clears=3,
+        gas_per_call=30_000,
+        gas_per_tranche=60_000,
+        gas_per_extra_market=20_000,
     )
     assert KeeperConfig.from_env(custom.to_env()) == custom
     assert config.block_time is None and config.replace_after == 3  # measured; 3 blocks
@@ -80,6 +93,57 @@ def test_keeper_config_defaults_and_round_trip_through_env():
 def test_keeper_config_names_the_bad_setting(name, value, message):
     with pytest.raises(ConfigError, match=message):
         KeeperConfig.from_env({"MARGINCALL_DEPLOYMENT": "rec.json", name: value})
+
+
+def test_gas_defaults_are_the_measured_ones_and_overridable():
+    config = KeeperConfig.from_env({"MARGINCALL_DEPLOYMENT": "r"})
+    assert (config.gas_per_call, config.gas_per_tranche, config.gas_per_extra_market) == (
+        GAS_PER_CALL,
+        GAS_PER_TRANCHE,
+        GAS_EXTRA_MARKET,
+    )
+    custom = KeeperConfig.from_env(
+        {
+            "MARGINCALL_DEPLOYMENT": "r",
+            "MARGINCALL_GAS_PER_TRANCHE": "250_000",
+            "MARGINCALL_GAS_PER_CALL": "80000",
+            "MARGINCALL_GAS_PER_EXTRA_MARKET": "0",
+        }
+    )
+    assert (custom.gas_per_call, custom.gas_per_tranche, custom.gas_per_extra_market) == (
+        80_000,
+        250_000,
+        0,
+    )
+    with pytest.raises(ConfigError, match="MARGINCALL_GAS_PER_EXTRA_MARKET must be an integer"):
+        KeeperConfig.from_env(
+            {"MARGINCALL_DEPLOYMENT": "r", "MARGINCALL_GAS_PER_EXTRA_MARKET": "x"}
+        )
+
+
+def test_cost_model_bounds_rewards_with_the_engines_parameters_and_mmrs():
+    config = KeeperConfig(deployment=Path("r"), native_per_token=Decimal("0.0004"), margin_bps=1)
+    params = RiskParams()
+    costs = config.cost_model(params, [5 * WAD // 100, 10 * WAD // 100], decimals=6, gas_price=7)
+    assert costs.gas_price == 7 and costs.margin_bps == 1
+    assert costs.gas_per_tranche == config.gas_per_tranche
+    assert costs.rewards is not None and costs.rewards.max_mmr == 10 * WAD // 100
+    assert costs.rewards.wei_per_token == 4 * 10**14 and costs.rewards.decimals == 6
+    # the flat fallbacks: call_reward and min_keeper_reward (1 token each) in wei
+    assert costs.call_reward == costs.tranche_reward == 4 * 10**14
+    # an account at 10% mmr (a bound from all markets) or 5% (its own market, known)
+    s = Snapshot(
+        "0x" + "11" * 20,
+        State.LIQUIDATABLE,
+        collateral=4_500 * WAD,
+        equity=4_500 * WAD,
+        maintenance=5_000 * WAD,
+        positions=1,
+    )
+    assert tranche_reward_floor(s, costs.rewards) < tranche_reward_floor(
+        replace(s, mmr=5 * WAD // 100), costs.rewards
+    )
+    assert config.cost_model(params, [], decimals=18).rewards.max_mmr == WAD  # no market
 
 
 def test_profit_rule_converts_token_units_to_native_wei():
@@ -267,3 +331,38 @@ def test_raw_event_reads_every_field_from_topics_and_data(project):
     assert ev.select([log, other]) == [log]
     assert ev.select([log], address="0x" + "ee" * 20) == [log]
     assert ev.select([log], address="0x" + "ff" * 20) == []
+
+
+def test_keeper_marks_parameters_for_reload_on_market_or_risk_logs_and_knows_account_mmrs(
+    project,
+):
+    from eth_utils import to_checksum_address
+
+    from margincall.keeper import Keeper, KeeperState
+    from margincall.logs import RawEvent
+
+    abis = {e.name: e for e in project.MarginEngine.contract_type.events}
+    keeper = Keeper.__new__(Keeper)  # no chain: only the log bookkeeping
+    keeper.state = KeeperState()
+    keeper._params_changed = False
+    keeper.mmrs = [5 * WAD // 100, 5 * WAD // 100, 10 * WAD // 100]
+    keeper._raw = {n: RawEvent(abis[n]) for n in ("PositionChanged", "MarketSet", "RiskParamsSet")}
+    trader = "0x" + "ab" * 20
+
+    def log(name: str, *topics: int, words: int = 7) -> dict:
+        return {
+            "address": "0x" + "ee" * 20,
+            "topics": ["0x" + keeper._raw[name].topic0.hex()]
+            + ["0x" + t.to_bytes(32, "big").hex() for t in topics],
+            "data": "0x" + (b"\x00" * 31 + b"\x01").hex() * words,
+        }
+
+    opened = [log("PositionChanged", int(trader, 16), m) for m in (0, 2)]
+    assert keeper._apply(opened, 10) == 2 and not keeper._params_changed
+    account = to_checksum_address(trader)
+    assert keeper._mmr_of(account) == 10 * WAD // 100  # its markets' largest, not all markets'
+    assert keeper._mmr_of("0x" + "cd" * 20) == 0  # unknown account: the model's bound
+    assert keeper._apply([log("MarketSet", 1, words=6)], 11) == 0 and keeper._params_changed
+    keeper._params_changed = False
+    keeper._apply([log("RiskParamsSet", words=12)], 12)
+    assert keeper._params_changed and keeper.state.cursor == 12

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from margincall.constants import MAX_BATCH, WAD, State
 from margincall.keeper_logic import (
+    GAS_CALL_FIXED,
+    GAS_CALL_MARGINAL,
+    GAS_PER_CALL,
+    GAS_PER_TRANCHE,
+    GAS_TRANCHE_FIXED,
+    GAS_TRANCHE_MARGINAL,
     BlockClock,
     CostModel,
     Metrics,
     PositionBook,
+    RewardModel,
     Snapshot,
     batches,
+    call_reward_floor,
     can_call,
     can_liquidate,
     covers,
@@ -23,7 +34,17 @@ from margincall.keeper_logic import (
     shard,
     shard_of,
     state_at,
+    tranche_reward_floor,
     window_reopens,
+)
+from margincall.math import (
+    Account,
+    Position,
+    RiskParams,
+    call_reward,
+    classify,
+    evaluate,
+    plan_tranche,
 )
 
 NOW = 1_800_000_000
@@ -300,7 +321,8 @@ def test_snapshot_from_status_accepts_structs_and_dicts():
         equity=1,
     )
     s = Snapshot.from_status(status)
-    assert s == Snapshot(addr(9), State.LIQUIDATABLE, NOW, 0, WAD // 2, True)
+    assert s == Snapshot(addr(9), State.LIQUIDATABLE, NOW, 0, WAD // 2, True, equity=1)
+    assert (s.collateral, s.maintenance, s.positions) == (0, 0, 0)  # absent: unknown
     assert Snapshot.from_status({"account": addr(9), "state": 1}).state == State.CALLABLE
 
 
@@ -390,3 +412,244 @@ def test_metrics_reject_impossible_records():
     with pytest.raises(ValueError):
         m.record_delay(10, 9)
     assert m.mean_delay == 0.0 and m.max_delay == 0
+
+
+# --- reward-aware profit rule -----------------------------------------------------------------
+# 18-decimal collateral worth 1/2,500 of the native coin (4e14 wei a token), the engine's
+# default parameters, one market at mmr 5%, 50 gwei.
+
+TOKEN = 10**18
+PARAMS = RiskParams()
+MMR = 5 * 10**16
+REWARDS = RewardModel(params=PARAMS, max_mmr=MMR, decimals=18, wei_per_token=4 * 10**14)
+AT_50_GWEI = CostModel(
+    gas_price=50 * GWEI,
+    call_reward=REWARDS.to_wei(1),
+    tranche_reward=REWARDS.to_wei(1),
+    rewards=REWARDS,
+)
+
+
+def margined(i: int, state: State, notional: int, ratio_pct: int, **kw) -> Snapshot:
+    """An account of `notional` whole tokens on one market at mmr 5%, at ratio `ratio_pct`%,
+    with equity equal to its collateral (no unrealised PnL)."""
+    maintenance = notional * TOKEN * MMR // WAD
+    equity = maintenance * ratio_pct // 100
+    return Snapshot(
+        account=addr(i),
+        state=state,
+        ratio=equity * WAD // maintenance,
+        collateral=equity,
+        equity=equity,
+        maintenance=maintenance,
+        positions=1,
+        **kw,
+    )
+
+
+def test_gas_defaults_are_the_measured_marginal_gas_plus_a_tenth_of_the_fixed_gas():
+    assert GAS_PER_TRANCHE == GAS_TRANCHE_MARGINAL + GAS_TRANCHE_FIXED // 10
+    assert GAS_PER_CALL == GAS_CALL_MARGINAL + GAS_CALL_FIXED // 10
+    assert 40_000 < GAS_PER_TRANCHE < 50_000 and 20_000 < GAS_PER_CALL < 30_000
+    c = CostModel(gas_price=1)
+    assert (c.gas_per_tranche, c.gas_per_call) == (GAS_PER_TRANCHE, GAS_PER_CALL)
+    three = Snapshot(addr(1), State.LIQUIDATABLE, positions=3)
+    assert c.tranche_gas(three) == GAS_PER_TRANCHE + 2 * c.gas_per_extra_market
+    assert c.call_gas(three) == GAS_PER_CALL + 2 * c.gas_per_call_extra_market
+    assert c.tranche_gas(Snapshot(addr(1), State.LIQUIDATABLE)) == GAS_PER_TRANCHE
+
+
+def test_a_tranche_whose_reward_covers_the_gas_at_50_gwei_is_sent_a_small_one_is_not():
+    # 100,000 tokens of notional at ratio 0.9: a 25% tranche, penalty 375, keeper 75 tokens
+    big = margined(1, State.LIQUIDATABLE, 100_000, 90)
+    assert tranche_reward_floor(big, REWARDS) >= 74 * TOKEN
+    # 1,000 tokens: 0.75 token of share, so the 1-token floor, worth 4e14 wei < 2.8e15
+    small = margined(2, State.LIQUIDATABLE, 1_000, 90)
+    assert tranche_reward_floor(small, REWARDS) == TOKEN
+    cost = GAS_PER_TRANCHE * 50 * GWEI * 12_000 // 10_000
+    assert REWARDS.to_wei(tranche_reward_floor(big, REWARDS)) >= cost
+    assert REWARDS.to_wei(TOKEN // TOKEN) < cost
+    d = decide([small, big], NOW, AT_50_GWEI)
+    assert d.liquidated == [addr(1)]
+    # the same accounts, CRITICAL or BANKRUPT, are always liquidated
+    broke = [margined(3, State.CRITICAL, 1_000, 40), margined(4, State.BANKRUPT, 1_000, 0)]
+    assert decide([small, *broke], NOW, AT_50_GWEI).liquidated == [addr(4), addr(3)]
+    # the flat reward of the old rule (1 token) would have refused both
+    flat = CostModel(gas_price=50 * GWEI, tranche_reward=REWARDS.to_wei(1))
+    assert decide([small, big], NOW, flat).liquidated == []
+
+
+def test_an_expired_call_is_valued_as_a_tranche():
+    called = margined(1, State.CALLED, 100_000, 110, call_deadline=T_B)
+    assert not can_liquidate(called, T_B - 1, AT_50_GWEI)
+    assert decide([called], T_NEXT, AT_50_GWEI).liquidated == [addr(1)]
+    # close to the call ratio a tranche is a sliver: its reward does not pay
+    sliver = margined(2, State.CALLED, 1_000, 124, call_deadline=T_B)
+    assert decide([sliver], T_NEXT, AT_50_GWEI).empty
+
+
+def test_more_markets_cost_more_gas():
+    costs = replace_gas(AT_50_GWEI, gas_per_extra_market=10**6)
+    one = margined(1, State.LIQUIDATABLE, 100_000, 90)
+    three = Snapshot(**{**one.__dict__, "account": addr(2), "positions": 3})
+    assert decide([one, three], NOW, costs).liquidated == [addr(1)]
+
+
+def replace_gas(costs: CostModel, **kw) -> CostModel:
+    return replace(costs, **kw)
+
+
+def test_a_call_is_valued_at_what_the_engine_pays_for_it():
+    # 2,000 tokens of notional at ratio 1.2: equity 120, maintenance 100; the full reward
+    callable_ = margined(1, State.CALLABLE, 2_000, 120)
+    assert call_reward_floor(callable_, REWARDS) == TOKEN
+    # at ratio 1.005 of a 100-token maintenance, the engine pays 0.5 token, not 1
+    brink = margined(2, State.CALLABLE, 2_000, 100)
+    brink = Snapshot(**{**brink.__dict__, "equity": brink.maintenance + TOKEN // 2})
+    assert call_reward_floor(brink, REWARDS) == TOKEN // 2
+    at_maintenance = margined(3, State.CALLABLE, 2_000, 100)
+    assert call_reward_floor(at_maintenance, REWARDS) == 0
+    # 1 token = 4e14 wei pays 23.7k gas at 10 gwei (2.8e14 with the margin), not half a token
+    at_10 = replace_gas(AT_50_GWEI, gas_price=10 * GWEI)
+    assert decide([callable_, brink, at_maintenance], NOW, at_10).calls == [addr(1)]
+    assert decide([callable_], NOW, AT_50_GWEI).calls == []  # 1 token does not pay 50 gwei
+
+
+def test_per_account_rewards_override_the_estimate():
+    small = margined(1, State.LIQUIDATABLE, 1_000, 90)
+    big = margined(2, State.LIQUIDATABLE, 100_000, 90)
+    d = decide([small, big], NOW, AT_50_GWEI, rewards={addr(1): 10**17, addr(2): 0})
+    assert d.liquidated == [addr(1)]
+
+
+def test_snapshots_without_margins_fall_back_to_the_flat_rewards():
+    bare = snap(1, State.LIQUIDATABLE)  # maintenance 0: unknown
+    rich = replace_gas(AT_50_GWEI, tranche_reward=10**17, call_reward=10**17)
+    assert decide([bare], NOW, rich).liquidated == [addr(1)]
+    assert decide([bare], NOW, AT_50_GWEI).liquidated == []
+    assert decide([snap(2, State.CALLABLE)], NOW, rich).calls == [addr(2)]
+
+
+def test_reward_model_rejects_impossible_inputs():
+    with pytest.raises(ValueError):
+        RewardModel(params=PARAMS, max_mmr=0)
+    with pytest.raises(ValueError):
+        RewardModel(params=PARAMS, max_mmr=MMR, decimals=19)
+    with pytest.raises(ValueError):
+        RewardModel(params=PARAMS, max_mmr=MMR, wei_per_token=-1)
+    with pytest.raises(ValueError):
+        CostModel(gas_price=1, gas_per_extra_market=-1)
+    assert (
+        RewardModel(params=PARAMS, max_mmr=MMR, decimals=6, wei_per_token=4 * 10**14).to_wei(10**6)
+        == 4 * 10**14
+    )
+
+
+# --- the bound against the engine's reference math -----------------------------------------
+# Random accounts of 1 to 3 markets (sizes, entry prices, prices, mmrs) among more markets
+# (the bound knows the largest mmr of them all, or of the account's own), collateral drawn
+# so that the ratio lands under the call ratio, random risk parameters within the engine's
+# bounds, 6/8/18 decimals: whenever `plan_tranche` would run a tranche, the bound is at or
+# under its keeper reward; for callable accounts the call floor is the engine's call reward.
+
+MMRS = st.integers(1, 200).map(lambda x: x * 10**15)  # 0.1% .. 20%, in steps of 1e-9
+
+
+@st.composite
+def risk_params(draw, min_mmr: int) -> RiskParams:
+    critical = draw(st.integers(1, 9)) * 10**17  # 0.1 .. 0.9
+    # the engine: liquidation_penalty < mmr * critical_ratio for every market
+    top = min(10**17, min_mmr * critical // WAD - 1)
+    max_reward = draw(st.integers(0, 10**6)) * 10**18 // 1_000
+    return RiskParams(
+        call_ratio=draw(st.integers(101, 300)) * 10**16,
+        critical_ratio=critical,
+        close_factor=draw(st.integers(5, 100)) * 10**16,
+        liquidation_penalty=draw(st.integers(0, max(top, 0))),
+        keeper_share=draw(st.integers(0, 100)) * 10**16,
+        min_keeper_reward=draw(st.integers(0, max_reward)),
+        max_keeper_reward=max_reward,
+        call_reward=draw(st.integers(0, max_reward)),
+        min_position_notional=draw(st.sampled_from([0, 10 * 10**18])),
+    )
+
+
+@st.composite
+def accounts(draw):
+    decimals = draw(st.sampled_from([6, 8, 18]))
+    scale = 10 ** (18 - decimals)
+    k = draw(st.integers(1, 3))
+    mmrs = [draw(MMRS) for _ in range(k)]
+    other = draw(MMRS)  # a market the account does not hold
+    params = draw(risk_params(min(*mmrs, other)))
+    positions = []
+    for m in range(k):
+        price = draw(st.integers(10**15, 10**23))  # 0.001 .. 100,000 tokens a unit
+        notional = draw(st.integers(10, 10**8)) * 10**18  # 10 .. 1e8 tokens
+        size = notional * WAD // price * draw(st.sampled_from([1, -1]))
+        assume(abs(size) >= 10**9)
+        entry = price * draw(st.integers(50, 200)) // 100
+        positions.append(Position(m, size, size * entry // WAD, price, mmrs[m], 2 * mmrs[m]))
+    v = evaluate(Account(collateral=0, positions=tuple(positions)), scale)
+    lo, hi = params.critical_ratio * 10_000 // WAD, params.call_ratio * 10_000 // WAD
+    ratio_bps = draw(st.integers(lo, hi))
+    target = v.maintenance * ratio_bps // 10_000
+    collateral = (target - v.equity) // scale  # equity = collateral + unrealised PnL
+    assume(collateral > 0)
+    called = draw(st.booleans())
+    now = NOW
+    # a call past its deadline (still enforceable) makes a ratio in [1, call_ratio) liquidatable
+    account = Account(collateral, tuple(positions), deadline=now - 1 if called else 0)
+    return account, params, scale, decimals, max(*mmrs, other), now
+
+
+def as_snapshot(account: Account, scale: int, state: State, mmr: int = 0) -> Snapshot:
+    v = evaluate(account, scale)
+    return Snapshot(
+        account=addr(1),
+        state=state,
+        ratio=v.ratio,
+        collateral=account.collateral * scale,
+        equity=v.equity,
+        maintenance=v.maintenance,
+        positions=len(account.positions),
+        mmr=mmr,
+    )
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+@given(accounts())
+def test_the_tranche_reward_bound_never_exceeds_the_engines_reward(case):
+    account, params, scale, decimals, max_mmr, now = case
+    v = evaluate(account, scale)
+    state = classify(account, v, params, now, scale)
+    model = RewardModel(params=params, max_mmr=max_mmr, decimals=decimals)
+    s = as_snapshot(account, scale, state)
+    if state == State.CALLABLE:
+        assert call_reward_floor(s, model) == call_reward(account, params, scale)
+        return
+    tranche = plan_tranche(account, params, scale, now)
+    bound = tranche_reward_floor(s, model)
+    # knowing the account's own markets (the keeper's position book) gives a tighter bound
+    own = as_snapshot(account, scale, state, max(p.mmr for p in account.positions))
+    tighter = tranche_reward_floor(own, model)
+    assert 0 <= bound <= tighter
+    if tranche is None:
+        return
+    assert tighter <= tranche.keeper_reward, (tighter, tranche)
+
+
+def test_paid_delay_counts_from_when_the_action_was_worth_its_gas():
+    m = Metrics()
+    m.record_delay(10, 14)  # eligible at 10, declined as unprofitable until 13
+    m.record_paid_delay(13, 14)
+    m.declined += 3
+    out = m.as_dict()
+    assert (out["max_delay_blocks"], out["max_paid_delay_blocks"], out["declined"]) == (4, 1, 3)
+    with pytest.raises(ValueError, match="worth"):
+        m.record_paid_delay(15, 14)

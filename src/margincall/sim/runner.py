@@ -621,12 +621,13 @@ class Replay:
         self.liq_since: dict[str, int] = {}
         self.call_since: dict[str, int] = {}
         self.in_flight: set[str] = set()
-        cfg = sim.keeper_config
-        self.costs = CostModel(
-            gas_price=int(self.gas_price_gwei * 10**9),
-            gas_per_call=cfg.gas_per_call,
-            gas_per_tranche=cfg.gas_per_tranche,
-            margin_bps=cfg.margin_bps,
+        # the bot's cost model (`KeeperConfig.cost_model`): its gas figures and margin, each
+        # account's reward bounded from its status with this run's parameters and mmrs
+        self.costs: CostModel = sim.keeper_config.cost_model(
+            params,
+            [spec.mmr for spec in sim.market_specs()],
+            sim.config.decimals,
+            int(self.gas_price_gwei * 10**9),
         )
 
     # --- prices and the keeper's exchange rate ---
@@ -636,13 +637,14 @@ class Replay:
 
     def _costs_now(self) -> CostModel:
         """The bot's cost model, with rewards converted at the current ETH price."""
-        wei_per_unit = 10**18 / self.eth_price() / 10**self.sim.config.decimals
-        call = self.params.call_reward // self.sim.scale
-        tranche = self.params.min_keeper_reward // self.sim.scale
+        assert self.costs.rewards is not None
+        rewards = replace(self.costs.rewards, wei_per_token=int(10**18 / self.eth_price()))
+        scale = self.sim.scale
         return replace(
             self.costs,
-            call_reward=int(call * wei_per_unit),
-            tranche_reward=int(tranche * wei_per_unit),
+            rewards=rewards,
+            call_reward=rewards.to_wei(self.params.call_reward // scale),
+            tranche_reward=rewards.to_wei(self.params.min_keeper_reward // scale),
         )
 
     # --- loop ---
