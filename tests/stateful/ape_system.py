@@ -24,6 +24,7 @@ from tests.stateful.driver import (
     FUND_SEED,
     FUZZ_MARKETS,
     LP_LIQUIDITY,
+    POOL_COOLDOWN,
     TRADER_TOKENS,
     Actors,
     Driver,
@@ -127,6 +128,7 @@ def deploy_funded_ape_system(
         who = a[role]
         token.mint(who.address, amount * unit, sender=who)
         token.approve(spender.address, 2**256 - 1, sender=who)
+    system.pool.set_cooldown(POOL_COOLDOWN, sender=a["owner"])
     system.pool.deposit(LP_LIQUIDITY * unit, a["lp"].address, sender=a["lp"])
     system.fund.donate(FUND_SEED * unit, sender=a["donor"])
     signers = {acct.address: acct for acct in a.values()}

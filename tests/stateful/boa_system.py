@@ -21,6 +21,7 @@ from tests.stateful.driver import (
     FUZZ_MARKETS,
     LP_LIQUIDITY,
     N_TRADERS,
+    POOL_COOLDOWN,
     TRADER_TOKENS,
     Actors,
     Driver,
@@ -158,6 +159,7 @@ def deploy_funded_boa_system(decimals: int) -> BoaDriver:
     ):
         token.mint(who, amount * unit, sender=who)
         token.approve(spender.address, 2**256 - 1, sender=who)
+    d.pool.set_cooldown(POOL_COOLDOWN, sender=a.owner)
     d.pool.deposit(LP_LIQUIDITY * unit, a.lps[0], sender=a.lps[0])
     d.fund.donate(FUND_SEED * unit, sender=a.donor)
     return d

@@ -927,8 +927,9 @@ class EngineMachine(RuleBasedStateMachine):
             minted = amount * (supply + 10**6) // (held + 1)
             assert ev.shares == minted, (ev.shares, minted)
             self.lp_shares[lp] += minted
-            lock = -(-self.pool_cooldown * minted // self.lp_shares[lp])
-            self.unlock[lp] = max(self.unlock[lp], self.now + lock)
+            if self.pool_cooldown:  # a cooldown of 0 sets no lock at all
+                lock = -(-self.pool_cooldown * minted // self.lp_shares[lp])
+                self.unlock[lp] = max(self.unlock[lp], self.now + lock)
             self.move(lp, d.pool.address, amount)
             self.note(f"lp{which}:deposit")
             return
@@ -950,6 +951,21 @@ class EngineMachine(RuleBasedStateMachine):
         self.lp_shares[lp] -= shares
         self.move(d.pool.address, lp, ev.assets)
         self.note(f"lp{which}:redeem")
+
+    @rule(cooldown=st.sampled_from([0, 60, 900]), by_stranger=st.booleans())
+    def set_cooldown(self, cooldown, by_stranger):
+        """The pool's owner changes the deposit cooldown (locks already set keep their time);
+        nobody else may."""
+        d = self.d
+        if by_stranger:
+            sent = self.send(d.pool, "set_cooldown", cooldown, sender=self.a.guardian)
+            self.refused(sent, "ownable: caller is not the owner")
+            return
+        sent = self.must(d.pool, "set_cooldown", cooldown, sender=self.a.owner)
+        (ev,) = sent.of(d.pool, "CooldownSet")
+        assert (ev.old_cooldown, ev.new_cooldown) == (self.pool_cooldown, cooldown)
+        self.pool_cooldown = cooldown
+        assert int(d.pool.cooldown()) == cooldown
 
     @rule(amount=st.integers(1, 2_000))
     def donate(self, amount):
