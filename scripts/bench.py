@@ -618,14 +618,15 @@ def sensitivity_markdown(out: dict, traders: int, seed: int) -> str:
     if gas_rows:
         lines += [
             "",
-            "**Keeper gas price**: the keeper's profit rule (`keeper_logic`, the bot's cost"
-            " model) expects the minimum keeper reward for a tranche and the call reward for a"
-            " call, and sends only what pays its gas times the margin; CRITICAL and BANKRUPT"
-            " accounts are liquidated whatever the price. `missed`: tranches that were possible"
-            " and never sent before the account recovered; `left`: accounts still liquidatable"
-            " at the end (their notional); delay: counted from the first block in which a"
-            " tranche was possible, whatever its profit, so a keeper that waits for an account"
-            " to become CRITICAL shows it here.",
+            "**Keeper gas price**: the keeper's profit rule (`keeper_logic`, the bot's cost "
+            "model) expects, per account, a lower bound of the tranche's keeper reward (from "
+            "its `check_margins` status) and the call reward as the engine cuts it, against "
+            "measured gas per account, and sends only what pays its gas times the margin; "
+            "CRITICAL and BANKRUPT accounts are liquidated whatever the price. `missed`: "
+            "tranches that were possible and never sent before the account recovered; `left`:"
+            " accounts still liquidatable at the end (their notional); delay: counted from "
+            "the first block in which a tranche was possible, whatever its profit, so a "
+            "keeper that waits for an account to become CRITICAL shows it here.",
             "",
             "| scenario | gas price | calls | liquidations (full) | accounts liquidated |"
             " missed | left (notional) | delay p50 / max | bad debt | paid by the fund |"

@@ -506,7 +506,7 @@ class Keeper:
             for s in kept
             if s.account in set(decision.liquidated) and not can_liquidate(s, timestamp, free_costs)
         )
-        first = self._send(decision, number, gas_limit, due_next)
+        first = self._send(decision, number, gas_limit, due_next, mined)
         if first is not None:
             after = f", {1000 * (first - seen):.0f} ms after the head was seen" if seen else ""
             logger.info(
@@ -584,6 +584,7 @@ class Keeper:
         number: int,
         gas_limit: int | None = None,
         due_next: frozenset[str] = frozenset(),
+        mined: int | None = None,
     ) -> float | None:
         """All batches of the block at once (gas estimated concurrently), most urgent first.
         `gas_limit`: block `number`'s (read from the node when not given). `due_next`: the
@@ -614,6 +615,7 @@ class Keeper:
                 gas_budget=gas_limit,
                 tx_gas_cap=self.config.tx_gas_cap,
                 extra_gas=extra,
+                mined=mined,
             )
             halves = []
             for (method, _, label, batch), tx in zip(calls, results, strict=True):

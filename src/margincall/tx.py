@@ -342,6 +342,7 @@ class TxSender:
         gas_budget: int | None = None,
         tx_gas_cap: int | None = None,
         extra_gas: list[int] | None = None,
+        mined: int | None = None,
     ) -> list[PendingTx | Exception]:
         """Sends several contract calls `(method, args, label, accounts)` at once: their gas
         is estimated concurrently (the slow part: each estimate runs the whole batch on the
@@ -354,12 +355,13 @@ class TxSender:
         estimate skipped (without it the transaction runs out of gas).
 
         `gas_budget` (e.g. the block gas limit) caps the gas limits sent, counting the
-        transactions still pending: what does not fit comes back as `Deferred`, to be sent
-        at the next block. A node's pool is not a queue to rely on (Anvil was seen dropping
-        transactions left over from a full block). A call whose gas limit would be over
-        `tx_gas_cap` (EIP-7825: 2**24 on Ethereum since Fusaka) or over the whole
-        `gas_budget` can never be sent as it is: it comes back as `TooLarge`, and the calls
-        after it are still sent."""
+        transactions still pending (with `mined`, the `mined_count` at the head, those with a
+        lower nonce are mined already, receipts read or not, and do not count): what does not
+        fit comes back as `Deferred`, to be sent at the next block. A node's pool is not a
+        queue to rely on (Anvil was seen dropping transactions left over from a full block).
+        A call whose gas limit would be over `tx_gas_cap` (EIP-7825: 2**24 on Ethereum since
+        Fusaka) or over the whole `gas_budget` can never be sent as it is: it comes back as
+        `TooLarge`, and the calls after it are still sent."""
         if not calls:
             return []
         prepared = [
@@ -380,7 +382,9 @@ class TxSender:
             room = None
             if gas_budget is not None:
                 room = gas_budget - sum(
-                    tx.gas_limit for tx in self.pending.values() if not tx.cancelled
+                    tx.gas_limit
+                    for tx in self.pending.values()
+                    if not tx.cancelled and (mined is None or tx.nonce >= mined)
                 )
             caps = [c for c in (tx_gas_cap, gas_budget) if c is not None]
             # in order, each as soon as its own estimate is back
