@@ -402,14 +402,18 @@ class CrashDemo:
                     console.print(f"  step {k}/{STEPS}: {line}")
 
     def aftermath(self, max_rounds: int = 40) -> int:
-        """Lets chain time run (deadlines, tranche intervals) until nothing is actionable."""
+        """Lets chain time run (deadlines, tranche intervals) until nothing is left to do: no
+        account CALLABLE, CALLED, CRITICAL or BANKRUPT, and the LIQUIDATABLE ones untouched by
+        the keeper for two rounds (their next tranche would not pay its gas: the keeper
+        declines it, as its metrics count)."""
         quiet = 0
         rounds = 0
         mark = chain.blocks.head.number
         while rounds < max_rounds:
             rounds += 1
             now = self.wait_blocks(BLOCKS_PER_STEP)
-            self.cure_calls(read_history(self.client.engine, chain.provider, mark, now))
+            new = read_history(self.client.engine, chain.provider, mark, now)
+            self.cure_calls(new)
             mark = now + 1
             self.check_bots()
             statuses = self.client.statuses([t.address for t in self.traders])
@@ -418,16 +422,9 @@ class CrashDemo:
                 for s in statuses
                 if s.priced
                 and s.positions
-                and s.state
-                in (
-                    State.CALLABLE,
-                    State.CALLED,
-                    State.LIQUIDATABLE,
-                    State.CRITICAL,
-                    State.BANKRUPT,
-                )
+                and s.state in (State.CALLABLE, State.CALLED, State.CRITICAL, State.BANKRUPT)
             ]
-            quiet = quiet + 1 if not busy else 0
+            quiet = quiet + 1 if not busy and not new.actions else 0
             if quiet >= 2:
                 break
         self.wait_blocks(2)
@@ -599,6 +596,16 @@ class CrashDemo:
                 ("partial tranches", str(s["tranches"])),
                 ("full liquidations", str(s["full_liquidations"])),
                 ("accounts liquidated", str(s["accounts_liquidated"])),
+                (
+                    "left LIQUIDATABLE (next tranche below its gas)",
+                    str(
+                        sum(
+                            1
+                            for st in self.client.statuses([t.address for t in self.traders])
+                            if st.priced and st.positions and st.state == State.LIQUIDATABLE
+                        )
+                    ),
+                ),
                 ("penalties paid by traders", self.tok(s["penalties"])),
                 ("bad debt", self.tok(s["bad_debt"])),
                 ("  paid by the insurance fund", self.tok(s["bad_debt_paid_by_fund"])),
