@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -268,6 +268,19 @@ class BotProcess:
         self.stop()
 
 
+def stop_all(procs: Iterable[BotProcess], timeout: float = 5.0) -> None:
+    """Stops every process (each within `timeout`, then killed), also when one stop fails;
+    the first failure is raised after all were tried."""
+    errors = []
+    for proc in procs:
+        try:
+            proc.stop(timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - stop the others first
+            errors.append(err)
+    if errors:
+        raise errors[0]
+
+
 __all__ = [
     "BotError",
     "BotProcess",
@@ -276,4 +289,5 @@ __all__ = [
     "bot_command",
     "die_with_parent",
     "silverback_bin",
+    "stop_all",
 ]

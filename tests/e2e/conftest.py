@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from margincall.deployment import DeployConfig, DeploymentRecord, deploy_from_config, write_record
-from margincall.procs import BotProcess
+from margincall.procs import BotProcess, stop_all
 from margincall.webhook_sink import WebhookServer
 from tests.utils.helpers import fund_lp, mint_and_approve, open_position
 
@@ -132,11 +132,4 @@ def bot_factory(chain, tmp_path) -> Iterator[Callable[..., BotProcess]]:
     try:
         yield start
     finally:
-        errors = []
-        for proc in started:
-            try:
-                proc.stop(timeout=5.0)
-            except Exception as err:  # noqa: BLE001 - stop the others first
-                errors.append(err)
-        if errors:
-            raise errors[0]
+        stop_all(started, timeout=5.0)

@@ -31,7 +31,7 @@ from margincall.audit import action_delays, eligible_at, read_history, unattende
 from margincall.constants import State
 from margincall.deployment import DeployConfig, deploy_from_config, write_record
 from margincall.population import crash_path, open_crowd, plan_crowd
-from margincall.procs import BotProcess
+from margincall.procs import BotProcess, stop_all
 from margincall.tx import TxSender
 from tests.utils.helpers import fund_lp
 from tests.utils.proxy import TcpProxy
@@ -196,14 +196,7 @@ def keepers(chain, crash, tmp_path) -> Iterator:
     try:
         yield start
     finally:
-        errors = []
-        for proc in started:
-            try:
-                proc.stop(timeout=5.0)
-            except Exception as err:  # noqa: BLE001 - stop the others first
-                errors.append(err)
-        if errors:
-            raise errors[0]
+        stop_all(started, timeout=5.0)
 
 
 def _metrics(proc: BotProcess) -> dict:

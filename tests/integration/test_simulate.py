@@ -25,15 +25,20 @@ CONFIG = SimConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def sim(project, chain, owner):
+def _simulation(project, chain, owner, path, config):
+    """A simulation set up on the test chain, restored to its setup around the module."""
     rpc = Rpc(chain.provider.uri)
-    s = Simulation(rpc, project, owner, flash_crash(CONFIG.seed), CONFIG)
+    s = Simulation(rpc, project, owner, path, config)
     s.setup()
     s.restore()
     yield s
     s.restore()
     rpc.close()
+
+
+@pytest.fixture(scope="module")
+def sim(project, chain, owner):
+    yield from _simulation(project, chain, owner, flash_crash(CONFIG.seed), CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +138,7 @@ def gentle_fall() -> PricePath:
 
 @pytest.fixture(scope="module")
 def cure_sim(project, chain, owner):
-    rpc = Rpc(chain.provider.uri)
-    s = Simulation(rpc, project, owner, gentle_fall(), CURE_CONFIG)
-    s.setup()
-    s.restore()
-    yield s
-    s.restore()
-    rpc.close()
+    yield from _simulation(project, chain, owner, gentle_fall(), CURE_CONFIG)
 
 
 @pytest.fixture(scope="module")

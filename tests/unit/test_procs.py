@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from margincall.procs import BotProcess, die_with_parent
+from margincall.procs import BotProcess, die_with_parent, stop_all
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PARENT = textwrap.dedent(
@@ -131,3 +131,20 @@ def test_bot_process_stop_ends_the_stand_in(tmp_path):
     finally:
         bot.stop(timeout=2)
     assert not bot.running and not alive(bot.pid)
+
+
+def test_stop_all_stops_every_process_even_when_one_stop_fails():
+    stopped = []
+
+    class Fake:
+        def __init__(self, name, fail=False):
+            self.name, self.fail = name, fail
+
+        def stop(self, timeout):
+            stopped.append((self.name, timeout))
+            if self.fail:
+                raise RuntimeError(f"{self.name} would not stop")
+
+    with pytest.raises(RuntimeError, match="a would not stop"):
+        stop_all([Fake("a", fail=True), Fake("b"), Fake("c", fail=True)], timeout=2.0)
+    assert stopped == [("a", 2.0), ("b", 2.0), ("c", 2.0)]
