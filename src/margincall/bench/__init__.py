@@ -1,0 +1,1 @@
+"""Benchmarks: the runs that measure margincall, and the markdown they write."""
