@@ -6,7 +6,7 @@ ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup setup-lint test demo story bench-gas lint clean
+.PHONY: setup setup-lint test demo story bench-gas bench-peers lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -43,6 +43,12 @@ story: setup
 
 bench-gas: setup
 	ape run bench_gas
+
+# margincall next to Morpho Blue 1.0.0 on one Anvil (same feed, same OpenZeppelin token):
+# solcjs compiles Morpho and bench/peers/ (cached in .build/peers), then the side-by-side
+# table goes into docs/benchmarks.md (margincall.bench.peers)
+bench-peers: setup
+	ape run bench_peers
 
 lint: setup setup-lint
 	# every contract compiles (tests/unit/test_bytecode_size.py checks EIP-170)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,8 @@ def compile_sources(
     root: Path = ROOT,
     cache: Path | None = CACHE,
 ) -> dict[str, Artifact]:
-    """Every contract defined in `sources`, by name (cached by `cache_key`)."""
+    """Every contract the compile saw (`sources` and their imports), by name (cached by
+    `cache_key`)."""
     job = standard_input(sources, settings, root)
     result = None
     path = cache / f"{cache_key(package, job, root)}.json" if cache is not None else None
@@ -149,8 +150,8 @@ def compile_sources(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result))
     out: dict[str, Artifact] = {}
-    for source in sources:
-        for name, c in result["output"]["contracts"].get(source, {}).items():
+    for source, contracts in result["output"]["contracts"].items():
+        for name, c in contracts.items():
             out[name] = Artifact(
                 name,
                 source,
@@ -168,5 +169,9 @@ def compile_peers(root: Path = ROOT, cache: Path | None = CACHE) -> dict[str, Ar
     out = compile_sources(
         SOLC_MORPHO, [MORPHO_SOURCE, ORACLE_SOURCE, LENS_SOURCE], root=root, cache=cache
     )
+    # Morpho emits its events from the EventsLib library, and solc 0.8.19 leaves library
+    # events out of the contract's ABI: add them, so receipts decode.
+    events = [e for e in out["EventsLib"].abi if e.get("type") == "event"]
+    out["Morpho"] = replace(out["Morpho"], abi=out["Morpho"].abi + events)
     out.update(compile_sources(SOLC_OZ, [TOKEN_SOURCE], root=root, cache=cache))
     return out

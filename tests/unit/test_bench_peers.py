@@ -1,0 +1,144 @@
+"""The peer benchmark without running it: the table and the docs block it writes, and that
+our Solidity helpers in bench/peers/ compile with solcjs (cached)."""
+
+from __future__ import annotations
+
+import pytest
+
+from margincall.bench import solidity
+from margincall.bench.peers_doc import (
+    BEGIN,
+    END,
+    SECTION,
+    PeerRow,
+    console_table,
+    render_block,
+    replace_block,
+    table_lines,
+    write_doc,
+)
+
+ROWS = [
+    PeerRow("liquidation tranche vs partial liquidate", 85_000, 90_606, "a", "b"),
+    PeerRow("deposit", 60_000, 50_000, "c", "d"),
+]
+INFO = {
+    "nproc": "2",
+    "cpu": "cpu",
+    "python": "3.11",
+    "anvil": "1.7.1",
+    "vyper": "0.4.3",
+    "solc": "0.8.19",
+    "date": "2026-12-06",
+}
+DOC = """# Benchmarks
+
+Intro.
+
+## Targets side by side
+
+<!-- summary:begin -->
+targets
+<!-- summary:end -->
+
+## Gas
+
+<!-- gas:begin -->
+gas table
+<!-- gas:end -->
+"""
+
+
+def test_ratio_and_verdict_say_which_protocol_is_cheaper():
+    cheaper, dearer = ROWS
+    assert f"{cheaper.ratio:.2f}" == "0.94"
+    assert cheaper.verdict == "margincall cheaper by 5,606"
+    assert f"{dearer.ratio:.2f}" == "1.20"
+    assert dearer.verdict == "Morpho cheaper by 10,000"
+    assert PeerRow("x", 5, 5).verdict == "equal"
+
+
+def test_table_has_one_line_per_row_with_both_figures_and_the_ratio():
+    lines = table_lines(ROWS)
+    assert lines[0].startswith("| operation | margincall | Morpho Blue | ratio")
+    assert len(lines) == 2 + len(ROWS)
+    assert lines[2].startswith(
+        "| liquidation tranche vs partial liquidate | 85,000 | 90,606 | 0.94x"
+    )
+    assert lines[3].startswith("| deposit | 60,000 | 50,000 | 1.20x | Morpho cheaper by 10,000")
+    text = console_table(ROWS)
+    assert "90,606" in text and "1.20x" in text
+    assert len(text.splitlines()) == 2 + len(ROWS)
+
+
+def test_new_block_goes_after_the_targets_and_before_gas():
+    block = render_block(ROWS, INFO, ["one condition"])
+    assert block.startswith(BEGIN) and block.endswith(END)
+    assert "- one condition" in block and "measured 2026-12-06" in block
+    text = replace_block(DOC, block)
+    assert text.index("<!-- summary:end -->") < text.index(SECTION) < text.index("## Gas")
+    assert text.index(SECTION) < text.index(BEGIN) < text.index(END) < text.index("## Gas")
+    assert "gas table" in text and "targets" in text and "Intro." in text
+
+
+def test_second_run_replaces_the_block_and_leaves_the_rest_alone():
+    first = replace_block(DOC, render_block(ROWS, INFO, []))
+    rows = [PeerRow("deposit", 40_000, 50_000)]
+    second = replace_block(first, render_block(rows, INFO, []))
+    assert second.count(BEGIN) == 1 and second.count(SECTION) == 1
+    assert "90,606" not in second and "40,000" in second
+    assert second.replace(second[second.index(BEGIN) : second.index(END)], "") == first.replace(
+        first[first.index(BEGIN) : first.index(END)], ""
+    )
+    assert replace_block(second, render_block(rows, INFO, [])) == second
+
+
+def test_document_without_a_gas_section_gets_the_block_at_the_end(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\nOther.\n")
+    write_doc(path, render_block(ROWS, INFO, []))
+    text = path.read_text()
+    assert text.startswith("# Benchmarks\n\nOther.\n\n" + SECTION)
+    assert text.rstrip().endswith(END)
+
+
+def test_missing_document_is_created(tmp_path):
+    path = tmp_path / "docs" / "benchmarks.md"
+    write_doc(path, render_block(ROWS, INFO, []))
+    assert path.read_text().startswith("# Benchmarks")
+    assert BEGIN in path.read_text()
+
+
+def test_solidity_helpers_compile_and_come_from_the_cache_the_second_time(tmp_path, monkeypatch):
+    helpers = solidity.compile_sources(
+        solidity.SOLC_MORPHO, [solidity.ORACLE_SOURCE, solidity.LENS_SOURCE], cache=tmp_path
+    )
+    token = solidity.compile_sources(solidity.SOLC_OZ, [solidity.TOKEN_SOURCE], cache=tmp_path)
+    functions = {
+        name: {e["name"] for e in a.abi if e["type"] == "function"}
+        for name, a in {**helpers, **token}.items()
+    }
+    assert {"price", "FEED", "SCALE_FACTOR"} <= functions["FeedOracle"]
+    assert {"health", "MORPHO"} <= functions["MorphoHealthLens"]
+    assert {"mint", "transfer", "transferFrom", "decimals"} <= functions["BenchToken"]
+    assert helpers["FeedOracle"].compiler.startswith("0.8.19+")
+    assert token["BenchToken"].compiler.startswith("0.8.28+")
+    for name in ("FeedOracle", "MorphoHealthLens", "BenchToken"):
+        a = {**helpers, **token}[name]
+        assert a.runtime_size > 0 and len(a.bytecode) > len(a.runtime)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("compiled again instead of reading the cache")
+
+    monkeypatch.setattr(solidity, "run_solc", no_compiler)
+    again = solidity.compile_sources(solidity.SOLC_OZ, [solidity.TOKEN_SOURCE], cache=tmp_path)
+    assert again["BenchToken"] == token["BenchToken"]
+
+
+def test_compile_error_is_raised_with_the_compiler_message(tmp_path):
+    (tmp_path / "Broken.sol").write_text(
+        "pragma solidity 0.8.19;\ncontract Broken { uint x = ; }\n"
+    )
+    with pytest.raises(solidity.SolcError, match="ParserError"):
+        solidity.compile_sources(solidity.SOLC_MORPHO, ["Broken.sol"], root=tmp_path, cache=None)
