@@ -1,9 +1,12 @@
-"""The peer benchmark without running it: the table and the docs block it writes, and that
-our Solidity helpers in bench/peers/ compile with solcjs (cached)."""
+"""The peer benchmark without running it: the table and the docs block it writes, that our
+Solidity helpers in bench/peers/ compile with solcjs (cached), and that the oracle and the
+health lens agree with Morpho Blue itself on a small chain setup."""
 
 from __future__ import annotations
 
+import ape
 import pytest
+from ape.contracts import ContractContainer
 
 from margincall.bench import solidity
 from margincall.bench.peers_doc import (
@@ -142,3 +145,70 @@ def test_compile_error_is_raised_with_the_compiler_message(tmp_path):
     )
     with pytest.raises(solidity.SolcError, match="ParserError"):
         solidity.compile_sources(solidity.SOLC_MORPHO, ["Broken.sol"], root=tmp_path, cache=None)
+
+
+# --- the helpers on chain, next to Morpho itself ---------------------------------------
+
+WAD = 10**18
+LLTV = 86 * WAD // 100
+ZERO = "0x" + "00" * 20
+
+
+@pytest.fixture(scope="module")
+def morpho_market(owner, lp, trader, project):
+    """Morpho with one market (no IRM, LLTV 86%) on our oracle over a MockAggregator at 2,000;
+    the lp supplied 100,000 and the trader holds 4 ETH of collateral and 6,800 of debt."""
+    art = solidity.compile_peers()  # cached under .build/peers after the first compile
+
+    def deploy(name, *args):
+        return owner.deploy(ContractContainer(art[name].contract_type()), *args)
+
+    usd = deploy("BenchToken", "Bench USD", "bUSD", 18)
+    weth = deploy("BenchToken", "Bench ETH", "bETH", 18)
+    feed = owner.deploy(project.MockAggregator, 8, 2_000 * 10**8)
+    oracle = deploy("FeedOracle", feed.address, 8, 18, 18)
+    morpho = deploy("Morpho", owner.address)
+    lens = deploy("MorphoHealthLens", morpho.address)
+    params = (usd.address, weth.address, oracle.address, ZERO, LLTV)
+    morpho.enableIrm(ZERO, sender=owner)
+    morpho.enableLltv(LLTV, sender=owner)
+    morpho.createMarket(params, sender=owner)
+    usd.mint(lp.address, 100_000 * WAD, sender=lp)
+    usd.approve(morpho.address, 2**256 - 1, sender=lp)
+    morpho.supply(params, 100_000 * WAD, 0, lp.address, b"", sender=lp)
+    weth.mint(trader.address, 4 * WAD, sender=trader)
+    weth.approve(morpho.address, 2**256 - 1, sender=trader)
+    morpho.supplyCollateral(params, 4 * WAD, trader.address, b"", sender=trader)
+    morpho.borrow(params, 6_800 * WAD, 0, trader.address, trader.address, sender=trader)
+    return {"morpho": morpho, "lens": lens, "oracle": oracle, "feed": feed, "params": params}
+
+
+def test_oracle_scales_the_shared_feed_to_morphos_1e36_price(morpho_market, owner):
+    feed, oracle = morpho_market["feed"], morpho_market["oracle"]
+    assert oracle.price() == 2_000 * 10**36  # one wei of collateral in wei of loan token, x1e36
+    feed.set_answer(123_456_000_000, sender=owner)  # 1,234.56
+    assert oracle.price() == 123_456 * 10**34
+    feed.set_answer(-1, sender=owner)
+    with ape.reverts("oracle: negative answer"):
+        oracle.price()
+
+
+def test_lens_health_is_morphos_own_liquidation_boundary(morpho_market, owner, trader, keeper):
+    morpho, lens, params = morpho_market["morpho"], morpho_market["lens"], morpho_market["params"]
+    feed = morpho_market["feed"]
+    feed.set_answer(2_000 * 10**8, sender=owner)
+    borrowed, max_borrow, healthy = lens.health(params, trader.address)
+    assert borrowed == 6_800 * WAD
+    assert max_borrow == 4 * 2_000 * LLTV  # 4 ETH at 2,000 x 86%, in wei
+    assert healthy
+    with ape.reverts("position is healthy"):
+        morpho.liquidate(params, trader.address, WAD, 0, b"", sender=keeper)
+    feed.set_answer(1_800 * 10**8, sender=owner)
+    borrowed, max_borrow, healthy = lens.health(params, trader.address)
+    assert (borrowed, max_borrow, healthy) == (6_800 * WAD, 4 * 1_800 * LLTV, False)
+    usd = ContractContainer(solidity.compile_peers()["BenchToken"].contract_type()).at(params[0])
+    usd.mint(keeper.address, 10_000 * WAD, sender=keeper)
+    usd.approve(morpho.address, 2**256 - 1, sender=keeper)
+    receipt = morpho.liquidate(params, trader.address, WAD, 0, b"", sender=keeper)
+    (event,) = receipt.decode_logs(morpho.Liquidate)
+    assert event.seizedAssets == WAD and event.badDebtAssets == 0
