@@ -77,10 +77,12 @@ fuzz: setup
 	rc=$$?; wait $$pid || rc=1; exit $$rc
 
 .PHONY: bench
-# Every benchmark, into docs/benchmarks.md and docs/img/: gas (ape run bench_gas), then
+# Every benchmark, into docs/benchmarks.md and docs/img/: gas (ape run bench_gas), margincall
+# next to Morpho Blue (ape run bench_peers), then
 # scripts/bench.py: keeper scan throughput, the stress simulator on every scenario against the
 # liquidate-at-maintenance baseline (500 traders), a sensitivity sweep, the section 7 summary.
 # Each simulation starts and stops an Anvil of its own. About half an hour on 2 cores.
 bench: setup
 	ape run bench_gas
+	ape run bench_peers
 	python scripts/bench.py
