@@ -17,9 +17,9 @@ from margincall.bench.peers_doc import console_table, render_block, write_doc
 
 def main() -> None:
     logger.set_level("WARNING")
-    rows, info, conditions = run(project)
+    rows, info, conditions, breakdowns = run(project)
     click.echo(console_table(rows))
     for line in sanity(rows):
         click.echo(line)
-    write_doc(DOC, render_block(rows, info, conditions))
+    write_doc(DOC, render_block(rows, info, conditions, breakdowns))
     click.echo(f"wrote {DOC}")

@@ -14,11 +14,20 @@ from margincall.bench.peers_doc import (
     END,
     SECTION,
     PeerRow,
+    breakdown_lines,
     console_table,
     render_block,
     replace_block,
     table_lines,
     write_doc,
+)
+from margincall.bench.trace import (
+    EVENTS,
+    EXECUTION,
+    INTRINSIC,
+    READS_COLD,
+    REFUND,
+    side_by_side,
 )
 
 ROWS = [
@@ -72,6 +81,46 @@ def test_table_has_one_line_per_row_with_both_figures_and_the_ratio():
     text = console_table(ROWS)
     assert "90,606" in text and "1.20x" in text
     assert len(text.splitlines()) == 2 + len(ROWS)
+
+
+MARGINCALL_PARTS = {
+    EXECUTION: (20_000, 900),
+    "call token": (30_000, 3),
+    INTRINSIC: (21_400, 1),
+    READS_COLD: (16_800, 8),
+}
+MORPHO_PARTS = {
+    INTRINSIC: (23_400, 1),
+    "call oracle": (8_000, 1),
+    "call token": (27_000, 2),
+    REFUND: (-4_800, 1),
+    EVENTS: (3_000, 2),
+}
+
+
+def test_breakdowns_line_up_component_by_component():
+    parts = side_by_side(MARGINCALL_PARTS, MORPHO_PARTS)
+    assert [key for key, _, _ in parts] == [
+        INTRINSIC,
+        READS_COLD,
+        EVENTS,
+        "call token",
+        "call oracle",
+        EXECUTION,
+        REFUND,
+    ]
+    by_key = {key: (left, right) for key, left, right in parts}
+    assert by_key[EVENTS] == ((0, 0), (3_000, 2))
+    assert by_key["call token"] == ((30_000, 3), (27_000, 2))
+    lines = breakdown_lines("tranche vs partial liquidate", parts)
+    assert lines[0] == "**tranche vs partial liquidate**"
+    assert "| call token | 30,000 (3 calls) | 27,000 (2 calls) |" in lines
+    assert "| call oracle | - | 8,000 (1 call) |" in lines
+    assert "| storage refund | - | -4,800 |" in lines
+    assert lines[-1] == "| **total (gas used)** | **88,200** | **56,600** |"
+    block = render_block(ROWS, INFO, [], [("tranche vs partial liquidate", parts)])
+    assert "Where the gas goes" in block and "**88,200**" in block
+    assert block.index("| deposit |") < block.index("**tranche vs partial liquidate**")
 
 
 def test_new_block_goes_after_the_targets_and_before_gas():

@@ -25,7 +25,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from eth_utils import keccak
 
 from margincall.bench.peers_doc import PeerRow
 from margincall.bench.solidity import ROOT, Artifact, compile_peers
+from margincall.bench.trace import Parts, breakdown, side_by_side
 from margincall.constants import WAD, State
 from margincall.deploy import MarketSpec, deploy_system
 from margincall.sdk import Clients
@@ -79,6 +80,23 @@ class Peers:
     lens: Any  # MorphoHealthLens
     probe: Any  # GasProbe
     params: tuple  # Morpho's MarketParams
+    # operation -> protocol -> its breakdown (margincall.bench.trace)
+    traces: dict[str, dict[str, Parts]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Address (lowercase) -> the name a breakdown gives its calls."""
+        s = self.system
+        named = [(self.usd, "token"), (self.weth, "token"), (self.oracle, "oracle")]
+        named += [(o, "oracle") for o in s.oracles]
+        named += [(s.pool, "pool"), (s.fund, "fund"), (s.engine, "engine")]
+        named += [(self.morpho, "morpho")]
+        return {str(c.address).lower(): name for c, name in named}
+
+    def trace(self, op: str, protocol: str, receipt: Any) -> None:
+        """Keeps the breakdown of `receipt` (before a snapshot is rolled back)."""
+        parts = breakdown(self.chain.provider, receipt, self.names)
+        self.traces.setdefault(op, {})[protocol] = parts
 
     @property
     def market_id(self) -> bytes:
@@ -225,6 +243,7 @@ def mc_liquidation(p: Peers, who: Actors, price: float, state: State) -> int:
         assert got == state, f"margincall: expected {state.name}, got {got.name}"
         later(p)
         r = e.liquidate(who.trader, sender=who.keeper)
+        p.trace(f"liquidate at {price:,}", "margincall", r)
         bad = p.system.engine.BadDebt.from_receipt(r)
         assert bool(bad) == (state == State.BANKRUPT), f"BadDebt events: {len(bad)}"
         if state != State.LIQUIDATABLE:  # a full close leaves no position
@@ -252,7 +271,9 @@ def mc_account_ops(p: Peers, who: Actors) -> dict[str, int]:
         later(p)
         out["deposit"] = int(e.deposit(units(4_000), sender=t).gas_used)
         later(p)
-        out["open"] = int(trade(p, t, 2).gas_used)
+        r = trade(p, t, 2)
+        p.trace("open", "margincall", r)
+        out["open"] = int(r.gas_used)
         later(p)
         out["withdraw"] = int(e.withdraw(units(100), sender=t).gas_used)
     return out
@@ -285,6 +306,7 @@ def mo_liquidation(p: Peers, who: Actors, price: float, mode: str) -> int:
         }[mode]
         later(p)
         r = m.liquidate(p.params, t.address, seized, repaid, b"", sender=who.keeper)
+        p.trace(f"liquidate ({mode})", "Morpho", r)
         (event,) = r.decode_logs(m.Liquidate)
         assert (int(event.badDebtAssets) > 0) == (mode == "bad debt"), "Morpho: bad debt"
         _, shares_left, collateral_left = mo_position(p, t)
@@ -316,6 +338,7 @@ def mo_account_ops(p: Peers, who: Actors) -> dict[str, int]:
         out["deposit"] = int(r.gas_used)
         later(p)
         r = m.borrow(p.params, units(3_000), 0, t.address, t.address, sender=t)
+        p.trace("open", "Morpho", r)
         out["open"] = int(r.gas_used)
         later(p)
         r = m.withdrawCollateral(p.params, units("0.1"), t.address, t.address, sender=t)
@@ -380,6 +403,19 @@ def measure(p: Peers, who: Actors) -> list[PeerRow]:
             "`trade` opening a new position (2 ETH on 5,000)",
             "`borrow` (first borrow on 4 ETH collateral)",
         ),
+    ]
+
+
+def breakdowns(p: Peers) -> list[tuple[str, list]]:
+    """The liquidation and trade-vs-borrow rows, component by component."""
+    pairs = [
+        ("liquidation tranche vs partial liquidate", "liquidate at 1,800", "liquidate (partial)"),
+        ("bankrupt close vs bad-debt liquidate", "liquidate at 1,700", "liquidate (bad debt)"),
+        ("open a position vs borrow", "open", "open"),
+    ]
+    return [
+        (title, side_by_side(p.traces[mc]["margincall"], p.traces[mo]["Morpho"]))
+        for title, mc, mo in pairs
     ]
 
 
@@ -458,9 +494,9 @@ def conditions(p: Peers, artifacts: dict[str, Artifact]) -> list[str]:
     ]
 
 
-def run(project: Any) -> tuple[list[PeerRow], dict[str, str], list[str]]:
+def run(project: Any) -> tuple[list[PeerRow], dict[str, str], list[str], list[tuple[str, list]]]:
     """Compiles the peers, deploys both protocols on Ape's chain, measures every row.
-    Returns the rows, the machine info and the conditions."""
+    Returns the rows, the machine info, the conditions and the breakdowns."""
     from ape import accounts, chain
 
     artifacts = compile_peers()
@@ -475,4 +511,4 @@ def run(project: Any) -> tuple[list[PeerRow], dict[str, str], list[str]]:
     p = deploy(project, chain, who, artifacts)
     steady_state(p, who)
     rows = measure(p, who)
-    return rows, machine(chain, artifacts), conditions(p, artifacts)
+    return rows, machine(chain, artifacts), conditions(p, artifacts), breakdowns(p)

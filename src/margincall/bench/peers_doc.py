@@ -59,7 +59,36 @@ def table_lines(rows: list[PeerRow]) -> list[str]:
     return out
 
 
-def render_block(rows: list[PeerRow], info: dict[str, str], conditions: list[str]) -> str:
+# one component: name, (margincall gas, opcodes), (Morpho gas, opcodes)
+Component = tuple[str, tuple[int, int], tuple[int, int]]
+
+
+def _cell(key: str, part: tuple[int, int]) -> str:
+    gas, n = part
+    if not n:
+        return "-"
+    if key.startswith("call "):
+        return f"{gas:,} ({n} call{'s' if n > 1 else ''})"
+    return f"{gas:,}"
+
+
+def breakdown_lines(title: str, parts: list[Component]) -> list[str]:
+    """One operation's gas on both sides, component by component, with the totals."""
+    out = [f"**{title}**", "", "| component | margincall | Morpho |", "|---|---:|---:|"]
+    for key, left, right in parts:
+        out.append(f"| {key} | {_cell(key, left)} | {_cell(key, right)} |")
+    total_left = sum(left[0] for _, left, _ in parts)
+    total_right = sum(right[0] for _, _, right in parts)
+    out.append(f"| **total (gas used)** | **{total_left:,}** | **{total_right:,}** |")
+    return out
+
+
+def render_block(
+    rows: list[PeerRow],
+    info: dict[str, str],
+    conditions: list[str],
+    breakdowns: list[tuple[str, list[Component]]] = (),
+) -> str:
     """The whole generated block, markers included."""
     out = [
         BEGIN,
@@ -75,7 +104,17 @@ def render_block(rows: list[PeerRow], info: dict[str, str], conditions: list[str
         "",
     ]
     out += [f"- {c}" for c in conditions]
-    out += [""] + table_lines(rows) + ["", END]
+    out += [""] + table_lines(rows)
+    if breakdowns:
+        out += [
+            "",
+            "Where the gas goes (struct-log trace of the transaction's top frame; each external"
+            " call is charged with everything it costs the caller: address access, the callee"
+            " with its nested calls, memory):",
+        ]
+        for title, parts in breakdowns:
+            out += [""] + breakdown_lines(title, parts)
+    out += ["", END]
     return "\n".join(out)
 
 
