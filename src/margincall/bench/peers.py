@@ -484,7 +484,10 @@ def conditions(p: Peers, artifacts: dict[str, Artifact]) -> list[str]:
         "Steady state: margincall's pool holds LP liquidity and its fund a donation; Morpho's"
         " market holds supplied liquidity; each protocol has liquidated a veteran account"
         " once (market slots nonzero, its keeper holds what a liquidation pays); every actor"
-        " already holds the tokens it receives; approvals are unlimited.",
+        " already holds the tokens it receives; approvals are unlimited. Each measured"
+        " transaction is mined 12 s after its setup (an empty block in between), as on a"
+        " real chain: Morpho's interest accrual then stamps `lastUpdate`, which it skips"
+        " when no time has passed.",
         "Transactions: `receipt.gas_used` (21,000 base and calldata included). Health read:"
         " `GasProbe` (contracts/testing) measures the `gasleft()` difference around a static"
         " call by a contract, the called contract's address warm (margincall: the contract"
