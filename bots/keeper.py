@@ -3,7 +3,7 @@
 Run from the project root, against any Ape network (docs/bots.md):
 
     silverback run keeper --network ethereum:local:foundry \
-        --runner margincall.runner:ResilientRunner --account TEST::3
+        --runner margincall.keeper.runtime:ResilientRunner --account TEST::3
 
 or `margincall keeper --deployment deployments/ethereum-local.json --account TEST::3`,
 which sets the same options. Settings come from `MARGINCALL_*` environment variables
@@ -11,16 +11,16 @@ which sets the same options. Settings come from `MARGINCALL_*` environment varia
 (shard, profit margin, batch sizes, metrics file) have defaults.
 
 The bot is a thin shell: `margincall.keeper.Keeper` does the work, and its decisions are
-the pure functions of `margincall.keeper_logic`.
+the pure functions of `margincall.keeper.logic`.
 """
 
 from ape import chain, project
 from ape.logging import logger
 from silverback import SilverbackBot
 
-from margincall.deployment import read_record
-from margincall.keeper import Keeper, KeeperConfig
-from margincall.tx import TxSender
+from margincall.deploy.record import read_record
+from margincall.keeper.bot import Keeper, KeeperConfig
+from margincall.keeper.tx import TxSender
 
 bot = SilverbackBot()
 

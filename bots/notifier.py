@@ -1,7 +1,7 @@
 """margincall notifier: margin calls, cures, liquidations, bad debt and early warnings.
 
     silverback run notifier --network ethereum:local:foundry \
-        --runner margincall.runner:ResilientRunner
+        --runner margincall.keeper.runtime:ResilientRunner
 
 Settings come from `MARGINCALL_*` environment variables (docs/bots.md,
 `margincall.notify.ENV_VARS`), checked at startup. The bot reads the engine's
@@ -24,8 +24,8 @@ from ape import chain, project
 from ape.logging import logger
 from silverback import SilverbackBot
 
-from margincall.deployment import read_record, record_path
-from margincall.notify import (
+from margincall.deploy.record import read_record, record_path
+from margincall.notify.courier import (
     ApeSource,
     Context,
     Courier,

@@ -10,7 +10,7 @@ The chain's clock moves by whole, regular blocks, like a real chain's slots: a k
 only decide for the timestamp its transactions will carry by predicting the next block's
 (head + block interval), and a jump of the clock inside one block (`evm_increaseTime`) is
 something no keeper can predict. What the keeper did is then measured from the chain alone
-(`margincall.audit`), with eligibility judged at the next block's timestamp:
+(`margincall.keeper.audit`), with eligibility judged at the next block's timestamp:
 
 - every action's delay: blocks from the first block after which the account was eligible;
 - `unattended`: an account eligible after block b, not acted on in block b + 1 and still
@@ -27,12 +27,12 @@ from urllib.parse import urlparse
 
 import pytest
 
-from margincall.audit import action_delays, eligible_at, read_history, unattended
 from margincall.constants import State
-from margincall.deployment import DeployConfig, deploy_from_config, write_record
-from margincall.population import crash_path, open_crowd, plan_crowd
-from margincall.procs import BotProcess, stop_all
-from margincall.tx import TxSender
+from margincall.deploy.record import DeployConfig, deploy_from_config, write_record
+from margincall.keeper.audit import action_delays, eligible_at, read_history, unattended
+from margincall.keeper.procs import BotProcess, stop_all
+from margincall.keeper.tx import TxSender
+from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
 from tests.utils.helpers import fund_lp
 from tests.utils.proxy import TcpProxy
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from margincall.constants import State
-from margincall.deployment import record_of
-from margincall.keeper import Keeper, KeeperConfig
-from margincall.keeper_logic import Decision
-from margincall.tx import TooLarge, TxSender
+from margincall.deploy.record import record_of
+from margincall.keeper.bot import Keeper, KeeperConfig
+from margincall.keeper.logic import Decision
+from margincall.keeper.tx import TooLarge, TxSender
 from tests.utils.helpers import deposit, open_position
 
 ETH = 0

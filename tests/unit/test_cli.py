@@ -17,16 +17,16 @@ import yaml
 from click.testing import CliRunner
 from rich.console import Console
 
-from margincall import cli as mc
-from margincall import cli_bots
+from margincall.cli import bots as cli_bots
+from margincall.cli import trader as mc
 from margincall.constants import WAD, State
-from margincall.deployment import (
+from margincall.deploy.record import (
     RecordError,
     deploy_from_config,
     load_config,
     write_record,
 )
-from margincall.notify import ENV_VARS, NotifierConfig, default_outbox
+from margincall.notify.courier import ENV_VARS, NotifierConfig, default_outbox
 from margincall.report import fmt_wad
 from margincall.sdk import InsufficientFunds, InsufficientMargin, InvalidRequest
 from tests.utils.helpers import fund_lp

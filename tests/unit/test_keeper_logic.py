@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from margincall.constants import MAX_BATCH, WAD, State
-from margincall.keeper_logic import (
+from margincall.keeper.logic import (
     GAS_CALL_FIXED,
     GAS_CALL_MARGINAL,
     GAS_PER_CALL,

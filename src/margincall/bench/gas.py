@@ -41,7 +41,7 @@ from rich.table import Table
 from margincall.constants import MAX_MARKETS, WAD, State
 from margincall.deploy import deploy_system
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the project (an editable install)
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- gas:begin -->"
 END = "<!-- gas:end -->"

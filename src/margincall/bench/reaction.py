@@ -4,7 +4,7 @@
 
 Starts an Anvil of its own (`margincall.sim.chain.Anvil`), opens N long traders at 8x-9x on
 ETH and BTC with the simulator's batched setup, starts `silverback run keeper` as a real
-process (`margincall.procs.BotProcess`, account TEST::3), switches Anvil to interval mining
+process (`margincall.keeper.procs.BotProcess`, account TEST::3), switches Anvil to interval mining
 at one block a second, and posts one price update that drops both markets 12%: every
 account becomes CRITICAL or BANKRUPT at once. It then watches the chain: for every account,
 the block of its `Liquidation` event and the wall time when that block was first seen,
@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the project (an editable install)
 DROP = 0.12
 TARGET = "all in the first block after the update"
 
@@ -41,12 +41,12 @@ def measure(n: int, gas_limit: int, seed: int = 1, timeout: float = 180.0) -> di
     from ape import accounts, chain, networks
     from ape.logging import logger
 
-    from margincall.deployment import record_of, write_record
-    from margincall.procs import BotProcess
+    from margincall.deploy.record import record_of, write_record
+    from margincall.keeper.procs import BotProcess
     from margincall.sim.chain import Anvil, Rpc, hexint
     from margincall.sim.paths import flash_crash
     from margincall.sim.population import PopulationConfig
-    from margincall.sim.runner import SimConfig, Simulation, Tx
+    from margincall.sim.replay import SimConfig, Simulation, Tx
     from margincall.sim.simulate import load_project
 
     logger.set_level("ERROR")

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the project (an editable install)
 SIZES = (1_000, 10_000)
 TARGET = 20_000  # accounts/s, PROTOCOL.md section 7
 CHUNK = 500
@@ -62,7 +62,7 @@ def measure(
     from margincall.sim.chain import Anvil, Rpc, decode_statuses
     from margincall.sim.paths import black_thursday
     from margincall.sim.population import PopulationConfig
-    from margincall.sim.runner import SimConfig, Simulation
+    from margincall.sim.replay import SimConfig, Simulation
     from margincall.sim.simulate import load_project, machine
 
     logger.set_level("ERROR")

@@ -42,8 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[3]  # the project (an editable install)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
@@ -148,7 +147,7 @@ def scan_headline(result: dict) -> dict[str, dict]:
 
 
 def run_scan(write: bool) -> dict[str, Any]:
-    import bench_scan
+    from margincall.bench import scan as bench_scan
 
     print("scan throughput: opening 10,000 accounts ...", flush=True)
     result = bench_scan.measure(repeat=5)
@@ -204,7 +203,7 @@ def run_sim(traders: int, seed: int, write: bool, scenarios: tuple[str, ...]) ->
     only when `scenarios` is the full set: a partial table never replaces the full one."""
     from margincall.sim import plots
     from margincall.sim.population import scenario_population
-    from margincall.sim.runner import SimConfig
+    from margincall.sim.replay import SimConfig
     from margincall.sim.simulate import simulate
 
     complete = set(scenarios) == set(SCENARIOS)
@@ -417,7 +416,7 @@ def _ratio(name: str, value: float) -> tuple[str, int]:
 
 def sensitivity_plans() -> dict[str, dict[str, list]]:
     """Per scenario, per table: the variants (phased runs on one setup)."""
-    from margincall.sim.runner import Variant
+    from margincall.sim.replay import Variant
 
     gas = [Variant(f"{g:g} gwei", gas_price_gwei=g) for g in GAS_SWEEP]
     return {
@@ -499,7 +498,7 @@ def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
     from margincall.sim.metrics import summarize
     from margincall.sim.paths import scenario_path
     from margincall.sim.population import scenario_population
-    from margincall.sim.runner import SimConfig, Simulation, Variant
+    from margincall.sim.replay import SimConfig, Simulation, Variant
     from margincall.sim.simulate import own_chain
 
     out: dict[str, Any] = {"tables": {}, "defaults": {}, "fund": []}

@@ -9,7 +9,7 @@ merged with the options) is checked with the bot's own rules first: a bad value 
 here, with exit code 2 and the variable's name, not inside the bot. Then this process
 is replaced with
 
-    silverback run <bot> --network <choice> --runner margincall.runner:ResilientRunner
+    silverback run <bot> --network <choice> --runner margincall.keeper.runtime:ResilientRunner
         --account <alias>
 
 from the project root (Silverback loads `bots/<bot>.py` from there). The process is
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import click
 
-from margincall.keeper import ConfigError, KeeperConfig, parse_shard
-from margincall.notify import ENV_VARS, NotifierConfig, NotifierConfigError, notifier_env
-from margincall.procs import PROJECT_ROOT, RUNNER, bot_command
+from margincall.keeper.bot import ConfigError, KeeperConfig, parse_shard
+from margincall.keeper.procs import PROJECT_ROOT, RUNNER, bot_command
+from margincall.notify.courier import ENV_VARS, NotifierConfig, NotifierConfigError, notifier_env
 
 NETWORK_HELP = "Ape network choice, e.g. ethereum:mainnet:node [default: ethereum:local:foundry]."
 ENV_PREFIX = "MARGINCALL_"
-#: Runner settings (margincall.runner), read by both bots: seconds, positive.
+#: Runner settings (margincall.keeper.runtime), read by both bots: seconds, positive.
 RUNNER_VARS = ("MARGINCALL_POLL_INTERVAL", "MARGINCALL_MAX_BACKOFF")
 
 
@@ -129,7 +129,7 @@ def _common(f):
             _option(
                 "--poll-interval",
                 type=click.FloatRange(0.01, 60),
-                default=0.05,  # the runner's own default (margincall.runner)
+                default=0.05,  # the runner's own default (margincall.keeper.runtime)
                 show_default=True,
                 envvar="MARGINCALL_POLL_INTERVAL",
                 show_envvar=True,

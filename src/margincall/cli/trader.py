@@ -47,13 +47,13 @@ from rich.text import Text  # noqa: E402
 
 from margincall import math as ref  # noqa: E402
 from margincall.constants import WAD, State  # noqa: E402
-from margincall.deployment import (  # noqa: E402
+from margincall.deploy.record import (  # noqa: E402
     DEFAULT_DIR,
     DeploymentRecord,
     RecordError,
     read_record,
 )
-from margincall.deployment import record_path as default_record_path  # noqa: E402
+from margincall.deploy.record import record_path as default_record_path  # noqa: E402
 from margincall.report import (  # noqa: E402
     STATE_STYLES,
     fmt_deadline,
@@ -665,15 +665,3 @@ __all__ = [
     "run_withdraw",
     "to_units",
 ]
-
-# the bot launchers live in their own module; registered here so `margincall --help` lists them
-from margincall.cli_bots import keeper as _keeper_command  # noqa: E402
-from margincall.cli_bots import notifier as _notifier_command  # noqa: E402
-
-cli.add_command(_keeper_command, "keeper")
-cli.add_command(_notifier_command, "notifier")
-
-# the stress simulator (src/margincall/sim/cli.py); it starts and stops an Anvil of its own
-from margincall.sim.cli import simulate as _simulate_command  # noqa: E402
-
-cli.add_command(_simulate_command, "simulate")

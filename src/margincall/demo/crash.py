@@ -56,16 +56,16 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from margincall.audit import History, action_delays, delay_stats, read_history
 from margincall.constants import WAD, State
-from margincall.deployment import DeployConfig, deploy_from_config, write_record
-from margincall.notify import EARLY_WARNING, KINDS, event_key
-from margincall.population import crash_path, open_crowd, plan_crowd
-from margincall.procs import BotProcess
+from margincall.deploy.record import DeployConfig, deploy_from_config, write_record
+from margincall.keeper.audit import History, action_delays, delay_stats, read_history
+from margincall.keeper.procs import BotProcess
+from margincall.keeper.tx import TxSender
+from margincall.notify.courier import EARLY_WARNING, KINDS, event_key
+from margincall.notify.webhook_sink import Delivery, WebhookServer
 from margincall.report import fmt_tokens, kv_table
 from margincall.sdk import Clients, MarginCallError
-from margincall.tx import TxSender
-from margincall.webhook_sink import Delivery, WebhookServer
+from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
 
 warnings.filterwarnings("ignore", message="Field 'import_remapping'")
 

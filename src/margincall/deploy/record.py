@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from margincall.constants import MAX_MARKETS, WAD
-from margincall.deploy import ZERO, MarketSpec, add_market, deploy_system
+from margincall.deploy.system import ZERO, MarketSpec, add_market, deploy_system
 from margincall.math import RiskParams
 
 RECORD_VERSION = 1

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from margincall.constants import State
-from margincall.keeper_logic import Snapshot, state_at
+from margincall.keeper.logic import Snapshot, state_at
 
 ENGINE_EVENTS = ("MarginCall", "MarginCallCleared", "Liquidation", "BadDebt", "PositionChanged")
 

@@ -2,7 +2,7 @@
 
 `bots/keeper.py` (Silverback) is a thin shell around `Keeper`; the demo and
 the tests run that bot as a real process. Decisions are the pure functions
-of `margincall.keeper_logic`; this module does the I/O around them:
+of `margincall.keeper.logic`; this module does the I/O around them:
 
 1. at start, rebuild the set of accounts with open positions from the
    engine's `PositionChanged` logs since the deployment block (one
@@ -16,7 +16,7 @@ of `margincall.keeper_logic`; this module does the I/O around them:
      head's plus the block interval, `keeper_logic.BlockClock`), and send
      `liquidate_many` / `margin_call_many` batches without waiting, one nonce
      after the other, with the fees fixed once per block from the head's base
-     fee (`margincall.tx.TxSender`);
+     fee (`margincall.keeper.tx.TxSender`);
    - then: read the receipts of its mined transactions (calls and tranches
      made, races lost, rewards, delays), clear recorded margin calls of
      accounts that recovered (`clear_margin_call`, no reward: it protects
@@ -49,7 +49,7 @@ from typing import Any
 from ape.logging import logger
 
 from margincall.constants import MAX_BATCH, MAX_SCAN, TX_GAS_CAP, WAD, State
-from margincall.keeper_logic import (
+from margincall.keeper.logic import (
     GAS_EXTRA_MARKET,
     GAS_PER_CALL,
     GAS_PER_TRANCHE,
@@ -67,9 +67,9 @@ from margincall.keeper_logic import (
     shard,
     window_reopens,
 )
-from margincall.logs import RawEvent
+from margincall.keeper.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
 from margincall.math import RiskParams
-from margincall.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
+from margincall.sdk.events import RawEvent
 
 LOG_CHUNK = 5_000  # blocks per eth_getLogs
 
@@ -263,7 +263,7 @@ def _lower(address: Any) -> str:
 def _head_seen(number: int) -> float | None:
     """When the bot's runner first saw head `number` (latency logs), if a runner runs here;
     never imports Silverback for other users of this module (the simulator)."""
-    runner = sys.modules.get("margincall.runner")
+    runner = sys.modules.get("margincall.keeper.runtime")
     return runner.head_seen(number) if runner is not None else None
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-RUNNER = "margincall.runner:ResilientRunner"
+RUNNER = "margincall.keeper.runtime:ResilientRunner"
 LOCAL_NETWORK = "ethereum:local:foundry"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

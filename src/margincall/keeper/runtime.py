@@ -4,7 +4,7 @@ Silverback's `WebsocketRunner` exits when its websocket drops, and its
 `PollingRunner` relies on Ape's block iterator, which raises on the first
 RPC error. A keeper must outlive a node restart or a network blip, so the
 margincall bots run under `ResilientRunner` (`silverback run keeper --runner
-margincall.runner:ResilientRunner`, which `margincall keeper` and
+margincall.keeper.runtime:ResilientRunner`, which `margincall keeper` and
 `margincall notifier` pass for you):
 
 - it polls the head over HTTP every `MARGINCALL_POLL_INTERVAL` seconds

@@ -126,7 +126,7 @@ class PendingTx:
 @dataclass
 class Mined:
     """A pending transaction with its receipt (the node's raw receipt: `logs`, `status`,
-    `gasUsed`, `blockNumber`; read logs with `margincall.logs.RawEvent`).
+    `gasUsed`, `blockNumber`; read logs with `margincall.sdk.events.RawEvent`).
 
     `cancel` is set when the transaction mined at that nonce was the zero-value
     self-transfer that replaced the action: nothing was done for `tx.accounts`."""

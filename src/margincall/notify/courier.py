@@ -54,7 +54,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from margincall.constants import WAD, State
-from margincall.keeper_logic import PositionBook
+from margincall.keeper.logic import PositionBook
 from margincall.report import fmt_fixed, fmt_ratio
 
 MAX_UINT = 2**256 - 1
@@ -234,7 +234,7 @@ class Context:
 
     @classmethod
     def from_record(cls, record: Any) -> Context:
-        """From a `margincall.deployment.DeploymentRecord`."""
+        """From a `margincall.deploy.record.DeploymentRecord`."""
         return cls(
             chain_id=int(record.chain_id),
             engine=str(record.engine),

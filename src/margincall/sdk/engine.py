@@ -607,7 +607,7 @@ class MarginEngineClient:
 
     def deposit_call(self, amount: int, sender: Any, account: Any = None) -> tuple[Any, tuple]:
         """The checked deposit as `(contract method, arguments)`, for a sender that does not
-        wait for receipts (`margincall.tx.TxSender.send_call`); raises as `deposit` does."""
+        wait for receipts (`margincall.keeper.tx.TxSender.send_call`); raises as `deposit` does."""
         self.check_deposit(amount, sender, account)
         return self.engine.deposit, (amount, _addr(account if account is not None else sender))
 
@@ -1118,7 +1118,7 @@ class Clients:
 
     @classmethod
     def from_record(cls, record: Any, project: Any) -> Clients:
-        """From a `margincall.deployment.DeploymentRecord` and the Ape project's types."""
+        """From a `margincall.deploy.record.DeploymentRecord` and the Ape project's types."""
         c = record.contracts(project)
         return cls.from_contracts(c["engine"], c["token"], c["pool"], c["fund"], c["oracles"])
 

@@ -22,7 +22,7 @@ Definitions:
 - fund drawdown: the largest fall of the fund's balance from a running peak;
 - liquidation delay: the block of a tranche (or full close) less the first
   block in which it was possible, plus one (1 = in that first block, the
-  target); see `margincall.sim.runner.eligible_slot`;
+  target); see `margincall.sim.replay.eligible_slot`;
 - pool assets change: the pool's `totalAssets` at the end less at the start: realised
   trader losses and trading fees in, realised profits and socialised loss out; what open
   positions owe (or are owed) is not in it;
@@ -44,7 +44,7 @@ from typing import Any
 from rich.table import Table
 
 from margincall.constants import WAD, State
-from margincall.sim.runner import RunRecord
+from margincall.sim.replay import RunRecord
 
 PENALTY_TARGET = 0.30  # PROTOCOL.md section 7: at least 30% below the baseline
 PENALTY_GUARD = (

@@ -60,8 +60,8 @@ import numpy as np
 
 from margincall.constants import MAX_SCAN, WAD, State
 from margincall.deploy import MarketSpec, deploy_system
-from margincall.keeper import KeeperConfig
-from margincall.keeper_logic import CostModel, Snapshot, decide
+from margincall.keeper.bot import KeeperConfig
+from margincall.keeper.logic import CostModel, Snapshot, decide
 from margincall.math import RiskParams
 from margincall.sdk import MarginEngineClient, MarginStatus, chunks
 from margincall.sim.baseline import PHASED, params_for

@@ -27,7 +27,7 @@ from margincall.sim.baseline import BASELINE, MODES, PHASED
 from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc
 from margincall.sim.metrics import compare, summarize, timing
 from margincall.sim.paths import PricePath, from_csv, scenario_path
-from margincall.sim.runner import RunRecord, SimConfig, Simulation, tail_seconds
+from margincall.sim.replay import RunRecord, SimConfig, Simulation, tail_seconds
 
 Progress = Callable[[str, int, int, str], None]  # (mode, done, total, text)
 
