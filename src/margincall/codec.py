@@ -6,23 +6,25 @@ milliseconds per call and dominates a scan of hundreds of accounts. Here:
 - `Abi` encodes calls and decodes outputs and events from a compiled ABI (the one Ape already
   holds, so no hand-written signature can drift);
 - `encode_addresses` builds `f(address[])` calldata directly (about 10x faster than eth_abi);
-- `decode_statuses` turns the raw output of `check_margins` into the SDK's `MarginStatus`
-  objects (the struct is 11 static words; about 5x faster than the generic decoder), and
+- `decode_statuses` turns the raw output of `check_margins` into rows (the SDK's
+  `margincall.sdk.events.decode_statuses` makes them `MarginStatus` objects; the struct is
+  11 static words; about 5x faster than the generic decoder), and
   `check_status_layout` refuses an engine whose struct is not the one it reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
 from margincall.constants import State
-from margincall.sdk import MarginStatus
+
+T = TypeVar("T")
 
 # --- ABI -----------------------------------------------------------------------------------
 
@@ -143,8 +145,13 @@ def check_status_layout(abi: Abi) -> None:
         )
 
 
-def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list[MarginStatus]:
-    """`check_margins` output (hex) as SDK `MarginStatus` objects.
+def decode_statuses(
+    data: str,
+    names: Mapping[bytes, str] | None = None,
+    row: Callable[..., T] = tuple,  # type: ignore[assignment]
+) -> list[T]:
+    """`check_margins` output (hex), one `row(*fields)` per account (fields in
+    `STATUS_FIELDS` order; the SDK passes its `MarginStatus`).
 
     The output is one dynamic array of static 11-word structs: an offset, a
     length, then the words. `names` maps raw 20-byte addresses to the
@@ -154,7 +161,7 @@ def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list
     offset = int.from_bytes(raw[0:32], "big")
     n = int.from_bytes(raw[offset : offset + 32], "big")
     base = offset + 32
-    out: list[MarginStatus] = []
+    out: list[T] = []
     frombytes = int.from_bytes
     states = tuple(State)
     for i in range(n):
@@ -164,7 +171,7 @@ def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list
         if account is None:
             account = to_checksum_address(addr)
         out.append(
-            MarginStatus(
+            row(
                 account,
                 frombytes(raw[w + 32 : w + 64], "big"),
                 frombytes(raw[w + 64 : w + 96], "big", signed=True),

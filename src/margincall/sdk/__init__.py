@@ -1,44 +1,73 @@
-"""The margincall SDK: the only door to the contracts.
+"""Typed SDK over every margincall contract: the only door to the contracts.
 
-Typed clients (one per contract), the dataclasses they return, the errors they raise and
-the event reader. Everything public is importable from `margincall.sdk`.
+- `MarginEngineClient` (`engine`): margin accounts, trades, margin calls, liquidations;
+- `PoolClient` (`pool`): the LP pool (ERC-4626): assets, share price, the open-interest
+  reserve, deposits, redemptions and withdrawals;
+- `FundClient` (`fund`): the insurance fund: balance, donations, its payments to keepers;
+- `OracleClient` (`oracle`): one market's oracle adapter: price, validity, reason, settings;
+- `Clients` (`clients`): all four over one deployed system (`Clients.from_system`,
+  `Clients.from_record`);
+- `types`: the frozen dataclasses the clients return; `errors`: the typed errors they raise;
+- `events`: the one reader and decoder of the contracts' event logs (`RawEvent`) and the
+  fast `check_margins` decoder (`decode_statuses`).
+
+Everything the CLI, the bots, the scripts, the simulator and the tests do with the contracts
+goes through these clients (tests/unit/test_sdk_door.py keeps it so). Reads come back as
+frozen dataclasses with plain integers (wad for values and ratios, token units for token
+amounts, as the engine documents). Every sender checks first, with the engine's own views
+and the reference math of `margincall.math`, and raises a typed `MarginCallError` with a
+clear message instead of sending a transaction that would revert.
 """
 
-from margincall.sdk.engine import (
-    AccountRecord,
+from margincall.constants import State
+from margincall.sdk.clients import (
     Clients,
-    FeedSettings,
-    FundClient,
-    FundState,
+)
+from margincall.sdk.engine import (
+    MarginEngineClient,
+)
+from margincall.sdk.errors import (
     InsufficientFunds,
     InsufficientMargin,
     InvalidRequest,
-    KeeperPayment,
-    LiquidationPreview,
-    LpPosition,
     MarginCallError,
-    MarginEngineClient,
-    MarginStatus,
-    Market,
     NotCallable,
     NotLiquidatable,
-    OracleClient,
     OracleError,
-    OracleStatus,
-    PoolClient,
-    PoolState,
-    Position,
     ReserveLocked,
     SharesLocked,
     SlippageExceeded,
     StalePrice,
-    State,
     TooSoon,
     UnderMarginCall,
     WindowFull,
+)
+from margincall.sdk.events import (
+    RawEvent,
+)
+from margincall.sdk.fund import (
+    FundClient,
+    FundState,
+    KeeperPayment,
+)
+from margincall.sdk.oracle import (
+    FeedSettings,
+    OracleClient,
+    OracleStatus,
+)
+from margincall.sdk.pool import (
+    LpPosition,
+    PoolClient,
+    PoolState,
+)
+from margincall.sdk.types import (
+    AccountRecord,
+    LiquidationPreview,
+    MarginStatus,
+    Market,
+    Position,
     chunks,
 )
-from margincall.sdk.events import RawEvent
 
 __all__ = [
     "AccountRecord",
@@ -74,4 +103,5 @@ __all__ = [
     "UnderMarginCall",
     "WindowFull",
     "chunks",
+    "decode_statuses",
 ]

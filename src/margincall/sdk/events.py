@@ -5,6 +5,9 @@ keeper must read them between two blocks. Ape's decoder builds a rich object per
 (hundreds of microseconds each); the keeper needs three fields. `RawEvent` reads any
 static field of a log straight from its topics and data words, using the event's ABI only
 to know where each field is.
+
+`decode_statuses` reads the raw output of `check_margins` (a keeper's scan, the simulator)
+into `MarginStatus` objects, through the codec below the SDK.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from eth_utils import keccak, to_checksum_address
+
+from margincall import codec
+from margincall.sdk.types import MarginStatus
 
 
 def _bytes(value: Any) -> bytes:
@@ -63,4 +69,10 @@ class RawEvent:
         ]
 
 
-__all__ = ["RawEvent"]
+def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list[MarginStatus]:
+    """`check_margins` output (hex) as `MarginStatus` objects. `names` maps raw 20-byte
+    addresses to the strings the caller uses (faster than checksumming each)."""
+    return codec.decode_statuses(data, names, MarginStatus)
+
+
+__all__ = ["RawEvent", "decode_statuses"]
