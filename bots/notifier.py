@@ -25,7 +25,7 @@ from ape.logging import logger
 from silverback import SilverbackBot
 
 from margincall.deploy.record import read_record, record_path
-from margincall.notify.courier import (
+from margincall.notify import (
     ApeSource,
     Context,
     Courier,

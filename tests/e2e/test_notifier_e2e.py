@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from margincall.constants import State
-from margincall.notify.courier import (
+from margincall.notify import (
     EARLY_WARNING,
     KINDS,
     EngineEvent,

@@ -26,7 +26,7 @@ from margincall.deploy.record import (
     load_config,
     write_record,
 )
-from margincall.notify.courier import ENV_VARS, NotifierConfig, default_outbox
+from margincall.notify import ENV_VARS, NotifierConfig, default_outbox
 from margincall.report import fmt_wad
 from margincall.sdk import InsufficientFunds, InsufficientMargin, InvalidRequest
 from tests.utils.helpers import fund_lp

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from margincall.constants import WAD, State
-from margincall.notify.courier import (
+from margincall.notify import (
     EARLY_WARNING,
     Context,
     Courier,

@@ -29,7 +29,7 @@ import click
 
 from margincall.keeper.bot import ConfigError, KeeperConfig, parse_shard
 from margincall.keeper.procs import PROJECT_ROOT, RUNNER, bot_command
-from margincall.notify.courier import ENV_VARS, NotifierConfig, NotifierConfigError, notifier_env
+from margincall.notify import ENV_VARS, NotifierConfig, NotifierConfigError, notifier_env
 
 NETWORK_HELP = "Ape network choice, e.g. ethereum:mainnet:node [default: ethereum:local:foundry]."
 ENV_PREFIX = "MARGINCALL_"

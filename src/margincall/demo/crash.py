@@ -61,7 +61,7 @@ from margincall.deploy.record import DeployConfig, deploy_from_config, write_rec
 from margincall.keeper.audit import History, action_delays, delay_stats, read_history
 from margincall.keeper.procs import BotProcess
 from margincall.keeper.tx import TxSender
-from margincall.notify.courier import EARLY_WARNING, KINDS, event_key
+from margincall.notify import EARLY_WARNING, KINDS, event_key
 from margincall.notify.webhook_sink import Delivery, WebhookServer
 from margincall.report import fmt_tokens, kv_table
 from margincall.sdk import Clients, MarginCallError

@@ -42,9 +42,7 @@ from margincall.sdk.errors import (
     UnderMarginCall,
     WindowFull,
 )
-from margincall.sdk.events import (
-    RawEvent,
-)
+from margincall.sdk.events import RawEvent, decode_statuses
 from margincall.sdk.fund import (
     FundClient,
     FundState,
