@@ -1,4 +1,4 @@
-"""The simulator's eligibility rule (src/margincall/sim/runner.py): the state after block b,
+"""The simulator's eligibility rule (src/margincall/sim/replay.py): the state after block b,
 evaluated at the timestamp of block b + 1, with the engine's rules; no chain needed."""
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def run_sim(traders: int, seed: int, write: bool, scenarios: tuple[str, ...]) ->
     only when `scenarios` is the full set: a partial table never replaces the full one."""
     from margincall.sim import plots
     from margincall.sim.population import scenario_population
-    from margincall.sim.replay import SimConfig
+    from margincall.sim.setup import SimConfig
     from margincall.sim.simulate import simulate
 
     complete = set(scenarios) == set(SCENARIOS)
@@ -416,7 +416,7 @@ def _ratio(name: str, value: float) -> tuple[str, int]:
 
 def sensitivity_plans() -> dict[str, dict[str, list]]:
     """Per scenario, per table: the variants (phased runs on one setup)."""
-    from margincall.sim.replay import Variant
+    from margincall.sim.setup import Variant
 
     gas = [Variant(f"{g:g} gwei", gas_price_gwei=g) for g in GAS_SWEEP]
     return {
@@ -498,7 +498,8 @@ def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
     from margincall.sim.metrics import summarize
     from margincall.sim.paths import scenario_path
     from margincall.sim.population import scenario_population
-    from margincall.sim.replay import SimConfig, Simulation, Variant
+    from margincall.sim.replay import Simulation
+    from margincall.sim.setup import SimConfig, Variant
     from margincall.sim.simulate import own_chain
 
     out: dict[str, Any] = {"tables": {}, "defaults": {}, "fund": []}

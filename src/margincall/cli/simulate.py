@@ -155,7 +155,7 @@ def simulate(
     period, by depositing or reducing; the rest never cure. The keeper is the project's
     keeper logic at --gas-price-gwei, one scan per block, acting in the next block.
     """
-    from margincall.sim.replay import SimConfig, SimulationError
+    from margincall.sim.setup import SimConfig, SimulationError
     from margincall.sim.simulate import load_path
     from margincall.sim.simulate import simulate as run_simulation
 

@@ -44,7 +44,7 @@ from typing import Any
 from rich.table import Table
 
 from margincall.constants import WAD, State
-from margincall.sim.replay import RunRecord
+from margincall.sim.setup import RunRecord
 
 PENALTY_TARGET = 0.30  # PROTOCOL.md section 7: at least 30% below the baseline
 PENALTY_GUARD = (

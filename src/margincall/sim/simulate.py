@@ -27,7 +27,8 @@ from margincall.sim.baseline import BASELINE, MODES, PHASED
 from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc
 from margincall.sim.metrics import compare, summarize, timing
 from margincall.sim.paths import PricePath, from_csv, scenario_path
-from margincall.sim.replay import RunRecord, SimConfig, Simulation, tail_seconds
+from margincall.sim.replay import Simulation
+from margincall.sim.setup import RunRecord, SimConfig, tail_seconds
 
 Progress = Callable[[str, int, int, str], None]  # (mode, done, total, text)
 
