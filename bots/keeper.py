@@ -19,7 +19,8 @@ from ape.logging import logger
 from silverback import SilverbackBot
 
 from margincall.deploy.record import read_record
-from margincall.keeper.bot import Keeper, KeeperConfig
+from margincall.keeper.bot import Keeper
+from margincall.keeper.config import KeeperConfig
 from margincall.keeper.tx import TxSender
 
 bot = SilverbackBot()

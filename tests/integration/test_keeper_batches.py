@@ -9,7 +9,8 @@ import pytest
 
 from margincall.constants import State
 from margincall.deploy.record import record_of
-from margincall.keeper.bot import Keeper, KeeperConfig
+from margincall.keeper.bot import Keeper
+from margincall.keeper.config import KeeperConfig
 from margincall.keeper.logic import Decision
 from margincall.keeper.tx import TooLarge, TxSender
 from tests.utils.helpers import deposit, open_position

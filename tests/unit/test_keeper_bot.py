@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from margincall.cli import cli
 from margincall.constants import WAD, State
 from margincall.keeper.audit import delay_stats
-from margincall.keeper.bot import ConfigError, KeeperConfig, parse_shard
+from margincall.keeper.config import ConfigError, KeeperConfig, parse_shard
 from margincall.keeper.logic import (
     GAS_EXTRA_MARKET,
     GAS_PER_CALL,

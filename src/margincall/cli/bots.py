@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from margincall.keeper.bot import ConfigError, KeeperConfig, parse_shard
+from margincall.keeper.config import ConfigError, KeeperConfig, parse_shard
 from margincall.keeper.procs import PROJECT_ROOT, RUNNER, bot_command
 from margincall.notify import ENV_VARS, NotifierConfig, NotifierConfigError, notifier_env
 

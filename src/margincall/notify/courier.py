@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from margincall.keeper.logic import PositionBook
 from margincall.notify.messages import (
     Context,
     EngineEvent,
@@ -27,6 +26,7 @@ from margincall.notify.webhook import (
     Sender,
     deliver,
 )
+from margincall.sdk.book import PositionBook
 
 # --- the notifier -------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from margincall.keeper.logic import PositionBook
 from margincall.notify.messages import Message
+from margincall.sdk.book import PositionBook
 
 # --- outbox -------------------------------------------------------------------------------
 

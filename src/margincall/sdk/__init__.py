@@ -20,6 +20,7 @@ clear message instead of sending a transaction that would revert.
 """
 
 from margincall.constants import State
+from margincall.sdk.book import PositionBook, open_accounts
 from margincall.sdk.clients import (
     Clients,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "PoolClient",
     "PoolState",
     "Position",
+    "PositionBook",
     "RawEvent",
     "ReserveLocked",
     "SharesLocked",
@@ -102,4 +104,5 @@ __all__ = [
     "WindowFull",
     "chunks",
     "decode_statuses",
+    "open_accounts",
 ]

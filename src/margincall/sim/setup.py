@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from margincall.deploy import MarketSpec, deploy_system
-from margincall.keeper.bot import KeeperConfig
+from margincall.keeper.config import KeeperConfig
 from margincall.math import RiskParams
 from margincall.sdk import MarginEngineClient, chunks
 from margincall.sim.chain import (
