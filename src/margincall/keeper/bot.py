@@ -47,6 +47,7 @@ from ape.logging import logger
 
 from margincall.constants import State
 from margincall.keeper.config import KeeperConfig
+from margincall.keeper.gas import gas_price
 from margincall.keeper.logic import (
     BlockClock,
     CostModel,
@@ -54,14 +55,13 @@ from margincall.keeper.logic import (
     Snapshot,
     can_call,
     can_liquidate,
-    decide,
-    held_by_window,
     shard,
     window_reopens,
 )
 from margincall.keeper.metrics import (
     Metrics,
 )
+from margincall.keeper.step import Caps, Memory, Plan, mmr_of, plan_block
 from margincall.keeper.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
 from margincall.math import RiskParams
 from margincall.sdk.book import (
@@ -185,12 +185,8 @@ class Keeper:
         self.params = params
 
     def _mmr_of(self, account: str) -> int:
-        """The largest mmr of the account's markets (from the position book), 0 if unknown:
-        a tighter reward bound than all markets' largest mmr (`Snapshot.mmr`)."""
-        held = self.state.book.markets.get(account)
-        if not held or max(held) >= len(self.mmrs):
-            return 0
-        return max(self.mmrs[m] for m in held)
+        """The largest mmr of the account's markets (from the position book), 0 if unknown."""
+        return mmr_of(account, self.state.book.markets, self.mmrs)
 
     # --- startup ---
 
@@ -305,7 +301,7 @@ class Keeper:
             base_fee = int(block.get("baseFeePerGas", 0) or 0)
             gas_limit = int(block["gasLimit"])
         _, tip = self.sender.begin_block(number, base_fee)
-        self.costs = replace(self.costs, gas_price=base_fee + tip)
+        self.costs = replace(self.costs, gas_price=gas_price(base_fee, tip))
 
         # the three reads the decision needs, at once, all at block `number`
         known = self._mine(state.book.accounts)
@@ -329,21 +325,12 @@ class Keeper:
         scanned_ms = 1000 * (time.monotonic() - self._t0)
 
         busy = {_lower(a) for a in self.sender.in_flight(mined)}
-        snaps_all = [Snapshot.from_status(s, self._mmr_of(s.account)) for s in statuses]
-        free = [
-            s for s in snaps_all if _lower(s.account) not in busy and s.account not in state.backoff
-        ]
-        kept, held = held_by_window(free, now, state.book.markets, state.window_full_until)
-        state.held_window = len(held)
-        self._mark_eligible(kept, number, now)
-        decision = decide(kept, now, self.costs, max_batch=self.config.max_batch)
+        plan = self.plan(statuses, number, timestamp, now, busy)
+        decision = plan.decision
+        state.held_window = len(plan.held_window)
+        self._mark_eligible(list(plan.kept), number, now)
         self._mark_worth(decision, number)
-        free_costs = replace(self.costs, gas_price=0)
-        due_next = frozenset(
-            s.account
-            for s in kept
-            if s.account in set(decision.liquidated) and not can_liquidate(s, timestamp, free_costs)
-        )
+        due_next = plan.due_next
         first = self._send(decision, number, gas_limit, due_next, mined)
         if first is not None:
             after = f", {1000 * (first - seen):.0f} ms after the head was seen" if seen else ""
@@ -356,17 +343,36 @@ class Keeper:
             )
 
         # the rest does not hold up the first transaction
-        self._wanted = self._worth_sending(snaps_all, now)
+        self._wanted = self._worth_sending(list(plan.snapshots), now)
         if mined is not None:  # else nothing was pending before this block's sends
             self._collect(number, mined)
-        if self.config.clear_calls:
-            self._clear_recovered(statuses, number, busy, gas_limit)
+        if plan.clears:
+            self._clear_recovered(plan.clears, number, gas_limit)
         self.sender.unstick(number, self._still_useful, mined)
         state.last_scanned = number
         if decision.calls or decision.liquidated or number % self.config.log_every == 0:
             self._log_summary(number, decision)
         self.write_metrics()
         return decision
+
+    def plan(
+        self, statuses: list[Any], number: int, timestamp: int, now: int, busy: set[str]
+    ) -> Plan:
+        """The keeper step of block `number` (`margincall.keeper.step.plan_block`, the one
+        the simulator runs) over its statuses, with this keeper's costs, caps and memory."""
+        state = self.state
+        return plan_block(
+            statuses,
+            number=number,
+            head_timestamp=timestamp,
+            now=now,
+            costs=self.costs,
+            caps=Caps.of(self.config),
+            memory=Memory(state.book.markets, state.window_full_until, state.backoff),
+            call_ratio=self.call_ratio,
+            mmrs=self.mmrs,
+            busy=busy,
+        )
 
     def _mark_eligible(self, snaps: list[Snapshot], number: int, now: int) -> None:
         """First block after which each account was seen actionable (for the delay metric);
@@ -503,22 +509,10 @@ class Keeper:
         except Exception:  # noqa: BLE001 - no budget rather than no keeper
             return None
 
-    def _clear_recovered(
-        self, statuses: list[Any], number: int, busy: set[str], gas_limit: int | None
-    ) -> None:
-        """`clear_margin_call` for recovered accounts (HEALTHY with a call still recorded),
-        at most `max_clears` per block, estimated at once and sent after the batches."""
-        todo = [
-            s.account
-            for s in statuses
-            if s.priced
-            and s.state == State.HEALTHY
-            and s.call_deadline
-            and s.ratio >= self.call_ratio
-            and _lower(s.account) not in busy
-        ][: self.config.max_clears]
-        if not todo:
-            return
+    def _clear_recovered(self, todo: tuple[str, ...], number: int, gas_limit: int | None) -> None:
+        """`clear_margin_call` for recovered accounts (HEALTHY with a call still recorded;
+        the step caps them at `max_clears` per block), estimated at once and sent after the
+        batches."""
         calls = [(self.engine.clear_margin_call, (a,), "clear_margin_call", (a,)) for a in todo]
         results = self.sender.send_many(
             calls, number, gas_budget=gas_limit, tx_gas_cap=self.config.tx_gas_cap

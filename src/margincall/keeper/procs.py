@@ -25,7 +25,7 @@ from typing import IO
 
 RUNNER = "margincall.keeper.runtime:ResilientRunner"
 LOCAL_NETWORK = "ethereum:local:foundry"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

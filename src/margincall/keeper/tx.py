@@ -38,6 +38,8 @@ from typing import Any
 
 from ape.logging import logger
 
+from margincall.keeper.gas import block_fees
+
 NONCE_ERRORS = ("nonce too low", "already known", "replacement transaction underpriced", "nonce")
 TRANSFER_GAS = 21_000
 MIN_BUMP_BPS = 11_250  # +12.5%: more than any common node asks of a replacement
@@ -236,7 +238,7 @@ class TxSender:
         """Fixes the fees of the transactions sent for `block` (whose base fee is
         `base_fee`): `(2 * base_fee + tip, tip)`. Returns them."""
         tip = self.tip(block) if tip is None else tip
-        self._block_fees = (2 * int(base_fee) + tip, tip)
+        self._block_fees = block_fees(base_fee, tip)
         return self._block_fees
 
     def _fees(self) -> tuple[int, int]:
@@ -247,7 +249,7 @@ class TxSender:
         tip = self.priority_fee
         if tip is None:
             tip = int(getattr(self.provider, "priority_fee", 0) or 0)
-        return 2 * base + tip, tip
+        return block_fees(base, tip)
 
     # --- sending ---
 
