@@ -51,6 +51,7 @@ class Abi:
 
     def __init__(self, abi: Iterable[Mapping[str, Any]]):
         self.functions: dict[str, tuple[bytes, list[str], list[str]]] = {}
+        self.outputs: dict[str, list[Mapping[str, Any]]] = {}  # name -> the ABI's outputs
         self.events: dict[bytes, EventAbi] = {}
         self.event_names: dict[str, EventAbi] = {}
         for entry in abi:
@@ -63,6 +64,7 @@ class Abi:
                 known = self.functions.get(entry["name"])
                 if known is None or len(ins) > len(known[1]):
                     self.functions[entry["name"]] = (keccak(text=sig)[:4], ins, outs)
+                    self.outputs[entry["name"]] = list(entry.get("outputs", []))
             elif kind == "event":
                 params = entry.get("inputs", [])
                 sig = f"{entry['name']}({','.join(_canonical(p) for p in params)})"
@@ -90,6 +92,18 @@ class Abi:
         _, _, outs = self.functions[name]
         raw = bytes.fromhex(data[2:]) if isinstance(data, str) else data
         return tuple(abi_decode(outs, raw))
+
+    def decode_named(self, name: str, data: str | bytes) -> dict[str, Any]:
+        """The output of `name` by field name: a struct's components (one struct returned),
+        or the outputs' names (several; unnamed ones as `out0`, `out1`...)."""
+        values = self.decode(name, data)
+        outs = self.outputs[name]
+        if len(outs) == 1 and outs[0].get("components"):
+            return {c["name"]: v for c, v in zip(outs[0]["components"], values[0], strict=True)}
+        return {
+            (o.get("name") or f"out{i}"): v
+            for i, (o, v) in enumerate(zip(outs, values, strict=True))
+        }
 
     def decode_log(self, log: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """`(event name, fields)` of a raw log, or None if it is not one of this ABI's events."""

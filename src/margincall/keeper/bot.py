@@ -61,7 +61,15 @@ from margincall.keeper.logic import (
 from margincall.keeper.metrics import (
     Metrics,
 )
-from margincall.keeper.step import Caps, Memory, Plan, mmr_of, plan_block
+from margincall.keeper.step import (
+    REASON_WINDOW_FULL,
+    WINDOW_PREVIEWS,
+    Caps,
+    Memory,
+    Plan,
+    mmr_of,
+    plan_block,
+)
 from margincall.keeper.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
 from margincall.math import RiskParams
 from margincall.sdk.book import (
@@ -111,8 +119,6 @@ def _head_seen(number: int) -> float | None:
 # three; docs/bots.md)
 DUE_NEXT_GAS = 250_000
 TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction is retried
-WINDOW_PREVIEWS = 20  # skipped accounts per receipt checked for a full liquidation window
-REASON_WINDOW_FULL = 3  # `preview_liquidation(...).reason` when the window cap is reached
 
 
 class Keeper:

@@ -32,6 +32,9 @@ from margincall.keeper.logic import (
     held_by_window,
 )
 
+WINDOW_PREVIEWS = 20  # skipped accounts per receipt checked for a full liquidation window
+REASON_WINDOW_FULL = 3  # `preview_liquidation(...).reason` when the window cap is reached
+
 
 @dataclass(frozen=True)
 class Caps:
@@ -187,4 +190,14 @@ def actionable(snaps: Iterable[Snapshot], now: int, costs: CostModel) -> set[str
     return {s.account for s in snaps if can_liquidate(s, now, free) or can_call(s, free)}
 
 
-__all__ = ["Caps", "Memory", "Plan", "actionable", "mmr_of", "plan_block", "recovered"]
+__all__ = [
+    "REASON_WINDOW_FULL",
+    "WINDOW_PREVIEWS",
+    "Caps",
+    "Memory",
+    "Plan",
+    "actionable",
+    "mmr_of",
+    "plan_block",
+    "recovered",
+]

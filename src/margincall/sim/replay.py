@@ -21,9 +21,18 @@ from typing import Any
 import numpy as np
 
 from margincall.constants import MAX_SCAN, WAD, State
-from margincall.keeper.logic import CostModel, Snapshot, decide
+from margincall.keeper.gas import gwei
+from margincall.keeper.logic import CostModel, Snapshot, window_reopens
+from margincall.keeper.step import (
+    REASON_WINDOW_FULL,
+    WINDOW_PREVIEWS,
+    Caps,
+    Memory,
+    Plan,
+    plan_block,
+)
 from margincall.math import RiskParams
-from margincall.sdk import MarginStatus, chunks
+from margincall.sdk import MarginStatus, PositionBook, chunks
 from margincall.sim.baseline import PHASED, params_for
 from margincall.sim.chain import (
     decode_statuses,
@@ -219,8 +228,19 @@ class Replay:
             params,
             [spec.mmr for spec in sim.market_specs()],
             sim.config.decimals,
-            int(self.gas_price_gwei * 10**9),
+            gwei(self.gas_price_gwei),
         )
+        # the shipped keeper's step: its caps, and its memory (the position book, full
+        # liquidation windows, backoffs), kept as the bot keeps them
+        self.caps = Caps.of(sim.keeper_config, margin_calls=mode == PHASED)
+        self.mmrs = [spec.mmr for spec in sim.market_specs()]
+        self.book = PositionBook()
+        for trader in sim.population.traders:
+            for i in range(len(sim.markets)):
+                size = self._initial_size(trader.address, i)
+                if size:
+                    self.book.apply({"account": trader.address, "market_id": i, "size": size})
+        self.memory = Memory(self.book.markets, {}, {})
 
     # --- prices and the keeper's exchange rate ---
 
@@ -352,6 +372,9 @@ class Replay:
             account = self._name(ev.get("account"))
             if name == "PositionChanged":
                 self.sizes[(account, int(ev["market_id"]))] = int(ev["size"])
+                self.book.apply(
+                    {"account": account, "market_id": int(ev["market_id"]), "size": int(ev["size"])}
+                )
             elif name == "Liquidation":
                 acted.add(account)
                 rec.liquidations.append(
@@ -411,6 +434,8 @@ class Replay:
         if tx.label in ("liquidate_many", "margin_call_many"):
             skipped = [a for a in tx.accounts if a not in acted]
             rec.keeper_skipped += len(skipped)
+            if skipped and tx.label == "liquidate_many":
+                self._window_full(skipped)
 
     def _name(self, raw: Any) -> str:
         if raw is None:
@@ -480,59 +505,91 @@ class Replay:
                 *pct,
             )
         )
-        # the keeper: its transactions go into the next slot and carry that slot's timestamp
-        snaps = [Snapshot.from_status(s) for s in open_now if s.account not in self.in_flight]
-        self._mark_eligible(snaps, slot)
+        # the keeper: the shipped keeper's step; its transactions go into the next slot and
+        # carry that slot's timestamp
         now = self.t0 + (slot + 1) * self.bt
-        decision = decide(snaps, now, self._costs_now(), max_batch=sim.keeper_config.max_batch)
-        enc = sim.engine_abi.encode
-        txs = [
-            Tx(
-                sim.population.keeper,
-                sim.engine,
-                enc("liquidate_many", list(b)),
-                "liquidate_many",
-                accounts=b,
-            )
-            for b in decision.liquidations
-        ]
-        if self.mode == PHASED:
-            txs += [
-                Tx(
-                    sim.population.keeper,
-                    sim.engine,
-                    enc("margin_call_many", list(b)),
-                    "margin_call_many",
-                    accounts=b,
-                )
-                for b in decision.margin_calls
-            ]
-            if sim.keeper_config.clear_calls:
-                for s in open_now:
-                    if (
-                        s.priced
-                        and s.state == State.HEALTHY
-                        and s.call_deadline
-                        and s.ratio >= self.params.call_ratio
-                        and s.account not in self.in_flight
-                    ):
-                        txs.append(
-                            Tx(
-                                sim.population.keeper,
-                                sim.engine,
-                                enc("clear_margin_call", s.account),
-                                "clear_margin_call",
-                                GAS["clear_margin_call"],
-                                (s.account,),
-                            )
-                        )
+        self._mark_eligible(
+            [Snapshot.from_status(s) for s in open_now if s.account not in self.in_flight], slot
+        )
+        plan = self.plan(open_now, slot, now)
+        rec.keeper_held_window += len(plan.held_window)
+        rec.keeper_backed_off += len(plan.backed_off)
+        rec.keeper_clears_capped += plan.clears_capped
+        txs = self._keeper_txs(plan)
         self.keeper_txs = txs
         # to act in the first slot at or after `wake_at`, scan in the slot before it
         self.wake_slot = (
-            None
-            if decision.wake_at is None
-            else first_slot_at(decision.wake_at, self.t0, self.bt) - 1
+            None if plan.wake_at is None else first_slot_at(plan.wake_at, self.t0, self.bt) - 1
         )
+
+    def plan(self, statuses: list[MarginStatus], slot: int, now: int) -> Plan:
+        """The keeper step after block `slot` (`margincall.keeper.step.plan_block`, the one
+        `Keeper.on_block` runs), with the bot's cost model, caps and memory."""
+        return plan_block(
+            statuses,
+            number=slot,
+            head_timestamp=self.t0 + slot * self.bt,
+            now=now,
+            costs=self._costs_now(),
+            caps=self.caps,
+            memory=self.memory,
+            call_ratio=self.params.call_ratio,
+            mmrs=self.mmrs,
+            busy=self.in_flight,
+        )
+
+    def _keeper_txs(self, plan: Plan) -> list[Tx]:
+        """The plan's transactions (calldata from the engine's ABI), most urgent first."""
+        sim = self.sim
+        enc = sim.engine_abi.encode
+        keeper = sim.population.keeper
+        txs = [
+            Tx(keeper, sim.engine, enc("liquidate_many", list(b)), "liquidate_many", accounts=b)
+            for b in plan.decision.liquidations
+        ]
+        txs += [
+            Tx(keeper, sim.engine, enc("margin_call_many", list(b)), "margin_call_many", accounts=b)
+            for b in plan.decision.margin_calls
+        ]
+        txs += [
+            Tx(
+                keeper,
+                sim.engine,
+                enc("clear_margin_call", a),
+                "clear_margin_call",
+                GAS["clear_margin_call"],
+                (a,),
+            )
+            for a in plan.clears
+        ]
+        return txs
+
+    def _window_full(self, skipped: list[str]) -> None:
+        """As the bot (`Keeper._window_full`): of the accounts a `liquidate_many` skipped, those
+        the engine held back because a market's liquidation window was full
+        (`preview_liquidation` reason 3): records until when each of their markets' windows
+        stays full, so that the step holds them back instead of resending them."""
+        sim, abi = self.sim, self.sim.engine_abi
+        accounts = skipped[:WINDOW_PREVIEWS]
+        calls = [sim.eth_call(sim.engine, abi.encode("preview_liquidation", a)) for a in accounts]
+        full = self.memory.window_full_until
+        markets = set()
+        for account, out in zip(accounts, sim.rpc.batch(calls), strict=True):
+            if int(abi.decode_named("preview_liquidation", out)["reason"]) == REASON_WINDOW_FULL:
+                markets.update(m for m in self.book.markets.get(account, ()) if m not in full)
+        for m in sorted(markets):
+            state, market = sim.rpc.batch(
+                [
+                    sim.eth_call(sim.engine, abi.encode("window_state", m)),
+                    sim.eth_call(sim.engine, abi.encode("markets", m)),
+                ]
+            )
+            start, used = abi.decode("window_state", state)
+            cap = int(abi.decode_named("markets", market)["window_cap"])
+            until = window_reopens(int(start), int(used), cap, self.params.liquidation_window)
+            if until is not None:
+                full[m] = until
+                self.record.keeper_windows_full += 1
 
     def _mark_eligible(self, snaps: list[Snapshot], slot: int) -> None:
         """The first slot in which each account's next tranche (or call) was possible, from

@@ -162,6 +162,13 @@ class RunRecord:
     keeper_fee_tokens: float = 0.0
     keeper_skipped: int = 0  # accounts sent to a batch that the engine skipped
     keeper_reverts: int = 0  # keeper transactions that reverted (out of gas, ...)
+    # the shipped keeper's step (`margincall.keeper.step`), summed over the blocks: accounts
+    # held back by a full liquidation window, backed off (too large for one transaction),
+    # recovered calls left for a later block by `max_clears`; full windows detected
+    keeper_held_window: int = 0
+    keeper_backed_off: int = 0
+    keeper_clears_capped: int = 0
+    keeper_windows_full: int = 0
     trader_txs: int = 0
     trader_reverts: int = 0
     cures_planned: int = 0
