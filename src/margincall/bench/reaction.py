@@ -46,9 +46,8 @@ def measure(n: int, gas_limit: int, seed: int = 1, timeout: float = 180.0) -> di
     from margincall.sim.chain import Anvil, Rpc, hexint
     from margincall.sim.paths import flash_crash
     from margincall.sim.population import PopulationConfig
-    from margincall.sim.replay import Simulation
     from margincall.sim.setup import SimConfig, Tx
-    from margincall.sim.simulate import load_project
+    from margincall.sim.simulate import Simulation, load_project
 
     logger.set_level("ERROR")
     work = Path(tempfile.mkdtemp(prefix="bench-reaction-"))

@@ -62,9 +62,8 @@ def measure(
     from margincall.sim.chain import Anvil, Rpc, decode_statuses
     from margincall.sim.paths import black_thursday
     from margincall.sim.population import PopulationConfig
-    from margincall.sim.replay import Simulation
     from margincall.sim.setup import SimConfig
-    from margincall.sim.simulate import load_project, machine
+    from margincall.sim.simulate import Simulation, load_project, machine
 
     logger.set_level("ERROR")
     n_max = max(sizes)

@@ -498,9 +498,8 @@ def run_sensitivity(traders: int, seed: int, write: bool) -> dict:
     from margincall.sim.metrics import summarize
     from margincall.sim.paths import scenario_path
     from margincall.sim.population import scenario_population
-    from margincall.sim.replay import Simulation
     from margincall.sim.setup import SimConfig, Variant
-    from margincall.sim.simulate import own_chain
+    from margincall.sim.simulate import Simulation, own_chain
 
     out: dict[str, Any] = {"tables": {}, "defaults": {}, "fund": []}
     for name, tables in sensitivity_plans().items():

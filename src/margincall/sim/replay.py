@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -33,7 +31,7 @@ from margincall.keeper.step import (
 )
 from margincall.math import RiskParams
 from margincall.sdk import MarginStatus, PositionBook, chunks
-from margincall.sim.baseline import PHASED, params_for
+from margincall.sim.baseline import PHASED
 from margincall.sim.chain import (
     decode_statuses,
     hexint,
@@ -41,9 +39,6 @@ from margincall.sim.chain import (
 from margincall.sim.paths import ETH
 from margincall.sim.population import (
     PopulationConfig,
-    cure_plan,
-    deposit_to_cure,
-    reduce_to_cure,
 )
 from margincall.sim.setup import (
     FALLBACK_ETH_PRICE,
@@ -51,13 +46,11 @@ from margincall.sim.setup import (
     MAX_UINT,
     RunRecord,
     SimSetup,
-    SimulationError,
     Tx,
-    Variant,
     _ceil_div,
-    _wad,
     tail_seconds,
 )
+from margincall.sim.traders import TraderMoves
 
 
 def first_slot_at(timestamp: int, t0: int, block_time: int) -> int:
@@ -101,81 +94,12 @@ def eligible_slot(
     return None
 
 
-class Simulation(SimSetup):
-    """A simulation: the setup (`SimSetup`) and its replays."""
-
-    def run(
-        self,
-        mode: str,
-        progress: Callable[[int, int, str], None] | None = None,
-        variant: Variant | None = None,
-    ) -> RunRecord:
-        """Replays the path in `mode` (`phased` or `baseline`) from the setup snapshot,
-        optionally with a `variant` of the cure probability or the risk parameters."""
-        if self.snapshot_id is None:
-            raise SimulationError("setup() first")
-        started = time.monotonic()
-        rpc = self.rpc
-        rpc.call("evm_revert", self.snapshot_id)
-        self.snapshot_id = rpc.call("evm_snapshot")
-        self.nonces.clear()
-        self.pending.clear()
-        requests_before = rpc.requests
-        rpc.call("anvil_autoImpersonateAccount", True)
-        rpc.call("evm_setAutomine", False)
-        params = params_for(mode, self.params)
-        population = self.config.population
-        gas_price_gwei = self.config.gas_price_gwei
-        if variant is not None:
-            params = replace(params, **dict(variant.params))
-            if variant.cure_probability is not None:
-                population = replace(population, cure_probability=variant.cure_probability)
-            if variant.gas_price_gwei is not None:
-                gas_price_gwei = variant.gas_price_gwei
-        # the same configuration block in both modes, so both replay the same block grid
-        owner = str(self.owner.address)
-        self.send(
-            [
-                Tx(
-                    owner,
-                    self.engine,
-                    self.engine_abi.encode("set_risk_params", params.as_tuple()),
-                    "set_risk_params",
-                    300_000,
-                )
-            ]
-        )
-        pop = self.population
-        self._fetch_nonces([owner, pop.keeper, pop.oracle] + [t.address for t in pop.traders])
-        for tx, r in self.mine(self.t_setup_end + 1)[0]:
-            if hexint(r["status"]) != 1:
-                raise SimulationError(f"{tx.label} reverted: the engine refused {mode} params")
-        replay = Replay(
-            self, mode, params, self.t_setup_end + 1 + self.config.block_time, gas_price_gwei
-        )
-        replay.population = population
-        replay.record.variant = variant.name if variant is not None else ""
-        try:
-            record = replay.run(progress)
-        finally:
-            self.pending.clear()
-        record.rpc_requests = rpc.requests - requests_before
-        record.wall_seconds = time.monotonic() - started
-        record.load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        return record
-
-    def restore(self) -> None:
-        """Back to automine without impersonation (for a chain shared with other users)."""
-        self.rpc.call("evm_setAutomine", True)
-        self.rpc.call("anvil_autoImpersonateAccount", False)
-
-
-class Replay:
+class Replay(TraderMoves):
     """One run: the block loop, the keeper and the traders."""
 
     def __init__(
         self,
-        sim: Simulation,
+        sim: SimSetup,
         mode: str,
         params: RiskParams,
         t0: int,
@@ -368,74 +292,82 @@ class Replay:
                 continue
             if decoded is None:
                 continue
-            name, ev = decoded
-            account = self._name(ev.get("account"))
-            if name == "PositionChanged":
-                self.sizes[(account, int(ev["market_id"]))] = int(ev["size"])
-                self.book.apply(
-                    {"account": account, "market_id": int(ev["market_id"]), "size": int(ev["size"])}
-                )
-            elif name == "Liquidation":
-                acted.add(account)
-                rec.liquidations.append(
-                    {
-                        "slot": slot,
-                        "t": t,
-                        "account": account,
-                        "tranche": int(ev["tranche"]),
-                        "state": int(ev["state"]),
-                        "fraction": int(ev["fraction"]),
-                        "closed_notional": int(ev["closed_notional"]),
-                        "penalty": int(ev["penalty"]),
-                        "keeper_reward": int(ev["keeper_reward"]),
-                        "fund_fee": int(ev["fund_fee"]),
-                        "full": bool(ev["full_close"]),
-                        "ratio_after": int(ev["ratio_after"]),
-                    }
-                )
-                since = self.liq_since.pop(account, None)
-                if since is not None:
-                    rec.delays.append(slot - since + 1)
-            elif name == "BadDebt":
-                rec.bad_debts.append(
-                    {
-                        "slot": slot,
-                        "t": t,
-                        "account": account,
-                        "amount": int(ev["amount"]),
-                        "paid_by_fund": int(ev["paid_by_fund"]),
-                        "socialised": int(ev["socialised"]),
-                    }
-                )
-            elif name == "MarginCall":
-                acted.add(account)
-                rec.calls.append(
-                    {"slot": slot, "t": t, "account": account, "reward": int(ev["reward"])}
-                )
-                since = self.call_since.pop(account, None)
-                if since is not None:
-                    rec.call_delays.append(slot - since + 1)
-                self._plan_cure(account, t)
-            elif name == "MarginCallCleared":
-                caller = self._name(ev["caller"])
-                by_trader = caller == account
-                rec.clears.append(
-                    {
-                        "slot": slot,
-                        "t": t,
-                        "account": account,
-                        "by_trader": by_trader,
-                        # how the trader cured: deposit, trade (a reduction) or clear_margin_call
-                        "how": tx.label if by_trader else "",
-                    }
-                )
-            elif name == "KeeperPaid":
-                rec.keeper_paid.append({"slot": slot, "t": t, "amount": int(ev["amount"])})
+            if self._event(slot, t, tx, *decoded):
+                acted.add(self._name(decoded[1].get("account")))
         if tx.label in ("liquidate_many", "margin_call_many"):
             skipped = [a for a in tx.accounts if a not in acted]
             rec.keeper_skipped += len(skipped)
             if skipped and tx.label == "liquidate_many":
                 self._window_full(skipped)
+
+    def _event(self, slot: int, t: int, tx: Tx, name: str, ev: Mapping[str, Any]) -> bool:
+        """Records one event of a mined transaction; True for an action on its account (a
+        tranche or a margin call)."""
+        rec = self.record
+        account = self._name(ev.get("account"))
+        acted = False
+        if name == "PositionChanged":
+            self.sizes[(account, int(ev["market_id"]))] = int(ev["size"])
+            self.book.apply(
+                {"account": account, "market_id": int(ev["market_id"]), "size": int(ev["size"])}
+            )
+        elif name == "Liquidation":
+            acted = True
+            rec.liquidations.append(
+                {
+                    "slot": slot,
+                    "t": t,
+                    "account": account,
+                    "tranche": int(ev["tranche"]),
+                    "state": int(ev["state"]),
+                    "fraction": int(ev["fraction"]),
+                    "closed_notional": int(ev["closed_notional"]),
+                    "penalty": int(ev["penalty"]),
+                    "keeper_reward": int(ev["keeper_reward"]),
+                    "fund_fee": int(ev["fund_fee"]),
+                    "full": bool(ev["full_close"]),
+                    "ratio_after": int(ev["ratio_after"]),
+                }
+            )
+            since = self.liq_since.pop(account, None)
+            if since is not None:
+                rec.delays.append(slot - since + 1)
+        elif name == "BadDebt":
+            rec.bad_debts.append(
+                {
+                    "slot": slot,
+                    "t": t,
+                    "account": account,
+                    "amount": int(ev["amount"]),
+                    "paid_by_fund": int(ev["paid_by_fund"]),
+                    "socialised": int(ev["socialised"]),
+                }
+            )
+        elif name == "MarginCall":
+            acted = True
+            rec.calls.append(
+                {"slot": slot, "t": t, "account": account, "reward": int(ev["reward"])}
+            )
+            since = self.call_since.pop(account, None)
+            if since is not None:
+                rec.call_delays.append(slot - since + 1)
+            self._plan_cure(account, t)
+        elif name == "MarginCallCleared":
+            caller = self._name(ev["caller"])
+            by_trader = caller == account
+            rec.clears.append(
+                {
+                    "slot": slot,
+                    "t": t,
+                    "account": account,
+                    "by_trader": by_trader,
+                    # how the trader cured: deposit, trade (a reduction) or clear_margin_call
+                    "how": tx.label if by_trader else "",
+                }
+            )
+        elif name == "KeeperPaid":
+            rec.keeper_paid.append({"slot": slot, "t": t, "amount": int(ev["amount"])})
+        return acted
 
     def _name(self, raw: Any) -> str:
         if raw is None:
@@ -615,97 +547,7 @@ class Replay:
                     else:
                         rec.call_missed += 1
 
-    # --- traders ---
-
-    def _plan_cure(self, account: str, t: int) -> None:
-        trader = self.traders.get(account)
-        if trader is None:
-            return
-        plan = cure_plan(self.population, trader)
-        if not plan.cures:
-            return
-        self.record.cures_planned += 1
-        self.cure_mode[account] = plan.deposit
-        self.cure_seq += 1
-        heapq.heappush(self.cures, (t + plan.delay, self.cure_seq, account))
-
-    def _cure(self, account: str) -> list[Tx]:
-        """The trader's transactions for a cure, from the last status the trader saw."""
-        sim = self.sim
-        s = self.status.get(account)
-        if s is None or s.positions == 0 or not s.priced:
-            return []
-        if s.state == State.BANKRUPT:
-            return []
-        enc = sim.engine_abi.encode
-        target = self.population.cure_target
-        if s.ratio >= self.params.call_ratio:
-            if not s.call_deadline:
-                return []
-            self.record.cures_sent += 1
-            return [
-                Tx(
-                    account,
-                    sim.engine,
-                    enc("clear_margin_call", account),
-                    "clear_margin_call",
-                    GAS["clear_margin_call"],
-                )
-            ]
-        self.record.cures_sent += 1
-        need = _ceil_div(deposit_to_cure(s.equity, s.maintenance, target), sim.scale)
-        if self.cure_mode.get(account, True) and 0 < need <= self.wallet[account]:
-            self.wallet[account] -= need
-            self.record.cures_by_deposit += 1
-            return [
-                Tx(
-                    account,
-                    sim.engine,
-                    enc("deposit", need, account),
-                    "deposit",
-                    GAS["deposit"],
-                    amount=need,
-                )
-            ]
-        fraction = reduce_to_cure(s.equity, s.maintenance, target)
-        out = []
-        for i, m in enumerate(sim.markets):
-            size = self.sizes.get((account, i), self._initial_size(account, i))
-            if size == 0:
-                continue
-            delta = -size if fraction >= 0.98 else -int(size * fraction)
-            if delta == 0:
-                continue
-            price = self.prices[m]
-            bound = _wad(price * (0.95 if size > 0 else 1.05))
-            out.append(
-                Tx(account, sim.engine, enc("trade", i, delta, bound), "trade", GAS["trade"])
-            )
-        if out:
-            self.record.cures_by_reduce += 1
-        return out
-
-    def _initial_size(self, account: str, market_index: int) -> int:
-        """The opening size, before any PositionChanged of this run was seen."""
-        sim = self.sim
-        t = self.traders[account]
-        notional = t.collateral * sim.opened_leverage(t)
-        m = sim.markets[market_index]
-        for leg in t.legs:
-            if leg.market == m:
-                size = int(notional * leg.share / sim.path.start(m) * 1e9) * 10**9
-                return size if leg.long else -size
-        return 0
-
     # --- end ---
-
-    def _equity(self) -> int:
-        """Every trader's equity (wad): collateral plus unrealised PnL; a bankrupt account's
-        negative equity counts (its deficit is the fund's or the LPs' loss, not a gain)."""
-        total = 0
-        for s in self.status.values():
-            total += s.equity if s.positions > 0 else s.collateral
-        return total
 
     def _final(self) -> None:
         sim, rec = self.sim, self.record
@@ -747,11 +589,3 @@ class Replay:
             "open_deficit": sum(-s.equity for s in open_now if s.equity < 0),
             "cures_pending": len(self.cures),
         }
-
-    def _notional(self, account: str) -> int:
-        """The account's open notional (wad) at the last posted prices."""
-        total = 0
-        for i, m in enumerate(self.sim.markets):
-            size = self.sizes.get((account, i), self._initial_size(account, i))
-            total += abs(size) * _wad(self.prices[m]) // WAD
-        return total
