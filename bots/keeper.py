@@ -22,6 +22,7 @@ from margincall.deploy.record import read_record
 from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
 from margincall.keeper.tx import TxSender
+from margincall.sdk import Clients
 
 bot = SilverbackBot()
 
@@ -37,16 +38,14 @@ def start(startup_state):
         )
     if bot.signer is None:
         raise RuntimeError("the keeper needs an account to send from: pass --account")
-    contracts = record.contracts(project)
+    clients = Clients.from_record(record, project)
     sender = TxSender(
         bot.signer,
         chain.provider,
         stale_blocks=config.stale_blocks,
         replace_after=config.replace_after,
     )
-    keeper = Keeper(
-        record.client(project), record, sender, config, chain.provider, contracts["fund"]
-    )
+    keeper = Keeper(clients.engine, record, sender, config, chain.provider, clients.fund)
     keeper.start()
     bot.state.keeper = keeper
 

@@ -34,6 +34,7 @@ from margincall.notify import (
     Outbox,
     Webhook,
 )
+from margincall.sdk import Clients
 
 bot = SilverbackBot()
 _notifier: list[Notifier] = []  # set at startup
@@ -52,7 +53,6 @@ def _setup() -> Notifier:
             f"but the node is chain {chain_id}"
         )
     creation = chain.provider.get_block(record.block)
-    engine = project.MarginEngine.at(record.engine)
     outbox_path = config.outbox_path(record)
     outbox = Outbox(outbox_path, config.retry_base, config.retry_max)
     outbox.bind(
@@ -82,7 +82,7 @@ def _setup() -> Notifier:
         + f"; {config.confirmations} confirmations; events notified from block {notify_from}"
     )
     return Notifier(
-        ApeSource(chain.provider, engine, record.client(project)),
+        ApeSource(Clients.from_record(record, project).engine),
         outbox,
         ctx,
         start_block=record.block,

@@ -209,10 +209,7 @@ def _wait_scanning(keeper: Any, metrics: Path, rpc: Any, hexint: Any, timeout: f
 
 
 def _liquidation_topic(sim: Any) -> str:
-    from eth_utils import keccak
-
-    abi = next(e for e in sim.system.engine.contract_type.events if e.name == "Liquidation")
-    return "0x" + keccak(text=abi.selector).hex()
+    return "0x" + sim.engine_abi.event_names["Liquidation"].topic.hex()
 
 
 def table(results: list[dict[str, Any]]) -> str:

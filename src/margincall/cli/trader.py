@@ -122,10 +122,7 @@ class Session:
 
     @property
     def symbol(self) -> str:
-        try:
-            return str(self.client.token.symbol())
-        except Exception:  # noqa: BLE001 - a token without symbol()
-            return "tokens"
+        return self.client.symbol()
 
     def tok(self, amount: int) -> str:
         return f"{fmt_tokens(amount, self.client.decimals)} {self.symbol}"
@@ -207,7 +204,7 @@ def account_view(session: Session, account: str) -> AccountView:
     status = client.statuses([account])[0]
     positions = []
     for m in client.record(account).market_ids:
-        size, cost = (int(x) for x in client.engine.position(account, m))
+        size, cost = client.position(account, m)
         try:
             price: int | None = client.price(m)
         except OracleError:
@@ -303,13 +300,13 @@ def run_deposit(session: Session, amount: str, sender: Any, approve: bool = True
     """Deposits `amount` whole tokens for the sender; approves the engine first if needed."""
     client = session.client
     units = to_units(amount, client.decimals, "amount")
-    balance = int(client.token.balanceOf(sender.address))
-    allowance = int(client.token.allowance(sender.address, client.engine.address))
+    balance = client.token_balance(sender)
+    allowance = client.allowance(sender)
     if approve and balance >= units and allowance < units:
-        client.token.approve(client.engine.address, units, sender=sender)
+        client.approve(units, sender)
         session.console.print(f"approved the engine for {session.tok(units)}")
     receipt = client.deposit(units, sender)
-    ev = receipt.decode_logs(client.engine.Deposit)[0]
+    ev = client.decode(receipt, "Deposit")[0]
     session.console.print(
         f"deposited {session.tok(ev.amount)} for {ev.account};"
         f" collateral {session.tok(ev.collateral)}"
@@ -322,7 +319,7 @@ def run_withdraw(session: Session, amount: str, sender: Any) -> Any:
     client = session.client
     units = to_units(amount, client.decimals, "amount")
     receipt = client.withdraw(units, sender)
-    ev = receipt.decode_logs(client.engine.Withdraw)[0]
+    ev = client.decode(receipt, "Withdraw")[0]
     session.console.print(
         f"withdrew {session.tok(ev.amount)}; collateral {session.tok(ev.collateral)}"
     )
@@ -336,7 +333,7 @@ def _slippage(bps: int) -> int:
 
 
 def _position_line(session: Session, receipt: Any, verb: str) -> None:
-    ev = receipt.decode_logs(session.client.engine.PositionChanged)[-1]
+    ev = session.client.decode(receipt, "PositionChanged")[-1]
     name = session.record.market_name(int(ev.market_id))
     session.console.print(
         f"{verb} {fmt_wad(abs(ev.size_delta), 4)} {name} at {fmt_wad(ev.price)}:"
@@ -347,7 +344,7 @@ def _position_line(session: Session, receipt: Any, verb: str) -> None:
 
 
 def _cleared(session: Session, receipt: Any) -> None:
-    if receipt.decode_logs(session.client.engine.MarginCallCleared):
+    if session.client.decode(receipt, "MarginCallCleared"):
         session.console.print("[green]margin call cleared[/]")
 
 
@@ -366,7 +363,7 @@ def run_trade(session: Session, market: str, size: str, sender: Any, slippage_bp
 def run_close(session: Session, market: str, sender: Any, slippage_bps: int = 50) -> Any:
     client = session.client
     market_id = session.market_id(market)
-    size = int(client.engine.position(sender.address, market_id)[0])
+    size = client.position(sender, market_id)[0]
     bound = client.acceptable_price(market_id, -size or 1, _slippage(slippage_bps))
     receipt = client.close(market_id, bound, sender)
     _position_line(session, receipt, "closed")

@@ -26,7 +26,7 @@ the engine's events (exactly one message per `MarginCall`, `MarginCallCleared`,
 tokens are not conserved, or a bot dies.
 
 Every transaction to the engine, the pool and the fund goes through the SDK's checks
-(`margincall.sdk`); only the mock token's faucet and the mock feeds are called directly.
+(`margincall.sdk`); the mock feeds' prices are posted through the deployer's `System`.
 Nothing is left running. The bots die with the demo even when it is killed outright
 (they ask the kernel for SIGTERM when their parent dies); SIGTERM and SIGHUP to the demo
 stop it in order (the bots within a bounded time, then Anvil) and exit with 128 + the
@@ -233,14 +233,14 @@ class CrashDemo:
         self.client = self.clients.engine
         self.decimals = int(self.record.collateral_decimals)
         self.start_block = int(self.record.block)
-        token, pool, fund = self.system.token, self.clients.pool, self.clients.fund
+        pool, fund = self.clients.pool, self.clients.fund
         for lp in (self.lp1, self.lp2):
             amount = self.client.tokens(LP_DEPOSIT)
-            token.mint(lp.address, amount, sender=lp)  # the mock token's faucet
+            self.client.mint(amount, sender=lp)  # the mock token's faucet
             pool.approve(amount, sender=lp)
             pool.deposit(amount, sender=lp)
         seed = self.client.tokens(FUND_SEED)
-        token.mint(self.owner.address, seed, sender=self.owner)
+        self.client.mint(seed, sender=self.owner)
         fund.approve(seed, sender=self.owner)
         fund.donate(seed, sender=self.owner)
         self.fund_before = fund.balance()
@@ -267,10 +267,9 @@ class CrashDemo:
                 self.client, self.traders, plans, progress=lambda i: bar.update(task, completed=i)
             )
         # every trader keeps a reserve to cure a call with one deposit transaction
-        token = self.system.token
         for trader, plan in zip(self.traders, plans, strict=True):
             reserve = self.client.tokens(plan.deposit)
-            token.mint(trader.address, reserve, sender=trader)
+            self.client.mint(reserve, sender=trader)
             self.client.approve(reserve, sender=trader)
         self.plans = dict(zip((t.address for t in self.traders), plans, strict=True))
         lev = sorted(float(p.leverage) for p in plans)
@@ -308,7 +307,7 @@ class CrashDemo:
                 },
             ),
         ]
-        self.keeper_balance_start = int(self.system.token.balanceOf(self.keeper.address))
+        self.keeper_balance_start = self.client.token_balance(self.keeper)
         for bot in self.bots:
             bot.start()
         t0 = time.monotonic()
@@ -360,7 +359,6 @@ class CrashDemo:
         return sent
 
     def crash(self) -> None:
-        feeds = self.system.feeds
         eth = crash_path(2_000.0, fall=0.45, steps=STEPS, seed=SEED)
         btc = crash_path(60_000.0, fall=0.35, steps=STEPS, seed=SEED + 1)
         owner = TxSender(self.owner, chain.provider)
@@ -378,16 +376,12 @@ class CrashDemo:
             task = bar.add_task("crash", total=STEPS, line="")
             for k, (p_eth, p_btc) in enumerate(zip(eth, btc, strict=True), start=1):
                 head = chain.blocks.head.number
-                owner.send_call(
-                    feeds[0].set_answer, (self.system.feed_answer(0, p_eth),), "price", (), head
-                )
-                owner.send_call(
-                    feeds[1].set_answer, (self.system.feed_answer(1, p_btc),), "price", (), head
-                )
+                owner.send_call(self.system.price_call(0, p_eth), (), "price", (), head)
+                owner.send_call(self.system.price_call(1, p_btc), (), "price", (), head)
                 self.settle(owner)
                 now = self.wait_blocks(BLOCKS_PER_STEP - 1)
                 # only the new blocks are read: the machine's two cores are the bots' too
-                new = read_history(self.client.engine, chain.provider, mark, now)
+                new = read_history(self.client, mark, now)
                 seen.logs.extend(new.logs)
                 self.cure_calls(new)
                 mark = now + 1
@@ -412,7 +406,7 @@ class CrashDemo:
         while rounds < max_rounds:
             rounds += 1
             now = self.wait_blocks(BLOCKS_PER_STEP)
-            new = read_history(self.client.engine, chain.provider, mark, now)
+            new = read_history(self.client, mark, now)
             self.cure_calls(new)
             mark = now + 1
             self.check_bots()
@@ -455,7 +449,7 @@ class CrashDemo:
         """Waits until the notifier has read past `end_block`, its outbox holds nothing
         undelivered, and every expected message has reached the webhook (bounded: a
         shortfall is reported, and fails the demo, in `report`)."""
-        history = read_history(self.client.engine, chain.provider, self.start_block, self.end_block)
+        history = read_history(self.client, self.start_block, self.end_block)
         expected = set(expected_messages(history, chain.chain_id))
         outbox = WORKDIR / "outbox.sqlite"
         deadline = time.monotonic() + timeout
@@ -493,7 +487,7 @@ class CrashDemo:
             for p in self.clients.fund.keeper_payments(self.start_block, self.end_block, keeper=me)
         )
         from_chain = s["keeper_rewards"] + paid
-        grew = int(self.system.token.balanceOf(me)) - self.keeper_balance_start
+        grew = self.client.token_balance(me) - self.keeper_balance_start
         calls, tranches = s["margin_calls"], s["tranches"] + s["full_liquidations"]
         rows = [
             ("calls made / sent (metrics)", f"{m['calls_made']} / {m['calls_sent']}"),
@@ -566,12 +560,12 @@ class CrashDemo:
         return rows, wrong
 
     def report(self) -> bool:
-        engine = self.client.engine
+        client = self.client
         end = self.end_block
-        history = read_history(engine, chain.provider, self.crash_block, end)
-        everything = read_history(engine, chain.provider, self.start_block, end)
+        history = read_history(client, self.crash_block, end)
+        everything = read_history(client, self.start_block, end)
         s = history.summary()
-        delays = action_delays(engine, chain.provider, history.actions)
+        delays = action_delays(client, chain.provider, history.actions)
         d = delay_stats(list(delays.values()))
         m = self.keeper_metrics
         if not m:
@@ -652,7 +646,7 @@ class CrashDemo:
         for problem in keeper_wrong + note_wrong:
             console.print(f"[red]{problem}[/]")
             ok = False
-        held = int(self.system.token.balanceOf(engine.address))
+        held = self.client.token_balance(self.client.address)
         ledgers = sum(self.client.collateral(t.address) for t in self.traders)
         if held != ledgers:
             console.print(f"[red]conservation broken: engine holds {held}, ledgers {ledgers}[/]")

@@ -71,13 +71,11 @@ from margincall.keeper.step import (
     plan_block,
 )
 from margincall.keeper.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
-from margincall.math import RiskParams
 from margincall.sdk.book import (
     PositionBook,
 )
 from margincall.sdk.events import RawEvent
-
-LOG_CHUNK = 5_000  # blocks per eth_getLogs
+from margincall.sdk.fund import FundClient
 
 # --- keeper -------------------------------------------------------------------
 
@@ -121,6 +119,9 @@ DUE_NEXT_GAS = 250_000
 TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction is retried
 
 
+ENGINE_EVENTS = ("PositionChanged", "MarginCall", "Liquidation", "MarketSet", "RiskParamsSet")
+
+
 class Keeper:
     """One keeper (or one shard of it) over a deployed system."""
 
@@ -131,15 +132,16 @@ class Keeper:
         sender: TxSender,
         config: KeeperConfig,
         provider: Any,
-        fund: Any,
+        fund: FundClient,
     ):
+        """`client`: the engine's SDK client; `fund`: the insurance fund's (its
+        `KeeperPaid` logs count in the keeper's rewards)."""
         self.client = client
         self.fund = fund
         self.record = record
         self.sender = sender
         self.config = config
         self.provider = provider
-        self.engine = client.engine
         self.metrics = Metrics()
         self.state = KeeperState()
         self.clock = BlockClock(fixed=config.block_time)
@@ -155,8 +157,8 @@ class Keeper:
         self.liquidation_window = 0
         self._load_params()
         self._params_changed = False  # a MarketSet or RiskParamsSet log since the last load
-        self._events = {
-            name: getattr(self.engine, name).abi
+        self._raw = {
+            name: client.raw_event(name)
             for name in (
                 "PositionChanged",
                 "MarginCall",
@@ -165,10 +167,9 @@ class Keeper:
                 "RiskParamsSet",
             )
         }
-        self._raw = {name: RawEvent(abi) for name, abi in self._events.items()}
-        self._raw["KeeperPaid"] = RawEvent(fund.KeeperPaid.abi)
-        self._engine = str(self.engine.address)
-        self._fund = str(fund.address)
+        self._raw["KeeperPaid"] = fund.raw_event("KeeperPaid")
+        self._engine = client.address
+        self._fund = fund.address
         self._me = _lower(sender.address)
 
     # --- parameters ---
@@ -177,13 +178,7 @@ class Keeper:
         """Reads the risk parameters and every market's `mmr` (at `block_id`, default the
         head) into the cost model (its reward bounds) and the keeper's settings. At start,
         and again after a block with a `MarketSet` or `RiskParamsSet` log."""
-        at = {} if block_id is None else {"block_id": block_id}
-        rp = self.engine.risk_params(**at)
-        params = RiskParams(**{f: int(getattr(rp, f)) for f in RiskParams.__dataclass_fields__})
-        mmrs = [
-            int(self.engine.markets(m, **at).mmr)
-            for m in range(int(self.engine.market_count(**at)))
-        ]
+        params, mmrs = self.client.params_at(block_id)
         self.costs = self.config.cost_model(params, mmrs, self.decimals, self.costs.gas_price)
         self.mmrs = mmrs
         self.call_ratio = params.call_ratio
@@ -235,15 +230,7 @@ class Keeper:
             "0x" + self._raw[name].topic0.hex()
             for name in ("PositionChanged", "MarketSet", "RiskParamsSet")
         ]
-        out: list[Any] = []
-        for lo in range(start, stop + 1, LOG_CHUNK):
-            hi = min(stop, lo + LOG_CHUNK - 1)
-            out.extend(
-                self.provider.web3.eth.get_logs(
-                    {"address": self._engine, "fromBlock": lo, "toBlock": hi, "topics": [topic]}
-                )
-            )
-        return out
+        return self.client.logs(start, stop, [topic])
 
     def _apply(self, logs: Iterable[Any], stop: int) -> int:
         """Applies raw PositionChanged logs read up to block `stop`; returns how many. A
@@ -440,12 +427,8 @@ class Keeper:
         `gas_limit`: block `number`'s (read from the node when not given). `due_next`: the
         accounts liquidatable at the next block's timestamp but not at the head's. Returns
         when the first transaction went out (monotonic), or None."""
-        calls = [
-            (self.engine.liquidate_many, (list(batch),), "liquidate_many", batch)
-            for batch in decision.liquidations
-        ] + [
-            (self.engine.margin_call_many, (list(batch),), "margin_call_many", batch)
-            for batch in decision.margin_calls
+        calls = [self.client.build("liquidate_many", b) for b in decision.liquidations] + [
+            self.client.build("margin_call_many", b) for b in decision.margin_calls
         ]
         if not calls:
             return None
@@ -456,9 +439,7 @@ class Keeper:
         while calls:
             # the estimate runs at the head's timestamp, where a tranche due only at the next
             # block's is skipped: count `DUE_NEXT_GAS` for each of those
-            extra = [
-                DUE_NEXT_GAS * sum(1 for a in batch if a in due_next) for _, _, _, batch in calls
-            ]
+            extra = [DUE_NEXT_GAS * sum(1 for a in c.accounts if a in due_next) for c in calls]
             results = self.sender.send_many(
                 calls,
                 number,
@@ -468,7 +449,8 @@ class Keeper:
                 mined=mined,
             )
             halves = []
-            for (method, _, label, batch), tx in zip(calls, results, strict=True):
+            for call, tx in zip(calls, results, strict=True):
+                label, batch = call.label, call.accounts
                 if isinstance(tx, Deferred):
                     deferred += len(batch)
                     continue
@@ -476,9 +458,7 @@ class Keeper:
                     if len(batch) > 1:
                         logger.info(f"block {number}: {tx}; sent as two batches")
                         mid = (len(batch) + 1) // 2
-                        halves += [
-                            (method, (list(b),), label, b) for b in (batch[:mid], batch[mid:])
-                        ]
+                        halves += [self.client.build(label, b) for b in (batch[:mid], batch[mid:])]
                     else:  # nothing smaller to send: not an RPC error, and not every block
                         self.state.too_large += 1
                         self.state.backoff[batch[0]] = number + TOO_LARGE_BACKOFF
@@ -519,7 +499,7 @@ class Keeper:
         """`clear_margin_call` for recovered accounts (HEALTHY with a call still recorded;
         the step caps them at `max_clears` per block), estimated at once and sent after the
         batches."""
-        calls = [(self.engine.clear_margin_call, (a,), "clear_margin_call", (a,)) for a in todo]
+        calls = [self.client.build("clear_margin_call", (a,)) for a in todo]
         results = self.sender.send_many(
             calls, number, gas_budget=gas_limit, tx_gas_cap=self.config.tx_gas_cap
         )
@@ -614,9 +594,7 @@ class Keeper:
     def _acted_by_rivals(self, accounts: list[str], block: int) -> set[str]:
         """The `accounts` another keeper called or liquidated in `block` or the block before."""
         wanted = {_lower(a) for a in accounts}
-        raw = self.provider.web3.eth.get_logs(
-            {"address": self._engine, "fromBlock": max(block - 1, 0), "toBlock": block}
-        )
+        raw = self.client.logs(max(block - 1, 0), block)
         out = set()
         for name, actor in (("MarginCall", "caller"), ("Liquidation", "keeper")):
             ev = self._raw[name]
@@ -637,7 +615,7 @@ class Keeper:
             del self.state.window_full_until[m]  # restarted since
         for account in accounts[:WINDOW_PREVIEWS]:
             try:
-                preview = self.engine.preview_liquidation(account, block_id=block)
+                preview = self.client.preview_at(account, block)
             except Exception:  # noqa: BLE001 - e.g. an invalid price: not a window matter
                 continue
             if int(preview.reason) != REASON_WINDOW_FULL:
@@ -646,9 +624,8 @@ class Keeper:
             for m in self.state.book.markets.get(account, ()):
                 if m in self.state.window_full_until:
                     continue
-                start, used = self.engine.window_state(m, block_id=block)
-                cap = int(self.engine.markets(m, block_id=block).window_cap)
-                until = window_reopens(int(start), int(used), cap, self.liquidation_window)
+                start, used, cap = self.client.window_at(m, block)
+                until = window_reopens(start, used, cap, self.liquidation_window)
                 if until is not None:
                     self.state.window_full_until[m] = until
                     logger.warning(
