@@ -53,6 +53,8 @@ lint: setup setup-lint
 	ruff format --check src scripts bots tests
 	# Vyper formatting (line length as ruff's); fix with `.venv-lint/bin/mamushi -l 100 contracts`
 	$(LINT_VENV)/bin/mamushi --check -l 100 contracts
+	# the house's layers and no import cycle (the importlinter contracts in pyproject.toml)
+	PYTHONPATH=src $(LINT_VENV)/bin/lint-imports --no-logo --no-cache
 
 clean:
 	rm -rf .build .cache $(VENV) $(LINT_VENV) node_modules
