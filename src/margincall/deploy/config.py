@@ -63,6 +63,23 @@ def _keys(section: Mapping[str, Any], allowed: set[str], what: str) -> None:
         raise ConfigError(f"{what}: unknown key(s) {', '.join(unknown)}")
 
 
+MARKET_KEYS = {
+    "name",
+    "feed",
+    "feed_decimals",
+    "price",
+    "heartbeat",
+    "min_price",
+    "max_price",
+    "imr",
+    "mmr",
+    "fee",
+    "window_cap",
+    "fallback_feed",
+    "fallback_heartbeat",
+}
+
+
 @dataclass(frozen=True)
 class MarketConfig:
     """One market of the config; `feed` is None for a mock feed (then `price` is set)."""
@@ -104,23 +121,8 @@ class MarketConfig:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], index: int) -> MarketConfig:
-        allowed = {
-            "name",
-            "feed",
-            "feed_decimals",
-            "price",
-            "heartbeat",
-            "min_price",
-            "max_price",
-            "imr",
-            "mmr",
-            "fee",
-            "window_cap",
-            "fallback_feed",
-            "fallback_heartbeat",
-        }
         what = f"markets[{index}]"
-        _keys(raw, allowed, what)
+        _keys(raw, MARKET_KEYS, what)
         name = raw.get("name")
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{what}.name: expected a non-empty string")
