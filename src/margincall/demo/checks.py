@@ -6,6 +6,7 @@ against the events (exactly one message each), token conservation, and the table
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from ape import chain
 from rich.console import Console
@@ -137,25 +138,9 @@ class DemoReport:
             wrong.append("no event to notify: the story did not happen")
         return rows, wrong
 
-    def report(self) -> bool:
-        client = self.client
-        end = self.end_block
-        history = read_history(client, self.crash_block, end)
-        everything = read_history(client, self.start_block, end)
-        s = history.summary()
-        delays = action_delays(client, chain.provider, history.actions)
-        d = delay_stats(list(delays.values()))
-        m = self.keeper_metrics
-        if not m:
-            raise DemoFailure("the keeper wrote no metrics file")
-        fund_after = self.clients.fund.balance()
-        cured_by_trader = len(
-            self.cured & {str(e.account) for e in history.of("MarginCallCleared")}
-        )
-        keeper_rows, keeper_wrong = self.keeper_check(everything)
-        note_rows, note_wrong = self.notification_check(everything, self.webhook.received())
-
-        outcome = _table(
+    def _outcome_table(self, s: dict[str, Any], cured_by_trader: int, fund_after: int) -> Any:
+        """The crash's outcome, from the engine's events (`History.summary`)."""
+        return _table(
             "Crash outcome (from the engine's events)",
             [
                 ("traders", str(len(self.traders))),
@@ -188,6 +173,54 @@ class DemoReport:
                 ),
             ],
         )
+
+    def _verdict(self, s: dict[str, Any], problems: list[str]) -> bool:
+        """Prints the problems, checks token conservation and that the story happened."""
+        ok = True
+        for problem in problems:
+            console.print(f"[red]{problem}[/]")
+            ok = False
+        held = self.client.token_balance(self.client.address)
+        ledgers = sum(self.client.collateral(t.address) for t in self.traders)
+        if held != ledgers:
+            console.print(f"[red]conservation broken: engine holds {held}, ledgers {ledgers}[/]")
+            ok = False
+        else:
+            console.print(
+                f"  conservation: engine holds {self.tok(held)}"
+                f" = sum of {len(self.traders)} ledgers"
+            )
+        if s["margin_calls"] == 0 or s["tranches"] + s["full_liquidations"] == 0:
+            console.print(
+                "[red]the crash produced no call or no liquidation: the story did not happen[/]"
+            )
+            ok = False
+        if ok:
+            console.print(
+                "  checked: keeper rewards = chain events = its balance;"
+                " one message per engine event"
+            )
+        return ok
+
+    def report(self) -> bool:
+        client = self.client
+        end = self.end_block
+        history = read_history(client, self.crash_block, end)
+        everything = read_history(client, self.start_block, end)
+        s = history.summary()
+        delays = action_delays(client, chain.provider, history.actions)
+        d = delay_stats(list(delays.values()))
+        m = self.keeper_metrics
+        if not m:
+            raise DemoFailure("the keeper wrote no metrics file")
+        fund_after = self.clients.fund.balance()
+        cured_by_trader = len(
+            self.cured & {str(e.account) for e in history.of("MarginCallCleared")}
+        )
+        keeper_rows, keeper_wrong = self.keeper_check(everything)
+        note_rows, note_wrong = self.notification_check(everything, self.webhook.received())
+
+        outcome = self._outcome_table(s, cured_by_trader, fund_after)
         keeper = _table(
             "Keeper (its metrics file, checked against the chain)"
             + ("" if not keeper_wrong else ": MISMATCH"),
@@ -220,30 +253,6 @@ class DemoReport:
         for table in (outcome, keeper, notes):
             console.print(table)
 
-        ok = True
-        for problem in keeper_wrong + note_wrong:
-            console.print(f"[red]{problem}[/]")
-            ok = False
-        held = self.client.token_balance(self.client.address)
-        ledgers = sum(self.client.collateral(t.address) for t in self.traders)
-        if held != ledgers:
-            console.print(f"[red]conservation broken: engine holds {held}, ledgers {ledgers}[/]")
-            ok = False
-        else:
-            console.print(
-                f"  conservation: engine holds {self.tok(held)}"
-                f" = sum of {len(self.traders)} ledgers"
-            )
-        if s["margin_calls"] == 0 or s["tranches"] + s["full_liquidations"] == 0:
-            console.print(
-                "[red]the crash produced no call or no liquidation: the story did not happen[/]"
-            )
-            ok = False
-        if ok:
-            console.print(
-                "  checked: keeper rewards = chain events = its balance;"
-                " one message per engine event"
-            )
-        return ok
+        return self._verdict(s, keeper_wrong + note_wrong)
 
     # --- run ---
