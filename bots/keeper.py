@@ -7,10 +7,10 @@ Run from the project root, against any Ape network (docs/bots.md):
 
 or `margincall keeper --deployment deployments/ethereum-local.json --account TEST::3`,
 which sets the same options. Settings come from `MARGINCALL_*` environment variables
-(`margincall.keeper.KeeperConfig.from_env`): the deployment record is required, the rest
+(`margincall.keeper.config.KeeperConfig.from_env`): the deployment record is required, the rest
 (shard, profit margin, batch sizes, metrics file) have defaults.
 
-The bot is a thin shell: `margincall.keeper.Keeper` does the work, and its decisions are
+The bot is a thin shell: `margincall.keeper.bot.Keeper` does the work, and its decisions are
 the pure functions of `margincall.keeper.logic`.
 """
 

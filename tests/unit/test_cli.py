@@ -1,4 +1,4 @@
-"""The trader CLI (`margincall`, src/margincall/cli.py) on the Ape test chain.
+"""The trader CLI (`margincall`, src/margincall/cli/trader.py) on the Ape test chain.
 
 The `run_*` layer is called with the connected provider of `ape test`; the click layer is
 run with click's CliRunner, for parsing (bad input: exit 2), refusals (exit 1) and one good

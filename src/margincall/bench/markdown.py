@@ -98,7 +98,7 @@ def population_text(results: dict, seed: int) -> str:
         f" {pop['lps']} LPs with {share(pop['lp_liquidity'])} of the opening notional; insurance"
         f" fund seeded with {share(pop['fund_seed'])} of the opening notional (in"
         f" {first['scenario']}: {pop['opening_notional']:,.0f} tokens of notional, a fund of"
-        f" {pop['fund_seed_tokens']:,.0f}). Keeper: `keeper_logic.decide` with the keeper bot's"
+        f" {pop['fund_seed_tokens']:,.0f}). Keeper: `keeper.logic.decide` with the keeper bot's"
         f" cost model at {chain['gas_price_gwei']:g} gwei, one scan per block, its transactions"
         f" in the next block; {chain['block_time']} s blocks; after the last price the chain runs"
         f" {tail_text}."

@@ -7,12 +7,12 @@ keeper's delay is measured against the chain's history.
 Eligibility. An account is *eligible after block b* when a keeper's
 transaction in block b+1 would succeed on it: its state after block b
 (`check_margins` at b), evaluated at block b+1's timestamp t(b+1), the one
-that transaction carries (`keeper_logic.state_at`): CALLABLE for a call;
+that transaction carries (`keeper.logic.state_at`): CALLABLE for a call;
 for a liquidation CRITICAL, BANKRUPT, or LIQUIDATABLE with the tranche
 interval elapsed by t(b+1), a CALLED account whose deadline is at or before
 t(b+1) counting as LIQUIDATABLE (and as CALLABLE once its call has lapsed,
 one grace period after the deadline). This is the definition the keeper
-decides with (`keeper_logic.decide` with `now` = the next block's timestamp).
+decides with (`keeper.logic.decide` with `now` = the next block's timestamp).
 When block b+1 is not mined yet, t(b+1) is estimated as t(b) plus the last
 block interval. Not modelled: the per-market liquidation window cap (an
 account it holds back counts as eligible; the tests' caps never bind) and a

@@ -13,7 +13,7 @@ of `margincall.keeper.logic`; this module does the I/O around them:
      batched `check_margins` at that block, and its own nonce at that block
      (which of its transactions are mined, without reading their receipts);
    - decide with the timestamp the transactions are expected to carry (the
-     head's plus the block interval, `keeper_logic.BlockClock`), and send
+     head's plus the block interval, `keeper.logic.BlockClock`), and send
      `liquidate_many` / `margin_call_many` batches without waiting, one nonce
      after the other, with the fees fixed once per block from the head's base
      fee (`margincall.keeper.tx.TxSender`);
