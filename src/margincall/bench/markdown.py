@@ -165,11 +165,32 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
         " the end (notional) | wall s (load) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    lines += _figure_rows(results)
+    lines += [
+        "",
+        "Delay: the block of a tranche (or full close) less the first block in which it was"
+        " possible, plus one (1 = in that first block): the state after block b is evaluated"
+        " at the timestamp of block b + 1, with the engine's rules (a called account whose"
+        " deadline has come is liquidatable; a tranche waits for its interval).",
+    ]
+    bt = results.get("black_thursday")
+    if bt is not None:
+        lines += _speed_lines(bt, traders)
+    lines += ["", "### Plots", ""]
+    for name in results:
+        lines.append(f"![{name}](img/sim-{name}.png)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _figure_rows(results: dict) -> list[str]:
+    """One row of every figure per scenario and mode."""
+    rows: list[str] = []
     for name, r in results.items():
         for mode in ("phased", "baseline"):
             m = r["runs"][mode]["metrics"]
             t = r["runs"][mode]["timing"]
-            lines.append(
+            rows.append(
                 f"| {name} | {mode} | {tok(m['fund_start'])} | {tok(m['fund_drawdown'])} |"
                 f" {tok(m['paid_by_fund'])} | {tok(m['fund_end'])} |"
                 f" {tok(m['notional_liquidated'])} |"
@@ -182,38 +203,29 @@ def sim_markdown(results: dict, traders: int, seed: int) -> str:
                 f" {tok(m['lp_pnl'])} | {m['left_open']} ({tok(m['left_open_notional'])}) |"
                 f" {t['wall_seconds']:.0f} ({t['load_avg']:.1f}) |"
             )
-    lines += [
+    return rows
+
+
+def _speed_lines(bt: dict, traders: int) -> list[str]:
+    """The speed section: Black Thursday's setup and replay times."""
+    setup = bt["timing"]["setup_seconds"]
+    phased = bt["runs"]["phased"]["timing"]["wall_seconds"]
+    base = bt["runs"]["baseline"]["timing"]["wall_seconds"]
+    total = bt["timing"]["total_seconds"]
+    single = total - base
+    pm = bt["runs"]["phased"]["metrics"]
+    return [
         "",
-        "Delay: the block of a tranche (or full close) less the first block in which it was"
-        " possible, plus one (1 = in that first block): the state after block b is evaluated"
-        " at the timestamp of block b + 1, with the engine's rules (a called account whose"
-        " deadline has come is liquidatable; a tranche waits for its interval).",
+        f"### Speed (target: {TARGET_TRADERS} traders through Black Thursday in at most"
+        f" {SPEED_TARGET // 60} minutes)",
+        "",
+        f"Black Thursday, {traders} traders: deploy and opening the population"
+        f" {setup:.0f} s, phased replay {phased:.0f} s ({pm['blocks_mined']:,}"
+        f" blocks mined of {pm['blocks']:,} slots), baseline"
+        f" replay {base:.0f} s; `margincall simulate --scenario black_thursday` (phased"
+        f" only, Anvil and Ape start included) about {single:.0f} s, with `--baseline`"
+        f" {total:.0f} s: " + speed_status(single, traders),
     ]
-    bt = results.get("black_thursday")
-    if bt is not None:
-        setup = bt["timing"]["setup_seconds"]
-        phased = bt["runs"]["phased"]["timing"]["wall_seconds"]
-        base = bt["runs"]["baseline"]["timing"]["wall_seconds"]
-        total = bt["timing"]["total_seconds"]
-        single = total - base
-        pm = bt["runs"]["phased"]["metrics"]
-        lines += [
-            "",
-            f"### Speed (target: {TARGET_TRADERS} traders through Black Thursday in at most"
-            f" {SPEED_TARGET // 60} minutes)",
-            "",
-            f"Black Thursday, {traders} traders: deploy and opening the population"
-            f" {setup:.0f} s, phased replay {phased:.0f} s ({pm['blocks_mined']:,}"
-            f" blocks mined of {pm['blocks']:,} slots), baseline"
-            f" replay {base:.0f} s; `margincall simulate --scenario black_thursday` (phased"
-            f" only, Anvil and Ape start included) about {single:.0f} s, with `--baseline`"
-            f" {total:.0f} s: " + speed_status(single, traders),
-        ]
-    lines += ["", "### Plots", ""]
-    for name in results:
-        lines.append(f"![{name}](img/sim-{name}.png)")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def speed_status(seconds: float, traders: int) -> str:
@@ -240,6 +252,42 @@ SENSITIVITY_TITLES = {
     " closes the whole account, exempt from the tranche interval), the shortest tranche"
     " interval, or tranches of up to the whole account",
 }
+
+
+def _gas_lines(out: dict) -> list[str]:
+    """The keeper gas price table of the sensitivity runs (none when not run)."""
+    gas_rows = [r for t in out["tables"].values() for r in t.get("gas", [])]
+    if not gas_rows:
+        return []
+    lines = [
+        "",
+        "**Keeper gas price**: the keeper's profit rule (`keeper_logic`, the bot's cost "
+        "model) expects, per account, a lower bound of the tranche's keeper reward (from "
+        "its `check_margins` status) and the call reward as the engine cuts it, against "
+        "measured gas per account, and sends only what pays its gas times the margin; "
+        "CRITICAL and BANKRUPT accounts are liquidated whatever the price. `missed`: "
+        "tranches that were possible and never sent before the account recovered; `left`:"
+        " accounts still liquidatable at the end (their notional); delay: counted from "
+        "the first block in which a tranche was possible, whatever its profit, so a "
+        "keeper that waits for an account to become CRITICAL shows it here.",
+        "",
+        "| scenario | gas price | calls | liquidations (full) | accounts liquidated |"
+        " missed | left (notional) | delay p50 / max | bad debt | paid by the fund |"
+        " socialised | keeper profit | penalties change | all-in change | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in gas_rows:
+        lines.append(
+            f"| {r['scenario']} | {r['variant']} | {r['margin_calls']:,} |"
+            f" {r['liquidations']:,} ({r['full_closes']:,}) | {r['accounts_liquidated']} |"
+            f" {r['tranches_missed']:,} | {r['left_liquidatable']}"
+            f" ({tok(r['left_liquidatable_notional'])}) |"
+            f" {r['delay_p50']} / {r['delay_max']} | {tok(r['bad_debt'])} |"
+            f" {tok(r['paid_by_fund'])} | {tok(r['socialised'])} |"
+            f" {tok(r['keeper_profit'])} | {pct(-r['cut'])} | {pct(-r['all_in_cut'])} |"
+            f" {r['status']} |"
+        )
+    return lines
 
 
 def sensitivity_markdown(out: dict, traders: int, seed: int) -> str:
@@ -282,36 +330,7 @@ def sensitivity_markdown(out: dict, traders: int, seed: int) -> str:
                     f" {r['accounts_cured']} |"
                     f" {tok(r['trader_pnl'])} ({tok(r['baseline_trader_pnl'])}) |"
                 )
-    gas_rows = [r for t in out["tables"].values() for r in t.get("gas", [])]
-    if gas_rows:
-        lines += [
-            "",
-            "**Keeper gas price**: the keeper's profit rule (`keeper_logic`, the bot's cost "
-            "model) expects, per account, a lower bound of the tranche's keeper reward (from "
-            "its `check_margins` status) and the call reward as the engine cuts it, against "
-            "measured gas per account, and sends only what pays its gas times the margin; "
-            "CRITICAL and BANKRUPT accounts are liquidated whatever the price. `missed`: "
-            "tranches that were possible and never sent before the account recovered; `left`:"
-            " accounts still liquidatable at the end (their notional); delay: counted from "
-            "the first block in which a tranche was possible, whatever its profit, so a "
-            "keeper that waits for an account to become CRITICAL shows it here.",
-            "",
-            "| scenario | gas price | calls | liquidations (full) | accounts liquidated |"
-            " missed | left (notional) | delay p50 / max | bad debt | paid by the fund |"
-            " socialised | keeper profit | penalties change | all-in change | status |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for r in gas_rows:
-            lines.append(
-                f"| {r['scenario']} | {r['variant']} | {r['margin_calls']:,} |"
-                f" {r['liquidations']:,} ({r['full_closes']:,}) | {r['accounts_liquidated']} |"
-                f" {r['tranches_missed']:,} | {r['left_liquidatable']}"
-                f" ({tok(r['left_liquidatable_notional'])}) |"
-                f" {r['delay_p50']} / {r['delay_max']} | {tok(r['bad_debt'])} |"
-                f" {tok(r['paid_by_fund'])} | {tok(r['socialised'])} |"
-                f" {tok(r['keeper_profit'])} | {pct(-r['cut'])} | {pct(-r['all_in_cut'])} |"
-                f" {r['status']} |"
-            )
+    lines += _gas_lines(out)
     if out["fund"]:
         lines += [
             "",

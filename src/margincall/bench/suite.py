@@ -281,6 +281,17 @@ def penalty_cell(sim: dict) -> str:
     return "; ".join(parts) + " | " + status
 
 
+SUMMARY_ANCHORS = {  # gas rows of the section 7 table: (outside anchor, target)
+    "liquidate, one tranche, one market": (
+        "Aave V3 partial `liquidationCall` 383,994; Liquity batched 54-83k per trove",
+        "<= 90,000 gas",
+    ),
+    "check_margin, one position": ("Aave `getUserAccountData` 35,053", "<= 15,000 gas"),
+    "deposit": ("Comet supply < 124k", "<= 60,000 gas"),
+    "withdraw": ("Comet withdraw < 106k", "<= 80,000 gas"),
+}
+
+
 def run_summary(
     scan: dict | None,
     sim: dict | None,
@@ -314,16 +325,7 @@ def run_summary(
         "| what | anchor | target | measured | status | section |",
         "|---|---|---|---|---|---|",
     ]
-    anchors = {
-        "liquidate, one tranche, one market": (
-            "Aave V3 partial `liquidationCall` 383,994; Liquity batched 54-83k per trove",
-            "<= 90,000 gas",
-        ),
-        "check_margin, one position": ("Aave `getUserAccountData` 35,053", "<= 15,000 gas"),
-        "deposit": ("Comet supply < 124k", "<= 60,000 gas"),
-        "withdraw": ("Comet withdraw < 106k", "<= 80,000 gas"),
-    }
-    for label, (anchor, target) in anchors.items():
+    for label, (anchor, target) in SUMMARY_ANCHORS.items():
         g = gas.get(label)
         measured, status = (f"{g[0]} gas", g[2]) if g else ("(run `make bench-gas`)", "-")
         lines.append(f"| `{label}` | {anchor} | {target} | {measured} | {status} | [Gas](#gas) |")
@@ -350,36 +352,7 @@ def run_summary(
             f" | failed in this run | FAILED | {section} |"
         )
     elif sim:
-        first = next(iter(sim.values()))
-        n = first["population"]["traders"]
-        who = f"{n} traders" + ("" if n == TARGET_TRADERS else f" (target: {TARGET_TRADERS})")
-        lev = first["population"]["leverage"]
-        soc = [name for name, r in sim.items() if not r["comparison"]["socialised_zero"]]
-        lines.append(
-            f"| crash replay, {who} at {lev[0]:g}-{lev[1]:g}x | Maker 2020: 5.67M DAI bad debt |"
-            " zero socialised loss | "
-            + ("0 on every scenario" if not soc else "not zero on " + ", ".join(soc))
-            + f" (fund seed {share(first['population']['fund_seed'])}; see Sensitivity) |"
-            f" {_met(not soc)} | {section} |"
-        )
-        lines.append(
-            "| crash replay, penalties | liquidate-everything-at-maintenance baseline |"
-            " penalties paid by traders >= 30% below the baseline, also with bad debt counted |"
-            f" {penalty_cell(sim)} | {section} |"
-        )
-        bt = sim.get("black_thursday")
-        if bt:
-            single = (
-                bt["timing"]["total_seconds"] - bt["runs"]["baseline"]["timing"]["wall_seconds"]
-            )
-            bt_n = bt["population"]["traders"]
-            status = (
-                _met(single <= SPEED_TARGET) if bt_n == TARGET_TRADERS else f"- ({bt_n} traders)"
-            )
-            lines.append(
-                "| simulator speed (issue) | - | 500 traders through Black Thursday in <= 10 min |"
-                f" {single:.0f} s | {status} | {section} |"
-            )
+        lines += _sim_rows(sim, section)
     if stored:
         lines += [
             "",
@@ -391,6 +364,38 @@ def run_summary(
             "Failed in this run: " + "; ".join(f"{k} ({v})" for k, v in failed.items()) + ".",
         ]
     write_block("summary", "\n".join(lines), "Targets side by side", doc)
+
+
+def _sim_rows(sim: dict, section: str) -> list[str]:
+    """The simulator's rows of the section 7 table: socialised loss, penalties, speed."""
+    rows: list[str] = []
+    first = next(iter(sim.values()))
+    n = first["population"]["traders"]
+    who = f"{n} traders" + ("" if n == TARGET_TRADERS else f" (target: {TARGET_TRADERS})")
+    lev = first["population"]["leverage"]
+    soc = [name for name, r in sim.items() if not r["comparison"]["socialised_zero"]]
+    rows.append(
+        f"| crash replay, {who} at {lev[0]:g}-{lev[1]:g}x | Maker 2020: 5.67M DAI bad debt |"
+        " zero socialised loss | "
+        + ("0 on every scenario" if not soc else "not zero on " + ", ".join(soc))
+        + f" (fund seed {share(first['population']['fund_seed'])}; see Sensitivity) |"
+        f" {_met(not soc)} | {section} |"
+    )
+    rows.append(
+        "| crash replay, penalties | liquidate-everything-at-maintenance baseline |"
+        " penalties paid by traders >= 30% below the baseline, also with bad debt counted |"
+        f" {penalty_cell(sim)} | {section} |"
+    )
+    bt = sim.get("black_thursday")
+    if bt:
+        single = bt["timing"]["total_seconds"] - bt["runs"]["baseline"]["timing"]["wall_seconds"]
+        bt_n = bt["population"]["traders"]
+        status = _met(single <= SPEED_TARGET) if bt_n == TARGET_TRADERS else f"- ({bt_n} traders)"
+        rows.append(
+            "| simulator speed (issue) | - | 500 traders through Black Thursday in <= 10 min |"
+            f" {single:.0f} s | {status} | {section} |"
+        )
+    return rows
 
 
 def reaction_cell(failed: dict[str, str], fresh: set[str], stored: list[str]) -> str:
