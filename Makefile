@@ -6,7 +6,7 @@ ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup setup-lint test demo story bench-gas bench-peers lint clean
+.PHONY: setup setup-lint test demo story bench-gas bench-peers lint clean check-install
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -59,6 +59,20 @@ lint: setup setup-lint
 	ruff format --check src scripts bots tests
 	# Vyper formatting (line length as ruff's); fix with `.venv-lint/bin/mamushi -l 100 contracts`
 	$(LINT_VENV)/bin/mamushi --check -l 100 contracts
+	# the house's layers and no import cycle (the importlinter contracts in pyproject.toml)
+	PYTHONPATH=src $(LINT_VENV)/bin/lint-imports --no-logo --no-cache
+
+# `pip install .` into a throwaway venv (pyproject's dependencies only: no lock, no Ape
+# plugins): the CLI starts and the SDK, the keeper step and the simulator import.
+CHECK_VENV := $(shell mktemp -d -u /tmp/margincall-install.XXXXXX)
+check-install: setup
+	$(VENV)/bin/uv venv -q --python 3.11 $(CHECK_VENV)
+	$(VENV)/bin/uv pip install -q --python $(CHECK_VENV)/bin/python .
+	cd /tmp && $(CHECK_VENV)/bin/margincall --help > /dev/null
+	cd /tmp && $(CHECK_VENV)/bin/python -c "import margincall.sdk, margincall.keeper.step, \
+	margincall.sim; from importlib.resources import files; \
+	assert files('margincall').joinpath('py.typed').is_file()"
+	rm -rf $(CHECK_VENV)
 
 clean:
 	rm -rf .build .cache $(VENV) $(LINT_VENV) node_modules

@@ -3,24 +3,26 @@
 Run from the project root, against any Ape network (docs/bots.md):
 
     silverback run keeper --network ethereum:local:foundry \
-        --runner margincall.runner:ResilientRunner --account TEST::3
+        --runner margincall.keeper.runtime:ResilientRunner --account TEST::3
 
 or `margincall keeper --deployment deployments/ethereum-local.json --account TEST::3`,
 which sets the same options. Settings come from `MARGINCALL_*` environment variables
-(`margincall.keeper.KeeperConfig.from_env`): the deployment record is required, the rest
+(`margincall.keeper.config.KeeperConfig.from_env`): the deployment record is required, the rest
 (shard, profit margin, batch sizes, metrics file) have defaults.
 
-The bot is a thin shell: `margincall.keeper.Keeper` does the work, and its decisions are
-the pure functions of `margincall.keeper_logic`.
+The bot is a thin shell: `margincall.keeper.bot.Keeper` does the work, and its decisions are
+the pure functions of `margincall.keeper.logic`.
 """
 
 from ape import chain, project
 from ape.logging import logger
 from silverback import SilverbackBot
 
-from margincall.deployment import read_record
-from margincall.keeper import Keeper, KeeperConfig
-from margincall.tx import TxSender
+from margincall.deploy.record import read_record
+from margincall.keeper.bot import Keeper
+from margincall.keeper.config import KeeperConfig
+from margincall.keeper.tx import TxSender
+from margincall.sdk import Clients
 
 bot = SilverbackBot()
 
@@ -36,16 +38,14 @@ def start(startup_state):
         )
     if bot.signer is None:
         raise RuntimeError("the keeper needs an account to send from: pass --account")
-    contracts = record.contracts(project)
+    clients = Clients.from_record(record, project)
     sender = TxSender(
         bot.signer,
         chain.provider,
         stale_blocks=config.stale_blocks,
         replace_after=config.replace_after,
     )
-    keeper = Keeper(
-        record.client(project), record, sender, config, chain.provider, contracts["fund"]
-    )
+    keeper = Keeper(clients.engine, record, sender, config, chain.provider, clients.fund)
     keeper.start()
     bot.state.keeper = keeper
 

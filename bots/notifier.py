@@ -1,7 +1,7 @@
 """margincall notifier: margin calls, cures, liquidations, bad debt and early warnings.
 
     silverback run notifier --network ethereum:local:foundry \
-        --runner margincall.runner:ResilientRunner
+        --runner margincall.keeper.runtime:ResilientRunner
 
 Settings come from `MARGINCALL_*` environment variables (docs/bots.md,
 `margincall.notify.ENV_VARS`), checked at startup. The bot reads the engine's
@@ -24,7 +24,7 @@ from ape import chain, project
 from ape.logging import logger
 from silverback import SilverbackBot
 
-from margincall.deployment import read_record, record_path
+from margincall.deploy.record import read_record, record_path
 from margincall.notify import (
     ApeSource,
     Context,
@@ -34,6 +34,7 @@ from margincall.notify import (
     Outbox,
     Webhook,
 )
+from margincall.sdk import Clients
 
 bot = SilverbackBot()
 _notifier: list[Notifier] = []  # set at startup
@@ -52,7 +53,6 @@ def _setup() -> Notifier:
             f"but the node is chain {chain_id}"
         )
     creation = chain.provider.get_block(record.block)
-    engine = project.MarginEngine.at(record.engine)
     outbox_path = config.outbox_path(record)
     outbox = Outbox(outbox_path, config.retry_base, config.retry_max)
     outbox.bind(
@@ -82,7 +82,7 @@ def _setup() -> Notifier:
         + f"; {config.confirmations} confirmations; events notified from block {notify_from}"
     )
     return Notifier(
-        ApeSource(chain.provider, engine, record.client(project)),
+        ApeSource(Clients.from_record(record, project).engine),
         outbox,
         ctx,
         start_block=record.block,

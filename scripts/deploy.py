@@ -6,7 +6,7 @@
 Writes `deployments/<ecosystem>-<network>.json` (addresses, parameters as the
 contracts report them, creation block, chain id, deployer) and refuses to
 overwrite an existing record without `--force`. The config is validated before
-the first transaction (`margincall.deployment.load_config`).
+the first transaction (`margincall.deploy.record.load_config`).
 
 With the embedded Anvil (`host: auto` in ape-config.yaml) the chain, and so the
 system, is gone when this command exits. To keep using it from the
@@ -26,7 +26,7 @@ from ape.exceptions import ContractLogicError
 from rich.console import Console
 
 from margincall.deploy import ZERO
-from margincall.deployment import (
+from margincall.deploy.record import (
     DEFAULT_CONFIG,
     DEFAULT_DIR,
     ConfigError,

@@ -6,23 +6,25 @@ milliseconds per call and dominates a scan of hundreds of accounts. Here:
 - `Abi` encodes calls and decodes outputs and events from a compiled ABI (the one Ape already
   holds, so no hand-written signature can drift);
 - `encode_addresses` builds `f(address[])` calldata directly (about 10x faster than eth_abi);
-- `decode_statuses` turns the raw output of `check_margins` into the SDK's `MarginStatus`
-  objects (the struct is 11 static words; about 5x faster than the generic decoder), and
+- `decode_statuses` turns the raw output of `check_margins` into rows (the SDK's
+  `margincall.sdk.events.decode_statuses` makes them `MarginStatus` objects; the struct is
+  11 static words; about 5x faster than the generic decoder), and
   `check_status_layout` refuses an engine whose struct is not the one it reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
 from margincall.constants import State
-from margincall.sdk import MarginStatus
+
+T = TypeVar("T")
 
 # --- ABI -----------------------------------------------------------------------------------
 
@@ -49,6 +51,7 @@ class Abi:
 
     def __init__(self, abi: Iterable[Mapping[str, Any]]):
         self.functions: dict[str, tuple[bytes, list[str], list[str]]] = {}
+        self.outputs: dict[str, list[Mapping[str, Any]]] = {}  # name -> the ABI's outputs
         self.events: dict[bytes, EventAbi] = {}
         self.event_names: dict[str, EventAbi] = {}
         for entry in abi:
@@ -61,6 +64,7 @@ class Abi:
                 known = self.functions.get(entry["name"])
                 if known is None or len(ins) > len(known[1]):
                     self.functions[entry["name"]] = (keccak(text=sig)[:4], ins, outs)
+                    self.outputs[entry["name"]] = list(entry.get("outputs", []))
             elif kind == "event":
                 params = entry.get("inputs", [])
                 sig = f"{entry['name']}({','.join(_canonical(p) for p in params)})"
@@ -88,6 +92,18 @@ class Abi:
         _, _, outs = self.functions[name]
         raw = bytes.fromhex(data[2:]) if isinstance(data, str) else data
         return tuple(abi_decode(outs, raw))
+
+    def decode_named(self, name: str, data: str | bytes) -> dict[str, Any]:
+        """The output of `name` by field name: a struct's components (one struct returned),
+        or the outputs' names (several; unnamed ones as `out0`, `out1`...)."""
+        values = self.decode(name, data)
+        outs = self.outputs[name]
+        if len(outs) == 1 and outs[0].get("components"):
+            return {c["name"]: v for c, v in zip(outs[0]["components"], values[0], strict=True)}
+        return {
+            (o.get("name") or f"out{i}"): v
+            for i, (o, v) in enumerate(zip(outs, values, strict=True))
+        }
 
     def decode_log(self, log: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """`(event name, fields)` of a raw log, or None if it is not one of this ABI's events."""
@@ -143,8 +159,13 @@ def check_status_layout(abi: Abi) -> None:
         )
 
 
-def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list[MarginStatus]:
-    """`check_margins` output (hex) as SDK `MarginStatus` objects.
+def decode_statuses(
+    data: str,
+    names: Mapping[bytes, str] | None = None,
+    row: Callable[..., T] = tuple,  # type: ignore[assignment]
+) -> list[T]:
+    """`check_margins` output (hex), one `row(*fields)` per account (fields in
+    `STATUS_FIELDS` order; the SDK passes its `MarginStatus`).
 
     The output is one dynamic array of static 11-word structs: an offset, a
     length, then the words. `names` maps raw 20-byte addresses to the
@@ -154,7 +175,7 @@ def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list
     offset = int.from_bytes(raw[0:32], "big")
     n = int.from_bytes(raw[offset : offset + 32], "big")
     base = offset + 32
-    out: list[MarginStatus] = []
+    out: list[T] = []
     frombytes = int.from_bytes
     states = tuple(State)
     for i in range(n):
@@ -164,7 +185,7 @@ def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list
         if account is None:
             account = to_checksum_address(addr)
         out.append(
-            MarginStatus(
+            row(
                 account,
                 frombytes(raw[w + 32 : w + 64], "big"),
                 frombytes(raw[w + 64 : w + 96], "big", signed=True),

@@ -4,7 +4,7 @@ bots run as real processes against the test session's Anvil.
 - `deployed` (module): a config-driven deployment (`deploy_from_config`, one mock ETH-USD
   market, 6-decimal collateral, funded pool) with its record written to a file, as
   `ape run deploy` would; bots find the system from `deployed.record_path`.
-- `webhook` (function): a local HTTP receiver (`margincall.webhook_sink.WebhookServer`) that
+- `webhook` (function): a local HTTP receiver (`margincall.notify.webhook_sink.WebhookServer`) that
   records every POST;
   `stop()`/`start()` simulate an outage on the same port.
 - `bot_factory` (function): `bot_factory("notifier", MARGINCALL_X=...)` starts
@@ -26,9 +26,14 @@ from typing import Any
 
 import pytest
 
-from margincall.deployment import DeployConfig, DeploymentRecord, deploy_from_config, write_record
-from margincall.procs import BotProcess, stop_all
-from margincall.webhook_sink import WebhookServer
+from margincall.deploy.record import (
+    DeployConfig,
+    DeploymentRecord,
+    deploy_from_config,
+    write_record,
+)
+from margincall.keeper.procs import BotProcess, stop_all
+from margincall.notify.webhook_sink import WebhookServer
 from tests.utils.helpers import fund_lp, mint_and_approve, open_position
 
 

@@ -10,7 +10,7 @@ The chain's clock moves by whole, regular blocks, like a real chain's slots: a k
 only decide for the timestamp its transactions will carry by predicting the next block's
 (head + block interval), and a jump of the clock inside one block (`evm_increaseTime`) is
 something no keeper can predict. What the keeper did is then measured from the chain alone
-(`margincall.audit`), with eligibility judged at the next block's timestamp:
+(`margincall.keeper.audit`), with eligibility judged at the next block's timestamp:
 
 - every action's delay: blocks from the first block after which the account was eligible;
 - `unattended`: an account eligible after block b, not acted on in block b + 1 and still
@@ -27,12 +27,12 @@ from urllib.parse import urlparse
 
 import pytest
 
-from margincall.audit import action_delays, eligible_at, read_history, unattended
 from margincall.constants import State
-from margincall.deployment import DeployConfig, deploy_from_config, write_record
-from margincall.population import crash_path, open_crowd, plan_crowd
-from margincall.procs import BotProcess, stop_all
-from margincall.tx import TxSender
+from margincall.deploy.record import DeployConfig, deploy_from_config, write_record
+from margincall.keeper.audit import action_delays, eligible_at, read_history, unattended
+from margincall.keeper.procs import BotProcess, stop_all
+from margincall.keeper.tx import TxSender
+from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
 from tests.utils.helpers import fund_lp
 from tests.utils.proxy import TcpProxy
 
@@ -117,7 +117,7 @@ class Crash:
 
     def actionable(self) -> list[str]:
         """Accounts a transaction in the next block could call or liquidate."""
-        return sorted(eligible_at(self.engine, self.provider, self.addresses, self.head, {}))
+        return sorted(eligible_at(self.client, self.provider, self.addresses, self.head, {}))
 
     def aftermath(self, rounds: int = 30) -> None:
         """Lets blocks pass, a grace period at a time, until no account is left to act on
@@ -140,13 +140,13 @@ class Crash:
     # --- measures ---
 
     def history(self, start: int):
-        return read_history(self.engine, self.provider, start, self.head)
+        return read_history(self.client, start, self.head)
 
     def assert_attended(self, start: int, stop: int | None = None) -> None:
         history = self.history(start)
         stop = self.head if stop is None else stop
         missing = unattended(
-            self.engine, self.provider, self.addresses, start, stop, history.actions
+            self.client, self.provider, self.addresses, start, stop, history.actions
         )
         assert missing == [], f"eligible but not acted on in the next block: {missing}"
 
@@ -243,7 +243,7 @@ def test_crash_every_eligible_account_is_acted_on_in_the_next_block(
     assert summary["margin_calls"] >= 3, summary
     assert summary["tranches"] >= 1 and summary["full_liquidations"] >= 1, summary
 
-    delays = action_delays(crash.engine, crash.provider, history.actions)
+    delays = action_delays(crash.client, crash.provider, history.actions)
     late = {f"{a.kind} {a.account} @{a.block}": d for a, d in delays.items() if d > 1}
     assert late == {}, f"acted more than one block after eligibility: {late}"
     crash.assert_attended(start)
@@ -306,7 +306,7 @@ def test_keeper_killed_and_restarted_mid_crash_misses_no_account(crash, keepers,
     keeper.kill()
     crash.replay(crash.path[half:])  # accounts become eligible while no keeper runs
     crash.wait_blocks(GRACE_BLOCKS)  # margin calls made before the kill expire
-    waiting = eligible_at(crash.engine, crash.provider, crash.addresses, crash.head, {})
+    waiting = eligible_at(crash.client, crash.provider, crash.addresses, crash.head, {})
     assert waiting, "the test needs accounts left eligible while the keeper was down"
 
     restart = crash.head

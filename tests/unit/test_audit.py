@@ -1,4 +1,4 @@
-"""`margincall.audit` without a chain: eligibility judged at the next block's timestamp,
+"""`margincall.keeper.audit` without a chain: eligibility judged at the next block's timestamp,
 delays that stop at the account's previous action, and misses judged per action kind.
 
 `History` is a fake engine and provider: per block, a timestamp and each account's
@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from margincall.audit import (
+from margincall.constants import WAD, State
+from margincall.keeper.audit import (
     Action,
     action_delays,
     eligible,
@@ -20,7 +21,6 @@ from margincall.audit import (
     next_timestamp,
     unattended,
 )
-from margincall.constants import WAD, State
 
 GRACE = 300
 ACCOUNT = "0x" + "01" * 20
@@ -53,8 +53,8 @@ class History:
             raise LookupError(f"block {b} not found")
         return {"timestamp": self.blocks[b][0]}
 
-    # engine
-    def check_margins(self, accounts: list[str], block_id: int) -> list[SimpleNamespace]:
+    # the engine's SDK client
+    def statuses(self, accounts: list[str], block_id: int) -> list[SimpleNamespace]:
         self.reads.append(block_id)
         states = self.blocks[block_id][1]
         return [states.get(a, status(State.HEALTHY, account=a)) for a in accounts]

@@ -1,4 +1,4 @@
-"""The trader CLI (`margincall`, src/margincall/cli.py) on the Ape test chain.
+"""The trader CLI (`margincall`, src/margincall/cli/trader.py) on the Ape test chain.
 
 The `run_*` layer is called with the connected provider of `ape test`; the click layer is
 run with click's CliRunner, for parsing (bad input: exit 2), refusals (exit 1) and one good
@@ -17,10 +17,10 @@ import yaml
 from click.testing import CliRunner
 from rich.console import Console
 
-from margincall import cli as mc
-from margincall import cli_bots
+from margincall.cli import bots as cli_bots
+from margincall.cli import trader as mc
 from margincall.constants import WAD, State
-from margincall.deployment import (
+from margincall.deploy.record import (
     RecordError,
     deploy_from_config,
     load_config,

@@ -1,4 +1,4 @@
-"""`ape run deploy` (scripts/deploy.py) and `margincall.deployment`: the config-driven deploy
+"""`ape run deploy` (scripts/deploy.py) and `margincall.deploy.record`: the config-driven deploy
 writes a record that matches the chain, refuses to overwrite it without `--force` (before any
 transaction), overwrites it with `--force`, and rejects a bad config before any transaction.
 """
@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from margincall.constants import WAD
-from margincall.deployment import (
+from margincall.deploy.record import (
     ConfigError,
     RecordExists,
     load_config,

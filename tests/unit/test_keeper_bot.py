@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from margincall.audit import delay_stats
 from margincall.cli import cli
 from margincall.constants import WAD, State
-from margincall.keeper import ConfigError, KeeperConfig, parse_shard
-from margincall.keeper_logic import (
+from margincall.keeper.audit import delay_stats
+from margincall.keeper.config import ConfigError, KeeperConfig, parse_shard
+from margincall.keeper.logic import (
     GAS_EXTRA_MARKET,
     GAS_PER_CALL,
     GAS_PER_TRANCHE,
     Snapshot,
     tranche_reward_floor,
 )
+from margincall.keeper.runtime import RESULT_POLL, Backoff, _mark_seen, _QuickKicker, head_seen
 from margincall.math import RiskParams
-from margincall.population import crash_path, plan_crowd
-from margincall.runner import RESULT_POLL, Backoff, _mark_seen, _QuickKicker, head_seen
+from margincall.sim.crowd import crash_path, plan_crowd
 
 # --- keeper settings ---------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ def test_keeper_dry_run_prints_the_silverback_command_and_settings(record):
     assert "MARGINCALL_SHARD=1/2" in result.output
     assert f"MARGINCALL_DEPLOYMENT={record.resolve()}" in result.output
     assert "silverback run keeper --network ethereum:local:foundry" in result.output
-    assert "--runner margincall.runner:ResilientRunner --account TEST::3" in result.output
+    assert "--runner margincall.keeper.runtime:ResilientRunner --account TEST::3" in result.output
 
 
 @pytest.mark.parametrize(
@@ -305,7 +305,7 @@ def test_delay_stats():
 def test_raw_event_reads_every_field_from_topics_and_data(project):
     from eth_utils import to_checksum_address
 
-    from margincall.logs import RawEvent
+    from margincall.sdk.events import RawEvent
 
     abi = next(e for e in project.MarginEngine.contract_type.events if e.name == "Liquidation")
     ev = RawEvent(abi)
@@ -338,8 +338,8 @@ def test_keeper_marks_parameters_for_reload_on_market_or_risk_logs_and_knows_acc
 ):
     from eth_utils import to_checksum_address
 
-    from margincall.keeper import Keeper, KeeperState
-    from margincall.logs import RawEvent
+    from margincall.keeper.bot import Keeper, KeeperState
+    from margincall.sdk.events import RawEvent
 
     abis = {e.name: e for e in project.MarginEngine.contract_type.events}
     keeper = Keeper.__new__(Keeper)  # no chain: only the log bookkeeping

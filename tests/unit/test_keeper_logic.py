@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from margincall.constants import MAX_BATCH, WAD, State
-from margincall.keeper_logic import (
+from margincall.keeper.logic import (
     GAS_CALL_FIXED,
     GAS_CALL_MARGINAL,
     GAS_PER_CALL,
@@ -19,8 +19,6 @@ from margincall.keeper_logic import (
     GAS_TRANCHE_MARGINAL,
     BlockClock,
     CostModel,
-    Metrics,
-    PositionBook,
     RewardModel,
     Snapshot,
     batches,
@@ -30,12 +28,14 @@ from margincall.keeper_logic import (
     covers,
     decide,
     held_by_window,
-    open_accounts,
     shard,
     shard_of,
     state_at,
     tranche_reward_floor,
     window_reopens,
+)
+from margincall.keeper.metrics import (
+    Metrics,
 )
 from margincall.math import (
     Account,
@@ -45,6 +45,10 @@ from margincall.math import (
     classify,
     evaluate,
     plan_tranche,
+)
+from margincall.sdk.book import (
+    PositionBook,
+    open_accounts,
 )
 
 NOW = 1_800_000_000

@@ -40,7 +40,7 @@ from margincall.notify import (
     notifier_env,
     warning_message,
 )
-from margincall.webhook_sink import WebhookServer
+from margincall.notify.webhook_sink import WebhookServer
 
 TRADER = "0x" + "a1" * 20
 OTHER = "0x" + "b2" * 20

@@ -98,7 +98,7 @@ def test_clients_from_system_and_from_record_wrap_the_same_contracts(system, cli
 
 
 def test_clients_from_record(project, system):
-    from margincall.deployment import DeploymentRecord
+    from margincall.deploy.record import DeploymentRecord
 
     record = DeploymentRecord(
         network="ethereum:local:foundry",

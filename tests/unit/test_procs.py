@@ -1,4 +1,4 @@
-"""Bot processes die with their parent (`margincall.procs.BotProcess`).
+"""Bot processes die with their parent (`margincall.keeper.procs.BotProcess`).
 
 A parent process starts a `BotProcess` whose command is a stand-in for `silverback run`
 (a Python that sleeps), prints the child's pid, and waits. The test kills the parent with
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from margincall.procs import BotProcess, die_with_parent, stop_all
+from margincall.keeper.procs import BotProcess, die_with_parent, stop_all
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PARENT = textwrap.dedent(
     """
     import signal, sys, time
-    from margincall.procs import BotProcess
+    from margincall.keeper.procs import BotProcess
 
     death = None if sys.argv[2] == "none" else signal.SIGTERM
     bot = BotProcess(

@@ -1,26 +1,22 @@
-"""scripts/bench.py without running a benchmark: its block writer, what the summary reads
-when a step fails, and that a partial simulator run leaves the full table alone."""
+"""The benchmark suite (margincall.bench.suite) without running a benchmark: its block
+writer, what the summary reads when a step fails, and that a partial simulator
+run leaves the full table alone."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from margincall.bench import suite
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("margincall_bench", ROOT / "scripts/bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = suite
 
 DOC = """# Benchmarks
 

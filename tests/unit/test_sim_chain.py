@@ -11,11 +11,11 @@ from margincall.codec import (
     STATUS_FIELDS,
     Abi,
     check_status_layout,
-    decode_statuses,
     encode_addresses,
 )
 from margincall.constants import WAD, State
 from margincall.math import RiskParams
+from margincall.sdk import decode_statuses
 from margincall.sim.baseline import BASELINE, PHASED, baseline_params, params_for
 
 STATUS_TYPE = "(" + ",".join(t for _, t in STATUS_FIELDS) + ")[]"

@@ -1,4 +1,4 @@
-"""The simulator's eligibility rule (src/margincall/sim/runner.py): the state after block b,
+"""The simulator's eligibility rule (src/margincall/sim/replay.py): the state after block b,
 evaluated at the timestamp of block b + 1, with the engine's rules; no chain needed."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from margincall.constants import WAD, State
-from margincall.keeper_logic import Snapshot
+from margincall.keeper.logic import Snapshot
 from margincall.math import RiskParams
-from margincall.sim.runner import eligible_slot, first_slot_at
+from margincall.sim.replay import eligible_slot, first_slot_at
 
 T0, BT = 1_000, 12  # slot k is at T0 + 12 k
 PARAMS = RiskParams()  # grace period 3,600 s

@@ -1,4 +1,4 @@
-"""`margincall.tx.TxSender`: nonces, receipts and the replacement of stuck transactions.
+"""`margincall.keeper.tx.TxSender`: nonces, receipts and the replacement of stuck transactions.
 
 Most tests run against `FakeNode`, an in-memory node with a pool that follows the usual
 replacement rule (a transaction at a nonce already in the pool needs both fees 10% higher),
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from margincall.tx import RECEIPT_POLLS, TRANSFER_GAS, Deferred, PendingTx, TxSender, bumped
+from margincall.keeper.tx import RECEIPT_POLLS, TRANSFER_GAS, Deferred, PendingTx, TxSender, bumped
 
 ME = "0x" + "aa" * 20
 ENGINE = "0x" + "ee" * 20

@@ -8,8 +8,8 @@ logic; phased liquidation side by side with a liquidate-everything-at-maintenanc
 from margincall.sim.baseline import BASELINE, MODES, PHASED, baseline_params
 from margincall.sim.paths import SCENARIOS, PathError, PricePath, from_csv, scenario_path
 from margincall.sim.population import PopulationConfig, PopulationError, build_population
-from margincall.sim.runner import SimConfig, Simulation, SimulationError, Variant
-from margincall.sim.simulate import Outcome, simulate, simulate_on
+from margincall.sim.setup import SimConfig, SimulationError, Variant
+from margincall.sim.simulate import Outcome, Simulation, simulate, simulate_on
 
 __all__ = [
     "BASELINE",

@@ -37,9 +37,9 @@ from margincall.codec import (
     Abi,
     EventAbi,
     check_status_layout,
-    decode_statuses,
     encode_addresses,
 )
+from margincall.sdk.events import decode_statuses
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 ANVIL_NPM_BIN = PROJECT_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin"

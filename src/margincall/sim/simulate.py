@@ -19,15 +19,94 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from margincall.sim.baseline import BASELINE, MODES, PHASED
-from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc
+from margincall.sim.baseline import BASELINE, MODES, PHASED, params_for
+from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc, hexint
 from margincall.sim.metrics import compare, summarize, timing
 from margincall.sim.paths import PricePath, from_csv, scenario_path
-from margincall.sim.runner import RunRecord, SimConfig, Simulation, tail_seconds
+from margincall.sim.replay import Replay
+from margincall.sim.setup import (
+    RunRecord,
+    SimConfig,
+    SimSetup,
+    SimulationError,
+    Tx,
+    Variant,
+    tail_seconds,
+)
+
+
+class Simulation(SimSetup):
+    """A simulation: the setup (`SimSetup`) and its replays."""
+
+    def run(
+        self,
+        mode: str,
+        progress: Callable[[int, int, str], None] | None = None,
+        variant: Variant | None = None,
+    ) -> RunRecord:
+        """Replays the path in `mode` (`phased` or `baseline`) from the setup snapshot,
+        optionally with a `variant` of the cure probability or the risk parameters."""
+        if self.snapshot_id is None:
+            raise SimulationError("setup() first")
+        started = time.monotonic()
+        rpc = self.rpc
+        rpc.call("evm_revert", self.snapshot_id)
+        self.snapshot_id = rpc.call("evm_snapshot")
+        self.nonces.clear()
+        self.pending.clear()
+        requests_before = rpc.requests
+        rpc.call("anvil_autoImpersonateAccount", True)
+        rpc.call("evm_setAutomine", False)
+        params = params_for(mode, self.params)
+        population = self.config.population
+        gas_price_gwei = self.config.gas_price_gwei
+        if variant is not None:
+            params = replace(params, **dict(variant.params))
+            if variant.cure_probability is not None:
+                population = replace(population, cure_probability=variant.cure_probability)
+            if variant.gas_price_gwei is not None:
+                gas_price_gwei = variant.gas_price_gwei
+        # the same configuration block in both modes, so both replay the same block grid
+        owner = str(self.owner.address)
+        self.send(
+            [
+                Tx(
+                    owner,
+                    self.engine,
+                    self.engine_abi.encode("set_risk_params", params.as_tuple()),
+                    "set_risk_params",
+                    300_000,
+                )
+            ]
+        )
+        pop = self.population
+        self._fetch_nonces([owner, pop.keeper, pop.oracle] + [t.address for t in pop.traders])
+        for tx, r in self.mine(self.t_setup_end + 1)[0]:
+            if hexint(r["status"]) != 1:
+                raise SimulationError(f"{tx.label} reverted: the engine refused {mode} params")
+        replay = Replay(
+            self, mode, params, self.t_setup_end + 1 + self.config.block_time, gas_price_gwei
+        )
+        replay.population = population
+        replay.record.variant = variant.name if variant is not None else ""
+        try:
+            record = replay.run(progress)
+        finally:
+            self.pending.clear()
+        record.rpc_requests = rpc.requests - requests_before
+        record.wall_seconds = time.monotonic() - started
+        record.load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return record
+
+    def restore(self) -> None:
+        """Back to automine without impersonation (for a chain shared with other users)."""
+        self.rpc.call("evm_setAutomine", True)
+        self.rpc.call("anvil_autoImpersonateAccount", False)
+
 
 Progress = Callable[[str, int, int, str], None]  # (mode, done, total, text)
 

@@ -1,0 +1,540 @@
+"""Gas benchmark of the margin engine, measured from receipts on a local Anvil.
+
+Run with `make bench-gas` (that is, `ape run bench_gas`: Ape starts its own
+Anvil, per ape-config.yaml). Prints a table and rewrites the block between
+`<!-- gas:begin -->` and `<!-- gas:end -->` in docs/benchmarks.md.
+
+Every measured operation is its own transaction, so every storage slot and
+every address it touches starts cold (EIP-2929), as in production. The state
+around it is a steady state: the accounts exist, the engine, pool, fund and
+keeper already hold tokens, and every market has been liquidated before (its
+rolling window slot is nonzero). Token approvals are unlimited, so
+`transferFrom` does not write the allowance. `gas` is `receipt.gas_used`:
+the 21,000 base, calldata and refunds included.
+
+Views are measured with contracts/testing/GasProbe.vy: the `gasleft()`
+difference around a static call, which is what a contract caller pays
+(shown with the engine's address warm, and cold, i.e. +2,600); and, as a
+cross-check, `eth_estimateGas` minus the intrinsic cost (21,000 + 16 per
+nonzero and 4 per zero calldata byte).
+"""
+
+import json
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+from ape import accounts, chain, project
+from ape.logging import logger
+from eth_utils import keccak
+
+from margincall.bench.gas_report import (
+    ANCHOR_BATCH,
+    ANCHOR_LIQUIDATE,
+    ANCHOR_SUPPLY,
+    ANCHOR_VIEW,
+    ANCHOR_WITHDRAW,
+    BATCH_SIZES,
+    DOC,
+    MAX_UINT,
+    ROOT,
+    TARGET_CHECK_MARGIN,
+    TARGET_DEPOSIT,
+    TARGET_LIQUIDATE,
+    TARGET_WITHDRAW,
+    Breakdown,
+    Row,
+    calldata_gas,
+    machine,
+    markdown,
+    print_table,
+    whole,
+    write_doc,
+)
+from margincall.constants import MAX_MARKETS, State
+from margincall.deploy import deploy_system
+
+
+@contextmanager
+def isolated() -> Iterator[None]:
+    """Runs a scenario on a snapshot and rolls the chain back afterwards."""
+    snap = chain.snapshot()
+    try:
+        yield
+    finally:
+        chain.restore(snap)
+
+
+class Bench:
+    """One deployed system in its steady state, and the scenarios measured on it."""
+
+    def __init__(self, decimals: int, traders: list, probe: Any):
+        test = accounts.test_accounts
+        self.owner, self.guardian, self.lp, self.keeper = test[0], test[1], test[2], test[3]
+        self.trader, self.veteran = test[5], test[6]
+        self.traders = traders
+        self.probe = probe
+        self.decimals = decimals
+        self.s = deploy_system(project, self.owner, self.guardian, decimals=decimals)
+        self.engine = self.s.engine
+        self.token = self.s.token
+        self.unit = 10**decimals
+        self.rows: list[Row] = []
+        self.breakdowns: list[Breakdown] = []
+        self._names = self._address_book()
+        self._slots: dict[int, str] | None = None
+        self.probe_overhead: int | None = None
+        self.scan_rows: list[Row] = []  # batched view rows, listed after check_margin
+        self._steady_state()
+
+    # --- setup -------------------------------------------------------------
+
+    def _address_book(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """address (lowercase) -> (name, selector -> function name)."""
+        book = {}
+        named = [
+            ("engine", self.engine),
+            ("token", self.token),
+            ("pool", self.s.pool),
+            ("fund", self.s.fund),
+        ]
+        for spec, oracle, feed in zip(self.s.markets, self.s.oracles, self.s.feeds, strict=True):
+            named.append((f"oracle {spec.name}", oracle))
+            named.append((f"feed {spec.name}", feed))
+        for name, contract in named:
+            selectors = {}
+            for abi in contract.contract_type.abi:
+                if abi.type == "function":
+                    selectors["0x" + keccak(text=abi.selector)[:4].hex()] = abi.name
+            book[contract.address.lower()] = (name, selectors)
+        return book
+
+    def amount(self, x: float) -> int:
+        return int(Decimal(str(x)) * self.unit)
+
+    def _steady_state(self) -> None:
+        s, o, u = self.s, self.owner, self.unit
+        # LP liquidity, an insurance fund, a keeper that has been paid before
+        s.token.mint(self.lp.address, 1_000_000 * u, sender=self.lp)
+        s.token.approve(s.pool.address, MAX_UINT, sender=self.lp)
+        s.pool.deposit(1_000_000 * u, self.lp.address, sender=self.lp)
+        s.token.mint(o.address, 10**9 * u, sender=o)
+        s.token.approve(s.fund.address, MAX_UINT, sender=o)
+        s.fund.donate(100_000 * u, sender=o)
+        s.token.approve(self.engine.address, MAX_UINT, sender=o)  # deposits on behalf
+        s.token.mint(self.keeper.address, 10 * u, sender=self.keeper)
+        s.token.mint(self.trader.address, 1_000_000 * u, sender=self.trader)
+        s.token.approve(self.engine.address, MAX_UINT, sender=self.trader)
+        # A veteran account, liquidated once in every market: the markets'
+        # window slots, the open interest and every token balance are
+        # nonzero, as on a chain that has been running for a while.
+        self.engine.deposit(self.amount(1_700), self.veteran.address, sender=o)
+        self.open_three(self.veteran)
+        self.move_all(0.91)
+        self.engine.liquidate(self.veteran.address, sender=self.keeper)
+        self.move_all(1.0)
+
+    # --- helpers ---------------------------------------------------------------
+
+    def set_price(self, market_id: int, price: float) -> None:
+        self.s.set_price(market_id, price)
+
+    def move_all(self, factor: float) -> None:
+        for m, spec in enumerate(self.s.markets):
+            self.set_price(m, spec.price * factor)
+
+    def trade(self, who, market_id: int, size: float | str):
+        p = self.s.oracles[market_id].price()
+        delta = whole(size)
+        bound = p * 105 // 100 if delta > 0 else p * 95 // 100
+        return self.engine.trade(market_id, delta, bound, sender=who)
+
+    def open_three(self, who) -> None:
+        """2 ETH (4,000), 0.1 BTC (6,000), 20 SOL (3,000): initial margin 1,600."""
+        self.trade(who, 0, 2)
+        self.trade(who, 1, "0.1")
+        self.trade(who, 2, 20)
+
+    def expect(self, who, state: State) -> None:
+        got = State(self.engine.check_margin(who.address).state)
+        assert got == state, f"{who.address}: expected {state.name}, got {got.name}"
+
+    def record(self, op: str, gas: int, target: int | None = None, anchor: str = "") -> None:
+        twin = ""
+        if self.decimals != 18:
+            twin, op = op, f"{op} [{self.decimals}-decimal token]"
+        self.rows.append(Row(op, gas, target, anchor, twin))
+
+    def label(self, frame: dict) -> str:
+        name, selectors = self._names.get(frame["to"].lower(), (frame["to"], {}))
+        fn = selectors.get(frame.get("input", "")[:10].lower(), "?")
+        return f"{name}.{fn}"
+
+    def call_detail(self, frame: dict, used: int) -> str:
+        """The call's cost to the engine, and the recipient of a token transfer."""
+        text = f"{used:,}"
+        data = frame.get("input", "")
+        if self.label(frame).endswith(".transfer") and len(data) >= 74:
+            to = "0x" + data[34:74]
+            text += " to " + self.who(to)
+        return text
+
+    def who(self, address: str) -> str:
+        names = {
+            self.keeper.address.lower(): "keeper",
+            self.trader.address.lower(): "trader",
+            self.veteran.address.lower(): "veteran",
+        }
+        address = address.lower()
+        return names.get(address) or self._names.get(address, (address, {}))[0]
+
+    # --- breakdown ---------------------------------------------------------------
+
+    def breakdown(self, title: str, *, receipt=None, call: tuple[str, bytes] | None = None):
+        """
+        Attributes the engine frame's gas opcode by opcode (struct-log trace):
+        storage reads (cold/warm, by variable), writes, events, each external
+        call with everything it costs the engine (address access, callee,
+        memory), and the rest (arithmetic, memory, ABI, control flow).
+        """
+        opts = {"disableStorage": True, "disableMemory": True}
+        calls = {"tracer": "callTracer"}
+        req = chain.provider.make_request
+        if receipt is not None:
+            tx = receipt.txn_hash if isinstance(receipt.txn_hash, str) else receipt.txn_hash.hex()
+            struct = req("debug_traceTransaction", [tx, opts])
+            tree = req("debug_traceTransaction", [tx, calls])
+            data = bytes(receipt.transaction.data)
+            total = receipt.gas_used
+        else:
+            to, data = call
+            params = {"to": to, "data": "0x" + data.hex()}
+            struct = req("debug_traceCall", [params, "latest", opts])
+            tree = req("debug_traceCall", [params, "latest", calls])
+            total = None
+        logs = struct["structLogs"]
+        top = [i for i, step in enumerate(logs) if step["depth"] == 1]
+        subcalls = iter(tree.get("calls", []))
+        gas: dict[str, int] = defaultdict(int)
+        count: dict[str, int] = defaultdict(int)
+        detail: dict[str, list[str]] = defaultdict(list)
+        for k, i in enumerate(top):
+            step = logs[i]
+            after = logs[top[k + 1]]["gas"] if k + 1 < len(top) else step["gas"] - step["gasCost"]
+            used = step["gas"] - after
+            op = step["op"]
+            if op in ("SLOAD", "SSTORE"):
+                cold = op == "SLOAD" and step["gasCost"] >= 2100
+                key = {
+                    "SSTORE": "storage writes",
+                    "SLOAD": "storage reads, cold" if cold else "storage reads, warm",
+                }[op]
+                if op == "SSTORE" or cold:
+                    detail[key].append(self.slot_name(int(step["stack"][-1], 16)))
+            elif op.startswith("LOG"):
+                key = "events"
+            elif op in ("CALL", "STATICCALL", "DELEGATECALL"):
+                frame = next(subcalls)
+                key = "call " + self.label(frame)
+                detail[key].append(self.call_detail(frame, used))
+            elif op in ("TLOAD", "TSTORE"):
+                key = "reentrancy lock (transient storage)"
+            else:
+                key = "execution (arithmetic, memory, ABI, jumps)"
+            gas[key] += used
+            count[key] += 1
+        execution = sum(gas.values())
+        parts = []
+        if receipt is not None:
+            intrinsic = 21_000 + calldata_gas(data)
+            parts.append(("intrinsic (21,000 + calldata)", intrinsic, 1, ""))
+            refund = intrinsic + execution - total
+            if refund:
+                parts.append(("storage refund", -refund, 1, ""))
+        else:
+            total = execution
+        order = sorted(gas, key=lambda key: -gas[key])
+        parts += [(key, gas[key], count[key], ", ".join(detail[key])) for key in order]
+        self.breakdowns.append(Breakdown(title, total, parts))
+
+    def slot_name(self, slot: int) -> str:
+        if self._slots is None:
+            self._slots = self._slot_book()
+        return self._slots.get(slot, hex(slot))
+
+    def _slot_book(self) -> dict[int, str]:
+        """Storage slot -> engine variable, from the compiler's layout (best effort)."""
+        try:
+            out = subprocess.run(
+                ["vyper", "-f", "layout", "MarginEngine.vy"],
+                cwd=ROOT / "contracts",
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout
+            layout = json.loads(out)["storage_layout"]
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+            return {}
+        who = {
+            self.trader.address: "trader",
+            self.keeper.address: "keeper",
+            self.veteran.address: "veteran",
+        }
+
+        def word(x: int | str) -> bytes:
+            return int(x, 16).to_bytes(32, "big") if isinstance(x, str) else x.to_bytes(32, "big")
+
+        def h(*parts: bytes) -> int:
+            return int.from_bytes(keccak(b"".join(parts)), "big")
+
+        book: dict[int, str] = {}
+        variables = []
+        for name, info in layout.items():
+            if "slot" in info:
+                variables.append((name, info))
+            else:  # a module's namespace
+                variables += [(f"{name}.{sub}", v) for sub, v in info.items() if "slot" in v]
+        for name, info in variables:
+            slot, kind, n = info["slot"], info["type"], info["n_slots"]
+            if kind.startswith("HashMap[address, HashMap[uint256"):
+                for a, an in who.items():
+                    inner = h(word(slot), word(a))
+                    for m in range(MAX_MARKETS):
+                        book[h(word(inner), word(m))] = f"{name}[{an}][{m}]"
+            elif kind.startswith("HashMap[address"):
+                for a, an in who.items():
+                    book[h(word(slot), word(a))] = f"{name}[{an}]"
+            elif kind.startswith("HashMap[uint256"):
+                for m in range(MAX_MARKETS):
+                    book[h(word(slot), word(m))] = f"{name}[{m}]"
+            elif n == 1:
+                book[slot] = name
+            else:
+                for i in range(n):
+                    book[slot + i] = f"{name}[{i}]"
+        return book
+
+    # --- scenarios ---------------------------------------------------------------
+
+    def deposit_withdraw(self, full: bool) -> None:
+        e, t = self.engine, self.trader
+        with isolated():
+            r = e.deposit(self.amount(1_000), sender=t)
+            if full:
+                self.record("deposit, first (fresh account)", r.gas_used, None, ANCHOR_SUPPLY)
+            r = e.deposit(self.amount(4_000), sender=t)
+            self.record(
+                "deposit, existing account (steady state)",
+                r.gas_used,
+                TARGET_DEPOSIT,
+                ANCHOR_SUPPLY,
+            )
+            if full:
+                self.breakdown("deposit, existing account", receipt=r)
+            r = e.withdraw(self.amount(100), sender=t)
+            if full:
+                self.record(
+                    "withdraw, no open position", r.gas_used, TARGET_WITHDRAW, ANCHOR_WITHDRAW
+                )
+            self.trade(t, 0, 4)
+            r = e.withdraw(self.amount(100), sender=t)
+            self.record(
+                "withdraw, one position (steady state)",
+                r.gas_used,
+                TARGET_WITHDRAW,
+                ANCHOR_WITHDRAW,
+            )
+            if full:
+                self.breakdown("withdraw, one position", receipt=r)
+                self.trade(t, 1, "0.1")
+                self.trade(t, 2, 20)
+                r = e.withdraw(self.amount(100), sender=t)
+                self.record("withdraw, three positions", r.gas_used, None, ANCHOR_WITHDRAW)
+
+    def trades(self) -> None:
+        e, t = self.engine, self.trader
+        with isolated():
+            e.deposit(self.amount(5_000), sender=t)
+            self.record("trade, open (new position)", self.trade(t, 0, 2).gas_used)
+            self.record("trade, increase", self.trade(t, 0, 1).gas_used)
+            self.record("trade, reduce", self.trade(t, 0, -1).gas_used)
+            self.record("trade, close (to zero)", self.trade(t, 0, -2).gas_used)
+            self.trade(t, 0, 2)
+            p = self.s.oracles[0].price()
+            r = e.close_position(0, p * 95 // 100, sender=t)
+            self.record("close_position", r.gas_used)
+
+    def margin_call(self) -> None:
+        e, t = self.engine, self.trader
+        with isolated():
+            e.deposit(self.amount(1_000), sender=t)
+            self.trade(t, 0, 4)
+            self.set_price(0, 1_860)  # ratio 440 / 372 = 1.18
+            self.expect(t, State.CALLABLE)
+            r = e.margin_call(t.address, sender=self.keeper)
+            self.record("margin_call", r.gas_used)
+
+    def liquidations(self, full: bool) -> None:
+        e, t, k = self.engine, self.trader, self.keeper
+        with isolated():
+            e.deposit(self.amount(1_000), sender=t)
+            self.trade(t, 0, 4)  # 8,000 notional on 1,000: 8x
+            self.set_price(0, 1_800)  # ratio 200 / 360 = 0.56
+            self.expect(t, State.LIQUIDATABLE)
+            r = e.liquidate(t.address, sender=k)
+            self.record(
+                "liquidate, one tranche, one market",
+                r.gas_used,
+                TARGET_LIQUIDATE,
+                ANCHOR_LIQUIDATE,
+            )
+            if full:
+                self.breakdown("liquidate, one tranche, one market", receipt=r)
+        if not full:
+            return
+        with isolated():
+            e.deposit(self.amount(1_700), sender=t)
+            self.open_three(t)
+            self.move_all(0.91)  # ratio 530 / 728 = 0.73
+            self.expect(t, State.LIQUIDATABLE)
+            r = e.liquidate(t.address, sender=k)
+            self.record("liquidate, one tranche, three markets", r.gas_used, None, ANCHOR_LIQUIDATE)
+        for label, price, state in (
+            ("liquidate, CRITICAL (full close, one market)", 1_760, State.CRITICAL),
+            ("liquidate, BANKRUPT (full close, bad debt)", 1_700, State.BANKRUPT),
+        ):
+            with isolated():
+                e.deposit(self.amount(1_000), sender=t)
+                self.trade(t, 0, 4)
+                self.set_price(0, price)
+                self.expect(t, state)
+                r = e.liquidate(t.address, sender=k)
+                self.record(label, r.gas_used, None, ANCHOR_LIQUIDATE)
+                if state == State.BANKRUPT:
+                    assert e.BadDebt.from_receipt(r), "no BadDebt event"
+
+    def batches(self) -> None:
+        e, o = self.engine, self.owner
+        for n in BATCH_SIZES:
+            with isolated():
+                batch = self.traders[:n]
+                for who in batch:
+                    e.deposit(self.amount(1_000), who.address, sender=o)
+                    self.trade(who, 0, 4)
+                data = bytes(e.check_margins.encode_input([who.address for who in batch]))
+                request = {"from": self.keeper.address, "to": e.address, "data": "0x" + data.hex()}
+                estimate = int(chain.provider.make_request("eth_estimateGas", [request]), 16)
+                execution = estimate - 21_000 - calldata_gas(data)
+                self.scan_rows.append(
+                    Row(
+                        f"check_margins, {n} accounts, one position each: per account"
+                        f" (eth_estimateGas - intrinsic; total {execution:,})",
+                        execution // n,
+                        None,
+                        ANCHOR_VIEW,
+                    )
+                )
+                self.set_price(0, 1_800)
+                r = e.liquidate_many([who.address for who in batch], sender=self.keeper)
+                done = len(e.Liquidation.from_receipt(r))
+                assert done == n, f"liquidate_many closed {done} of {n}"
+                self.record(
+                    f"liquidate_many, {n} accounts: per account (total {r.gas_used:,})",
+                    r.gas_used // n,
+                    None,
+                    ANCHOR_BATCH,
+                )
+
+    def views(self) -> None:
+        e, t = self.engine, self.trader
+        with isolated():
+            e.deposit(self.amount(2_000), sender=t)
+            self.view_row("check_margin, no position", t, None)
+            self.trade(t, 0, 4)
+            self.view_row("check_margin, one position", t, TARGET_CHECK_MARGIN, breakdown=True)
+            self.trade(t, 1, "0.05")
+            self.trade(t, 2, 10)
+            self.view_row("check_margin, three positions", t, None)
+            self.rows += self.scan_rows
+            feed, oracle = self.s.feeds[0], self.s.oracles[0]
+            data = feed.latestRoundData.encode_input()
+            self.record(
+                "  component: feed.latestRoundData (MockAggregator)", self.measure(feed, data)
+            )
+            data = oracle.price.encode_input()
+            self.record("  component: oracle.price (adapter + feed)", self.measure(oracle, data))
+            self.breakdown("oracle.price (adapter frame)", call=(oracle.address, bytes(data)))
+            # the probe's own share: a static call to an address without code
+            spent, _ = self.probe.measure(self.keeper.address, data, True)
+            self.probe_overhead = spent
+
+    def measure(self, target, data: bytes, warm: bool = True) -> int:
+        spent, ok = self.probe.measure(target.address, data, warm)
+        assert ok, "probed call reverted"
+        return spent
+
+    def view_row(self, op: str, who, target: int | None, breakdown: bool = False) -> None:
+        data = bytes(self.engine.check_margin.encode_input(who.address))
+        warm = self.measure(self.engine, data, True)
+        cold = self.measure(self.engine, data, False)
+        request = {
+            "from": self.keeper.address,
+            "to": self.engine.address,
+            "data": "0x" + data.hex(),
+        }
+        estimate = int(chain.provider.make_request("eth_estimateGas", [request]), 16)
+        est_exec = estimate - 21_000 - calldata_gas(data)
+        self.record(f"{op} (contract caller, engine address warm)", warm, target, ANCHOR_VIEW)
+        self.record(f"{op} (contract caller, engine address cold)", cold, None, ANCHOR_VIEW)
+        self.record(f"{op} (eth_estimateGas - intrinsic)", est_exec, None, ANCHOR_VIEW)
+        if breakdown:
+            self.breakdown(op, call=(self.engine.address, data))
+
+    def run(self, full: bool = True) -> None:
+        self.deposit_withdraw(full)
+        if full:
+            self.trades()
+            self.margin_call()
+        self.liquidations(full)
+        if full:
+            self.batches()
+            self.views()
+
+
+def main() -> None:
+    logger.set_level("WARNING")
+    owner = accounts.test_accounts[0]
+    probe = owner.deploy(project.GasProbe)
+    traders = []
+    for _ in range(max(BATCH_SIZES)):
+        who = accounts.test_accounts.generate_test_account()
+        chain.set_balance(who.address, 10**21)
+        traders.append(who)
+
+    rows: list[Row] = []
+    breakdowns: list[Breakdown] = []
+    probe_overhead = 0
+    for decimals, full in ((18, True), (6, False)):
+        with isolated():
+            bench = Bench(decimals, traders, probe)
+            bench.run(full)
+        rows += bench.rows
+        breakdowns += bench.breakdowns
+        if bench.probe_overhead is not None:
+            probe_overhead = bench.probe_overhead
+
+    # each 6-decimal row right after its 18-decimal counterpart
+    rows = [r for r in rows if not r.twin] + [r for r in rows if r.twin]
+    for twin in [r for r in rows if r.twin]:
+        rows.remove(twin)
+        at = next(i for i, r in enumerate(rows) if r.op == twin.twin)
+        rows.insert(at + 1, twin)
+    print_table(rows)
+    info = machine()
+    info["probe_overhead"] = f"{probe_overhead:,}"
+    write_doc(markdown(rows, breakdowns, info))
+    print(f"wrote {DOC.relative_to(ROOT)}")

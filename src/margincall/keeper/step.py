@@ -1,0 +1,203 @@
+"""One keeper step: everything one block needs, decided from that block's statuses.
+
+`plan_block` is pure: it takes one block's statuses, the clock (the head's number and
+timestamp, and the timestamp the transactions will carry), the costs (`CostModel`, its gas
+price from `margincall.keeper.gas`), the keeper's caps (`Caps`) and the part of its state the
+decision reads (`Memory`: the open markets of each account, the markets whose liquidation
+window is full and until when, the accounts backed off), and returns a `Plan`: the margin
+calls and tranches in batches, the recovered calls to clear, what is due only at the next
+block's timestamp, the earliest time something else becomes actionable, and which accounts
+were held by a full window, backed off or already in flight.
+
+The keeper bot (`Keeper.on_block`) and the simulator (`Replay`) both call it, so the
+simulator measures the keeper that ships (tests/unit/test_keeper_step.py runs both on the
+same statuses). `margincall.keeper.audit` judges a run with the same eligibility rules
+(`can_call`, `can_liquidate`, `state_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from margincall.constants import MAX_BATCH, State
+from margincall.keeper.logic import (
+    CostModel,
+    Decision,
+    Snapshot,
+    can_call,
+    can_liquidate,
+    decide,
+    held_by_window,
+)
+
+WINDOW_PREVIEWS = 20  # skipped accounts per receipt checked for a full liquidation window
+REASON_WINDOW_FULL = 3  # `preview_liquidation(...).reason` when the window cap is reached
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The keeper's limits per block (`KeeperConfig`): accounts per batch, recovered calls
+    cleared per block, whether it clears them at all, and whether it sends margin calls
+    (the simulator's liquidate-at-maintenance baseline sends none)."""
+
+    max_batch: int = MAX_BATCH
+    max_clears: int = 20
+    clear_calls: bool = True
+    margin_calls: bool = True
+
+    @classmethod
+    def of(cls, config: Any, margin_calls: bool = True) -> Caps:
+        """From a `KeeperConfig`."""
+        return cls(
+            max_batch=int(config.max_batch),
+            max_clears=int(config.max_clears),
+            clear_calls=bool(config.clear_calls),
+            margin_calls=margin_calls,
+        )
+
+
+@dataclass
+class Memory:
+    """What the keeper remembers between blocks and the step reads: each account's open
+    markets (the position book), each market whose liquidation window is full and the time
+    it restarts, and each account backed off and the first block it is retried in."""
+
+    markets_of: Mapping[str, Iterable[int]] = field(default_factory=dict)
+    window_full_until: dict[int, int] = field(default_factory=dict)
+    backoff: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one block needs (see the module's docstring)."""
+
+    decision: Decision
+    clears: tuple[str, ...] = ()
+    due_next: frozenset[str] = frozenset()
+    snapshots: tuple[Snapshot, ...] = ()  # every account scanned
+    kept: tuple[Snapshot, ...] = ()  # those decided on: not busy, backed off or held
+    held_window: tuple[str, ...] = ()
+    backed_off: tuple[str, ...] = ()
+    busy: tuple[str, ...] = ()
+    clears_capped: int = 0  # recovered calls left for a later block by `max_clears`
+
+    @property
+    def calls(self) -> list[str]:
+        return self.decision.calls
+
+    @property
+    def liquidated(self) -> list[str]:
+        return self.decision.liquidated
+
+    @property
+    def wake_at(self) -> int | None:
+        return self.decision.wake_at
+
+    def actions(self) -> dict[str, tuple]:
+        """The block's actions, comparable across a bot and a simulator run."""
+        return {
+            "margin_call_many": self.decision.margin_calls,
+            "liquidate_many": self.decision.liquidations,
+            "clear_margin_call": self.clears,
+            "held_window": self.held_window,
+            "backed_off": self.backed_off,
+        }
+
+
+def mmr_of(account: str, markets_of: Mapping[str, Iterable[int]], mmrs: Sequence[int]) -> int:
+    """The largest mmr of the account's markets, 0 if unknown: a tighter reward bound than
+    all markets' largest mmr (`Snapshot.mmr`)."""
+    held = list(markets_of.get(account, ()))
+    if not held or max(held) >= len(mmrs):
+        return 0
+    return max(mmrs[m] for m in held)
+
+
+def recovered(status: Any, call_ratio: int) -> bool:
+    """HEALTHY with a margin call still recorded: `clear_margin_call` removes the record."""
+    return bool(
+        status.priced
+        and status.state == State.HEALTHY
+        and status.call_deadline
+        and status.ratio >= call_ratio
+    )
+
+
+def plan_block(
+    statuses: Sequence[Any],
+    *,
+    number: int,
+    head_timestamp: int,
+    now: int,
+    costs: CostModel,
+    caps: Caps,
+    memory: Memory,
+    call_ratio: int,
+    mmrs: Sequence[int] = (),
+    busy: Iterable[str] = (),
+) -> Plan:
+    """The plan of block `number` (stamped `head_timestamp`) from its `statuses` (SDK
+    `MarginStatus`es); `now` is the timestamp the transactions are expected to carry (the
+    next block's). `busy`: accounts with a transaction in flight (left alone)."""
+    in_flight = {str(a).lower() for a in busy}
+    snaps = tuple(
+        Snapshot.from_status(s, mmr_of(s.account, memory.markets_of, mmrs)) for s in statuses
+    )
+    busy_now = tuple(s.account for s in snaps if s.account.lower() in in_flight)
+    backed = tuple(
+        s.account
+        for s in snaps
+        if s.account.lower() not in in_flight and memory.backoff.get(s.account, -1) > number
+    )
+    skip = set(busy_now) | set(backed)
+    free = [s for s in snaps if s.account not in skip]
+    kept, held = held_by_window(free, now, memory.markets_of, memory.window_full_until)
+    decision = decide(kept, now, costs, max_batch=caps.max_batch)
+    if not caps.margin_calls:
+        decision = replace(decision, margin_calls=())
+    chosen = set(decision.liquidated)
+    free_costs = replace(costs, gas_price=0)
+    due_next = frozenset(
+        s.account
+        for s in kept
+        if s.account in chosen and not can_liquidate(s, head_timestamp, free_costs)
+    )
+    clears: list[str] = []
+    if caps.clear_calls and caps.margin_calls:
+        clears = [
+            s.account
+            for s in statuses
+            if recovered(s, call_ratio) and str(s.account).lower() not in in_flight
+        ]
+    return Plan(
+        decision=decision,
+        clears=tuple(clears[: caps.max_clears]),
+        due_next=due_next,
+        snapshots=snaps,
+        kept=tuple(kept),
+        held_window=tuple(s.account for s in held),
+        backed_off=backed,
+        busy=busy_now,
+        clears_capped=max(0, len(clears) - caps.max_clears),
+    )
+
+
+def actionable(snaps: Iterable[Snapshot], now: int, costs: CostModel) -> set[str]:
+    """The accounts a keeper could act on at `now`, profit ignored (the delay metrics)."""
+    free = replace(costs, gas_price=0)
+    return {s.account for s in snaps if can_liquidate(s, now, free) or can_call(s, free)}
+
+
+__all__ = [
+    "REASON_WINDOW_FULL",
+    "WINDOW_PREVIEWS",
+    "Caps",
+    "Memory",
+    "Plan",
+    "actionable",
+    "mmr_of",
+    "plan_block",
+    "recovered",
+]

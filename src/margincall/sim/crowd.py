@@ -1,0 +1,119 @@
+"""A seeded crowd of leveraged traders, opened through the SDK on any Ape chain.
+
+The demo and the end-to-end tests need the same thing: N traders, each with
+a deposit and one position at a leverage between 2x and ~10x, long or short,
+in one of the markets, reproducible from a seed. `plan_crowd` draws the
+plan (pure), `open_crowd` funds and opens it (mint, approve, deposit, trade),
+and `crash_path` gives a price path with a fall and rebounds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from margincall.constants import WAD
+
+
+@dataclass(frozen=True)
+class TraderPlan:
+    """One trader: deposit (whole tokens), market, side and leverage."""
+
+    deposit: int
+    market_id: int
+    long: bool
+    leverage: Decimal
+
+    def size(self, price_wad: int) -> int:
+        """Position size (wad of base asset, signed) for this leverage at `price_wad`."""
+        notional = Decimal(self.deposit) * self.leverage * WAD
+        size = int(notional * WAD / Decimal(price_wad))
+        return size if self.long else -size
+
+
+def plan_crowd(
+    n: int,
+    seed: int,
+    market_ids: Sequence[int] = (0, 1),
+    leverage: tuple[float, float] = (2.0, 9.9),
+    deposit: tuple[int, int] = (1_000, 20_000),
+    long_share: float = 0.75,
+) -> list[TraderPlan]:
+    """`n` traders drawn from `seed`: leverage uniform in `leverage`, mostly long."""
+    if n < 0:
+        raise ValueError("n must be non-negative")
+    lo, hi = leverage
+    if not 1 <= lo <= hi:
+        raise ValueError("leverage bounds must satisfy 1 <= low <= high")
+    rng = random.Random(seed)
+    plans = []
+    for _ in range(n):
+        lev = Decimal(str(round(rng.uniform(lo, hi), 2)))
+        plans.append(
+            TraderPlan(
+                deposit=rng.randrange(deposit[0], deposit[1] + 1, 100),
+                market_id=rng.choice(list(market_ids)),
+                long=rng.random() < long_share,
+                leverage=lev,
+            )
+        )
+    return plans
+
+
+def open_crowd(
+    client: Any,
+    traders: Sequence[Any],
+    plans: Sequence[TraderPlan],
+    slippage_bps: int = 100,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Funds each trader with its deposit (mock token) and opens its position."""
+    if len(traders) < len(plans):
+        raise ValueError(f"{len(plans)} plans but only {len(traders)} trader accounts")
+    for i, (trader, plan) in enumerate(zip(traders, plans, strict=False)):
+        amount = client.tokens(plan.deposit)
+        client.mint(amount, sender=trader)
+        client.approve(amount, sender=trader)
+        client.deposit(amount, sender=trader)
+        size = plan.size(client.price(plan.market_id))
+        bound = client.acceptable_price(plan.market_id, size, slippage_bps)
+        client.trade(plan.market_id, size, bound, sender=trader)
+        if progress:
+            progress(i + 1)
+
+
+def crash_path(
+    start: float,
+    fall: float = 0.45,
+    steps: int = 30,
+    rebound: float = 0.03,
+    every: int = 6,
+    seed: int = 7,
+) -> list[float]:
+    """Prices from `start` down by `fall` (0.45 = -45%) in `steps` steps, ending at the low.
+
+    Every `every`-th step (but the last) is a rebound of `rebound` (+3%); the other steps
+    fall by the same return, chosen so that the path ends exactly at the low, with a
+    jitter of +-20% drawn from `seed`. No step falls by much more than the average,
+    as in a crash seen minute by minute.
+    """
+    if not 0 < fall < 1 or steps < 2 or every < 2:
+        raise ValueError("fall must be in (0, 1), steps >= 2, every >= 2")
+    rng = random.Random(seed)
+    ups = [k % every == 0 for k in range(1, steps)] + [False]
+    weights = [0.0 if up else rng.uniform(0.8, 1.2) for up in ups]
+    # the falls share the log-return left after the rebounds, in proportion to the weights
+    total = math.log((1 - fall) / (1 + rebound) ** sum(ups))
+    path, price = [], start
+    for up, w in zip(ups, weights, strict=True):
+        price *= (1 + rebound) if up else math.exp(total * w / sum(weights))
+        path.append(round(price, 2))
+    path[-1] = round(start * (1 - fall), 2)
+    return path
+
+
+__all__ = ["TraderPlan", "crash_path", "open_crowd", "plan_crowd"]

@@ -1,0 +1,456 @@
+"""The stress simulator's engine room: deploy, open the population, replay a path.
+
+`Simulation` drives the real contracts on a local Anvil:
+
+1. deploys a system with `margincall.deploy.deploy_system` (through Ape), one
+   market per market of the path, at the path's first prices;
+2. funds the LPs, seeds the insurance fund and opens every trader's
+   positions (mint, approve, deposit, trade), with raw transactions from
+   impersonated addresses, many per block; then takes a chain snapshot;
+3. `run(mode)` reverts to that snapshot, sets the mode's risk parameters and
+   replays the path block by block.
+
+Time and blocks: blocks sit on a grid of `block_time` seconds from the
+run's start (slot k at `t0 + k * block_time`). A slot is mined when
+something happens in it: a price point of the path (posted to the mock
+feeds in the first slot at or after its time), a trader's cure, the
+keeper's transactions, or a time the keeper asked to wake at (a call
+deadline, a tranche interval; `keeper.logic.decide` returns it). Slots where
+nothing can happen are not mined (Anvil takes ~5 ms per empty block), so
+delays are counted in slots: the block numbers of a chain that has a block
+every `block_time` seconds.
+
+The keeper is the project's keeper logic: after every mined block it scans
+every open account with `check_margins`, turns the statuses into
+`keeper.logic.Snapshot`s, calls `keeper.logic.decide` with the cost model
+the keeper bot uses (`margincall.keeper.config.KeeperConfig` defaults: profit margin,
+gas per call and per tranche, batch size, clearing recovered calls), and
+sends `liquidate_many` / `margin_call_many` / `clear_margin_call` for the
+next block. `decide` gets the timestamp those transactions will carry: the
+next slot's, not the mined block's.
+
+Delay (`eligible_slot`): the state after block b is evaluated at the
+timestamp of slot b + 1, the first block that can act on it, with the
+engine's rules (a CALLED account whose deadline has come is LIQUIDATABLE; a
+tranche waits for `next_tranche_time`); when the action only becomes possible
+at a later time (a deadline, a tranche interval) the first slot whose
+timestamp reaches it counts, whether or not the simulator mined that slot.
+The delay of a tranche (or call) is its block less that first possible block,
+plus one: 1 = in the first block where the action was possible. Profit is
+ignored here (the bot's rule), so a keeper that declines unprofitable
+tranches shows up as accounts left liquidatable, not as delays.
+
+Traders cure margin calls as `population` describes (a per-trader trait: a
+trader cures every call, after its own delay, or never); they act on the last
+status they saw, so a cure can fall short when the price moved meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from margincall.deploy import MarketSpec, deploy_system
+from margincall.keeper.config import KeeperConfig
+from margincall.math import RiskParams
+from margincall.sdk import MarginEngineClient, chunks
+from margincall.sim.chain import (
+    Abi,
+    Rpc,
+    RpcError,
+    check_status_layout,
+    hexint,
+)
+from margincall.sim.paths import PricePath
+from margincall.sim.population import (
+    Population,
+    PopulationConfig,
+    Trader,
+    build_population,
+)
+
+MAX_UINT = 2**256 - 1
+FALLBACK_ETH_PRICE = 2_000.0  # for the keeper's gas cost when the path has no ETH market
+HEARTBEAT = 30 * 86_400  # feeds are posted every step; a CSV may have long gaps
+GAS = {"deposit": 200_000, "trade": 400_000, "clear_margin_call": 200_000, "set_answer": 120_000}
+SETUP_CHUNK = 600  # transactions per JSON-RPC batch during setup
+TAIL_MARGIN = 600  # seconds replayed after the last price on top of one grace period
+
+
+class SimulationError(RuntimeError):
+    """The simulation could not set up or replay (a setup transaction failed, ...)."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulation: a scenario (or CSV path), a seed, the population and the chain."""
+
+    scenario: str = "black_thursday"
+    seed: int = 1
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    block_time: int = 12
+    gas_price_gwei: float = 1.0  # the keeper's gas price, for its profit rule and its profit
+    tail: int | None = None  # seconds replayed after the last price (default: grace + TAIL_MARGIN)
+    csv: Path | None = None  # a CSV path instead of the named scenario
+    decimals: int = 18  # collateral token decimals
+    mmr: float = 0.05
+    imr: float = 0.10
+    fee: float = 0.0005
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A phased run with something changed, on the same setup: the cure probability, the
+    keeper's gas price, or risk parameters (raw engine units, e.g.
+    `("critical_ratio", 8 * 10**17)`; the engine checks their bounds)."""
+
+    name: str
+    cure_probability: float | None = None
+    gas_price_gwei: float | None = None
+    params: tuple[tuple[str, int], ...] = ()
+
+
+def tail_seconds(config: SimConfig, params: RiskParams) -> int:
+    """Seconds replayed after the path's last price: `config.tail`, or one grace period
+    plus `TAIL_MARGIN`."""
+    return config.tail if config.tail is not None else params.grace_period + TAIL_MARGIN
+
+
+@dataclass
+class Tx:
+    """A transaction to send in the next block (gas 0: estimate it)."""
+
+    sender: str
+    to: str
+    data: str
+    label: str
+    gas: int = 0
+    accounts: tuple[str, ...] = ()
+    amount: int = 0  # token units a trader deposits
+
+
+@dataclass
+class RunRecord:
+    """Everything one run observed; `margincall.sim.metrics` turns it into figures."""
+
+    mode: str
+    params: RiskParams
+    block_time: int
+    decimals: int
+    markets: tuple[str, ...]
+    duration: int  # seconds of the path
+    end: int  # seconds replayed (path + tail)
+    fund_start: int = 0
+    pool_start: int = 0
+    # one row per mined block: (slot, seconds, prices..., fund, pool, open, state counts x6,
+    # ratio p5, p25, p50, p75, p95)
+    samples: list[tuple] = field(default_factory=list)
+    liquidations: list[dict[str, Any]] = field(default_factory=list)
+    bad_debts: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    clears: list[dict[str, Any]] = field(default_factory=list)
+    keeper_paid: list[dict[str, Any]] = field(default_factory=list)
+    # blocks from the first block where it was possible (1 = that block), per tranche or
+    # full close, and per margin call
+    delays: list[int] = field(default_factory=list)
+    call_delays: list[int] = field(default_factory=list)
+    keeper_gas: int = 0
+    keeper_txs: int = 0
+    keeper_fee_tokens: float = 0.0
+    keeper_skipped: int = 0  # accounts sent to a batch that the engine skipped
+    keeper_reverts: int = 0  # keeper transactions that reverted (out of gas, ...)
+    # the shipped keeper's step (`margincall.keeper.step`), summed over the blocks: accounts
+    # held back by a full liquidation window, backed off (too large for one transaction),
+    # recovered calls left for a later block by `max_clears`; full windows detected
+    keeper_held_window: int = 0
+    keeper_backed_off: int = 0
+    keeper_clears_capped: int = 0
+    keeper_windows_full: int = 0
+    trader_txs: int = 0
+    trader_reverts: int = 0
+    cures_planned: int = 0
+    cures_sent: int = 0
+    cures_by_deposit: int = 0  # cure transactions sent, by kind
+    cures_by_reduce: int = 0
+    gas_price_gwei: float = 0.0  # the keeper's gas price in this run
+    # eligible accounts that stopped being eligible before anyone acted (the keeper declined:
+    # unprofitable, or no time), after the action had been possible
+    liq_missed: int = 0
+    call_missed: int = 0
+    trader_equity_start: int = 0  # wad, every trader's equity at the first block
+    trader_equity_end: int = 0
+    trader_deposits: int = 0  # token units deposited by cures
+    blocks_mined: int = 0
+    slots: int = 0
+    rpc_requests: int = 0
+    wall_seconds: float = 0.0
+    load_avg: float = 0.0  # the machine's 1-minute load average at the end of the run
+    variant: str = ""
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _wad(x: float) -> int:
+    return int(round(x * 10**9)) * 10**9
+
+
+class SimSetup:
+    """One deployed system with its population; `run(mode)` replays the path on it."""
+
+    def __init__(
+        self,
+        rpc: Rpc,
+        project: Any,
+        owner: Any,
+        path: PricePath,
+        config: SimConfig,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.rpc = rpc
+        self.project = project
+        self.owner = owner
+        self.path = path
+        self.config = config
+        self.log = log or (lambda _msg: None)
+        self.population: Population = build_population(config.population, config.seed, path.markets)
+        self.markets = path.markets
+        self.keeper_config = KeeperConfig(deployment=Path("simulation"))
+        self.nonces: dict[str, int] = {}
+        self.pending: dict[str, Tx] = {}
+        self.snapshot_id: str | None = None
+        self.setup_seconds = 0.0
+        self.t_setup_end = 0
+
+    # --- chain helpers -------------------------------------------------------------
+
+    def head(self) -> tuple[int, int]:
+        block = self.rpc.call("eth_getBlockByNumber", "latest", False)
+        return hexint(block["number"]), hexint(block["timestamp"])
+
+    def _fetch_nonces(self, senders: Sequence[str]) -> None:
+        new = [s for s in dict.fromkeys(senders) if s not in self.nonces]
+        counts = self.rpc.batch([("eth_getTransactionCount", [s, "pending"]) for s in new])
+        for s, n in zip(new, counts, strict=True):
+            self.nonces[s] = hexint(n)
+
+    def send(self, txs: Sequence[Tx], timestamp: int | None = None) -> list[Tx]:
+        """Estimates what needs it, signs nothing (Anvil impersonates), sends in one batch.
+        Returns the transactions sent; one that fails its estimate is dropped.
+
+        With `timestamp` (the block the transactions will be mined in), estimates run on the
+        latest state at that time (a block override): a tranche that only becomes possible
+        at the next block's time (a call deadline, a tranche interval) is a no-op at the
+        head's time, and an estimate made there would starve it of gas."""
+        if not txs:
+            return []
+        txs = list(txs)
+        need = [tx for tx in txs if tx.gas == 0]
+        if need:
+            at: list[Any] = [] if timestamp is None else [{}, {"time": hex(timestamp)}]
+            estimates = self.rpc.batch(
+                [
+                    (
+                        "eth_estimateGas",
+                        [{"from": tx.sender, "to": tx.to, "data": tx.data}, "latest", *at],
+                    )
+                    for tx in need
+                ],
+                allow_errors=True,
+            )
+            dropped = set()
+            for tx, est in zip(need, estimates, strict=True):
+                if isinstance(est, RpcError):
+                    self.log(f"{tx.label} not sent: {est}")
+                    dropped.add(id(tx))
+                else:
+                    tx.gas = min(int(hexint(est) * 1.3) + 50_000, 29_000_000)
+            txs = [tx for tx in txs if id(tx) not in dropped]
+        self._fetch_nonces([tx.sender for tx in txs])
+        calls = []
+        for tx in txs:
+            nonce = self.nonces[tx.sender]
+            self.nonces[tx.sender] = nonce + 1
+            calls.append(
+                (
+                    "eth_sendTransaction",
+                    [
+                        {
+                            "from": tx.sender,
+                            "to": tx.to,
+                            "data": tx.data,
+                            "gas": hex(tx.gas),
+                            "gasPrice": "0x0",
+                            "nonce": hex(nonce),
+                        }
+                    ],
+                )
+            )
+        sent = []
+        for tx, h in zip(txs, self.rpc.batch(calls, allow_errors=True), strict=True):
+            if isinstance(h, RpcError):
+                raise SimulationError(f"{tx.label} from {tx.sender} refused: {h}")
+            self.pending[h] = tx
+            sent.append(tx)
+        return sent
+
+    def mine(
+        self, timestamp: int | None = None, extra: Sequence[tuple[str, list]] = ()
+    ) -> tuple[list[tuple[Tx, dict]], list[Any]]:
+        """Mines one block (at `timestamp`); returns the (tx, receipt) pairs of our
+        transactions it included, in block order, and the results of `extra` requests
+        (views), read in the same batch as the block's receipts (`eth_getBlockReceipts`)."""
+        self.rpc.call("evm_mine", *([timestamp] if timestamp is not None else []))
+        out = self.rpc.batch([("eth_getBlockReceipts", ["latest"])] + list(extra))
+        receipts, results = out[0] or [], out[1:]
+        done = []
+        for r in receipts:
+            tx = self.pending.pop(r["transactionHash"], None)
+            if tx is not None:
+                done.append((tx, r))
+        return done, results
+
+    def eth_call(self, to: str, data: str) -> tuple[str, list]:
+        return ("eth_call", [{"to": to, "data": data, "gas": hex(10**9)}, "latest"])
+
+    # --- setup -----------------------------------------------------------------------
+
+    def market_specs(self) -> tuple[MarketSpec, ...]:
+        c = self.config
+        return tuple(
+            MarketSpec(
+                m,
+                self.path.start(m),
+                imr=_wad(c.imr),
+                mmr=_wad(c.mmr),
+                fee=_wad(c.fee),
+                heartbeat=HEARTBEAT,
+            )
+            for m in self.markets
+        )
+
+    def deploy(self) -> None:
+        self.system = deploy_system(
+            self.project, self.owner, decimals=self.config.decimals, markets=self.market_specs()
+        )
+        s = self.system
+        self.client = MarginEngineClient.from_system(s)
+        self.params: RiskParams = self.client.risk_params()
+        late = self.config.population.cure_delay[1]
+        if late >= self.params.grace_period:
+            raise SimulationError(
+                f"cure delays up to {late} s do not fit the grace period"
+                f" ({self.params.grace_period} s): a cure must come before the deadline"
+            )
+        self.engine_abi = Abi.of(s.engine)
+        check_status_layout(self.engine_abi)
+        self.token_abi = Abi.of(s.token)
+        self.pool_abi = Abi.of(s.pool)
+        self.fund_abi = Abi.of(s.fund)
+        self.feed_abi = Abi.of(s.feeds[0])
+        self.engine = str(s.engine.address)
+        self.token = str(s.token.address)
+        self.pool = str(s.pool.address)
+        self.fund = str(s.fund.address)
+        self.feeds = [str(f.address) for f in s.feeds]
+        self.unit = 10**self.config.decimals
+        self.scale = 10 ** (18 - self.config.decimals)
+        self.names = {bytes.fromhex(t.address[2:]): t.address for t in self.population.traders}
+
+    def tokens(self, whole: float) -> int:
+        return int(round(whole * 100)) * self.unit // 100
+
+    def feed_answer(self, market_index: int, price: float) -> int:
+        return self.system.feed_answer(market_index, price)
+
+    def setup(self) -> None:
+        """Deploys, opens the population, takes the snapshot every run starts from."""
+        started = time.monotonic()
+        self.deploy()
+        rpc, pop = self.rpc, self.population
+        rpc.call("anvil_autoImpersonateAccount", True)
+        rpc.call("evm_setAutomine", False)
+        _, ts = self.head()
+        actors = [t.address for t in pop.traders] + pop.lps + [pop.keeper, pop.oracle]
+        rpc.batch([("anvil_setBalance", [a, hex(10**24)]) for a in actors])
+
+        enc, tok = self.token_abi.encode, self.token
+        txs: list[Tx] = []
+        lp_each = self.tokens(pop.lp_liquidity / len(pop.lps))
+        for lp in pop.lps:
+            txs += [
+                Tx(lp, tok, enc("mint", lp, lp_each), "mint", 100_000),
+                Tx(lp, tok, enc("approve", self.pool, MAX_UINT), "approve", 100_000),
+                Tx(lp, self.pool, self.pool_abi.encode("deposit", lp_each, lp), "lp", 300_000),
+            ]
+        seed = self.tokens(pop.fund_seed)
+        if seed > 0:
+            donor = pop.oracle
+            txs += [
+                Tx(donor, tok, enc("mint", donor, seed), "mint", 100_000),
+                Tx(donor, tok, enc("approve", self.fund, MAX_UINT), "approve", 100_000),
+                Tx(donor, self.fund, self.fund_abi.encode("donate", seed), "donate", 200_000),
+            ]
+        for t in pop.traders:
+            txs += self._open_txs(t)
+        ts = self._setup_blocks(txs, ts)
+        self.t_setup_end = ts
+        self.snapshot_id = rpc.call("evm_snapshot")
+        self.setup_seconds = time.monotonic() - started
+
+    def max_leverage(self) -> float:
+        """The engine admits new exposure up to equity >= initial: notional <= collateral /
+        (imr + fee); traders open at 99.5% of that at most."""
+        return 0.995 / (self.config.imr + self.config.fee)
+
+    def opened_leverage(self, t: Trader) -> float:
+        return min(t.leverage, self.max_leverage())
+
+    def _open_txs(self, t: Trader) -> list[Tx]:
+        enc = self.engine_abi.encode
+        who = t.address
+        collateral = self.tokens(t.collateral)
+        wallet = collateral + self.tokens(t.reserve)
+        out = [
+            Tx(who, self.token, self.token_abi.encode("mint", who, wallet), "mint", 100_000),
+            Tx(
+                who,
+                self.token,
+                self.token_abi.encode("approve", self.engine, MAX_UINT),
+                "approve",
+                100_000,
+            ),
+            Tx(who, self.engine, enc("deposit", collateral, who), "deposit", GAS["deposit"]),
+        ]
+        notional = t.collateral * self.opened_leverage(t)
+        for leg in t.legs:
+            m = self.markets.index(leg.market)
+            price = self.path.start(leg.market)
+            size = int(notional * leg.share / price * 1e9) * 10**9
+            bound = _wad(price * (1.01 if leg.long else 0.99))
+            delta = size if leg.long else -size
+            out.append(Tx(who, self.engine, enc("trade", m, delta, bound), "trade", GAS["trade"]))
+        return out
+
+    def _setup_blocks(self, txs: list[Tx], ts: int) -> int:
+        """Sends `txs` a chunk at a time and mines each chunk out before the next (Anvil
+        slows down with tens of thousands of transactions waiting in its pool)."""
+        failed = []
+        for part in chunks(txs, SETUP_CHUNK):
+            self.send(part)
+            while self.pending:
+                ts += 1
+                for tx, receipt in self.mine(ts)[0]:
+                    if hexint(receipt["status"]) != 1:
+                        failed.append(tx)
+        if failed:
+            tx = failed[0]
+            raise SimulationError(
+                f"setup: {len(failed)} transactions reverted, first {tx.label} from {tx.sender}"
+            )
+        return ts

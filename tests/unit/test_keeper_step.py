@@ -1,0 +1,180 @@
+"""One keeper step for the bot and the simulator (src/margincall/keeper/step.py): the bot's
+`Keeper.plan` and the simulator's `Replay.plan` run the same `plan_block` over the same
+block's statuses and decide the same actions, with the bot's caps, window holds and backoffs.
+No chain: the statuses are the SDK's `MarginStatus`es a scan returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from margincall.constants import WAD, State
+from margincall.keeper.bot import Keeper, KeeperState
+from margincall.keeper.config import KeeperConfig
+from margincall.keeper.step import Caps, Memory, plan_block
+from margincall.math import RiskParams
+from margincall.sdk import MarginStatus
+from margincall.sim.replay import Replay
+
+T0 = 1_700_000_000
+BLOCK_TIME = 12
+SLOT = 40
+HEAD = T0 + SLOT * BLOCK_TIME  # the head's timestamp (the simulator's slot)
+NOW = HEAD + BLOCK_TIME  # what the block's transactions carry
+PARAMS = RiskParams()
+MMRS = [5 * WAD // 100, 10 * WAD // 100]
+MAINTENANCE = 1_000 * WAD
+
+
+def _account(i: int) -> str:
+    return "0x" + f"{i:02x}" * 20
+
+
+def _status(i: int, state: State, ratio: int, **kw) -> MarginStatus:
+    fields = {
+        "account": _account(i),
+        "collateral": 10_000 * WAD,
+        "equity": ratio * MAINTENANCE // WAD,
+        "maintenance": MAINTENANCE,
+        "initial": 2 * MAINTENANCE,
+        "ratio": ratio,
+        "state": state,
+        "call_deadline": 0,
+        "next_tranche_time": 0,
+        "positions": 1,
+        "priced": True,
+    }
+    fields.update(kw)
+    return MarginStatus(**fields)
+
+
+# one block's statuses: tranches (plain, critical, bankrupt), calls, recovered calls, an
+# account held by a full window, one backed off, one in flight, one not yet due
+STATUSES = [
+    _status(1, State.LIQUIDATABLE, 95 * WAD // 100),
+    _status(2, State.CRITICAL, 40 * WAD // 100),
+    _status(3, State.BANKRUPT, 0, equity=-5 * WAD),
+    _status(4, State.LIQUIDATABLE, 90 * WAD // 100),  # market 1: its window is full
+    _status(5, State.LIQUIDATABLE, 92 * WAD // 100),  # backed off (too large)
+    _status(6, State.LIQUIDATABLE, 93 * WAD // 100),  # a transaction in flight
+    _status(7, State.CALLABLE, 110 * WAD // 100),
+    _status(8, State.CALLABLE, 105 * WAD // 100),
+    _status(9, State.CALLABLE, 115 * WAD // 100),
+    _status(10, State.HEALTHY, 140 * WAD // 100, call_deadline=HEAD + 600),  # recovered
+    _status(11, State.HEALTHY, 150 * WAD // 100, call_deadline=HEAD + 600),  # recovered
+    _status(12, State.LIQUIDATABLE, 96 * WAD // 100, next_tranche_time=NOW + 120),
+    _status(13, State.HEALTHY, 300 * WAD // 100),
+]
+MARKETS = {_account(i): {1 if i == 4 else 0} for i in range(1, 14)}
+FULL_UNTIL = {1: NOW + 200}
+BACKOFF = {_account(5): SLOT + 10}
+IN_FLIGHT = {_account(6)}
+CONFIG = KeeperConfig(deployment=Path("unused.json"), max_batch=2, max_clears=1)
+
+
+def _costs():
+    return CONFIG.cost_model(PARAMS, MMRS, 18, gas_price=0)
+
+
+def _bot() -> Keeper:
+    """The bot with the state its logs and receipts built (no chain: only the step's inputs)."""
+    keeper = Keeper.__new__(Keeper)
+    keeper.config = CONFIG
+    keeper.state = KeeperState()
+    for account, markets in MARKETS.items():
+        for m in markets:
+            keeper.state.book.apply({"account": account, "market_id": m, "size": 10**18})
+    keeper.state.window_full_until.update(FULL_UNTIL)
+    keeper.state.backoff.update(BACKOFF)
+    keeper.costs = _costs()
+    keeper.call_ratio = PARAMS.call_ratio
+    keeper.mmrs = MMRS
+    return keeper
+
+
+def _simulator() -> Replay:
+    """The simulator's replay after block `SLOT` with the same memory (no chain)."""
+    replay = Replay.__new__(Replay)
+    replay.t0, replay.bt, replay.params, replay.mmrs = T0, BLOCK_TIME, PARAMS, MMRS
+    replay.caps = Caps.of(CONFIG)
+    replay.memory = Memory({a: set(m) for a, m in MARKETS.items()}, dict(FULL_UNTIL), dict(BACKOFF))
+    replay.in_flight = set(IN_FLIGHT)
+    replay._costs_now = _costs  # the bot's cost model (the simulator converts at its ETH price)
+    return replay
+
+
+def test_bot_and_simulator_decide_the_same_actions_on_the_same_block():
+    bot = _bot().plan(STATUSES, SLOT, HEAD, NOW, {a.lower() for a in IN_FLIGHT})
+    sim = _simulator().plan(STATUSES, SLOT, NOW)
+    assert bot.actions() == sim.actions()
+    assert bot.due_next == sim.due_next and bot.wake_at == sim.wake_at
+    # and the actions are the shipped keeper's: most urgent first, in batches of `max_batch`
+    assert bot.decision.liquidations == ((_account(3), _account(2)), (_account(1),))
+    assert bot.decision.margin_calls == ((_account(8), _account(7)), (_account(9),))
+    assert bot.held_window == (_account(4),)
+    assert bot.backed_off == (_account(5),)
+    assert bot.busy == (_account(6),)
+    assert bot.clears == (_account(10),) and bot.clears_capped == 1  # max_clears = 1
+    assert bot.wake_at == NOW + 120  # account 12's next tranche
+
+
+def test_the_step_differs_without_the_bots_caps_and_memory():
+    """The comparison above can fail: the simulator's old keeper (no caps, no window holds,
+    no backoff: `decide` over every account) plans another block."""
+    bare = plan_block(
+        STATUSES,
+        number=SLOT,
+        head_timestamp=HEAD,
+        now=NOW,
+        costs=_costs(),
+        caps=Caps(),
+        memory=Memory(),
+        call_ratio=PARAMS.call_ratio,
+        busy=IN_FLIGHT,
+    )
+    shipped = _bot().plan(STATUSES, SLOT, HEAD, NOW, {a.lower() for a in IN_FLIGHT})
+    assert bare.actions() != shipped.actions()
+    assert _account(4) in bare.liquidated and _account(5) in bare.liquidated
+    assert bare.clears == (_account(10), _account(11))
+
+
+def test_a_backoff_ends_and_a_window_reopens_at_their_time():
+    later = SLOT + 10
+    memory = Memory(MARKETS, dict(FULL_UNTIL), dict(BACKOFF))
+    plan = plan_block(
+        STATUSES,
+        number=later,
+        head_timestamp=FULL_UNTIL[1],
+        now=FULL_UNTIL[1] + BLOCK_TIME,
+        costs=_costs(),
+        caps=Caps.of(CONFIG),
+        memory=memory,
+        call_ratio=PARAMS.call_ratio,
+    )
+    assert plan.backed_off == () and plan.held_window == ()
+    assert {_account(4), _account(5)} <= set(plan.liquidated)
+
+
+def test_the_baseline_keeper_sends_no_calls_and_no_clears():
+    plan = plan_block(
+        STATUSES,
+        number=SLOT,
+        head_timestamp=HEAD,
+        now=NOW,
+        costs=_costs(),
+        caps=Caps.of(CONFIG, margin_calls=False),
+        memory=Memory(),
+        call_ratio=PARAMS.call_ratio,
+    )
+    assert plan.decision.margin_calls == () and plan.clears == ()
+    assert plan.liquidated
+
+
+@pytest.mark.parametrize("base_fee, tip", [(0, 0), (7 * 10**9, 10**9)])
+def test_the_bot_charges_the_price_its_transactions_pay(base_fee, tip):
+    from margincall.keeper.gas import block_fees, gas_price
+
+    max_fee, sent_tip = block_fees(base_fee, tip)
+    assert sent_tip == tip and max_fee == 2 * base_fee + tip
+    assert gas_price(base_fee, tip) == base_fee + tip <= max_fee
