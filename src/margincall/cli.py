@@ -677,3 +677,8 @@ cli.add_command(_notifier_command, "notifier")
 from margincall.sim.cli import simulate as _simulate_command  # noqa: E402
 
 cli.add_command(_simulate_command, "simulate")
+
+# the web dashboard (src/margincall/web/); uvicorn and Starlette load only when it runs
+from margincall.web.cli import dashboard as _dashboard_command  # noqa: E402
+
+cli.add_command(_dashboard_command, "dashboard")
