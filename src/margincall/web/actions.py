@@ -18,6 +18,7 @@ from typing import Any
 
 from margincall import math as ref
 from margincall.constants import WAD, State
+from margincall.report import fmt_fixed
 from margincall.sdk import InsufficientFunds, InvalidRequest
 from margincall.web.chain import ChainView, DashboardError, read_events, to_account
 from margincall.web.render import event_line
@@ -91,7 +92,8 @@ def precheck(view: ChainView, body: dict[str, Any]) -> dict[str, Any]:
 
 def _deposit(view, client, account: str, sender: str, body) -> dict[str, Any]:
     amount = _amount(body.get("amount"), client.decimals, "deposit")
-    checks = [f"amount {amount} token units for {account}"]
+    whole = fmt_fixed(amount, client.decimals, min(client.decimals, 6))
+    checks = [f"deposit {whole} ({amount} token units) for {account}"]
     calls = []
     try:
         client.check_deposit(amount, sender, account)

@@ -36,11 +36,19 @@ def _signed(value: int | None) -> str:
     return ("+" if value > 0 else "") + fmt_wad(value)
 
 
+def tokens_up(value: int, decimals: int, places: int = 2) -> str:
+    """Token units shown with `places` decimals, rounded up: an amount to pay (a cure) must
+    never show less than is needed."""
+    step = 10 ** max(decimals - places, 0)
+    return fmt_fixed(-(-int(value) // step) * step, decimals, min(places, decimals))
+
+
 def environment(decimals: int, symbol: str) -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
     env.filters.update(
         wad=lambda v, places=2: fmt_wad(int(v), places),
         tok=lambda v, places=2: fmt_fixed(int(v), decimals, places),
+        tok_up=lambda v, places=2: tokens_up(int(v), decimals, places),
         ratio=_ratio,
         pct=lambda v: fmt_pct(int(v)),
         gauge=_gauge,
@@ -126,4 +134,4 @@ def event_line(ev: Any, decimals: int) -> str:
     return ev.name
 
 
-__all__ = ["environment", "event_line", "price_svg"]
+__all__ = ["environment", "event_line", "price_svg", "tokens_up"]
