@@ -11,6 +11,7 @@ knows exactly which liquidations the system page must list.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -318,3 +319,33 @@ def test_bad_account_input_gives_a_clear_message_not_a_traceback(
     text = _text(page, "error")
     assert message in text and "Traceback" not in page.content()
     page.close()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"chain_id": 1}, "the deployment record is for chain 1, but the node"),
+        ({"engine": "0x00000000000000000000000000000000000000aa"}, "the node was reset"),
+    ],
+    ids=["record_for_another_chain", "engine_gone_after_a_reset"],
+)
+def test_a_record_that_does_not_match_the_node_gives_a_clear_message_on_every_page(
+    deployed, project, chain, trader, change, message
+):
+    from starlette.testclient import TestClient
+
+    from margincall.web.app import create_app
+    from margincall.web.chain import ChainView
+
+    record = dataclasses.replace(deployed.record, **change)
+    view = ChainView(record, project, chain.provider)
+    with TestClient(create_app(view, poll=0.05)) as http:
+        end = time.monotonic() + 10
+        while message not in http.get("/healthz").json()["error"] and time.monotonic() < end:
+            time.sleep(0.05)
+        assert message in http.get("/healthz").json()["error"]
+        for path in ("/", "/operator", f"/trader?account={trader.address}"):
+            page = http.get(path)
+            assert message in page.text, path
+            assert "Traceback" not in page.text
+        assert http.get(f"/trader?account={trader.address}").status_code == 503

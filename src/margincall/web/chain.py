@@ -224,7 +224,9 @@ class ChainView:
                 f"the deployment record is for chain {self.record.chain_id}, but the node at "
                 f"{self.node} is chain {chain_id}: start the dashboard with that chain's record"
             )
-        code = self.provider.web3.eth.get_code(self.record.engine)
+        from eth_utils import to_checksum_address
+
+        code = self.provider.web3.eth.get_code(to_checksum_address(self.record.engine))
         if not code or bytes(code) in (b"", b"\x00"):
             self.clients = None
             raise DashboardError(
