@@ -185,16 +185,19 @@ class Dashboard:
         snap = self.view.system
         if snap is None:
             return '<p class="dim">waiting for the first block from the node…</p>'
-        plots = [
-            price_svg(
-                snap.prices.get(m.market_id, ()),
-                snap.liquidation_times,
-                snap.timestamp,
-                self.plot_hours,
-                m.name,
+        plots = []
+        for market in snap.markets:
+            mid = market.market_id
+            liquidated = tuple(t for t, m in snap.liquidation_times if m == mid)
+            plots.append(
+                price_svg(
+                    snap.prices.get(mid, ()),
+                    liquidated,
+                    snap.timestamp,
+                    self.plot_hours,
+                    market.name,
+                )
             )
-            for m in snap.markets
-        ]
         return self.templates.get_template("_system.html").render(
             snap=snap, plots=plots, line=self.line, limit=self.limit, warn=self.view.warn_ratio
         )

@@ -93,7 +93,7 @@ class SystemSnapshot:
     recent: dict[str, tuple[EngineEvent, ...]]  # newest first, per kind
     totals: dict[str, int]
     prices: dict[int, tuple[tuple[int, int], ...]]  # market -> (timestamp, price)
-    liquidation_times: tuple[tuple[int, str], ...]  # (timestamp, account)
+    liquidation_times: tuple[tuple[int, int], ...]  # (timestamp, market id), per market closed
     read_ms: float
     params: ref.RiskParams
 
@@ -142,11 +142,13 @@ class Book:
     events: dict[str, deque] = field(default_factory=dict)
     by_account: dict[str, list[EngineEvent]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    markets_of_tx: dict[tuple[str, str], set[int]] = field(default_factory=dict)
 
     def apply(self, events: Sequence[EngineEvent]) -> None:
         for ev in events:
             if ev.name == "PositionChanged":
                 key = (ev.account, int(ev.args["market_id"]))
+                self.markets_of_tx.setdefault((ev.tx_hash, ev.account), set()).add(key[1])
                 size = int(ev.args["size"])
                 if size:
                     self.positions[key] = (size, int(ev.args["open_notional"]))
@@ -336,9 +338,10 @@ class ChainView:
         )
         recent = {k: tuple(reversed(self.book.events.get(k, ()))) for k in HISTORY_KINDS}
         liq_times = tuple(
-            (self.stamps[ev.block], ev.account)
+            (self.stamps[ev.block], m)
             for ev in self.book.events.get("Liquidation", ())
             if ev.block in self.stamps
+            for m in self.book.markets_of_tx.get((ev.tx_hash, ev.account), ())
         )
         return SystemSnapshot(
             block=number,

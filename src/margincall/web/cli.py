@@ -46,7 +46,7 @@ import click
 )
 @click.option(
     "--plot-hours",
-    type=click.FloatRange(0.1, 168),
+    type=click.FloatRange(0.01, 168),
     default=6.0,
     show_default=True,
     help="Hours of prices and liquidations on the system page's plot.",

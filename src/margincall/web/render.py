@@ -62,17 +62,18 @@ def environment(decimals: int, symbol: str) -> Environment:
 
 def price_svg(
     points: tuple[tuple[int, int], ...],
-    liquidations: tuple[tuple[int, str], ...],
+    liquidations: tuple[int, ...],
     now: int,
     hours: float,
     name: str,
     width: int = 520,
     height: int = 140,
 ) -> str:
-    """A price line over the last `hours` and one red tick per liquidation (inline SVG)."""
+    """A price line over the last `hours` and one red line per liquidation (timestamps) of
+    the market (inline SVG)."""
     start = now - int(hours * 3_600)
     pts = [(t, p) for t, p in points if t >= start]
-    liqs = [t for t, _ in liquidations if t >= start]
+    liqs = [t for t in liquidations if t >= start]
     head = (
         f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-label="{escape(name)} price and liquidations">'
