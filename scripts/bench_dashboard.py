@@ -26,13 +26,9 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -59,27 +55,6 @@ new MutationObserver(() => {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError("the dashboard exited")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if b'"block":0' not in r.read().replace(b" ", b""):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready")
-
-
 def measure(traders: int, loads: int, updates: int) -> dict:
     warnings.filterwarnings("ignore", message="Field 'import_remapping'")
     from ape import accounts, chain, networks
@@ -92,6 +67,7 @@ def measure(traders: int, loads: int, updates: int) -> dict:
     from margincall.sim.population import PopulationConfig
     from margincall.sim.runner import SimConfig, Simulation
     from margincall.sim.simulate import load_project
+    from margincall.web.process import DashboardProcess
 
     logger.set_level("ERROR")
     out: dict = {"traders": traders}
@@ -111,24 +87,12 @@ def measure(traders: int, loads: int, updates: int) -> dict:
             record = record_of(sim.system, "ethereum:local:foundry", chain, owner)
             tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
             path = write_record(record, tmp / "record.json")
-            port = _free_port()
-            log = open(tmp / "dashboard.log", "w")  # noqa: SIM115
-            proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "margincall"), "dashboard"]
-                + ["--deployment", str(path), "--port", str(port)],
-                cwd=ROOT,
-                env={**os.environ, "APE_FOUNDRY_HOST": anvil.uri},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            url = f"http://127.0.0.1:{port}"
+            dashboard = DashboardProcess(path, anvil.uri, tmp / "dashboard.log").start()
             try:
-                _wait_http(url + "/healthz", proc)
-                out.update(_browse(sync_playwright, url, sim, loads, updates, traders))
+                dashboard.wait_ready()
+                out.update(_browse(sync_playwright, dashboard.url, sim, loads, updates, traders))
             finally:
-                proc.terminate()
-                proc.wait(10)
-                log.close()
+                dashboard.stop()
     return out
 
 

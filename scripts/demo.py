@@ -18,6 +18,9 @@ the demo then
    liquidations, bad debt and who paid it, the fund, the keeper's rewards and gas, its
    delay measured from the chain's history, and the notifications delivered.
 
+`MARGINCALL_DEMO_DASHBOARD=8000 make demo` also serves the dashboard (docs/dashboard.md) on
+that port from the moment the bots start, live through the crash, and stops it at the end.
+
 The report checks its figures against the chain: the keeper's rewards (its metrics
 file) against the `MarginCall`/`Liquidation` events it caused plus the fund's
 `KeeperPaid` payments to it and its token balance; the webhook's deliveries against
@@ -36,6 +39,7 @@ signal.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -65,6 +69,7 @@ from margincall.procs import BotProcess
 from margincall.report import fmt_tokens, kv_table
 from margincall.sdk import Clients, MarginCallError
 from margincall.tx import TxSender
+from margincall.web.process import DashboardProcess
 from margincall.webhook_sink import Delivery, WebhookServer
 
 warnings.filterwarnings("ignore", message="Field 'import_remapping'")
@@ -311,6 +316,14 @@ class CrashDemo:
         self.keeper_balance_start = int(self.system.token.balanceOf(self.keeper.address))
         for bot in self.bots:
             bot.start()
+        if os.environ.get("MARGINCALL_DEMO_DASHBOARD"):  # a port: the dashboard, live all along
+            extra = ["--keeper-metrics", str((WORKDIR / "keeper.json").resolve())]
+            extra += ["--notifier-outbox", str((WORKDIR / "outbox.sqlite").resolve())]
+            port = int(os.environ["MARGINCALL_DEMO_DASHBOARD"])
+            self.dashboard = DashboardProcess(
+                self.record_path, url, WORKDIR / "dashboard.log", port, extra
+            ).start()
+            console.print(f"  dashboard: {self.dashboard.wait_ready().url}/")
         t0 = time.monotonic()
         for bot in self.bots:
             bot.wait_ready(180)
@@ -708,6 +721,8 @@ class CrashDemo:
         for bot in self.bots:
             if bot.running:
                 bot.stop(timeout=5)
+        if getattr(self, "dashboard", None) is not None:
+            self.dashboard.stop(timeout=5)
         self.webhook.stop()
 
 

@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from margincall import math as ref
 from margincall.audit import read_history
 from margincall.constants import State
-from margincall.procs import die_with_parent
+from margincall.web.process import DashboardProcess
 from margincall.web.render import tokens_up
 from tests.utils.proxy import TcpProxy
 
@@ -44,74 +39,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ROOT = Path(__file__).resolve().parents[2]
 WAIT_MS = 20_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 2.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-class Dashboard:
-    """`margincall dashboard` as a process; `url`, `log()`; stopped by the fixture."""
-
-    def __init__(self, record: Path, node_url: str, log: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        env = {**os.environ, "APE_FOUNDRY_HOST": node_url}
-        cmd = [
-            str(Path(sys.executable).parent / "margincall"),
-            "dashboard",
-            "--deployment",
-            str(record),
-            "--port",
-            str(self.port),
-            "--poll-interval",
-            "0.1",
-        ]
-        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent(),
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 90.0) -> Dashboard:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dashboard exited: {self.log()[-2000:]}")
-            try:
-                if _get(self.url + "/healthz")["block"] > 0:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"dashboard not ready in {timeout} s: {self.log()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +54,12 @@ def node_proxy(chain):
 
 @pytest.fixture(scope="module")
 def dashboard(deployed, node_proxy, tmp_path_factory):
-    d = Dashboard(deployed.record_path, node_proxy.url, tmp_path_factory.mktemp("web") / "dash.log")
+    log = tmp_path_factory.mktemp("web") / "dashboard.log"
+    d = DashboardProcess(
+        deployed.record_path, node_proxy.url, log, extra=["--poll-interval", "0.1"]
+    )
     try:
-        yield d.wait_ready()
+        yield d.start().wait_ready()
     finally:
         d.stop()
     assert "Traceback" not in d.log(), d.log()[-3000:]
@@ -293,12 +224,12 @@ def test_node_down_shows_a_message_and_the_page_recovers_when_the_node_is_back(
     try:
         down = _wait_text(page, "health", "unreachable")
         assert "Traceback" not in down
-        assert dashboard.proc.poll() is None
+        assert dashboard.running
     finally:
         node_proxy.restore()
     deployed.set_price(2_000)  # a new block
     _wait_text(page, "health", "^live")
-    assert dashboard.proc.poll() is None
+    assert dashboard.running
     page.close()
 
 
