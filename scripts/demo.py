@@ -323,7 +323,6 @@ class CrashDemo:
             self.dashboard = DashboardProcess(
                 self.record_path, url, WORKDIR / "dashboard.log", port, extra
             ).start()
-            console.print(f"  dashboard: {self.dashboard.wait_ready().url}/")
         t0 = time.monotonic()
         for bot in self.bots:
             bot.wait_ready(180)
@@ -331,6 +330,8 @@ class CrashDemo:
             f"  keeper and notifier running (pids {', '.join(str(b.pid) for b in self.bots)};"
             f" ready in {time.monotonic() - t0:.0f} s; logs in {WORKDIR}/)"
         )
+        if getattr(self, "dashboard", None) is not None:
+            console.print(f"  dashboard: {self.dashboard.wait_ready().url}/ (live until the end)")
 
     def interval_mining(self, on: bool) -> None:
         if on:

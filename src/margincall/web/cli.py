@@ -78,10 +78,19 @@ def dashboard(
     if not metrics and Path(".margincall/keeper.json").exists():
         metrics = [Path(".margincall/keeper.json")]
     choice = network or record.network
-    with networks.parse_network_choice(choice) as provider:
+    try:
+        context = networks.parse_network_choice(choice)
+        provider = context.__enter__()
+    except Exception as err:  # noqa: BLE001 - Ape's many connection errors: one sentence
+        raise click.ClickException(
+            f"cannot connect to {choice} ({type(err).__name__}: {err})"
+        ) from None
+    try:
         view = ChainView(record, project, provider, metrics, notifier_outbox)
         app = create_app(view, poll=poll_interval, plot_hours=plot_hours)
-        click.echo(
-            f"margincall dashboard on http://{host}:{port}/ ({choice}, chain {record.chain_id})"
-        )
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        url = f"http://{host}:{port}/"
+        click.echo(f"margincall dashboard on {url} ({choice}, chain {record.chain_id})")
+        # open event streams must not hold a stop (Ctrl-C, SIGTERM) for long
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    finally:
+        context.__exit__(None, None, None)
