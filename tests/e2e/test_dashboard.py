@@ -210,6 +210,7 @@ def test_trader_cures_a_margin_call_through_the_page_and_the_system_page_lists_l
     )
     assert {(tx.lower(), acct) for tx, acct in rows} == on_chain
     assert other_trader.address in system.get_by_test_id("bad-debt").inner_text()
+    assert "unknown" not in system.get_by_test_id("markets").inner_text()  # feed age read
     system.close()
     page.close()
 
@@ -280,3 +281,17 @@ def test_a_record_that_does_not_match_the_node_gives_a_clear_message_on_every_pa
             assert message in page.text, path
             assert "Traceback" not in page.text
         assert http.get(f"/trader?account={trader.address}").status_code == 503
+
+
+def test_feed_updated_at_is_the_primary_feeds_latest_round_time(deployed):
+    from margincall.sdk import OracleClient
+
+    deployed.set_price(2_000)
+    oracle = OracleClient(deployed.system.oracles[0], 0)
+    feed = deployed.system.feeds[0]
+    assert oracle.feed_updated_at() == int(feed.latestRoundData()[3]) > 0
+    feed.set_reverting(True, sender=deployed.system.owner)
+    try:
+        assert oracle.feed_updated_at() is None
+    finally:
+        feed.set_reverting(False, sender=deployed.system.owner)
