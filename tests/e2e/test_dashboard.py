@@ -295,3 +295,40 @@ def test_feed_updated_at_is_the_primary_feeds_latest_round_time(deployed):
         assert oracle.feed_updated_at() is None
     finally:
         feed.set_reverting(False, sender=deployed.system.owner)
+
+
+def test_reduce_and_close_show_the_sdk_refusal_before_signing_and_close_through_the_wallet(
+    deployed, dashboard, browser, chain, trader, stranger
+):
+    client = deployed.client
+    deployed.set_price(2_000)
+    if not client.record(trader).market_ids:  # run alone: give the trader a position
+        deployed.deposit(trader, 1_000)
+        deployed.open(trader, 2)
+    size = abs(client.positions(trader)[0].size)
+
+    # another wallet cannot reduce the trader's position: refused, nothing signed
+    page = wallet_page(browser, chain.provider.uri, stranger.address)
+    page.goto(f"{dashboard.url}/trader?account={trader.address}")
+    page.get_by_test_id("reduce-size").fill("0.5")
+    page.get_by_test_id("reduce-check").click()
+    refused = _wait_text(page, "precheck", "Refused|passed")
+    assert "Refused before signing: only the account itself can reduce" in refused
+    assert page.get_by_test_id("sign").is_hidden() and page.sent == []
+    page.close()
+
+    # the trader's own wallet: more than the position is refused; a close goes through
+    page = wallet_page(browser, chain.provider.uri, trader.address)
+    page.goto(f"{dashboard.url}/trader?account={trader.address}")
+    page.get_by_test_id("reduce-size").fill(str(size * 2 / 10**18))
+    page.get_by_test_id("reduce-check").click()
+    assert "close it instead" in _wait_text(page, "precheck", "Refused|passed")
+    page.get_by_test_id("close-check").click()
+    checked = _wait_text(page, "precheck", "Refused|passed")
+    assert "Pre-checks passed" in checked and "To sign: close" in checked, checked
+    page.get_by_test_id("sign").click()
+    assert "close: success" in _wait_text(page, "result", r"close: (success|reverted)|Error")
+    assert len(page.sent) == 1
+    assert client.record(trader).market_ids == ()
+    _wait_text(page, "positions", "no open positions")
+    page.close()
