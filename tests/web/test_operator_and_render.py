@@ -43,13 +43,15 @@ def test_keeper_metrics_reader_gives_lag_and_age_or_a_reason(tmp_path):
     path.write_text(json.dumps({"block": 97, "calls_made": 3, "rewards_earned": 2_500_000}))
     got = read_keeper_metrics(path, 100)
     assert got["lag"] == 3 and got["metrics"]["calls_made"] == 3
-    assert 0 <= got["age_s"] < 60
+    assert 0 <= got["age_s"] < 60 and got["stale"] == ""
+    assert read_keeper_metrics(path, 110)["stale"] == "13 blocks behind the head"
 
 
 def test_operator_fragment_shows_keeper_and_notifier_figures(tmp_path):
     env = environment(6, "USDC")
     keeper = {
         "path": "k.json",
+        "stale": "",
         "lag": 1,
         "age_s": 0.5,
         "metrics": {
@@ -74,6 +76,7 @@ def test_operator_fragment_shows_keeper_and_notifier_figures(tmp_path):
         o={"head": 100, "keepers": [keeper], "notifier": notifier}
     )
     assert "7 / 8" in html and "12.34 USDC" in html and "99 (lag 1 blocks" in html
+    assert "following the chain" in html
     assert "liquidation 5" in html
 
 

@@ -37,6 +37,8 @@ HISTORY_KINDS = ("MarginCall", "MarginCallCleared", "Liquidation", "BadDebt")
 RECENT = 200  # events of each kind kept for the system page
 LOG_CHUNK = 2_000  # blocks per eth_getLogs
 PRICE_POINTS = 20_000  # price samples kept per market
+STALE_BLOCKS = 5  # a keeper further behind the head is flagged on the operator page
+STALE_SECONDS = 60.0  # a metrics file older than this is flagged
 
 
 class DashboardError(Exception):
@@ -470,6 +472,11 @@ def read_keeper_metrics(path: Path, head: int) -> dict[str, Any]:
         return out
     block = out["metrics"].get("block")
     out["lag"] = None if block is None or not head else head - int(block)
+    out["stale"] = ""
+    if out["lag"] is not None and out["lag"] > STALE_BLOCKS:
+        out["stale"] = f"{out['lag']} blocks behind the head"
+    elif out["age_s"] > STALE_SECONDS:
+        out["stale"] = f"metrics not written for {out['age_s']:.0f} s (is the keeper running?)"
     return out
 
 
