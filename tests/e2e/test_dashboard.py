@@ -332,3 +332,26 @@ def test_reduce_and_close_show_the_sdk_refusal_before_signing_and_close_through_
     assert client.record(trader).market_ids == ()
     _wait_text(page, "positions", "no open positions")
     page.close()
+
+
+def test_a_chain_replaced_under_the_dashboard_is_read_again_from_the_start(
+    deployed, project, chain, other_trader
+):
+    """Same height, other blocks (a reset node that grew back, or a reorganisation): the
+    positions read from the lost blocks must not survive."""
+    from margincall.web.chain import ChainView
+
+    view = ChainView(deployed.record, project, chain.provider)
+    deployed.set_price(2_000)
+    snapshot = chain.snapshot()
+    deployed.deposit(other_trader, 1_000)
+    deployed.open(other_trader, 1)
+    view.refresh()
+    assert other_trader.address in view.book.accounts()
+    height = chain.blocks.head.number
+    chain.restore(snapshot)
+    while chain.blocks.head.number < height:
+        deployed.set_price(1_990)
+    assert chain.blocks.head.number == height
+    view.refresh()
+    assert other_trader.address not in view.book.accounts()

@@ -145,6 +145,7 @@ class Book:
     by_account: dict[str, list[EngineEvent]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
     markets_of_tx: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    cursor_hash: bytes = b""  # the hash of block `cursor` when it was read
 
     def apply(self, events: Sequence[EngineEvent]) -> None:
         for ev in events:
@@ -253,19 +254,32 @@ class ChainView:
             t0 = time.perf_counter()
             self.check()
             number, stamp = self.latest()
-            if number < self.book.cursor:  # the chain went back: read it again
+            if number < self.book.cursor or not self._same_chain():
+                # the chain went back, was reset or reorganised: read it again from the start
                 self.clients = None
+                self.samples.clear()
+                self.stamps.clear()
                 self.check()
             assert self.clients is not None and self.source is not None
             if number > self.book.cursor:
                 events = read_events(self.source, self.book.cursor + 1, number)
                 self.book.apply(events)
                 self.book.cursor = number
+                self.book.cursor_hash = self._hash(number)
                 self._stamp_events(events)
             self.head = (number, stamp)
             self.stamps[number] = stamp
             self.system = self._system(number, stamp, t0)
             return self.system
+
+    def _hash(self, number: int) -> bytes:
+        return bytes(self.provider.web3.eth.get_block(number)["hash"])
+
+    def _same_chain(self) -> bool:
+        """The block the book was read up to is still on the chain (no reset, no reorg)."""
+        if not self.book.cursor_hash:
+            return True
+        return self._hash(self.book.cursor) == self.book.cursor_hash
 
     def _stamp_events(self, events: Sequence[EngineEvent]) -> None:
         """Block timestamps of liquidations and price points (for the plot), newest 300."""
