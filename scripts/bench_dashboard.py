@@ -70,7 +70,7 @@ def measure(traders: int, loads: int, updates: int) -> dict:
     from margincall.web.process import DashboardProcess
 
     logger.set_level("ERROR")
-    out: dict = {"traders": traders}
+    out: dict = {"traders": traders, "load_before": os.getloadavg()[0]}
     config = SimConfig(population=PopulationConfig(traders=traders, cross_share=0.0))
     with Anvil(gas_limit=30_000_000) as anvil:
         choice = networks.parse_network_choice(
@@ -93,6 +93,7 @@ def measure(traders: int, loads: int, updates: int) -> dict:
                 out.update(_browse(sync_playwright, dashboard.url, sim, loads, updates, traders))
             finally:
                 dashboard.stop()
+    out["load_after"] = os.getloadavg()[0]
     return out
 
 
@@ -166,7 +167,9 @@ def table(r: dict) -> str:
         [
             f"Dashboard with {r['traders']} accounts (`python scripts/bench_dashboard.py "
             f"--traders {r['traders']} --write`; {platform.machine()}, "
-            f"{os.cpu_count()} cores, Debian Chromium headless):",
+            f"{os.cpu_count()} cores, Debian Chromium headless; 1-minute load average "
+            f"{r['load_before']:.1f} before, {r['load_after']:.1f} after: the machine is "
+            "shared, and browser-side figures grow with its load):",
             "",
             "| what | median | max | target |",
             "|---|---|---|---|",
