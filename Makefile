@@ -28,7 +28,19 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-setup: $(VENV)/.installed node_modules/.installed
+# the dashboard's wallet bundle (viem, from package-lock.json), built into the package: not committed
+WALLET_BUNDLE := src/margincall/web/static/wallet.bundle.js
+$(WALLET_BUNDLE): src/margincall/web/js/wallet.js node_modules/.installed
+	node_modules/.bin/esbuild $< --bundle --minify --format=iife --target=es2020 \
+		--log-level=warning --outfile=$@
+
+# Debian's Chromium for the dashboard's browser tests (Playwright from PyPI drives it; it cannot
+# download a browser of its own here). Installed only when missing; apt-get needs root.
+.PHONY: browser
+browser:
+	command -v chromium > /dev/null || (apt-get update && apt-get install -y chromium)
+
+setup: $(VENV)/.installed node_modules/.installed $(WALLET_BUNDLE) browser
 
 test: setup lint
 	ape test tests -q

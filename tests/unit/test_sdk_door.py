@@ -24,7 +24,7 @@ ALLOWED = {
     "src/margincall/sim/chain.py": "the simulator's raw JSON-RPC transport",
     "src/margincall/sim/setup.py": "the simulator's setup: deploys through the deployer",
     "src/margincall/bench/gas.py": "the gas benchmark measures each contract function itself",
-    "src/margincall/bench/peers.py": "the peer benchmark measures each function itself, next to Morpho's",
+    "src/margincall/bench/peers.py": "the peer benchmark measures each function, next to Morpho",
     "src/margincall/bench/scan.py": "the scan benchmark times Ape's raw call against the SDK's",
     "src/margincall/demo/story.py": "the scripted walk-through shows the engine's own reverts",
 }

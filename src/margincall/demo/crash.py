@@ -36,6 +36,7 @@ signal.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -69,6 +70,7 @@ from margincall.notify.webhook_sink import WebhookServer
 from margincall.report import fmt_tokens
 from margincall.sdk import Clients, MarginCallError
 from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
+from margincall.web.process import DashboardProcess
 
 warnings.filterwarnings("ignore", message="Field 'import_remapping'")
 
@@ -281,6 +283,13 @@ class CrashDemo(DemoReport):
         self.keeper_balance_start = self.client.token_balance(self.keeper)
         for bot in self.bots:
             bot.start()
+        if os.environ.get("MARGINCALL_DEMO_DASHBOARD"):  # a port: the dashboard, live all along
+            extra = ["--keeper-metrics", str((WORKDIR / "keeper.json").resolve())]
+            extra += ["--notifier-outbox", str((WORKDIR / "outbox.sqlite").resolve())]
+            port = int(os.environ["MARGINCALL_DEMO_DASHBOARD"])
+            self.dashboard = DashboardProcess(
+                self.record_path, url, WORKDIR / "dashboard.log", port, extra
+            ).start()
         t0 = time.monotonic()
         for bot in self.bots:
             bot.wait_ready(180)
@@ -288,6 +297,8 @@ class CrashDemo(DemoReport):
             f"  keeper and notifier running (pids {', '.join(str(b.pid) for b in self.bots)};"
             f" ready in {time.monotonic() - t0:.0f} s; logs in {WORKDIR}/)"
         )
+        if getattr(self, "dashboard", None) is not None:
+            console.print(f"  dashboard: {self.dashboard.wait_ready().url}/ (live until the end)")
 
     def interval_mining(self, on: bool) -> None:
         if on:
@@ -478,6 +489,8 @@ class CrashDemo(DemoReport):
         for bot in self.bots:
             if bot.running:
                 bot.stop(timeout=5)
+        if getattr(self, "dashboard", None) is not None:
+            self.dashboard.stop(timeout=5)
         self.webhook.stop()
 
 
