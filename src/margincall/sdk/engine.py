@@ -514,6 +514,26 @@ class MarginEngineClient:
         data = getattr(self.engine, function).encode_input(*args)
         return Call(self.address, bytes(data), function, batch)
 
+    def wallet_call(
+        self, function: str, args: Sequence[Any], *, on: str = "engine", label: str = ""
+    ) -> dict[str, Any]:
+        """An unsigned call for an external wallet to sign (the dashboard's EIP-1193 signer):
+        the contract's address, the ABI entry of `function` with `len(args)` inputs (Vyper's
+        default arguments make overloads), the arguments as decimal strings and a label.
+        `on`: "engine" or "token" (the collateral, for an `approve`)."""
+        contract = {"engine": self.engine, "token": self.token}[on]
+        for entry in contract.contract_type.abi:
+            if entry.type == "function" and entry.name == function:
+                if len(entry.inputs) == len(args):
+                    return {
+                        "label": label or function,
+                        "to": str(contract.address),
+                        "abi": entry.model_dump(mode="json", by_alias=True),
+                        "function": function,
+                        "args": [str(a) for a in args],
+                    }
+        raise InvalidRequest(f"the {on} has no {function} with {len(args)} arguments")
+
     def margin_call_many(self, accounts: Sequence[Any], sender: Any, **txn: Any) -> list[Any]:
         """Calls the CALLABLE ones of `accounts`, in transactions of at most 100 accounts.
 

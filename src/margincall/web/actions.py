@@ -26,24 +26,6 @@ from margincall.web.render import event_line
 SLIPPAGE_BPS = 50
 
 
-def _abi(contract: Any, name: str, inputs: int) -> dict[str, Any]:
-    """The ABI entry of `name` with `inputs` arguments (Vyper defaults make overloads)."""
-    for entry in contract.contract_type.abi:
-        if entry.type == "function" and entry.name == name and len(entry.inputs) == inputs:
-            return entry.model_dump(mode="json", by_alias=True)
-    raise DashboardError(f"the contract has no {name} with {inputs} arguments")
-
-
-def _call(contract: Any, name: str, args: list[Any], label: str) -> dict[str, Any]:
-    return {
-        "label": label,
-        "to": str(contract.address),
-        "abi": _abi(contract, name, len(args)),
-        "function": name,
-        "args": [str(a) for a in args],
-    }
-
-
 def _amount(text: Any, decimals: int, what: str) -> int:
     try:
         d = Decimal(str(text).replace(",", "").replace("_", "").strip())
@@ -102,8 +84,8 @@ def _deposit(view, client, account: str, sender: str, body) -> dict[str, Any]:
         if "allowance" not in str(err):
             raise
         checks.append(f"{err}: the wallet approves the engine first")
-        calls.append(_call(client.token, "approve", [client.engine.address, amount], "approve"))
-    calls.append(_call(client.engine, "deposit", [amount, account], "deposit"))
+        calls.append(client.wallet_call("approve", [client.address, amount], on="token"))
+    calls.append(client.wallet_call("deposit", [amount, account]))
     model = client.model(account)
     after = ref.Account(
         model.collateral + amount,
@@ -137,9 +119,9 @@ def _reduce(view, client, account: str, action: str, body) -> dict[str, Any]:
     acceptable = client.acceptable_price(market_id, delta, SLIPPAGE_BPS)
     client.check_trade(market_id, delta, acceptable, account)
     if action == "close":
-        call = _call(client.engine, "close_position", [market_id, acceptable], "close")
+        call = client.wallet_call("close_position", [market_id, acceptable], label="close")
     else:
-        call = _call(client.engine, "trade", [market_id, delta, acceptable], "reduce")
+        call = client.wallet_call("trade", [market_id, delta, acceptable], label="reduce")
     fee = client.market(market_id).fee
     after = ref.after_reduction(client.model(account), market_id, reduce, fee, client.scale)
     checks = [
