@@ -240,10 +240,9 @@ class ChainView:
             )
         if self.clients is None:
             self.clients = Clients.from_record(self.record, self.project)
-            engine = self.clients.engine.engine
-            self.source = ApeSource(self.provider, engine, self.clients.engine)
+            self.source = ApeSource(self.clients.engine)
             with contextlib.suppress(Exception):  # a token without symbol()
-                self.symbol = str(self.clients.engine.token.symbol())
+                self.symbol = self.clients.engine.symbol()
             self.book = Book(self.record.block - 1)
 
     # --- per block ---
