@@ -31,7 +31,8 @@ ALLOWED = {
 
 # what a raw contract handle is called when reached through an SDK client or a `System`
 RAW_HANDLES = {"engine", "token", "pool", "fund", "oracles", "adapter", "feeds", "lens"}
-HOLDERS = {"client", "system", "engine"}  # MarginEngineClient.engine, System.engine, clients.engine.engine
+# MarginEngineClient.engine, System.engine, clients.engine.engine
+HOLDERS = {"client", "system", "engine"}
 APE_RAW = {"encode_input", "contract_type", "decode_logs", "call_view_method"}
 
 
