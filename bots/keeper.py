@@ -21,7 +21,9 @@ from silverback import SilverbackBot
 from margincall.deploy.record import read_record
 from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
+from margincall.keeper.metrics import PROMETHEUS_SERIES
 from margincall.keeper.tx import TxSender
+from margincall.ops import register_bot
 
 bot = SilverbackBot()
 
@@ -49,6 +51,7 @@ def start(startup_state):
     )
     keeper.start()
     bot.state.keeper = keeper
+    register_bot("keeper", keeper.snapshot, PROMETHEUS_SERIES, record.collateral_decimals)
 
 
 @bot.on_(chain.blocks)
