@@ -197,7 +197,10 @@ class ResilientRunner(PollingRunner):
             except _ops.ChainFault as err:
                 logger.error(str(err))
                 raise BotStopped(str(err)) from None
-        self.ops.start(on_fatal=self._on_fatal)
+        try:
+            self.ops.start(on_fatal=self._on_fatal)
+        except _ops.OpsConfigError as err:
+            raise BotStopped(str(err), exit_code=2) from None
         return await super().startup()
 
     def _on_fatal(self, event: _ops.Event) -> None:  # the watchdog's thread

@@ -23,7 +23,7 @@ from margincall.ops.exporter import BotCollector, BotView, Series
 from margincall.ops.health import Event, Expect, Fault, Watch
 from margincall.ops.probe import probe
 from margincall.ops.server import OpsServer
-from margincall.ops.settings import OpsSettings
+from margincall.ops.settings import OpsConfigError, OpsSettings
 
 FATAL_EXIT = 3  # the exit code of a bot stopped by a fatal fault
 FATAL_HOLD = 1.0  # seconds /health keeps answering 503 with the reason before the stop
@@ -90,9 +90,14 @@ class Ops:
     def start(self, on_fatal: Callable[[Event], None]) -> Ops:
         self._on_fatal = on_fatal
         if self.settings.port is not None:
-            self.server = OpsServer(
-                self.settings.host, self.settings.port, self.registry, self.health
-            ).start()
+            host, port = self.settings.host, self.settings.port
+            try:
+                self.server = OpsServer(host, port, self.registry, self.health).start()
+            except OSError as err:
+                raise OpsConfigError(
+                    f"cannot serve /metrics and /health on {host}:{port} ({err.strerror or err});"
+                    " choose another MARGINCALL_METRICS_PORT (--metrics-port), 0 for any"
+                ) from None
             self.log.info(f"ops: /metrics and /health on {self.server.url}")
         self._thread = threading.Thread(target=self._run, name="margincall-watchdog", daemon=True)
         self._thread.start()
