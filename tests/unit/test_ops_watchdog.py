@@ -344,3 +344,23 @@ def test_preflight_refuses_a_stale_record_with_every_reason(node):
         ops.preflight(EXPECT, "record.json")
     assert f"no code at the engine {ENGINE}" in str(err.value)
     assert "the engine's creation block 5 is past the head 12" in str(err.value)
+
+
+# --- docs -------------------------------------------------------------------------------
+
+
+def test_docs_name_every_metric_setting_and_fault():
+    from pathlib import Path
+
+    from margincall.keeper.metrics import PROMETHEUS_SERIES as KEEPER
+    from margincall.notify.metrics import PROMETHEUS_SERIES as NOTIFIER
+    from margincall.ops import OPS_VARS
+
+    doc = (Path(__file__).parents[2] / "docs" / "bots.md").read_text()
+    for bot, series in (("keeper", KEEPER), ("notifier", NOTIFIER)):
+        for s in series:
+            name = f"margincall_{bot}_{s.name}" + ("_total" if s.kind == "counter" else "")
+            assert f"| `{name}` | {s.kind} |" in doc, name
+    missing = [v for v in OPS_VARS if f"`{v}`" not in doc]
+    missing += [f.value for f in Fault if f"`{f.value}`" not in doc]
+    assert missing == []

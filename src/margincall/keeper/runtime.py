@@ -195,7 +195,6 @@ class ResilientRunner(PollingRunner):
             try:
                 await asyncio.to_thread(self.ops.preflight, *expected)
             except _ops.ChainFault as err:
-                logger.error(str(err))
                 raise BotStopped(str(err)) from None
         try:
             self.ops.start(on_fatal=self._on_fatal)
