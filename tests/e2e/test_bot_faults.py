@@ -35,10 +35,9 @@ pytestmark = pytest.mark.e2e
 
 DETECT = 10.0  # seconds: every fault must be reported within this
 OPS_URL = r"ops: /metrics and /health on (http://\S+)"
+# the default RPC timeout (5 s) and watch interval (1 s): the 10 s bound holds as shipped
 BASE_ENV = {
     "MARGINCALL_METRICS_PORT": "0",  # a free port, read from the log
-    "MARGINCALL_RPC_TIMEOUT": "2",
-    "MARGINCALL_WATCH_INTERVAL": "0.5",
     "MARGINCALL_POLL_INTERVAL": "0.2",
 }
 
@@ -69,8 +68,8 @@ class Bot:
     def health(self) -> tuple[int | None, dict | None]:
         return get(self.url + "/health")  # type: ignore[return-value]
 
-    def wait_health(self, status: int, timeout: float = DETECT) -> dict:
-        deadline = time.monotonic() + timeout
+    def wait_health(self, status: int, timeout: float = DETECT, since: float | None = None) -> dict:
+        deadline = (time.monotonic() if since is None else since) + timeout
         while True:
             code, body = self.health()
             if code == status:
@@ -84,9 +83,12 @@ class Bot:
     def since(self, mark: int) -> str:
         return self.proc.log()[mark:]
 
-    def wait_line(self, pattern: str, mark: int, timeout: float = DETECT) -> str:
-        """The first line matching `pattern` logged after offset `mark`, within `timeout`."""
-        deadline = time.monotonic() + timeout
+    def wait_line(
+        self, pattern: str, mark: int, timeout: float = DETECT, since: float | None = None
+    ) -> str:
+        """The first line matching `pattern` logged after offset `mark`, within `timeout`
+        (counted from the monotonic time `since`, default now)."""
+        deadline = (time.monotonic() if since is None else since) + timeout
         while True:
             found = re.search(pattern + r"[^\n]*", self.since(mark))
             if found:
@@ -195,11 +197,10 @@ def test_frozen_node_is_reported_within_10s_and_health_recovers(chain, watched):
     try:
         frozen_at = time.monotonic()
         for bot, b in watched.items():
-            line = b.wait_line(r"watchdog: node not answering: no reply within 2 s", marks[bot])
-            body = b.wait_health(503)
+            line = b.wait_line(r"watchdog: node not answering: ", marks[bot], since=frozen_at)
+            assert line.endswith("no reply within 5 s (frozen or overloaded node); retrying")
+            body = b.wait_health(503, since=frozen_at)
             assert body["status"] == "failing" and body["faults"][0]["fault"] == "node_frozen"
-            assert "frozen" in line
-        assert time.monotonic() - frozen_at < DETECT + 2
     finally:
         os.kill(anvil, signal.SIGCONT)
     for bot, b in watched.items():
@@ -212,9 +213,10 @@ def test_node_down_is_reported_within_10s_and_health_recovers(proxy, watched):
     marks = {bot: len(b.proc.log()) for bot, b in watched.items()}
     proxy.cut()
     try:
+        cut_at = time.monotonic()
         for bot, b in watched.items():
-            b.wait_line(r"watchdog: node unreachable \(", marks[bot])
-            body = b.wait_health(503)
+            b.wait_line(r"watchdog: node unreachable \(", marks[bot], since=cut_at)
+            body = b.wait_health(503, since=cut_at)
             assert [f["fault"] for f in body["faults"]] == ["node_down"], body
     finally:
         proxy.restore()

@@ -33,7 +33,7 @@ BLOCK = "startup"
 CONFIG: dict[str, Any] = {
     "collateral": {"mock": True, "decimals": 6},
     "markets": [
-        {"name": "ETH-USD", "feed": "mock", "feed_decimals": 8, "price": "2000",
+        {"name": "ETH-USD", "feed": "mock", "feed_decimals": 8, "price": "2000", "heartbeat": 3600,
          "imr": "0.10", "mmr": "0.05", "fee": "0.0005"},
     ],
 }  # fmt: skip
