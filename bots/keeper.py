@@ -21,9 +21,8 @@ from silverback import SilverbackBot
 from margincall.deploy.record import read_record
 from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
-from margincall.keeper.metrics import PROMETHEUS_SERIES
+from margincall.keeper.metrics import export_prometheus
 from margincall.keeper.tx import TxSender
-from margincall.ops import register_bot
 
 bot = SilverbackBot()
 
@@ -51,7 +50,7 @@ def start(startup_state):
     )
     keeper.start()
     bot.state.keeper = keeper
-    register_bot("keeper", keeper.snapshot, PROMETHEUS_SERIES, record.collateral_decimals)
+    export_prometheus(keeper.snapshot, record.collateral_decimals)  # /metrics, /health
 
 
 @bot.on_(chain.blocks)

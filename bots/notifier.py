@@ -33,9 +33,8 @@ from margincall.notify import (
     NotifierConfig,
     Outbox,
     Webhook,
+    export_prometheus,
 )
-from margincall.notify.metrics import PROMETHEUS_SERIES, snapshot
-from margincall.ops import register_bot
 
 bot = SilverbackBot()
 _notifier: list[Notifier] = []  # set at startup
@@ -122,8 +121,7 @@ async def startup(startup_state):
     notifier = await asyncio.to_thread(_setup)
     _notifier.append(notifier)
     _courier.append(Courier(notifier).start())  # delivers the backlog at once
-    stats = lambda: snapshot(notifier, _courier[0], _errors[0])  # noqa: E731
-    register_bot("notifier", stats, PROMETHEUS_SERIES, block_key="cursor")
+    export_prometheus(notifier, _courier[0], lambda: _errors[0])  # /metrics, /health
     head = await asyncio.to_thread(lambda: chain.blocks.head)
     await asyncio.to_thread(_tick, int(head.number), int(head.timestamp))
     logger.success(f"notifier: caught up to block {notifier.cursor}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from margincall.ops.exporter import Series
+from margincall.ops import Series, register_bot
 
 # --- metrics ---------------------------------------------------------------
 
@@ -147,4 +148,11 @@ PROMETHEUS_SERIES: tuple[Series, ...] = (
 )
 
 
-__all__ = ["PROMETHEUS_SERIES", "Metrics"]
+def export_prometheus(snapshot: Callable[[], dict[str, Any]], decimals: int) -> None:
+    """Serves `snapshot()` (`Keeper.snapshot`) on this process's `/metrics` through
+    `PROMETHEUS_SERIES`, rewards in whole tokens of `decimals`; marks the keeper ready for
+    `/health` (margincall.ops; a no-op when the bot runs without `ResilientRunner`)."""
+    register_bot("keeper", snapshot, PROMETHEUS_SERIES, decimals)
+
+
+__all__ = ["PROMETHEUS_SERIES", "Metrics", "export_prometheus"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from margincall.ops.exporter import Series
+from margincall.ops import Series, register_bot
 
 
 def snapshot(notifier: Any, courier: Any = None, errors: int = 0) -> dict[str, Any]:
@@ -40,4 +41,17 @@ PROMETHEUS_SERIES: tuple[Series, ...] = (
     Series("errors", "counter", "blocks whose reading failed (retried next block)", "errors"),
 )
 
-__all__ = ["PROMETHEUS_SERIES", "snapshot"]
+
+def export_prometheus(notifier: Any, courier: Any, errors: Callable[[], int]) -> None:
+    """Serves the notifier's `snapshot` on this process's `/metrics` through
+    `PROMETHEUS_SERIES`; marks it ready for `/health` (margincall.ops; a no-op when the bot
+    runs without `ResilientRunner`)."""
+    register_bot(
+        "notifier",
+        lambda: snapshot(notifier, courier, errors()),
+        PROMETHEUS_SERIES,
+        block_key="cursor",
+    )
+
+
+__all__ = ["PROMETHEUS_SERIES", "export_prometheus", "snapshot"]
