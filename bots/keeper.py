@@ -21,6 +21,7 @@ from silverback import SilverbackBot
 from margincall.deploy.record import read_record
 from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
+from margincall.keeper.metrics import export_prometheus
 from margincall.keeper.tx import TxSender
 from margincall.sdk import Clients
 
@@ -48,6 +49,7 @@ def start(startup_state):
     keeper = Keeper(clients.engine, record, sender, config, chain.provider, clients.fund)
     keeper.start()
     bot.state.keeper = keeper
+    export_prometheus(keeper.snapshot, record.collateral_decimals)  # /metrics, /health
 
 
 @bot.on_(chain.blocks)
