@@ -13,7 +13,7 @@ in chunks of 500 (the engine's MAX_SCAN), every status decoded into the SDK's
 - `batched`: every chunk in one JSON-RPC batch (one HTTP request), fast decoder;
 - `parallel`: the chunks spread over 2 threads, each with its own HTTP session;
 - `batched, eth_abi`: the batched requests decoded by eth_abi's generic decoder;
-- `Ape contract call`: `engine.check_margins(chunk)` through Ape (1,000 accounts only);
+- `Ape contract call`: `lens.check_margins(chunk)` through Ape (1,000 accounts only);
 - `sdk`: `MarginEngineClient.statuses`, the keeper bot's scan: one `eth_call` per
   chunk through Ape's web3 and the same decoder (Ape's generic contract call and ABI
   decoding if the status layout were unknown).
@@ -85,13 +85,13 @@ def measure(
             sim.restore()
             out["setup_seconds"] = round(time.perf_counter() - t, 1)
             everyone = [tr.address for tr in sim.population.traders]
-            enc = sim.engine_abi.encode
+            enc = sim.lens_abi.encode
             sessions = [Rpc(anvil.uri), Rpc(anvil.uri)]
 
             for n in sizes:
                 accts = everyone[:n]
                 calls = [
-                    sim.eth_call(sim.engine, enc("check_margins", p)) for p in chunks(accts, CHUNK)
+                    sim.eth_call(sim.lens, enc("check_margins", p)) for p in chunks(accts, CHUNK)
                 ]
 
                 def sequential(calls: list = calls) -> list:
@@ -109,7 +109,7 @@ def measure(
                 def generic(calls: list = calls) -> list:
                     res = []
                     for data in rpc.batch(calls):
-                        res.extend(sim.engine_abi.decode("check_margins", data)[0])
+                        res.extend(sim.lens_abi.decode("check_margins", data)[0])
                     return res
 
                 def node_only(calls: list = calls) -> list:
@@ -145,11 +145,11 @@ def measure(
                         )
                     )
                 if n <= ape_limit:
-                    engine = sim.system.engine
+                    lens = sim.system.lens
                     ways.append(
                         (
-                            "Ape contract call (engine.check_margins)",
-                            lambda a=accts, e=engine: [
+                            "Ape contract call (lens.check_margins)",
+                            lambda a=accts, e=lens: [
                                 st for p in chunks(a, CHUNK) for st in e.check_margins(p)
                             ],
                         )

@@ -140,6 +140,15 @@ def next_timestamp(provider: Any, block: int, cache: dict[int, int]) -> int:
         return now + max(1, now - before)
 
 
+def _views(engine: Any) -> Any:
+    """Where `check_margins` is: the engine's MarginLens (or an object that has it)."""
+    if hasattr(engine, "check_margins"):
+        return engine
+    from margincall.sdk import lens_of  # the SDK imports this module's users: not at the top
+
+    return lens_of(engine)
+
+
 def grace_period_of(engine: Any) -> int:
     return int(engine.risk_params().grace_period)
 
@@ -188,6 +197,7 @@ def action_delays(
     """
     actions = list(dict.fromkeys(actions))
     grace = grace_period_of(engine) if grace_period is None else grace_period
+    lens = _views(engine)
     floor = _floors(actions)
     pending: dict[Action, int] = {a: a.block for a in actions}  # action -> earliest eligible
     open_: set[Action] = set(pending)
@@ -204,7 +214,7 @@ def action_delays(
         for b, group in by_block.items():
             now = _stamp(provider, b + 1, stamps)
             accounts = sorted({a.account for a in group})
-            statuses = engine.check_margins(accounts, block_id=b)
+            statuses = lens.check_margins(accounts, block_id=b)
             by_account = {str(s.account): s for s in statuses}
             for a in group:
                 s = by_account.get(a.account)
@@ -233,7 +243,7 @@ def eligible_kinds(
     grace = grace_period_of(engine) if grace_period is None else grace_period
     now = next_timestamp(provider, block, stamps)
     out = {}
-    for s in engine.check_margins(list(accounts), block_id=block):
+    for s in _views(engine).check_margins(list(accounts), block_id=block):
         for kind in ("call", "liquidation"):
             if eligible(s, kind, now, grace):
                 out[str(s.account)] = kind

@@ -799,7 +799,7 @@ class Keeper:
             del self.state.window_full_until[m]  # restarted since
         for account in accounts[:WINDOW_PREVIEWS]:
             try:
-                preview = self.engine.preview_liquidation(account, block_id=block)
+                preview = self.client.lens.preview_liquidation(account, block_id=block)
             except Exception:  # noqa: BLE001 - e.g. an invalid price: not a window matter
                 continue
             if int(preview.reason) != REASON_WINDOW_FULL:

@@ -394,12 +394,14 @@ class Simulation:
                 f" ({self.params.grace_period} s): a cure must come before the deadline"
             )
         self.engine_abi = Abi.of(s.engine)
-        check_status_layout(self.engine_abi)
+        self.lens_abi = Abi.of(s.lens)  # check_margins is on the engine's MarginLens
+        check_status_layout(self.lens_abi)
         self.token_abi = Abi.of(s.token)
         self.pool_abi = Abi.of(s.pool)
         self.fund_abi = Abi.of(s.fund)
         self.feed_abi = Abi.of(s.feeds[0])
         self.engine = str(s.engine.address)
+        self.lens = str(s.lens.address)
         self.token = str(s.token.address)
         self.pool = str(s.pool.address)
         self.fund = str(s.fund.address)
@@ -844,9 +846,9 @@ class Replay:
         if self.open != self._scan_for:
             self._scan_for = list(self.open)
             self._scan_data = [
-                sim.engine_abi.encode("check_margins", part) for part in chunks(self.open, MAX_SCAN)
+                sim.lens_abi.encode("check_margins", part) for part in chunks(self.open, MAX_SCAN)
             ]
-        calls = [sim.eth_call(sim.engine, data) for data in self._scan_data]
+        calls = [sim.eth_call(sim.lens, data) for data in self._scan_data]
         return calls + [
             sim.eth_call(sim.token, sim.token_abi.encode("balanceOf", sim.fund)),
             sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
