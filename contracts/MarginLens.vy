@@ -203,21 +203,35 @@ def _fill(cache_in: _Markets, bits: uint256, strict: bool) -> (_Markets, bool):
 @internal
 def _evaluate(account: address, acct: margin.Acct, cache: _Markets) -> margin.Eval:
     """
-    @dev The account's positions valued as the engine values them
-         (`margin._value`), from the engine's getters and the cache.
+    @dev The account's positions valued as the engine's `ledger._evaluate`
+         values them (`margin._position_value`), from the engine's getters
+         and the cache.
     """
     ev: margin.Eval = empty(margin.Eval)
+    ev.equity = convert(acct.collateral * _SCALE, int256)
     n: uint256 = 0
     for m: uint256 in range(_MAX_MARKETS):
         if acct.markets >> m == 0:
             break
         if (acct.markets >> m) & 1 == 0:
             continue
+        pos: margin.Pos = empty(margin.Pos)
+        pos.size, pos.cost = staticcall ENGINE.position(account, m)
+        notional: uint256 = 0
+        maintenance: uint256 = 0
+        initial: uint256 = 0
+        upnl: int256 = 0
+        notional, maintenance, initial, upnl = margin._position_value(
+            pos.size, pos.cost, cache.price[m], cache.mmr[m], cache.imr[m]
+        )
         ev.mids[n] = m
-        ev.pos[n].size, ev.pos[n].cost = staticcall ENGINE.position(account, m)
+        ev.pos[n] = pos
         ev.px[n] = cache.price[m]
         ev.mmr[n] = cache.mmr[m]
-        ev.imr[n] = cache.imr[m]
+        ev.notional += notional
+        ev.maintenance += maintenance
+        ev.initial += initial
+        ev.equity += upnl
         n += 1
     ev.n = n
-    return margin._value(ev, acct.collateral, _SCALE)
+    return ev

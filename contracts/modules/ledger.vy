@@ -6,7 +6,7 @@
         bitmap, call deadline, last tranche time, tranche count,
         collateral) and positions (one word each: size and open notional,
         both biased by 2**127), the open interest, and the valuation of an
-        account from storage (`_evaluate`, on `margin._value`).
+        account from storage (`_evaluate`, on `margin._position_value`).
 @custom:security Internal only: its callers (the engine, `liquidation`) check
         every change before storing it; packing refuses out-of-range values.
 """
@@ -119,10 +119,12 @@ def _evaluate(
     account: address, acct: margin.Acct, prices: uint256[_MAX_MARKETS], scale: uint256
 ) -> margin.Eval:
     """
-    @dev Loads the account's positions and their markets' ratios, then
-         values them with `margin._value` at `prices`.
+    @dev Loads the account's positions and their markets' ratios and values
+         them at `prices` with `margin._position_value`: equity = collateral
+         + sum(unrealised PnL); notional, maintenance and initial summed.
     """
     ev: margin.Eval = empty(margin.Eval)
+    ev.equity = convert(acct.collateral * scale, int256)
     bits: uint256 = acct.markets
     n: uint256 = 0
     for m: uint256 in range(_MAX_MARKETS):
@@ -130,15 +132,27 @@ def _evaluate(
             break
         if (bits >> m) & 1 == 0:
             continue
+        pos: margin.Pos = self._load_pos(account, m)
         mword: uint256 = risk._market[m]
+        mmr: uint256 = risk._m_mmr(mword)
+        notional: uint256 = 0
+        maintenance: uint256 = 0
+        initial: uint256 = 0
+        upnl: int256 = 0
+        notional, maintenance, initial, upnl = margin._position_value(
+            pos.size, pos.cost, prices[m], mmr, risk._m_imr(mword)
+        )
         ev.mids[n] = m
-        ev.pos[n] = self._load_pos(account, m)
+        ev.pos[n] = pos
         ev.px[n] = prices[m]
-        ev.mmr[n] = risk._m_mmr(mword)
-        ev.imr[n] = risk._m_imr(mword)
+        ev.mmr[n] = mmr
+        ev.notional += notional
+        ev.maintenance += maintenance
+        ev.initial += initial
+        ev.equity += upnl
         n += 1
     ev.n = n
-    return margin._value(ev, acct.collateral, scale)
+    return ev
 
 
 @internal

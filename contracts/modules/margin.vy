@@ -60,7 +60,6 @@ struct Eval:
     pos: Pos[_MAX_POSITIONS]
     px: uint256[_MAX_POSITIONS]
     mmr: uint256[_MAX_POSITIONS]
-    imr: uint256[_MAX_POSITIONS]
     notional: uint256
     maintenance: uint256
     initial: uint256
@@ -83,27 +82,22 @@ struct MarginStatus:
 
 @pure
 @internal
-def _value(ev_in: Eval, collateral: uint256, scale: uint256) -> Eval:
+def _position_value(
+    size: int256, cost: int256, price: uint256, mmr: uint256, imr: uint256
+) -> (uint256, uint256, uint256, int256):
     """
-    @dev Fills the totals of an Eval whose positions, prices and ratios are
-         set: notional = ceil(|size| * price); maintenance and initial round
-         up; equity = collateral + sum(floor(size * price) - open_notional).
+    @dev One position at `price`: notional = ceil(|size| * price); its
+         maintenance and initial margin, each rounded up; its unrealised PnL
+         floor(size * price) - open_notional. All against the account.
+    @return Notional, maintenance, initial (wad) and unrealised PnL (wad).
     """
-    ev: Eval = ev_in
-    equity: int256 = convert(collateral * scale, int256)
-    for i: uint256 in range(_MAX_POSITIONS):
-        if i == ev.n:
-            break
-        price: uint256 = ev.px[i]
-        notional: uint256 = fixed_point._mul_up(convert(abs(ev.pos[i].size), uint256), price)
-        ev.notional += notional
-        ev.maintenance += fixed_point._mul_up(notional, ev.mmr[i])
-        ev.initial += fixed_point._mul_up(notional, ev.imr[i])
-        equity += (
-            fixed_point._div_floor(ev.pos[i].size * convert(price, int256), _IWAD) - ev.pos[i].cost
-        )
-    ev.equity = equity
-    return ev
+    notional: uint256 = fixed_point._mul_up(convert(abs(size), uint256), price)
+    return (
+        notional,
+        fixed_point._mul_up(notional, mmr),
+        fixed_point._mul_up(notional, imr),
+        fixed_point._div_floor(size * convert(price, int256), _IWAD) - cost,
+    )
 
 
 @view

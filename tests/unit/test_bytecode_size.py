@@ -40,4 +40,3 @@ def test_engine_deployed_code_within_its_budget(chain, system):
     # five immutables (token, pool, fund, scale, checker), 32 bytes each
     assert deployed == compiled + 5 * 32
     assert deployed <= ENGINE_BUDGET, f"engine: {deployed} bytes deployed"
-
