@@ -346,7 +346,7 @@ def check_margin(account: address) -> margin.MarginStatus:
         account,
         acct,
         ledger._evaluate(account, acct, risk._prices(acct.markets), SCALE),
-        risk._unpack_params(risk._params),
+        risk._params_without_rewards(),
         True,
         SCALE,
     )
@@ -451,7 +451,7 @@ def _trade(
         new.size = pos.size + size_delta
         new.cost = fixed_point._div_ceil(new.size * iprice, fixed_point._IWAD)
     # dust: a position is either closed or worth at least the minimum
-    p: margin.RiskParams = risk._unpack_params(risk._params)
+    p: margin.RiskParams = risk._params_without_rewards()
     if new.size != 0:
         assert (
             fixed_point._mul_up(convert(abs(new.size), uint256), price) >= p.min_position_notional

@@ -295,6 +295,17 @@ def _p_call_ratio() -> uint256:
     return self._params[0] & _MASK64
 
 
+@view
+@internal
+def _params_without_rewards() -> margin.RiskParams:
+    """
+    @dev The parameters read from words 0 and 1 only, with the reward
+         fields (word 2: min and max keeper reward, call reward) zero: one
+         cold read less for the paths that pay no reward (views, trades).
+    """
+    return self._unpack_params([self._params[0], self._params[1], 0])
+
+
 @pure
 @internal
 def _unpack_params(w: uint256[3]) -> margin.RiskParams:
