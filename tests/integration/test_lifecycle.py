@@ -279,7 +279,7 @@ def test_uncured_call_is_liquidatable_only_from_its_deadline(
     pin_next_tx(chain)  # one second before the deadline
     with ape.reverts("engine: account not liquidatable"):
         engine.liquidate(trader, sender=keeper)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert not preview.liquidatable and preview.reason == PlanCode.NOT_LIQUIDATABLE
 
     now = pin_next_tx(chain, travel_to(chain, called))
@@ -337,7 +337,7 @@ def test_lapsed_call_makes_account_callable_again_not_liquidatable(
     now = travel_to(chain, called + grace - 1)
     st = assert_status_matches_reference(system, trader, now)
     assert st.state == State.LIQUIDATABLE and st.call_deadline == called
-    assert engine.preview_liquidation(trader).liquidatable
+    assert system.lens.preview_liquidation(trader).liquidatable
 
     now = travel_to(chain, called + grace)
     st = assert_status_matches_reference(system, trader, now)
@@ -345,7 +345,7 @@ def test_lapsed_call_makes_account_callable_again_not_liquidatable(
     assert st.call_deadline == 0
     with ape.reverts("engine: account not liquidatable"):
         engine.liquidate(trader, sender=keeper)
-    assert engine.preview_liquidation(trader).reason == PlanCode.NOT_LIQUIDATABLE
+    assert system.lens.preview_liquidation(trader).reason == PlanCode.NOT_LIQUIDATABLE
 
     # a fresh notice is needed, with a fresh deadline
     tx = ledger.send(engine.margin_call, trader, sender=keeper)

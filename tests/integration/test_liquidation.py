@@ -131,7 +131,7 @@ def test_tranche_interval_between_two_tranches(system, chain, trader, keeper):
     pin_next_tx(chain, t1)  # the same second
     with ape.reverts("engine: tranche interval not elapsed"):
         engine.liquidate(trader, sender=keeper)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert not preview.liquidatable and preview.reason == PlanCode.TOO_SOON
     assert reference_tranche(system, trader, t1) is None
 
@@ -338,7 +338,7 @@ def test_tranche_that_would_leave_dust_closes_everything(system, chain, trader, 
     assert params.critical_ratio <= st.ratio < WAD
     assert v.notional - v.notional * params.close_factor // WAD < params.min_position_notional
     assert st.state == state == State.CRITICAL
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert preview.liquidatable and preview.full_close and preview.fraction == WAD
     ref = reference_tranche(system, trader, now)
 
@@ -368,7 +368,7 @@ def test_bankrupt_account_closes_fully_and_fund_covers_then_pool_socialises(
     ref = reference_tranche(system, trader, now)
     deficit = -st.equity // scale_of(system)  # whole here: prices are round
     assert ref.deficit == deficit == tokens(system, 204)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert preview.full_close and preview.deficit == deficit and preview.penalty == 0
     collateral = engine.collateral_of(trader)
     pool_before, fund_before = (system.token.balanceOf(x) for x in (pool, fund))
@@ -517,7 +517,7 @@ def test_window_capped_sliver_never_lowers_the_ratio(system, chain, trader, keep
     now = pin_next_tx(chain)
     if decimals == 6:
         assert reference_tranche(system, trader, now) is None
-        preview = engine.preview_liquidation(trader)
+        preview = system.lens.preview_liquidation(trader)
         assert not preview.liquidatable and preview.reason == PlanCode.WINDOW_FULL
         with ape.reverts("engine: liquidation window cap reached"):
             engine.liquidate(trader, sender=keeper)
@@ -574,7 +574,7 @@ def test_window_cap_shrinks_tranches_and_exempts_critical_accounts(
     assert engine.window_state(ETH) == (start, wad(1_830))
 
     ref = reference_tranche(system, other_trader, now)
-    assert engine.preview_liquidation(other_trader).fraction == ref.fraction == WAD // 8
+    assert system.lens.preview_liquidation(other_trader).fraction == ref.fraction == WAD // 8
     tx = engine.liquidate(other_trader, sender=keeper)
     liq = one(tx, engine.Liquidation)
     assert_matches_reference(liq, ref)
@@ -584,7 +584,7 @@ def test_window_cap_shrinks_tranches_and_exempts_critical_accounts(
 
     with ape.reverts("engine: liquidation window cap reached"):
         engine.liquidate(third_trader, sender=keeper)
-    preview = engine.preview_liquidation(third_trader)
+    preview = system.lens.preview_liquidation(third_trader)
     assert not preview.liquidatable and preview.reason == PlanCode.WINDOW_FULL
     assert reference_tranche(system, third_trader, now) is None
 
@@ -697,7 +697,7 @@ def test_liquidate_many_liquidates_the_eligible_and_skips_the_rest(
     engine.liquidate(third_trader, sender=rival_keeper)
     third_position = engine.position(third_trader, ETH)
     batch = [trader, other_trader, third_trader, stranger, fourth_trader, trader, fourth_trader]
-    statuses = engine.check_margins(batch)
+    statuses = system.lens.check_margins(batch)
     for st, who in zip(statuses, batch, strict=True):
         single = engine.check_margin(who)
         assert st == single and st.priced
@@ -748,7 +748,7 @@ def test_preview_liquidation_equals_what_liquidate_does(
     open_account(system, trader, 1_000)
     open_position(system, trader, BTC, -0.01)  # a second market: two closed sizes
     system.set_price(ETH, price)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     ref = reference_tranche(system, trader, pin_next_tx(chain))
     assert preview.liquidatable and preview.reason == PlanCode.OK
     assert list(preview.market_ids) == [ETH, BTC]
@@ -777,22 +777,22 @@ def test_preview_liquidation_equals_what_liquidate_does(
 
 def test_preview_liquidation_reason_codes(system, chain, trader, keeper):
     engine = system.engine
-    preview = engine.preview_liquidation(trader)  # no positions
+    preview = system.lens.preview_liquidation(trader)  # no positions
     assert (preview.liquidatable, preview.reason) == (False, PlanCode.NOT_LIQUIDATABLE)
     open_account(system, trader, 1_000)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert (preview.state, preview.reason) == (State.HEALTHY, PlanCode.NOT_LIQUIDATABLE)
     assert preview.penalty == 0 and list(preview.closed_sizes) == []
     system.set_price(ETH, 1_860)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert (preview.state, preview.reason) == (State.CALLABLE, PlanCode.NOT_LIQUIDATABLE)
     engine.margin_call(trader, sender=keeper)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert (preview.state, preview.reason) == (State.CALLED, PlanCode.NOT_LIQUIDATABLE)
     system.set_price(ETH, 1_815)
-    assert engine.preview_liquidation(trader).reason == PlanCode.OK
+    assert system.lens.preview_liquidation(trader).reason == PlanCode.OK
     engine.liquidate(trader, sender=keeper)
-    preview = engine.preview_liquidation(trader)
+    preview = system.lens.preview_liquidation(trader)
     assert (preview.state, preview.liquidatable) == (State.LIQUIDATABLE, False)
     assert preview.reason == PlanCode.TOO_SOON
 

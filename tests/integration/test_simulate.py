@@ -52,7 +52,7 @@ def runs(sim):
 def test_fast_scan_decoder_agrees_with_the_sdk(sim):
     client = MarginEngineClient.from_system(sim.system)
     accounts = [t.address for t in sim.population.traders]
-    call = sim.eth_call(sim.engine, sim.engine_abi.encode("check_margins", accounts))
+    call = sim.eth_call(sim.lens, sim.lens_abi.encode("check_margins", accounts))
     raw = sim.rpc.batch([call])[0]
     assert decode_statuses(raw, sim.names) == client.statuses(accounts)
 

@@ -118,7 +118,12 @@ def deploy_reentrant_system(project, deployer, guardian) -> System:
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund_ = deployer.deploy(project.InsuranceFund, token.address, pool.address)
     engine = deployer.deploy(
-        project.MarginEngine, token.address, pool.address, fund_.address, guardian.address
+        project.MarginEngine,
+        token.address,
+        pool.address,
+        fund_.address,
+        guardian.address,
+        deployer.deploy(project.MarginParams).address,
     )
     pool.set_engine(engine.address, sender=deployer)
     fund_.set_engine(engine.address, sender=deployer)
@@ -861,7 +866,12 @@ def _false_token_engine(project, deployer, guardian):
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund_ = deployer.deploy(project.InsuranceFund, token.address, pool.address)
     engine = deployer.deploy(
-        project.MarginEngine, token.address, pool.address, fund_.address, guardian.address
+        project.MarginEngine,
+        token.address,
+        pool.address,
+        fund_.address,
+        guardian.address,
+        deployer.deploy(project.MarginParams).address,
     )
     return token, engine
 
@@ -1036,7 +1046,12 @@ def _fresh_pool(project, deployer, guardian):
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund_ = deployer.deploy(project.InsuranceFund, token.address, pool.address)
     engine = deployer.deploy(
-        project.MarginEngine, token.address, pool.address, fund_.address, guardian.address
+        project.MarginEngine,
+        token.address,
+        pool.address,
+        fund_.address,
+        guardian.address,
+        deployer.deploy(project.MarginParams).address,
     )
     pool.set_engine(engine.address, sender=deployer)
     return token, pool

@@ -202,7 +202,7 @@ def test_every_operation_under_oracle_fault(
     # at the last valid price (bound) the account is liquidatable: a fault answer near it
     # that were accepted would let liquidations through
     rig.feed.set_answer((1_500 if side > 0 else 2_500) * E8, sender=owner)
-    assert engine.preview_liquidation(trader.address).liquidatable
+    assert system.lens.preview_liquidation(trader.address).liquidatable
     info = engine.account_info(trader.address)
     eth_pos = engine.position(trader.address, ETH)
     assert info[2] != 0  # call deadline
@@ -266,8 +266,8 @@ def test_every_operation_under_oracle_fault(
     with ape.reverts(reason):
         engine.check_margin(trader.address, skip_trace=True)
     with ape.reverts(reason):
-        engine.preview_liquidation(trader.address, skip_trace=True)
-    faulty_status, _, healthy_status = engine.check_margins(batch)
+        system.lens.preview_liquidation(trader.address, skip_trace=True)
+    faulty_status, _, healthy_status = system.lens.check_margins(batch)
     assert not faulty_status.priced
     assert faulty_status.state == State.HEALTHY
     assert healthy_status.priced
@@ -382,7 +382,7 @@ def test_fallback_price_is_used_then_primary_again(
     status = engine.check_margin(trader.address)
     assert status.priced
     assert status.equity == expected_equity(system, trader, {ETH: 1_990 * WAD})
-    assert engine.check_margins([trader.address])[0].equity == status.equity
+    assert system.lens.check_margins([trader.address])[0].equity == status.equity
     tx = trade(system, trader, ETH, WAD // 10)  # new exposure at the fallback price
     assert one(tx, engine.PositionChanged).price == 1_990 * WAD
 

@@ -45,6 +45,7 @@ class ApeDriver(Driver):
         self.signers = signers
         self.token, self.pool, self.fund = system.token, system.pool, system.fund
         self.engine = system.engine
+        self.lens = system.lens
         self.feeds, self.oracles = system.feeds, system.oracles
         self.markets = system.markets
         self.decimals = int(system.token.decimals())

@@ -125,12 +125,16 @@ def deploy_boa_system(
         token = _deployer("testing/MockERC20.vy").deploy("Mock USD", "mUSD", decimals)
         pool = _deployer("LiquidityPool.vy").deploy(token.address, "margincall LP", "mcLP")
         fund = _deployer("InsuranceFund.vy").deploy(token.address, pool.address)
+        checker = _deployer("MarginParams.vy").deploy()
         engine = _deployer("MarginEngine.vy").deploy(
-            token.address, pool.address, fund.address, actors.guardian
+            token.address, pool.address, fund.address, actors.guardian, checker.address
         )
+        lens = _deployer("MarginLens.vy").deploy(engine.address)
+        engine.set_lens(lens.address)
         pool.set_engine(engine.address)
         fund.set_engine(engine.address)
     d = BoaDriver(actors, token, pool, fund, engine, markets, decimals)
+    d.lens = lens
     for market_id, spec in enumerate(markets):
         with boa.env.prank(owner):
             feed = _deployer("testing/MockAggregator.vy").deploy(

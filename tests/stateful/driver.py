@@ -116,6 +116,7 @@ class Driver:
     pool: Any
     fund: Any
     engine: Any
+    lens: Any  # MarginLens: check_margins, preview_liquidation
     feeds: list
     oracles: list
     markets: tuple[MarketSpec, ...]

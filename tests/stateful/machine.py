@@ -891,7 +891,7 @@ class EngineMachine(RuleBasedStateMachine):
         most, which keeps tranches common.)"""
         d = self.d
         k = self.checks % 2
-        statuses = d.engine.check_margins(self.traders)
+        statuses = d.lens.check_margins(self.traders)
         for i, status in enumerate(statuses):
             if not status.priced:
                 continue
@@ -1155,7 +1155,7 @@ class EngineMachine(RuleBasedStateMachine):
         if not dirty:
             return
         room = d.window_room(now, p)
-        statuses = d.engine.check_margins(dirty)
+        statuses = d.lens.check_margins(dirty)
         self.turn += 1
         n = self.turn
         single = dirty[n // 3 % len(dirty)] if n % 3 == 0 else None
@@ -1171,7 +1171,7 @@ class EngineMachine(RuleBasedStateMachine):
                 assert (got.state, got.ratio) == (State.HEALTHY, MAX_UINT)
                 ok, res = d.try_call(d.engine, "check_margin", t)
                 assert not ok and res == fault, (fault, res)
-                ok, res = d.try_call(d.engine, "preview_liquidation", t)
+                ok, res = d.try_call(d.lens, "preview_liquidation", t)
                 assert not ok and res == fault, (fault, res)
                 continue
             v = evaluate(acct, d.scale)
@@ -1195,7 +1195,7 @@ class EngineMachine(RuleBasedStateMachine):
                 self._check_preview(t, acct, p, room)
 
     def _check_preview(self, t: str, acct: Account, p: RiskParams, room: dict[int, int]):
-        preview = self.d.engine.preview_liquidation(t)
+        preview = self.d.lens.preview_liquidation(t)
         plan = plan_tranche(acct, p, self.d.scale, self.now, room)
         assert preview.liquidatable == (plan is not None)
         if plan is None:

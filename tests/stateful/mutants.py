@@ -7,9 +7,10 @@ there to check, and reports which mutants the machine kills.
 
     python -m tests.stateful.mutants [NAME ...] [--examples N]
 
-Each mutant is a copy of contracts/ in a temporary folder with one edit to MarginEngine.vy
-(contracts/ itself is never written). A mutant must fit EIP-170 like the engine, so the edits
-replace code rather than add it. Not part of `make test` or `make fuzz`: it takes minutes.
+Each mutant is a copy of contracts/ in a temporary folder with one edit to MarginEngine.vy or
+one of its modules under contracts/modules/ (contracts/ itself is never written). A mutant must
+fit EIP-170 like the engine (titanoboa enforces it; the engine keeps 3 kB free). Not part of
+`make test` or `make fuzz`: it takes minutes.
 """
 
 from __future__ import annotations
@@ -29,110 +30,134 @@ import tests.stateful.boa_system as boa_system
 from tests.stateful.machine import Campaign, EngineMachine
 
 ROOT = Path(__file__).resolve().parents[2]
-PAUSED = '            self._fail("engine: paused")\n'
-PAUSE_BLOCK = "    if increases:\n        if not (not self.paused):\n" + PAUSED
-ACTIVE = "        if not (self._m_active(mword)):"
+ENGINE = "MarginEngine.vy"
+RISK = "modules/risk.vy"
+MARGIN = "modules/margin.vy"
+LIQUIDATION = "modules/liquidation.vy"
+PAUSED = '            fixed_point._fail("engine: paused")\n'
+PAUSE_BLOCK = "    if increases:\n        if risk.paused:\n" + PAUSED
+ACTIVE = "        if not (risk._m_active(mword)):"
 ORACLE = "staticcall IOracle(self._m_oracle(self._market[m]))"
 DEPOSIT_CLEAR = (  # the deposit's best-effort call clearing (the trade's uses p.call_ratio)
-    "        if ok:\n            ev: Eval = self._evaluate(account, acct, prices)\n"
-    "            if self._ratio(ev.equity, ev.maintenance) >= self._p_call_ratio():"
+    "        if ok:\n            ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)\n"
+    "            if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():"
 )
-# name -> (what the machine must notice, engine source replaced, replacement)
-MUTANTS: dict[str, tuple[str, str, str]] = {
-    "pause_ignored": ("new exposure while paused", PAUSED, "            pass\n"),
+# name -> (what the machine must notice, file under contracts/, source replaced, replacement)
+MUTANTS: dict[str, tuple[str, str, str, str]] = {
+    "pause_ignored": ("new exposure while paused", ENGINE, PAUSED, "            pass\n"),
     "pause_blocks_reductions": (
         "reductions refused while paused",
+        ENGINE,
         PAUSE_BLOCK,
         PAUSE_BLOCK.replace("if increases", "if True") + "    if increases:\n",
     ),
     "pause_blocks_liquidations": (
         "liquidations refused while paused",
-        "    if plan.code == NOT_LIQUIDATABLE:\n",
-        "    if plan.code == NOT_LIQUIDATABLE or self.paused:\n",
+        ENGINE,
+        "        if plan.code != liquidation._OK:\n",
+        "        if plan.code != liquidation._OK or risk.paused:\n",
     ),
     "anyone_pauses": (
         "a stranger pauses",
+        RISK,
         "    if not (msg.sender == self.guardian or msg.sender == ownable.owner):",
         "    if False:",
     ),
     "inactive_ignored": (
         "new exposure on an inactive market",
-        '            self._fail("engine: market not active")\n',
+        ENGINE,
+        '            fixed_point._fail("engine: market not active")\n',
         "            pass\n",
     ),
     "inactive_blocks_reductions": (
         "reductions refused on an inactive market",
+        ENGINE,
         PAUSE_BLOCK + ACTIVE,
         PAUSE_BLOCK + "    if True:\n" + ACTIVE,
     ),
     "prices_unchecked": (
         "an invalid price used by views, calls, liquidations, withdrawals",
+        RISK,
         f"            prices[m] = {ORACLE}.price()",
         f"            prices[m] = ({ORACLE}.try_price())[0]",
     ),
     "trade_price_unchecked": (
         "a trade at an invalid price",
-        "    price: uint256 = staticcall IOracle(self._m_oracle(mword)).price()",
-        "    price: uint256 = (staticcall IOracle(self._m_oracle(mword)).try_price())[0]",
+        ENGINE,
+        "    price: uint256 = staticcall IOracle(risk._m_oracle(mword)).price()",
+        "    price: uint256 = (staticcall IOracle(risk._m_oracle(mword)).try_price())[0]",
     ),
     "deposit_needs_prices": (
         "a deposit refused on an invalid price",
-        "        prices, ok = self._try_prices(acct.markets, prices, 0)\n" + DEPOSIT_CLEAR,
-        "        prices = self._prices(acct.markets)\n        ok = True\n" + DEPOSIT_CLEAR,
+        ENGINE,
+        "        prices, ok = risk._try_prices(acct.markets, prices, 0)\n" + DEPOSIT_CLEAR,
+        "        prices = risk._prices(acct.markets)\n        ok = True\n" + DEPOSIT_CLEAR,
     ),
     # the core invariants (I2, I5, the tranche interval)
     "healthy_callable": (
         "a margin call on a HEALTHY or CALLED account",
-        "    if self._classify(ev, acct, p) != CALLABLE:\n        return False, 0",
-        "    if self._classify(ev, acct, p) > CALLED:\n        return False, 0",
+        ENGINE,
+        "    if margin._classify(ev, acct, p, SCALE) != margin._CALLABLE:\n        return False, 0",
+        "    if margin._classify(ev, acct, p, SCALE) > margin._CALLED:\n        return False, 0",
     ),
     "withdraw_below_initial": (
         "a withdrawal that leaves equity under initial margin",
+        ENGINE,
         "        if not (ev.equity >= convert(ev.initial, int256)):\n"
-        '            self._fail("engine: insufficient margin")\n    self._store(msg.sender, acct)',
-        '        if False:\n            self._fail("engine: insufficient margin")\n'
-        "    self._store(msg.sender, acct)",
+        '            fixed_point._fail("engine: insufficient margin")\n'
+        "    ledger._store(msg.sender, acct)",
+        '        if False:\n            fixed_point._fail("engine: insufficient margin")\n'
+        "    ledger._store(msg.sender, acct)",
     ),
     "tranche_interval_ignored": (
         "a second tranche before the tranche interval",
-        "    elif plan.code == TOO_SOON:\n        self._fail(",
-        "    elif False:\n        self._fail(",
+        LIQUIDATION,
+        "        if acct.last_tranche != 0 and block.timestamp < acct.last_tranche"
+        " + p.tranche_interval:",
+        "        if False:",
     ),
     "liquidate_many_ignores_validity": (
         "a batch liquidation at an invalid price",
-        "        if not ok:\n            continue\n        have |= acct.markets\n        ev: Eval",
-        "        have |= acct.markets\n        ev: Eval",
+        ENGINE,
+        "            if not ok:\n                continue\n            have |= acct.markets\n"
+        "        ev: margin.Eval",
+        "            have |= acct.markets\n        ev: margin.Eval",
     ),
     # I1: token conservation
     "fund_fee_kept": (
         "the fund's share of a penalty kept in the engine (tokens not where the ledgers say)",
+        ENGINE,
         "    if fund_fee > 0:\n        self._push(FUND.address, fund_fee)",
         "    pass",
     ),
     # I4: a tranche never lowers the ratio (6-decimal collateral: see MUTANT_DECIMALS)
     "sliver_guard_removed": (
         "a window-capped sliver whose penalty rounding lowers the ratio",
-        "    if capped and plan.ratio_after < self._ratio(ev.equity, ev.maintenance):",
+        LIQUIDATION,
+        "    if capped and plan.ratio_after < fixed_point._ratio(ev.equity, ev.maintenance):",
         "    if False:",
     ),
     # I6/I7: the fund pays before anything is socialised
     "fund_skipped": (
         "a deficit socialised while the fund holds tokens",
+        ENGINE,
         "        paid: uint256 = extcall FUND.cover(plan.deficit, account)",
         "        paid: uint256 = 0",
     ),
-    # I8: the views equal the reference math
+    # I8: the views equal the reference math (check_margin on the engine, check_margins on
+    # the lens: both through `margin._status`)
     "view_ratio_off_by_one": (
         "check_margin(s) reporting a ratio one wei off",
-        "    s.ratio = self._ratio(ev.equity, ev.maintenance)",
-        "    s.ratio = self._ratio(ev.equity + 1, ev.maintenance)",
+        MARGIN,
+        "    s.ratio = fixed_point._ratio(ev.equity, ev.maintenance)",
+        "    s.ratio = fixed_point._ratio(ev.equity + 1, ev.maintenance)",
     ),
     # a call is a notice: it never makes the account liquidatable
     "call_reward_uncapped": (
         "a call reward that takes equity below maintenance",
-        "        reward = min(min(self._to_token_down(p.call_reward), room - need),"
-        " acct.collateral)",
-        "        reward = min(self._to_token_down(p.call_reward), acct.collateral)",
+        ENGINE,
+        "        reward = min(min(p.call_reward // SCALE, room - need), acct.collateral)",
+        "        reward = min(p.call_reward // SCALE, acct.collateral)",
     ),
 }
 # collateral decimals per mutant (default 18): token-unit roundings show with 6 decimals
@@ -141,12 +166,12 @@ MUTANT_DECIMALS = {"sliver_guard_removed": 6, "call_reward_uncapped": 6}
 
 def run_mutant(name: str, examples: int, workdir: Path) -> tuple[bool, str]:
     """(killed, what failed or how long it survived)."""
-    _, old, new = MUTANTS[name]
-    source = (ROOT / "contracts" / "MarginEngine.vy").read_text()
-    assert source.count(old) == 1, f"{name}: the code to mutate is not found once"
+    _, relpath, old, new = MUTANTS[name]
+    source = (ROOT / "contracts" / relpath).read_text()
+    assert source.count(old) == 1, f"{name}: the code to mutate is not found once in {relpath}"
     contracts = workdir / name / "contracts"
     shutil.copytree(ROOT / "contracts", contracts)
-    (contracts / "MarginEngine.vy").write_text(source.replace(old, new))
+    (contracts / relpath).write_text(source.replace(old, new))
     boa_system.CONTRACTS = contracts
     boa_system._deployer.cache_clear()
     boa.interpret.set_search_paths([str(contracts), str(ROOT)])

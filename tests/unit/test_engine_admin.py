@@ -439,8 +439,9 @@ def test_owner_may_pause_with_no_guardian(system, owner, guardian):
 def test_constructor_refuses_zero_addresses(project, system, deployer, guardian, zero, reason):
     args = [system.token.address, system.pool.address, system.fund.address]
     args[zero] = ZERO_ADDRESS
+    checker = deployer.deploy(project.MarginParams)
     with ape.reverts(reason):
-        deployer.deploy(project.MarginEngine, *args, guardian.address)
+        deployer.deploy(project.MarginEngine, *args, guardian.address, checker.address)
 
 
 def test_constructor_refuses_token_above_18_decimals(project, system, deployer, guardian):
@@ -452,6 +453,7 @@ def test_constructor_refuses_token_above_18_decimals(project, system, deployer, 
             system.pool.address,
             system.fund.address,
             guardian.address,
+            deployer.deploy(project.MarginParams).address,
         )
 
 
@@ -460,7 +462,12 @@ def test_constructor_sets_owner_guardian_scale_and_defaults(project, deployer, g
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund = deployer.deploy(project.InsuranceFund, token.address, pool.address)
     engine = deployer.deploy(
-        project.MarginEngine, token.address, pool.address, fund.address, guardian.address
+        project.MarginEngine,
+        token.address,
+        pool.address,
+        fund.address,
+        guardian.address,
+        deployer.deploy(project.MarginParams).address,
     )
     assert engine.owner() == deployer.address
     assert engine.guardian() == guardian.address

@@ -141,7 +141,12 @@ def _deploy_engine_on(project, deployer, guardian, token):
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund_ = deployer.deploy(project.InsuranceFund, token.address, pool.address)
     engine = deployer.deploy(
-        project.MarginEngine, token.address, pool.address, fund_.address, guardian.address
+        project.MarginEngine,
+        token.address,
+        pool.address,
+        fund_.address,
+        guardian.address,
+        deployer.deploy(project.MarginParams).address,
     )
     pool.set_engine(engine.address, sender=deployer)
     fund_.set_engine(engine.address, sender=deployer)

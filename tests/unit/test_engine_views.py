@@ -208,11 +208,11 @@ def test_check_margins_equals_check_margin_for_each_account(
 
     for factor in (1.0, 0.9213, 1.0713):
         set_prices(system, factor)
-        batch = engine.check_margins([a.address for a in accounts])
+        batch = system.lens.check_margins([a.address for a in accounts])
         assert len(batch) == len(accounts)
         for who, status in zip(accounts, batch, strict=True):
             assert as_tuple(status) == as_tuple(engine.check_margin(who.address))
-    assert engine.check_margins([]) == []
+    assert system.lens.check_margins([]) == []
 
 
 def test_check_margins_marks_unpriced_accounts_instead_of_reverting(
@@ -229,7 +229,7 @@ def test_check_margins_marks_unpriced_accounts_instead_of_reverting(
     trade(system, keeper, ETH, -WAD)  # needs both
     system.feeds[ETH].set_reverting(True, sender=owner)
 
-    batch = engine.check_margins(
+    batch = system.lens.check_margins(
         [trader.address, other_trader.address, stranger.address, keeper.address]
     )
     for who, status in ((trader, batch[0]), (keeper, batch[3])):
@@ -246,7 +246,7 @@ def test_check_margins_marks_unpriced_accounts_instead_of_reverting(
         assert_status_matches_reference(system, chain, who, status)
 
     system.feeds[ETH].set_reverting(False, sender=owner)
-    assert engine.check_margins([trader.address])[0].priced is True
+    assert system.lens.check_margins([trader.address])[0].priced is True
 
 
 # --- ABI --------------------------------------------------------------------------------------
@@ -257,14 +257,14 @@ FUNCTIONS = [
     "trade",
     "close_position",
     "check_margin",
-    "check_margins",
     "margin_call",
     "clear_margin_call",
     "liquidate",
-    "preview_liquidation",
     "margin_call_many",
     "liquidate_many",
 ]
+# the batched and preview views live on the lens (contracts/MarginLens.vy)
+LENS_FUNCTIONS = ["check_margins", "preview_liquidation"]
 EVENTS = [
     "Deposit",
     "Withdraw",
@@ -276,11 +276,17 @@ EVENTS = [
 ]
 
 
-def test_abi_has_every_name_of_protocol_section_5(project):
+def test_abi_has_every_name_of_protocol_section_5(project, system):
     abi = project.MarginEngine.contract_type.abi
     functions = {item.name for item in abi if item.type == "function"}
     events = {item.name for item in abi if item.type == "event"}
     assert set(FUNCTIONS) <= functions, set(FUNCTIONS) - functions
+    lens_abi = project.MarginLens.contract_type.abi
+    lens_functions = {item.name for item in lens_abi if item.type == "function"}
+    assert set(LENS_FUNCTIONS) <= lens_functions, set(LENS_FUNCTIONS) - lens_functions
+    # the engine names its lens, and the lens reads that engine
+    assert system.engine.lens() == system.lens.address
+    assert system.lens.ENGINE() == system.engine.address
     assert set(EVENTS) <= events, set(EVENTS) - events
     # `deposit(amount)` credits the caller; `deposit(amount, account)` anyone
     overloads = sorted(

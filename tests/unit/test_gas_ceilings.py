@@ -15,14 +15,17 @@ liquidated before, so its window slot is nonzero; approvals are unlimited.
 import pytest
 
 from margincall.constants import State
+
+# Issue 15's targets (85,000 a tranche, 20,000 check_margin, 29,000 per account in a batch of
+# 50) are not met yet: docs/benchmarks.md ("Issue 15 targets") says by how much and why.
 from tests.utils.helpers import mint_and_approve, wad
 
-CEILING_DEPOSIT = 50_200  # measured 48,664
-CEILING_WITHDRAW = 63_900  # one open position; measured 61,994
-CEILING_TRADE_OPEN = 109_800  # new position; measured 106,557
-CEILING_MARGIN_CALL = 74_600  # measured 72,395
-CEILING_LIQUIDATE = 123_700  # one tranche, one market; measured 120,037
-CEILING_CHECK_MARGIN = 30_400  # one position, via GasProbe, engine warm; measured 29,439
+CEILING_DEPOSIT = 50_200  # measured 48,721 (48,664 before the module cut)
+CEILING_WITHDRAW = 63_900  # one open position; measured 62,331 (61,994 before)
+CEILING_TRADE_OPEN = 108_100  # new position; measured 104,906
+CEILING_MARGIN_CALL = 74_600  # measured 73,856
+CEILING_LIQUIDATE = 123_700  # one tranche, one market; measured 121,611
+CEILING_CHECK_MARGIN = 28_900  # one position, via GasProbe, engine warm; measured 28,085
 
 
 @pytest.fixture(scope="module")

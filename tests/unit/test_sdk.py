@@ -95,7 +95,7 @@ def test_statuses_equal_check_margins_in_chunks(system, client, leveraged, other
     deposit(system, other_trader, 500)
     accounts = [leveraged, other_trader, stranger]
     system.set_price(ETH, CALLABLE_PRICE)
-    raw = [MarginStatus.from_struct(s) for s in system.engine.check_margins(accounts)]
+    raw = [MarginStatus.from_struct(s) for s in system.lens.check_margins(accounts)]
     assert client._fast_scan() is not None  # the keeper's raw decode path, not the fallback
     assert client.statuses(accounts) == raw
     assert client.statuses(accounts, chunk=1) == raw
@@ -122,7 +122,7 @@ def test_positions_match_the_engine_and_price_pnl(system, client, leveraged):
 
 def test_preview_equals_engine_preview(system, client, leveraged):
     system.set_price(ETH, LIQUIDATABLE_PRICE)
-    raw = system.engine.preview_liquidation(leveraged)
+    raw = system.lens.preview_liquidation(leveraged)
     preview = client.preview_liquidation(leveraged)
     assert preview == LiquidationPreview.from_struct(raw)
     assert preview.liquidatable and preview.reason == PlanCode.OK

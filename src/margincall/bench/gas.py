@@ -425,8 +425,13 @@ class Bench:
                 for who in batch:
                     e.deposit(self.amount(1_000), who.address, sender=o)
                     self.trade(who, 0, 4)
-                data = bytes(e.check_margins.encode_input([who.address for who in batch]))
-                request = {"from": self.keeper.address, "to": e.address, "data": "0x" + data.hex()}
+                lens = self.s.lens  # check_margins is on the engine's MarginLens
+                data = bytes(lens.check_margins.encode_input([who.address for who in batch]))
+                request = {
+                    "from": self.keeper.address,
+                    "to": lens.address,
+                    "data": "0x" + data.hex(),
+                }
                 estimate = int(chain.provider.make_request("eth_estimateGas", [request]), 16)
                 execution = estimate - 21_000 - calldata_gas(data)
                 self.scan_rows.append(

@@ -13,7 +13,7 @@ in chunks of 500 (the engine's MAX_SCAN), every status decoded into the SDK's
 - `batched`: every chunk in one JSON-RPC batch (one HTTP request), fast decoder;
 - `parallel`: the chunks spread over 2 threads, each with its own HTTP session;
 - `batched, eth_abi`: the batched requests decoded by eth_abi's generic decoder;
-- `Ape contract call`: `engine.check_margins(chunk)` through Ape (1,000 accounts only);
+- `Ape contract call`: `lens.check_margins(chunk)` through Ape (1,000 accounts only);
 - `sdk`: `MarginEngineClient.statuses`, the keeper bot's scan: one `eth_call` per
   chunk through Ape's web3 and the same decoder (Ape's generic contract call and ABI
   decoding if the status layout were unknown).
@@ -60,8 +60,8 @@ def _ways(
     from margincall.sim.chain import decode_statuses
 
     n = len(accts)
-    enc = sim.engine_abi.encode
-    calls = [sim.eth_call(sim.engine, enc("check_margins", p)) for p in chunks(accts, CHUNK)]
+    enc = sim.lens_abi.encode
+    calls = [sim.eth_call(sim.lens, enc("check_margins", p)) for p in chunks(accts, CHUNK)]
 
     def sequential(calls: list = calls) -> list:
         res = []
@@ -78,7 +78,7 @@ def _ways(
     def generic(calls: list = calls) -> list:
         res = []
         for data in rpc.batch(calls):
-            res.extend(sim.engine_abi.decode("check_margins", data)[0])
+            res.extend(sim.lens_abi.decode("check_margins", data)[0])
         return res
 
     def node_only(calls: list = calls) -> list:
@@ -114,13 +114,11 @@ def _ways(
             )
         )
     if with_ape:
-        engine = sim.system.engine
+        lens = sim.system.lens
         ways.append(
             (
-                "Ape contract call (engine.check_margins)",
-                lambda a=accts, e=engine: [
-                    st for p in chunks(a, CHUNK) for st in e.check_margins(p)
-                ],
+                "Ape contract call (lens.check_margins)",
+                lambda a=accts, e=lens: [st for p in chunks(a, CHUNK) for st in e.check_margins(p)],
             )
         )
     return ways

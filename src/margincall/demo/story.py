@@ -157,7 +157,7 @@ class Demo:
 
     def statuses(self) -> dict:
         names = list(self.traders)
-        result = self.engine.check_margins([self.traders[n].address for n in names])
+        result = self.system.lens.check_margins([self.traders[n].address for n in names])
         return dict(zip(names, result, strict=True))
 
     def state(self, name: str) -> State:

@@ -55,6 +55,8 @@ class System:
     pool: Any
     fund: Any
     engine: Any
+    lens: Any = None  # MarginLens: check_margins, preview_liquidation
+    checker: Any = None  # MarginParams: the bounds of every market and risk parameter
     feeds: list = field(default_factory=list)
     oracles: list = field(default_factory=list)
     markets: tuple[MarketSpec, ...] = ()
@@ -104,16 +106,20 @@ def deploy_system(
         token = project.MockERC20.at(token)  # only its ERC-20 functions are used
     pool = owner.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund = owner.deploy(project.InsuranceFund, token.address, pool.address)
+    checker = owner.deploy(project.MarginParams)
     engine = owner.deploy(
         project.MarginEngine,
         token.address,
         pool.address,
         fund.address,
         (guardian or owner).address,
+        checker.address,
     )
+    lens = owner.deploy(project.MarginLens, engine.address)
+    engine.set_lens(lens.address, sender=owner)
     pool.set_engine(engine.address, sender=owner)
     fund.set_engine(engine.address, sender=owner)
-    system = System(project, owner, token, pool, fund, engine, markets=markets)
+    system = System(project, owner, token, pool, fund, engine, lens, checker, markets=markets)
     for spec in markets:
         add_market(system, spec)
     return system

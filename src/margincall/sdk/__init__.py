@@ -26,6 +26,7 @@ from margincall.sdk.clients import (
 )
 from margincall.sdk.engine import (
     MarginEngineClient,
+    lens_of,
 )
 from margincall.sdk.errors import (
     InsufficientFunds,
@@ -84,6 +85,7 @@ __all__ = [
     "LpPosition",
     "MarginCallError",
     "MarginEngineClient",
+    "lens_of",
     "MarginStatus",
     "Market",
     "NotCallable",

@@ -54,11 +54,20 @@ from margincall.sdk.types import (
 # --- client ---------------------------------------------------------------
 
 
-class MarginEngineClient:
-    """The engine, its collateral token and its oracle adapters (one per market id)."""
+def lens_of(engine: Any) -> Any:
+    """The MarginLens the engine names (`engine.lens()`), as an Ape contract."""
+    from ape import project
 
-    def __init__(self, engine: Any, token: Any, oracles: Sequence[Any]):
+    return project.MarginLens.at(str(engine.lens()))
+
+
+class MarginEngineClient:
+    """The engine, its lens (the batched and preview views), its collateral token and its
+    oracle adapters (one per market id)."""
+
+    def __init__(self, engine: Any, token: Any, oracles: Sequence[Any], lens: Any = None):
         self.engine = engine
+        self._lens = lens  # MarginLens: check_margins, preview_liquidation
         self.token = token
         self.oracles = list(oracles)
         self.decimals = int(token.decimals())
@@ -68,7 +77,14 @@ class MarginEngineClient:
     @classmethod
     def from_system(cls, system: Any) -> MarginEngineClient:
         """From a `margincall.deploy.System`."""
-        return cls(system.engine, system.token, system.oracles)
+        return cls(system.engine, system.token, system.oracles, getattr(system, "lens", None))
+
+    @property
+    def lens(self) -> Any:
+        """The engine's MarginLens (the batched and preview views), as the engine names it."""
+        if self._lens is None:
+            self._lens = lens_of(self.engine)
+        return self._lens
 
     # --- units ---
 
@@ -157,9 +173,7 @@ class MarginEngineClient:
             if fast is not None:
                 out.extend(fast(part, block_id))
             else:
-                out.extend(
-                    MarginStatus.from_struct(s) for s in self.engine.check_margins(part, **at)
-                )
+                out.extend(MarginStatus.from_struct(s) for s in self.lens.check_margins(part, **at))
         return out
 
     def _fast_scan(self) -> Any:
@@ -171,9 +185,9 @@ class MarginEngineClient:
         if self._fast is None:
             self._fast = False
             try:
-                check_status_layout(Abi.of(self.engine))
-                web3 = self.engine.provider.web3
-                to = str(self.engine.address)
+                check_status_layout(Abi.of(self.lens))
+                web3 = self.lens.provider.web3
+                to = str(self.lens.address)
                 selector = keccak(text="check_margins(address[])")[:4]
             except Exception:  # noqa: BLE001 - any doubt: use the generic path
                 return None
@@ -197,7 +211,7 @@ class MarginEngineClient:
     def preview_liquidation(self, account: Any) -> LiquidationPreview:
         """`preview_liquidation(account)`; raises `OracleError` if a needed price is invalid."""
         self.prices(self.record(account).market_ids)
-        return LiquidationPreview.from_struct(self.engine.preview_liquidation(_addr(account)))
+        return LiquidationPreview.from_struct(self.lens.preview_liquidation(_addr(account)))
 
     def model(self, account: Any) -> ref.Account:
         """The account as the reference math's `Account`, at the oracle prices."""
@@ -475,7 +489,7 @@ class MarginEngineClient:
     def preview_at(self, account: Any, block_id: int | None = None) -> LiquidationPreview:
         """`preview_liquidation(account)` at `block_id` (raises on an invalid price)."""
         at = {} if block_id is None else {"block_id": block_id}
-        return LiquidationPreview.from_struct(self.engine.preview_liquidation(_addr(account), **at))
+        return LiquidationPreview.from_struct(self.lens.preview_liquidation(_addr(account), **at))
 
     def raw_event(self, name: str) -> RawEvent:
         """A fast reader of the engine's event `name` (`margincall.sdk.events.RawEvent`)."""

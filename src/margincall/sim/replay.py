@@ -393,9 +393,9 @@ class Replay(TraderMoves):
         if self.open != self._scan_for:
             self._scan_for = list(self.open)
             self._scan_data = [
-                sim.engine_abi.encode("check_margins", part) for part in chunks(self.open, MAX_SCAN)
+                sim.lens_abi.encode("check_margins", part) for part in chunks(self.open, MAX_SCAN)
             ]
-        calls = [sim.eth_call(sim.engine, data) for data in self._scan_data]
+        calls = [sim.eth_call(sim.lens, data) for data in self._scan_data]
         return calls + [
             sim.eth_call(sim.token, sim.token_abi.encode("balanceOf", sim.fund)),
             sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
@@ -501,9 +501,9 @@ class Replay(TraderMoves):
         the engine held back because a market's liquidation window was full
         (`preview_liquidation` reason 3): records until when each of their markets' windows
         stays full, so that the step holds them back instead of resending them."""
-        sim, abi = self.sim, self.sim.engine_abi
+        sim, abi = self.sim, self.sim.lens_abi
         accounts = skipped[:WINDOW_PREVIEWS]
-        calls = [sim.eth_call(sim.engine, abi.encode("preview_liquidation", a)) for a in accounts]
+        calls = [sim.eth_call(sim.lens, abi.encode("preview_liquidation", a)) for a in accounts]
         full = self.memory.window_full_until
         markets = set()
         for account, out in zip(accounts, sim.rpc.batch(calls), strict=True):

@@ -348,12 +348,14 @@ class SimSetup:
                 f" ({self.params.grace_period} s): a cure must come before the deadline"
             )
         self.engine_abi = Abi.of(s.engine)
-        check_status_layout(self.engine_abi)
+        self.lens_abi = Abi.of(s.lens)  # check_margins, preview_liquidation: the MarginLens
+        check_status_layout(self.lens_abi)
         self.token_abi = Abi.of(s.token)
         self.pool_abi = Abi.of(s.pool)
         self.fund_abi = Abi.of(s.fund)
         self.feed_abi = Abi.of(s.feeds[0])
         self.engine = str(s.engine.address)
+        self.lens = str(s.lens.address)
         self.token = str(s.token.address)
         self.pool = str(s.pool.address)
         self.fund = str(s.fund.address)

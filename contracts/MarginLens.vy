@@ -1,0 +1,237 @@
+# pragma version ~=0.4.3
+"""
+@title margincall margin lens
+@notice Read-only views of a MarginEngine that keepers and tools call off
+        chain: the batched `check_margins` a keeper scans with and
+        `preview_liquidation`. They read the engine through its getters and
+        compute with the same pure functions of contracts/modules/ (`margin`,
+        `liquidation`) as the engine, so their figures equal the engine's to
+        the wei. Moving them here keeps the engine's code small; a contract
+        that needs one account's health calls the engine's own
+        `check_margin`, which is cheaper than a hop through the lens.
+@custom:security Stateless: trusts only the engine it was deployed for and
+        the oracle adapters that engine lists. Nothing here moves funds.
+"""
+
+from interfaces import IOracle
+from modules import fixed_point
+from modules import margin
+from modules import risk
+from modules import liquidation
+
+
+interface IEngineState:
+    def account_info(account: address) -> (uint256, uint256, uint256, uint256, uint256): view
+    def position(account: address, market_id: uint256) -> (int256, int256): view
+    def markets(market_id: uint256) -> risk.MarketConfig: view
+    def window_state(market_id: uint256) -> (uint256, uint256): view
+    def risk_params() -> margin.RiskParams: view
+    def SCALE() -> uint256: view
+
+
+_MAX_MARKETS: constant(uint256) = fixed_point._MAX_MARKETS
+_MAX_POSITIONS: constant(uint256) = margin._MAX_POSITIONS
+_MAX_SCAN: constant(uint256) = 500
+
+
+struct LiquidationPreview:
+    state: uint8
+    liquidatable: bool
+    reason: uint8  # 0 ok, 1 not liquidatable, 2 tranche interval, 3 window cap
+    full_close: bool
+    fraction: uint256  # wad
+    market_ids: DynArray[uint256, _MAX_POSITIONS]
+    closed_sizes: DynArray[int256, _MAX_POSITIONS]
+    closed_notional: uint256  # wad
+    penalty: uint256  # token units
+    keeper_reward: uint256  # token units
+    fund_fee: uint256  # token units
+    deficit: uint256  # token units, paid by the fund or socialised
+    equity_after: int256
+    ratio_after: uint256
+
+
+# the market data one call has read so far (each market read once per call)
+struct _Markets:
+    have: uint256  # bitmap of the markets whose config is read
+    priced: uint256  # bitmap of the markets whose price is read and valid
+    oracle: address[_MAX_MARKETS]
+    mmr: uint256[_MAX_MARKETS]
+    imr: uint256[_MAX_MARKETS]
+    price: uint256[_MAX_MARKETS]
+
+
+ENGINE: public(immutable(IEngineState))
+_SCALE: immutable(uint256)
+
+
+@deploy
+def __init__(engine: IEngineState):
+    """
+    @notice Deploys the lens of one engine.
+    @param engine The MarginEngine it reads.
+    """
+    ENGINE = engine
+    _SCALE = staticcall engine.SCALE()
+
+
+@view
+@external
+def check_margins(
+    accounts: DynArray[address, _MAX_SCAN]
+) -> DynArray[margin.MarginStatus, _MAX_SCAN]:
+    """
+    @notice The batched view keepers scan with: each account's status as the
+            engine's `check_margin` returns it. Each market's price is read
+            once per call. Accounts needing an invalid price come back with
+            `priced = False` and state HEALTHY (nothing to do).
+    @param accounts Up to 500 accounts.
+    @return One MarginStatus per account, in order.
+    """
+    p: margin.RiskParams = staticcall ENGINE.risk_params()
+    cache: _Markets = empty(_Markets)
+    out: DynArray[margin.MarginStatus, _MAX_SCAN] = []
+    for account: address in accounts:
+        acct: margin.Acct = self._acct(account)
+        ok: bool = False
+        cache, ok = self._fill(cache, acct.markets, False)
+        ev: margin.Eval = empty(margin.Eval)
+        if ok:
+            ev = self._evaluate(account, acct, cache)
+        out.append(margin._status(account, acct, ev, p, ok, _SCALE))
+    return out
+
+
+@view
+@external
+def preview_liquidation(account: address) -> LiquidationPreview:
+    """
+    @notice What the engine's `liquidate(account)` would do now, without
+            doing it: the closed sizes, penalty, keeper reward, fund fee,
+            deficit and the ratio after. Reverts with the oracle's reason if
+            a needed price is invalid.
+    @param account The account.
+    @return The preview; `liquidatable` false with a `reason` code when a
+            call would revert (1 not liquidatable, 2 tranche interval,
+            3 window cap).
+    """
+    p: margin.RiskParams = staticcall ENGINE.risk_params()
+    acct: margin.Acct = self._acct(account)
+    cache: _Markets = empty(_Markets)
+    ok: bool = False
+    cache, ok = self._fill(cache, acct.markets, True)
+    ev: margin.Eval = self._evaluate(account, acct, cache)
+    state: uint8 = margin._classify(ev, acct, p, _SCALE)
+    windows: uint256[_MAX_POSITIONS] = empty(uint256[_MAX_POSITIONS])
+    for i: uint256 in range(_MAX_POSITIONS):
+        if i == ev.n:
+            break
+        start: uint256 = 0
+        used: uint256 = 0
+        start, used = staticcall ENGINE.window_state(ev.mids[i])
+        cap: uint256 = (staticcall ENGINE.markets(ev.mids[i])).window_cap
+        windows[i] = start | (used << 48) | (cap << 152)
+    plan: liquidation.Plan = liquidation._plan_from(acct, ev, p, state, windows, _SCALE)
+    out: LiquidationPreview = empty(LiquidationPreview)
+    out.state = plan.state
+    out.reason = plan.code
+    out.liquidatable = plan.code == liquidation._OK
+    if plan.code != liquidation._OK:
+        return out
+    out.full_close = plan.full
+    out.fraction = plan.fraction
+    for i: uint256 in range(_MAX_POSITIONS):
+        if i == ev.n:
+            break
+        out.market_ids.append(ev.mids[i])
+        out.closed_sizes.append(plan.closed[i])
+    out.closed_notional = plan.closed_notional
+    out.penalty = plan.penalty
+    out.keeper_reward = plan.keeper_reward
+    out.fund_fee = plan.fund_fee
+    out.deficit = plan.deficit
+    out.equity_after = plan.equity_after
+    out.ratio_after = plan.ratio_after
+    return out
+
+
+@view
+@internal
+def _acct(account: address) -> margin.Acct:
+    """
+    @dev The engine's account record.
+    """
+    acct: margin.Acct = empty(margin.Acct)
+    acct.collateral, acct.markets, acct.deadline, acct.last_tranche, acct.tranches = (
+        staticcall ENGINE.account_info(account)
+    )
+    return acct
+
+
+@view
+@internal
+def _fill(cache_in: _Markets, bits: uint256, strict: bool) -> (_Markets, bool):
+    """
+    @dev Reads the config and price of every market of `bits` not read yet.
+         `strict` reverts with the oracle's reason on an invalid price;
+         otherwise the call returns False (and the cache keeps what it has).
+    """
+    cache: _Markets = cache_in
+    for m: uint256 in range(_MAX_MARKETS):
+        if bits >> m == 0:
+            break
+        if (bits >> m) & 1 == 0 or (cache.priced >> m) & 1 == 1:
+            continue
+        if (cache.have >> m) & 1 == 0:
+            config: risk.MarketConfig = staticcall ENGINE.markets(m)
+            cache.oracle[m] = config.oracle
+            cache.mmr[m] = config.mmr
+            cache.imr[m] = config.imr
+            cache.have |= 1 << m
+        if strict:
+            cache.price[m] = staticcall IOracle(cache.oracle[m]).price()
+        else:
+            valid: bool = False
+            cache.price[m], valid = staticcall IOracle(cache.oracle[m]).try_price()
+            if not valid:
+                return cache, False
+        cache.priced |= 1 << m
+    return cache, True
+
+
+@view
+@internal
+def _evaluate(account: address, acct: margin.Acct, cache: _Markets) -> margin.Eval:
+    """
+    @dev The account's positions valued as the engine's `ledger._evaluate`
+         values them (`margin._position_value`), from the engine's getters
+         and the cache.
+    """
+    ev: margin.Eval = empty(margin.Eval)
+    ev.equity = convert(acct.collateral * _SCALE, int256)
+    n: uint256 = 0
+    for m: uint256 in range(_MAX_MARKETS):
+        if acct.markets >> m == 0:
+            break
+        if (acct.markets >> m) & 1 == 0:
+            continue
+        pos: margin.Pos = empty(margin.Pos)
+        pos.size, pos.cost = staticcall ENGINE.position(account, m)
+        notional: uint256 = 0
+        maintenance: uint256 = 0
+        initial: uint256 = 0
+        upnl: int256 = 0
+        notional, maintenance, initial, upnl = margin._position_value(
+            pos.size, pos.cost, cache.price[m], cache.mmr[m], cache.imr[m]
+        )
+        ev.mids[n] = m
+        ev.pos[n] = pos
+        ev.px[n] = cache.price[m]
+        ev.mmr[n] = cache.mmr[m]
+        ev.notional += notional
+        ev.maintenance += maintenance
+        ev.initial += initial
+        ev.equity += upnl
+        n += 1
+    ev.n = n
+    return ev
