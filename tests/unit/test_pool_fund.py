@@ -864,9 +864,7 @@ def test_lock_grief_one_unit_per_block_for_another_lp_cannot_keep_it_locked(
     assert pool.maxRedeem(lp) == pool.balanceOf(lp) - pool.locked_shares(lp)
 
 
-def test_gift_deposits_cannot_keep_a_fresh_deposit_locked_past_its_cooldown(
-    token, pool, lp, unit
-):
+def test_gift_deposits_cannot_keep_a_fresh_deposit_locked_past_its_cooldown(token, pool, lp, unit):
     """Dust gifted every block to an LP whose own deposit is still locked extends that
     batch only by the gift's weight (the share-weighted mean of times left): after the
     cooldown plus a few seconds the LP's deposit is free, and the dust with it."""
