@@ -21,18 +21,29 @@
         that limit, as ERC-4626 requires. `pay` is not limited by the
         reserve: the reserve exists precisely to pay traders.
 
-        Deposit cooldown: shares minted by `deposit` or `mint` lock their
-        receiver's shares (no `withdraw`, `redeem`, `transfer` or
-        `transferFrom` out of that address) until `unlock_time(receiver)`.
-        A deposit of `shares` into a balance of `b` shares (after the mint)
-        sets the lock to at least now + ceil(cooldown * shares / b): a fresh
-        address waits the whole `cooldown` (default 15 minutes), while a
-        deposit that is small next to an LP's balance extends its lock only
-        in proportion, so nobody can lock another LP for long by sending it
-        dust shares. This stops a flash-loan sandwich: deposit, trigger a
-        liquidation or a losing close that realises trader losses into the
-        pool, redeem, all in one transaction. A depositor who holds the
-        shares through the cooldown carries the pool's risk meanwhile.
+        Deposit cooldown: shares minted by `deposit` or `mint` are locked
+        (no `withdraw`, `redeem`, `transfer` or `transferFrom` of them) until
+        `unlock_time(receiver)`; only the freshly minted shares are locked,
+        never the shares the receiver already held or received by
+        transfer. Each address has one locked batch (`locked_shares`, the
+        shares, and `unlock_time`): a mint of `shares` joins the batch
+        still locked (`L` shares, `r` seconds left; an expired batch counts
+        as empty) and the batch's time left becomes the share-weighted
+        mean floor((L * r + shares * cooldown) / (L + shares)), never less
+        than `r`. A fresh batch waits the whole `cooldown` (default 15
+        minutes); the mean of values of at least 1 s is at least 1 s, so
+        fresh shares never leave in the block that minted them. This stops
+        a flash-loan sandwich: deposit, trigger a liquidation or a losing
+        close that realises trader losses into the pool, redeem, all in one
+        transaction. A depositor who holds the shares through the cooldown
+        carries the pool's risk meanwhile.
+
+        A deposit that names another address as receiver locks only the
+        shares it gives that address: it cannot lock the receiver's own
+        shares (the lock grief, SECURITY.md), and it extends the
+        receiver's locked batch only by the weight of the gift, so that
+        keeping someone's fresh deposit locked for the cooldown again costs
+        about as many shares as the deposit itself, given away.
 
         Fixed point: risk values (open interest, reserve factor) are wad;
         amounts that move are token units. Conversion happens only in
@@ -133,8 +144,12 @@ engine: public(address)
 reserve_factor: public(uint256)
 # @dev Seconds a fresh deposit locks its receiver's shares (see the notice).
 cooldown: public(uint256)
-# @dev When each address's shares unlock (0: never locked).
+# @dev When each address's locked batch of fresh shares unlocks (0: never
+# locked); the batch is `_locked` shares until then.
 unlock_time: public(HashMap[address, uint256])
+# @dev The shares of each address's batch (see the notice); stale once
+# `unlock_time` has passed.
+_locked: HashMap[address, uint256]
 
 
 event ProfitPaid:
@@ -160,6 +175,7 @@ event CooldownSet:
 event SharesLocked:
     owner: indexed(address)
     unlock_time: uint256
+    locked_shares: uint256
 
 
 @deploy
@@ -194,8 +210,8 @@ def __init__(asset_: address, name_: String[25], symbol_: String[5]):
 def deposit(assets: uint256, receiver: address) -> uint256:
     """
     @notice Deposits exactly `assets` tokens and mints shares to `receiver`
-            (rounded down, against the depositor). Locks `receiver`'s
-            shares for the cooldown, in proportion to the new shares.
+            (rounded down, against the depositor). Locks the new shares
+            (only those) for the cooldown; see the notice.
     @param assets The amount of tokens to deposit, in token units.
     @param receiver The receiver of the shares.
     @return The shares minted.
@@ -212,8 +228,8 @@ def deposit(assets: uint256, receiver: address) -> uint256:
 def mint(shares: uint256, receiver: address) -> uint256:
     """
     @notice Mints exactly `shares` to `receiver` for the tokens it costs
-            (rounded up, against the depositor). Locks `receiver`'s shares
-            for the cooldown, in proportion to the new shares.
+            (rounded up, against the depositor). Locks the new shares (only
+            those) for the cooldown; see the notice.
     @param shares The shares to mint.
     @param receiver The receiver of the shares.
     @return The tokens taken from the caller.
@@ -228,13 +244,13 @@ def mint(shares: uint256, receiver: address) -> uint256:
 @external
 def transfer(to: address, amount: uint256) -> bool:
     """
-    @notice Moves `amount` shares from the caller to `to`; refused while
-            the caller's shares are locked by a recent deposit.
+    @notice Moves `amount` shares from the caller to `to`; refused if
+            that would move shares locked by a recent deposit.
     @param to The receiver of the shares.
     @param amount The shares to move.
     @return True (reverts on failure).
     """
-    self._check_unlocked(msg.sender)
+    self._check_unlocked(msg.sender, amount)
     erc4626.erc20._transfer(msg.sender, to, amount)
     return True
 
@@ -243,14 +259,14 @@ def transfer(to: address, amount: uint256) -> bool:
 def transferFrom(owner: address, to: address, amount: uint256) -> bool:
     """
     @notice Moves `amount` shares from `owner` to `to` with the caller's
-            allowance; refused while `owner`'s shares are locked by a
-            recent deposit.
+            allowance; refused if that would move shares of `owner`
+            locked by a recent deposit.
     @param owner The owner of the shares.
     @param to The receiver of the shares.
     @param amount The shares to move.
     @return True (reverts on failure).
     """
-    self._check_unlocked(owner)
+    self._check_unlocked(owner, amount)
     erc4626.erc20._spend_allowance(owner, msg.sender, amount)
     erc4626.erc20._transfer(owner, to, amount)
     return True
@@ -262,13 +278,12 @@ def maxWithdraw(owner: address) -> uint256:
     """
     @notice The most tokens `owner` can withdraw now: the value of its
             shares, capped by the free assets above the open-interest
-            reserve; 0 while its shares are locked by a recent deposit.
+            reserve; shares locked by a recent deposit do not count.
     @param owner The share owner.
     @return The maximum `withdraw` amount, in token units.
     """
-    if block.timestamp < self.unlock_time[owner]:
-        return 0
-    return min(erc4626._max_withdraw(owner), self._free_assets())
+    unlocked: uint256 = erc4626.erc20.balanceOf[owner] - self._locked_now(owner)
+    return min(erc4626._convert_to_assets(unlocked, False), self._free_assets())
 
 
 @external
@@ -277,14 +292,13 @@ def maxRedeem(owner: address) -> uint256:
     """
     @notice The most shares `owner` can redeem now: its balance, capped by
             the shares that the free assets buy (rounded down), so that
-            redeeming them never touches the reserve; 0 while its shares are
-            locked by a recent deposit.
+            redeeming them never touches the reserve; shares locked by a
+            recent deposit do not count.
     @param owner The share owner.
     @return The maximum `redeem` amount, in shares.
     """
-    if block.timestamp < self.unlock_time[owner]:
-        return 0
-    return min(erc4626._max_redeem(owner), erc4626._convert_to_shares(self._free_assets(), False))
+    unlocked: uint256 = erc4626.erc20.balanceOf[owner] - self._locked_now(owner)
+    return min(unlocked, erc4626._convert_to_shares(self._free_assets(), False))
 
 
 @external
@@ -294,17 +308,17 @@ def withdraw(assets: uint256, receiver: address, owner: address) -> uint256:
     @notice Burns the shares worth `assets` (rounded up, against the LP)
             from `owner` and sends exactly `assets` tokens to `receiver`.
             Reverts if that would dip into the open-interest reserve, or
-            while `owner`'s shares are locked by a recent deposit.
+            burn shares of `owner` locked by a recent deposit.
     @param assets The tokens to withdraw, in token units.
     @param receiver The receiver of the tokens.
     @param owner The owner of the shares; a caller other than `owner`
            spends its share allowance.
     @return The shares burned.
     """
-    self._check_unlocked(owner)
+    shares: uint256 = erc4626._preview_withdraw(assets)
+    self._check_unlocked(owner, shares)
     assert assets <= erc4626._max_withdraw(owner), "pool: withdraw more than balance"
     assert assets <= self._free_assets(), "pool: reserve for open interest"
-    shares: uint256 = erc4626._preview_withdraw(assets)
     erc4626._withdraw(msg.sender, receiver, owner, assets, shares)
     return shares
 
@@ -315,15 +329,15 @@ def redeem(shares: uint256, receiver: address, owner: address) -> uint256:
     """
     @notice Burns exactly `shares` from `owner` and sends their value
             (rounded down, against the LP) to `receiver`. Reverts if that
-            would dip into the open-interest reserve, or while `owner`'s
-            shares are locked by a recent deposit.
+            would dip into the open-interest reserve, or burn shares of
+            `owner` locked by a recent deposit.
     @param shares The shares to redeem.
     @param receiver The receiver of the tokens.
     @param owner The owner of the shares; a caller other than `owner`
            spends its share allowance.
     @return The tokens sent, in token units.
     """
-    self._check_unlocked(owner)
+    self._check_unlocked(owner, shares)
     assert shares <= erc4626._max_redeem(owner), "pool: redeem more than balance"
     assets: uint256 = erc4626._preview_redeem(shares)
     assert assets <= self._free_assets(), "pool: reserve for open interest"
@@ -382,8 +396,8 @@ def set_reserve_factor(new_factor: uint256):
 @external
 def set_cooldown(new_cooldown: uint256):
     """
-    @notice Sets how long a fresh deposit locks its receiver's shares. Only
-            the owner. Locks already set keep their time.
+    @notice Sets how long a fresh deposit's shares stay locked. Only the
+            owner. Locks already set keep their time.
     @param new_cooldown Seconds, at most 7 days; 0 disables new locks.
     """
     ownable._check_owner()
@@ -413,26 +427,64 @@ def free_assets() -> uint256:
     return self._free_assets()
 
 
+@external
+@view
+def locked_shares(owner: address) -> uint256:
+    """
+    @notice The shares of `owner` that a recent deposit still locks (they
+            cannot leave or move before `unlock_time(owner)`).
+    @param owner The share owner.
+    @return The locked shares (0 once `unlock_time` has passed).
+    """
+    return self._locked_now(owner)
+
+
 @internal
 def _lock(receiver: address, shares: uint256):
     """
-    @dev Locks `receiver` until now + ceil(cooldown * shares / balance),
-         its balance counted after the mint; never shortens a lock.
+    @dev Adds `shares` to `receiver`'s locked batch (an expired batch counts
+         as empty) and sets the batch's time left to the share-weighted
+         mean of its time left and the cooldown, rounded down, never less
+         than its time left. The receiver's other shares stay free.
     """
     cooldown: uint256 = self.cooldown
     if cooldown == 0:
         return
-    balance: uint256 = erc4626.erc20.balanceOf[receiver]
-    until: uint256 = block.timestamp + math._mul_div(cooldown, shares, balance, True)
-    if until > self.unlock_time[receiver]:
-        self.unlock_time[receiver] = until
-        log SharesLocked(owner=receiver, unlock_time=until)
+    locked: uint256 = self._locked_now(receiver)
+    left: uint256 = 0
+    if locked > 0:
+        left = self.unlock_time[receiver] - block.timestamp
+    total: uint256 = locked + shares
+    mean: uint256 = (locked * left + shares * cooldown) // total
+    until: uint256 = block.timestamp + max(mean, left)
+    self._locked[receiver] = total
+    self.unlock_time[receiver] = until
+    log SharesLocked(owner=receiver, unlock_time=until, locked_shares=total)
 
 
 @internal
 @view
-def _check_unlocked(owner: address):
-    assert block.timestamp >= self.unlock_time[owner], "pool: shares locked"
+def _locked_now(owner: address) -> uint256:
+    """
+    @dev The locked batch of `owner`, or 0 once its unlock time has passed.
+    """
+    if block.timestamp < self.unlock_time[owner]:
+        return self._locked[owner]
+    return 0
+
+
+@internal
+@view
+def _check_unlocked(owner: address, shares: uint256):
+    """
+    @dev Refuses to move `shares` of `owner` if fewer than that are free of
+         the lock (the balance never falls below the locked batch: locked
+         shares cannot leave). Checked first, so that an owner with a
+         locked batch learns why; without one, the balance checks follow.
+    """
+    balance: uint256 = erc4626.erc20.balanceOf[owner]
+    locked: uint256 = self._locked_now(owner)
+    assert locked == 0 or shares <= balance - locked, "pool: shares locked"
 
 
 @internal

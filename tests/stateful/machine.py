@@ -160,6 +160,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.pool_cooldown = int(d.pool.cooldown())
         self.lp_shares = {lp: int(d.pool.balanceOf(lp)) for lp in a.lps}
         self.unlock = {lp: int(d.pool.unlock_time(lp)) for lp in a.lps}
+        self.locked = {lp: int(d.pool.locked_shares(lp)) for lp in a.lps}
         # accounts whose views must be checked against the reference after this step
         self.dirty = set(self.traders)
         self.window_changed = False  # a window's room changed: LIQUIDATABLE previews too
@@ -190,6 +191,10 @@ class EngineMachine(RuleBasedStateMachine):
         assert amount >= 0
         self.expected[src] -= amount
         self.expected[dst] += amount
+
+    def lp_locked(self, lp) -> int:
+        """The LP's batch of shares still locked by its deposits (0 once it unlocked)."""
+        return self.locked[lp] if self.now < self.unlock[lp] else 0
 
     def note(self, key: str) -> None:
         self.stats[key] += 1
@@ -907,33 +912,45 @@ class EngineMachine(RuleBasedStateMachine):
         deposit=st.booleans(),
         amount=st.integers(1, 100_000),
         frac=st.integers(1, 20),
+        gift=st.integers(0, 3),
     )
-    def lp_moves(self, which, deposit, amount, frac):
-        """An LP deposits `amount` whole tokens, or redeems `frac`% of what it may.
+    def lp_moves(self, which, deposit, amount, frac, gift):
+        """An LP deposits `amount` whole tokens, or redeems `frac`% of what it may; one
+        deposit in four (`gift == 0`) is the donor's, naming the LP as receiver (the lock
+        grief's move: it may lock only the shares it gives).
 
         Shares are priced by the model (snekmate's ERC-4626 with a decimals offset of 6:
         shares = assets * (supply + 1e6) // (assets held + 1), assets back the same way, both
-        rounded down), and the deposit cooldown is modelled: a deposit locks the LP until
-        now + ceil(cooldown * minted / balance), never shortening a lock; a locked LP's redeem
-        is refused with `pool: shares locked`."""
+        rounded down), and the deposit cooldown is modelled: a deposit locks only the shares
+        it mints, in the LP's one locked batch (an expired batch counts as empty), whose time
+        left becomes floor((batch * left + minted * cooldown) / (batch + minted)), never less
+        than `left`; a redeem of more than the LP's unlocked shares is refused with
+        `pool: shares locked`."""
         d, lp = self.d, self.a.lps[which]
         supply, held = int(d.pool.totalSupply()), int(d.pool.totalAssets())
         if deposit:
             amount *= d.unit
-            self.must(d.token, "mint", lp, amount, sender=lp)
-            self.expected[lp] += amount
-            sent = self.must(d.pool, "deposit", amount, lp, sender=lp)
+            payer = self.a.donor if gift == 0 else lp
+            self.must(d.token, "mint", payer, amount, sender=payer)
+            self.expected[payer] += amount
+            if payer != lp:
+                self.must(d.token, "approve", d.pool.address, amount, sender=payer)
+            sent = self.must(d.pool, "deposit", amount, lp, sender=payer)
             (ev,) = sent.of(d.pool, "Deposit")
             minted = amount * (supply + 10**6) // (held + 1)
             assert ev.shares == minted, (ev.shares, minted)
             self.lp_shares[lp] += minted
             if self.pool_cooldown:  # a cooldown of 0 sets no lock at all
-                lock = -(-self.pool_cooldown * minted // self.lp_shares[lp])
-                self.unlock[lp] = max(self.unlock[lp], self.now + lock)
-            self.move(lp, d.pool.address, amount)
-            self.note(f"lp{which}:deposit")
+                batch = self.lp_locked(lp)
+                left = self.unlock[lp] - self.now if batch else 0
+                mean = (batch * left + minted * self.pool_cooldown) // (batch + minted)
+                self.unlock[lp] = self.now + max(mean, left)
+                self.locked[lp] = batch + minted
+            self.move(payer, d.pool.address, amount)
+            self.note(f"lp{which}:deposit" if payer == lp else f"lp{which}:gift")
             return
-        if self.now < self.unlock[lp]:
+        batch = self.lp_locked(lp)
+        if batch and self.lp_shares[lp] - batch < max(self.lp_shares[lp] * frac // 100, 1):
             shares = max(self.lp_shares[lp] * frac // 100, 1)
             sent = self.send(d.pool, "redeem", shares, lp, lp, sender=lp)
             self.refused(sent, "pool: shares locked", lp, self.unlock[lp])
@@ -1111,6 +1128,9 @@ class EngineMachine(RuleBasedStateMachine):
         assert shares == [self.lp_shares[lp] for lp in self.a.lps]  # as the model priced them
         assert [int(d.pool.unlock_time(lp)) for lp in self.a.lps] == [
             self.unlock[lp] for lp in self.a.lps
+        ]
+        assert [int(d.pool.locked_shares(lp)) for lp in self.a.lps] == [
+            self.lp_locked(lp) for lp in self.a.lps
         ]
 
     @invariant()

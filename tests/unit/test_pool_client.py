@@ -233,7 +233,8 @@ def test_pool_exit_into_the_open_interest_reserve_is_refused(system, pool, lp, o
 
 class _PoolView:
     """The real pool seen through a different ABI: `unlock` adds an `unlock_time(owner)` view
-    (a pool with a deposit cooldown), `unlock=None` hides the cooldown views (a pool without)."""
+    (a pool whose cooldown locks the whole balance, without `locked_shares`), `unlock=None`
+    hides the cooldown views (a pool without)."""
 
     def __init__(self, pool, unlock: int | None):
         self._pool = pool
@@ -242,8 +243,8 @@ class _PoolView:
     def __getattr__(self, name):
         if name == "contract_type":
             raise AttributeError(name)  # no ABI: the client looks at the attributes
-        if name in ("unlock_time", "cooldown"):
-            if self._unlock is None:
+        if name in ("unlock_time", "cooldown", "locked_shares"):
+            if self._unlock is None or name == "locked_shares":
                 raise AttributeError(name)
             return lambda *args: self._unlock if name == "unlock_time" else 900
         return getattr(self._pool, name)
@@ -259,6 +260,22 @@ def test_pool_refuses_shares_in_the_deposit_cooldown(system, pool, stranger, cha
         pool.redeem(pool.shares(stranger), sender=stranger)
     with not_sent(stranger), pytest.raises(SharesLocked, match="deposit cooldown"):
         pool.withdraw(1, sender=stranger)
+
+
+def test_pool_refuses_only_the_shares_a_deposit_still_locks(system, pool, lp, unlocked):
+    """The lock covers the shares a deposit minted, not those the LP held before."""
+    if not pool.has_cooldown:
+        pytest.skip("this pool has no deposit cooldown")
+    held = pool.shares(lp)
+    amount = mint_and_approve(system, lp, 100, spender=system.pool)
+    pool.deposit(amount, sender=lp)
+    locked = int(system.pool.locked_shares(lp))
+    assert locked == pool.shares(lp) - held > 0
+    with not_sent(lp), pytest.raises(SharesLocked, match=f"{locked} locked until"):
+        pool.redeem(held + 1, sender=lp)
+    with sent_once(lp):
+        pool.redeem(held // 2, sender=lp)
+    assert pool.shares(lp) == held - held // 2 + locked
 
 
 def test_pool_without_cooldown_views_skips_the_check(system, lp, unlocked):

@@ -807,26 +807,130 @@ def test_deposit_and_redeem_in_one_block_sandwich(token, pool, owner, lp, unit, 
         assert gain > 450 * unit  # 10/11 of the 500 the seasoned LP should have earned
 
 
-def test_dust_deposit_for_another_lp_extends_its_lock_only_in_proportion(
+def _same_block(*sends):
+    """Mines the given sends (callables taking `nonce` and send options; nonces are read
+    before automine goes off) in one block, in order; returns their receipts."""
+    provider = ape.chain.provider
+    opts = dict(required_confirmations=0, gas=500_000)
+    provider.make_request("evm_setAutomine", [False])
+    try:
+        txs = [send(opts) for send in sends]
+        provider.make_request("evm_mine", [])
+    finally:
+        provider.make_request("evm_setAutomine", [True])
+    return [provider.get_receipt(tx.txn_hash) for tx in txs]
+
+
+@pytest.mark.parametrize("exit_by", ["redeem", "transfer"])
+def test_lock_grief_one_unit_per_block_for_another_lp_cannot_keep_it_locked(
+    token, pool, lp, outsider, unit, exit_by
+):
+    """The lock grief (SECURITY.md): a griefer deposits one token unit per block naming a
+    seasoned LP as receiver, ahead of the LP's own transaction in the same block. It used to
+    lock the LP's whole balance (ceil(cooldown * minted / balance) >= 1 s) so that neither a
+    redeem nor a transfer ever got through. Now only the gifted shares are locked: the LP's
+    own shares leave in the very block of the grief, every time."""
+    _deposit(token, pool, lp, 1_000 * unit)  # seasoned: unlocked
+    griefer = ape.accounts.test_accounts[8]
+    token.mint(griefer, 10 * unit, sender=griefer)
+    token.approve(pool, 10 * unit, sender=griefer)
+    own = pool.balanceOf(lp)  # the LP's own shares, all free
+    for _ in range(3):
+        part = own // 2
+        own -= part
+        grief_nonce, lp_nonce = griefer.nonce, lp.nonce
+        assets = pool.previewRedeem(part)
+
+        def grief(opts, n=grief_nonce):
+            return pool.deposit(1, lp, sender=griefer, nonce=n, **opts)
+
+        def leave(opts, n=lp_nonce, part=part):
+            if exit_by == "redeem":
+                return pool.redeem(part, lp, lp, sender=lp, nonce=n, **opts)
+            return pool.transfer(outsider, part, sender=lp, nonce=n, **opts)
+
+        before = token.balanceOf(lp), pool.balanceOf(outsider)
+        griefed, left = _same_block(grief, leave)
+        assert left.block_number == griefed.block_number and griefed.status == 1
+        assert left.status == 1  # refused on the old rule: "pool: shares locked"
+        [locked] = griefed.decode_logs(pool.SharesLocked)
+        assert locked.owner == lp.address
+        assert locked.locked_shares == pool.locked_shares(lp) > 0  # the gift only
+        if exit_by == "redeem":
+            assert token.balanceOf(lp) == before[0] + assets
+        else:
+            assert pool.balanceOf(outsider) == before[1] + part
+    # the gifted shares themselves stay locked for (at most) the cooldown
+    assert pool.maxRedeem(lp) == pool.balanceOf(lp) - pool.locked_shares(lp)
+
+
+def test_gift_deposits_cannot_keep_a_fresh_deposit_locked_past_its_cooldown(token, pool, lp, unit):
+    """Dust gifted every block to an LP whose own deposit is still locked extends that
+    batch only by the gift's weight (the share-weighted mean of times left): after the
+    cooldown plus a few seconds the LP's deposit is free, and the dust with it."""
+    first = _raw_deposit(token, pool, lp, 1_000 * unit)
+    start = first.timestamp
+    assert pool.unlock_time(lp) == start + 900
+    griefer = ape.accounts.test_accounts[8]
+    token.mint(griefer, 100 * unit, sender=griefer)
+    token.approve(pool, 100 * unit, sender=griefer)
+    t = start
+    while t + 12 < start + 900:  # every 12 s while the batch is locked
+        t += 12
+        ape.chain.pending_timestamp = t
+        pool.deposit(unit, lp, sender=griefer)  # 0.1% of the batch each time
+    # 74 gifts of 0.1% each push the batch at most 74 * 0.1% * 900 s = 67 s later
+    assert start + 900 <= pool.unlock_time(lp) <= start + 900 + 67
+    ape.chain.pending_timestamp = pool.unlock_time(lp)
+    ape.chain.mine()
+    assert pool.locked_shares(lp) == 0
+    pool.redeem(pool.balanceOf(lp), lp, lp, sender=lp)
+    assert pool.balanceOf(lp) == 0
+
+
+def test_deposit_locks_only_the_new_shares_in_a_share_weighted_batch(
     token, pool, lp, outsider, unit
 ):
-    """Nobody can lock a seasoned LP for long by sending it a few shares."""
+    """A second deposit joins the locked batch: time left is the share-weighted mean of
+    the batch's time left and the cooldown, rounded down; shares held before are free."""
     _deposit(token, pool, lp, 1_000 * unit)  # seasoned: unlocked
-    tx = _raw_deposit(token, pool, outsider, unit, receiver=lp)  # 0.1% of lp's balance
-    until = pool.unlock_time(lp)
-    # ceil(900 s * 1 / 1,001) = 1 s
-    assert until == tx.timestamp + 1
-    ape.chain.pending_timestamp = until
-    pool.redeem(pool.balanceOf(lp), lp, lp, sender=lp)
+    held = pool.balanceOf(lp)
+    first = _raw_deposit(token, pool, lp, 100 * unit)
+    minted = pool.balanceOf(lp) - held
+    assert pool.locked_shares(lp) == minted
+    assert pool.unlock_time(lp) == first.timestamp + 900
+    assert pool.maxRedeem(lp) == held
+    assert pool.maxWithdraw(lp) == pool.convertToAssets(held)
+    with ape.reverts("pool: shares locked"):
+        pool.redeem(held + 1, lp, lp, sender=lp)
+    ape.chain.pending_timestamp = first.timestamp + 300  # 600 s left on the batch
+    second = _raw_deposit(token, pool, lp, 300 * unit)
+    more = pool.balanceOf(lp) - held - minted
+    batch = minted + more
+    mean = (minted * 600 + more * 900) // batch
+    assert pool.unlock_time(lp) == second.timestamp + mean
+    [log] = second.decode_logs(pool.SharesLocked)
+    assert (log.owner, log.unlock_time, log.locked_shares) == (
+        lp.address,
+        second.timestamp + mean,
+        batch,
+    )
+    pool.transfer(outsider, held, sender=lp)  # the old shares move while the batch is locked
+    with ape.reverts("pool: shares locked"):
+        pool.transfer(outsider, 1, sender=lp)
 
 
-def test_a_later_deposit_never_shortens_a_lock(token, pool, lp, unit):
+def test_a_later_deposit_never_shortens_a_lock(token, pool, owner, lp, unit):
     first = _raw_deposit(token, pool, lp, 1_000 * unit)
     until = pool.unlock_time(lp)
     assert until == first.timestamp + 900
     ape.chain.pending_timestamp = first.timestamp + 100
-    _raw_deposit(token, pool, lp, unit)  # would lock until +100 + 1 s only
-    assert pool.unlock_time(lp) == until
+    _raw_deposit(token, pool, lp, unit)  # the mean of 800 s and 900 s: later, not sooner
+    assert pool.unlock_time(lp) >= until
+    pool.set_cooldown(60, sender=owner)
+    later = pool.unlock_time(lp)
+    _raw_deposit(token, pool, lp, 1_000 * unit)  # a shorter cooldown keeps the batch's time
+    assert pool.unlock_time(lp) == later
 
 
 def test_set_cooldown_bounds_owner_and_event(pool, owner, lp):

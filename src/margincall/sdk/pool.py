@@ -41,9 +41,11 @@ class LpPosition:
 class PoolClient:
     """The LP pool (an ERC-4626 vault of the collateral token) and its token.
 
-    A pool with a deposit cooldown exposes `unlock_time(owner)`: the owner's shares can
-    neither leave nor move before it ("pool: shares locked"). On a pool without that view
-    the cooldown check is skipped (`unlock_time` and `cooldown` read None).
+    A pool with a deposit cooldown exposes `unlock_time(owner)` and `locked_shares(owner)`:
+    the shares a deposit minted can neither leave nor move before it ("pool: shares
+    locked"), the owner's other shares can (on an older pool without `locked_shares`, none
+    can). On a pool without those views the cooldown check is skipped (`unlock_time` and
+    `cooldown` read None).
     """
 
     def __init__(self, pool: Any, token: Any):
@@ -149,18 +151,32 @@ class PoolClient:
             )
         return shares
 
-    def _check_unlocked(self, what: str, owner: Any) -> None:
+    def _check_unlocked(self, what: str, owner: Any, shares: int) -> None:
+        """Refuses to move `shares` of `owner` that a deposit still locks: on a pool with a
+        `locked_shares(owner)` view only the locked batch is refused (the rest moves);
+        on an older pool with only `unlock_time` the whole balance is."""
         unlock = self.unlock_time(owner)
         if not unlock:
             return
         from ape import chain
 
         now = int(chain.blocks.head.timestamp)
-        if now < unlock:
+        if now >= unlock:
+            return
+        if _has_view(self.pool, "locked_shares"):
+            locked = int(self.pool.locked_shares(_addr(owner)))
+            free = self.shares(owner) - locked
+            if shares <= free:
+                return
             raise SharesLocked(
-                f"pool {what}: {_addr(owner)}'s shares are in the deposit cooldown until "
-                f"{unlock} (now {now}, {unlock - now} s left) (pool: shares locked)"
+                f"pool {what}: {shares} shares > the {free} of {_addr(owner)} free of the "
+                f"deposit cooldown; {locked} locked until {unlock} (now {now}, {unlock - now} s "
+                "left) (pool: shares locked)"
             )
+        raise SharesLocked(
+            f"pool {what}: {_addr(owner)}'s shares are in the deposit cooldown until "
+            f"{unlock} (now {now}, {unlock - now} s left) (pool: shares locked)"
+        )
 
     def _check_exit(self, what: str, owner: Any, sender: Any, shares: int, assets: int) -> None:
         """The checks common to `redeem` and `withdraw`, after the balance's."""
@@ -183,7 +199,7 @@ class PoolClient:
         owner = sender if owner is None else owner
         if shares <= 0:
             raise InvalidRequest("pool redeem: shares must be positive")
-        self._check_unlocked("redeem", owner)
+        self._check_unlocked("redeem", owner, shares)
         held = self.shares(owner)
         if shares > held:
             raise InsufficientFunds(
@@ -199,7 +215,7 @@ class PoolClient:
         owner = sender if owner is None else owner
         if assets <= 0:
             raise InvalidRequest("pool withdraw: amount must be positive")
-        self._check_unlocked("withdraw", owner)
+        self._check_unlocked("withdraw", owner, self.preview_withdraw(assets))
         worth = int(self.pool.convertToAssets(self.shares(owner)))
         if assets > worth:
             raise InsufficientFunds(

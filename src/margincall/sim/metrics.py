@@ -44,9 +44,11 @@ from typing import Any
 from rich.table import Table
 
 from margincall.constants import WAD, State
+from margincall.sim.baseline import BASELINE, PHASED
 from margincall.sim.setup import RunRecord
 
 PENALTY_TARGET = 0.30  # PROTOCOL.md section 7: at least 30% below the baseline
+DELAY_TARGET = 2  # issue 14: liquidation delay p99 at most 2 blocks
 PENALTY_GUARD = (
     "the penalty target counts as met only when the all-in cost (penalties paid by traders"
     " + bad debt + the negative equity of accounts left open + the penalty their liquidatable"
@@ -267,6 +269,48 @@ def penalty_status(cmp: Mapping[str, Any]) -> str:
     return f"MISS with bad debt counted (all-in {-cmp['all_in_cut']:+.1%})"
 
 
+def check_misses(result: Mapping[str, Any]) -> list[str]:
+    """The targets a phased-vs-baseline run must meet (issue 14; `simulate --check`), one
+    line per miss (empty: all met):
+
+    - socialised loss of the phased run is 0;
+    - phased bad debt (realised + the negative equity of accounts left open) is at most the
+      baseline's;
+    - the phased all-in cost to traders (`all_in_cost`: penalties + bad debt + left open)
+      is at least `PENALTY_TARGET` (30%) below the baseline's, i.e. at most 70% of it
+      (both 0 passes: nothing to cut);
+    - the phased liquidation delay p99 is at most `DELAY_TARGET` (2) blocks.
+
+    Raises ValueError without both runs (the check compares with the baseline)."""
+    runs = result.get("runs", {})
+    if PHASED not in runs or BASELINE not in runs:
+        raise ValueError("the check needs both runs: phased and baseline (--baseline)")
+    ph, base = runs[PHASED]["metrics"], runs[BASELINE]["metrics"]
+    where = f"{result.get('scenario', '?')} seed {result.get('seed', '?')}"
+    misses = []
+    if ph["socialised"] > 0:
+        misses.append(f"{where}: socialised loss {ph['socialised']:,.2f} (target 0)")
+    bad = ph["bad_debt"] + ph.get("left_deficit", 0.0)
+    base_bad = base["bad_debt"] + base.get("left_deficit", 0.0)
+    if bad > base_bad:
+        misses.append(
+            f"{where}: phased bad debt {bad:,.2f} above the baseline's {base_bad:,.2f}"
+            " (realised + negative equity left open)"
+        )
+    cost, base_cost = ph["all_in_cost"], base["all_in_cost"]
+    if cost > (1 - PENALTY_TARGET) * base_cost:
+        vs = f"{cost / base_cost - 1:+.1%} vs" if base_cost > 0 else "against"
+        misses.append(
+            f"{where}: all-in cost to traders {cost:,.2f} ({vs} the baseline's"
+            f" {base_cost:,.2f}; target at least {PENALTY_TARGET:.0%} below)"
+        )
+    if ph["delay_p99"] > DELAY_TARGET:
+        misses.append(
+            f"{where}: liquidation delay p99 {ph['delay_p99']} blocks (target <= {DELAY_TARGET})"
+        )
+    return misses
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -426,9 +470,11 @@ def liquidations_csv(record: RunRecord) -> str:
 
 
 __all__ = [
+    "DELAY_TARGET",
     "PENALTY_GUARD",
     "PENALTY_TARGET",
     "ROWS",
+    "check_misses",
     "compare",
     "liquidations_csv",
     "metrics_csv",

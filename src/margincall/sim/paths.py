@@ -14,7 +14,10 @@ Named shapes (all prices relative to the start, seeded noise on top):
 - `slow_bleed`: -60% over 7 days in 5-minute steps;
 - `broken_correlation`: ETH -40% over 12 hours while BTC stays flat;
 - `random`: geometric Brownian motion with Poisson jumps, correlated markets;
-- a CSV of timestamps and prices (`from_csv`).
+- a CSV of timestamps and prices (`from_csv`);
+- crash paths drawn from public accounts of real crashes, stored as CSV in `sim/data/`
+  (`CRASH_PATHS`, `crash_path`; sources in `sim/data/README.md`, generator in
+  `margincall.sim.crashes`): fixed paths, the seed changes only the population.
 
 Noise is a Brownian bridge pinned to the shape's anchor points, so the
 headline moves (-43%, -30%, ...) are exact whatever the seed.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+DATA_DIR = Path(__file__).resolve().parent / "data"
 ETH = "ETH-USD"
 BTC = "BTC-USD"
 START_PRICES = {ETH: 2_000.0, BTC: 60_000.0}
@@ -292,7 +296,8 @@ def from_csv(path: Path, markets: Sequence[str] = (ETH, BTC)) -> PricePath:
         text = path.read_text()
     except OSError as err:
         raise PathError(f"{path}: {err.strerror}") from None
-    rows = list(csv.DictReader(text.splitlines()))
+    # lines starting with '#' are comments (the crash paths' provenance headers)
+    rows = list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
     if not rows:
         raise PathError(f"{path}: no rows")
     header = {h.strip(): h for h in rows[0]}
@@ -320,12 +325,45 @@ def from_csv(path: Path, markets: Sequence[str] = (ETH, BTC)) -> PricePath:
     return PricePath(path.stem, f"from {path.name} ({len(times)} points)", times, prices)
 
 
+# crash paths from public accounts (sim/data/<name>.csv; README.md there cites the sources)
+CRASH_PATHS = (
+    "yen_carry_2024",
+    "terra_week_2022",
+    "oracle_gap",
+    "tariff_whipsaw_2025",
+    "ftx_week_2022",
+)
+
+
+def crash_path(name: str, seed: int = 0, start: Mapping[str, float] | None = None) -> PricePath:
+    """A stored crash path by name (the seed and start prices do not change it: the
+    path is the one the public accounts describe, at its real price levels)."""
+    if name not in CRASH_PATHS:
+        raise PathError(f"unknown crash path {name!r}: one of {', '.join(CRASH_PATHS)}")
+    file = DATA_DIR / f"{name}.csv"
+    loaded = from_csv(file)
+    first = file.read_text().split("\n", 1)[0]
+    title = first.lstrip("# ").strip() if first.startswith("#") else loaded.description
+    return PricePath(
+        name, f"{title} ({file.name}, {len(loaded)} points)", loaded.times, loaded.prices
+    )
+
+
+def _crash(name: str):  # noqa: ANN202 - a scenario maker like the shapes above
+    def make(seed: int, start: Mapping[str, float] = START_PRICES) -> PricePath:
+        return crash_path(name, seed, start)
+
+    make.__name__ = name
+    return make
+
+
 SCENARIOS = {
     "black_thursday": black_thursday,
     "flash_crash": flash_crash,
     "slow_bleed": slow_bleed,
     "broken_correlation": broken_correlation,
     "random": random_path,
+    **{name: _crash(name) for name in CRASH_PATHS},
 }
 
 
@@ -339,6 +377,8 @@ def scenario_path(name: str, seed: int) -> PricePath:
 
 __all__ = [
     "BTC",
+    "CRASH_PATHS",
+    "DATA_DIR",
     "ETH",
     "PathError",
     "PricePath",
@@ -346,6 +386,7 @@ __all__ = [
     "START_PRICES",
     "black_thursday",
     "broken_correlation",
+    "crash_path",
     "flash_crash",
     "from_csv",
     "random_path",
