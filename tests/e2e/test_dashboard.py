@@ -194,9 +194,7 @@ def test_trader_cures_a_margin_call_through_the_page_and_the_system_page_lists_l
     # the system page lists exactly the chain's liquidations
     system = browser.new_page()
     system.goto(dashboard.url + "/")
-    history = read_history(
-        deployed.engine, chain.provider, deployed.record.block, chain.blocks.head.number
-    )
+    history = read_history(client, deployed.record.block, chain.blocks.head.number)
     on_chain = {
         ("0x" + bytes(e.transaction_hash).hex().removeprefix("0x"), str(e.account))
         for e in history.of("Liquidation")
