@@ -140,6 +140,11 @@ def _wait_text(page, testid: str, pattern: str) -> str:
     return _text(page, testid)
 
 
+def _hex(h) -> str:
+    """A transaction hash as hex, whether the log carries bytes or a hex string."""
+    return h.lower() if isinstance(h, str) else bytes(h).hex()
+
+
 def test_trader_cures_a_margin_call_through_the_page_and_the_system_page_lists_liquidations(
     deployed, dashboard, browser, chain, trader, other_trader, keeper
 ):
@@ -194,11 +199,9 @@ def test_trader_cures_a_margin_call_through_the_page_and_the_system_page_lists_l
     # the system page lists exactly the chain's liquidations
     system = browser.new_page()
     system.goto(dashboard.url + "/")
-    history = read_history(
-        deployed.engine, chain.provider, deployed.record.block, chain.blocks.head.number
-    )
+    history = read_history(client, deployed.record.block, chain.blocks.head.number)
     on_chain = {
-        ("0x" + bytes(e.transaction_hash).hex().removeprefix("0x"), str(e.account))
+        ("0x" + _hex(e.transaction_hash).removeprefix("0x"), str(e.account))
         for e in history.of("Liquidation")
     }
     assert on_chain
