@@ -88,12 +88,38 @@ def ensure_local_node(network: Any) -> str | None:
     return url
 
 
+def check_record(network: Any, deployment: Any) -> None:
+    """A missing deployment record stops the command in one line before Ape connects (to a
+    network that may need an RPC it has not got: `--network ethereum:sepolia`)."""
+    from pathlib import Path
+
+    from margincall.deploy.record import DEFAULT_DIR, record_path
+
+    choice = _choice(network) or "ethereum:local"
+    path = Path(deployment) if deployment else record_path(choice, DEFAULT_DIR)
+    if not path.is_file():
+        raise click.ClickException(
+            f"refused: {path}: no deployment record for this network (run `ape run deploy` "
+            "first, or give --deployment)"
+        )
+
+
 def quiet_ape(ctx: click.Context) -> None:
     """Ape's log at WARNING unless the group's `--verbose`."""
     from ape.logging import logger
 
     verbose = bool((ctx.find_root().obj or {}).get("verbose"))
     logger.set_level("INFO" if verbose else "WARNING")
+
+
+def _network_of(ctx: click.Context) -> Any:
+    """The command's network: a choice string or the provider Ape's option parsed."""
+    from ape.cli.options import NETWORK_META_KEY
+
+    value = ctx.params.get("network")
+    if value is None:
+        value = (ctx.meta.get(NETWORK_META_KEY) or {}).get("provider")
+    return value
 
 
 def node_command_class() -> type:
@@ -103,7 +129,9 @@ def node_command_class() -> type:
     class NodeCommand(ConnectedProviderCommand):
         def invoke(self, ctx: click.Context) -> Any:
             if self.callback is not None:
-                ensure_local_node(ctx.params.get("network"))
+                network = _network_of(ctx)
+                check_record(network, ctx.params.get("deployment"))
+                ensure_local_node(network)
                 quiet_ape(ctx)
             return super().invoke(ctx)
 

@@ -53,8 +53,10 @@ def read_view(account: str, network: str | None, deployment: Path | None) -> tup
 
 def _ape_view(account: str, network: str, deployment: Path | None) -> tuple[Any, str]:
     from margincall.cli.common import connect, exit_codes
+    from margincall.cli.node import check_record
     from margincall.cli.trader import account_view
 
+    check_record(network, deployment)
     with exit_codes():
         from ape import networks
 

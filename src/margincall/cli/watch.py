@@ -17,6 +17,7 @@ from typing import Any
 import click
 from rich.text import Text
 
+from margincall.cli.accounts import checksum
 from margincall.cli.common import (
     InputError,
     Session,
@@ -30,7 +31,8 @@ from margincall.cli.common import (
     wad_str,
 )
 from margincall.cli.node import node_command_class
-from margincall.cli.trader import AccountView, _signed, account_view, view_json
+from margincall.cli.trader import account_view
+from margincall.cli.views import AccountView, _signed, view_json
 from margincall.constants import State
 from margincall.report import fmt_duration, fmt_ratio, fmt_wad, state_text
 
@@ -126,8 +128,10 @@ class EventReader:
                 shown[key] = wad_str(value)
             elif key == "state":
                 shown[key] = State(int(value)).name
+            elif isinstance(value, str) and len(value) == 42 and value.startswith("0x"):
+                shown[key] = checksum(value)
             else:
-                shown[key] = str(value) if isinstance(value, str) else value
+                shown[key] = value
         return shown
 
 
