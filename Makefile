@@ -6,7 +6,7 @@ ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup setup-lint test demo story bench-gas lint clean
+.PHONY: setup setup-lint test demo story bench-gas bench-cli lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -43,6 +43,11 @@ story: setup
 
 bench-gas: setup
 	ape run bench_gas
+
+# CLI wall time (`margincall status` and others, repeated runs): the cli-speed block of
+# docs/benchmarks.md
+bench-cli: setup
+	python -m margincall.bench.cli_speed --repeat 10 --write docs/benchmarks.md
 
 lint: setup setup-lint
 	# every contract compiles (tests/unit/test_bytecode_size.py checks EIP-170)

