@@ -5,11 +5,11 @@
 Starts an Anvil of its own on a free port, deploys the shipped local config in a copy of
 the project (`ape run deploy`, as the README's walk does), gives TEST::5 a position
 (`margincall dev mint`, `deposit`, `trade`), then times each command as a new process, from
-start to exit, `--repeat` times after one warm-up run: `margincall status` (read over plain
-JSON-RPC), its `--json` form, and `margincall watch --once` (the same read through Ape's
-start-up, for comparison). `--write` replaces the `cli-speed` block of the given markdown
-file. The machine's load average is printed with the figures: on a shared machine the wall
-time grows with it.
+start to exit, `--repeat` times after one warm-up run: `python -c pass` (the interpreter's
+own start, the floor), `margincall status` (read over plain JSON-RPC), its `--json` form,
+and `margincall watch --once` (the same read through Ape's start-up, for comparison).
+`--write` replaces the `cli-speed` block of the given markdown file. The machine's load
+average is printed with the figures: on a shared machine the wall time grows with it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path.cwd()
 BEGIN, END = "<!-- cli-speed:begin -->", "<!-- cli-speed:end -->"
 COMMANDS = (
+    ("python -c pass", "nothing: the interpreter's start, the floor on this machine"),
     ("margincall status TEST::5", "plain JSON-RPC, no Ape"),
     ("margincall status TEST::5 --json", "plain JSON-RPC, no Ape"),
     ("margincall watch TEST::5 --once", "through Ape (its start-up)"),

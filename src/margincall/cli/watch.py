@@ -205,10 +205,12 @@ def run_watch(
     views = [_watch_once(session, address, None, [])]
     if blocks == 0:
         return views
+    last = views[0].block  # the last block whose events were read (or shown as the start)
     heads = stream() if callable(stream) else stream
     for _ in heads if heads is not None else poll_heads(chain, interval):
         head = int(chain.blocks.head.number)
-        events = reader.read(views[-1].block + 1, head) if head > views[-1].block else []
+        events = reader.read(last + 1, head) if head > last else []
+        last = max(last, head)
         views.append(_watch_once(session, address, views[-1], events))
         if blocks is not None and len(views) > blocks:
             break
