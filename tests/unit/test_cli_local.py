@@ -5,6 +5,7 @@ command, `watch` over skipped blocks, the `dev` helpers' refusals, and no node o
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -247,3 +248,25 @@ def test_help_shows_each_option_s_environment_variable(command, variables):
     shown = " ".join(result.output.split())
     for name in variables:
         assert f"env var: {name}" in shown, name
+
+
+def test_a_frozen_node_is_one_line_within_the_probe_timeout(record_file):
+    port = free_port()
+    node = subprocess.Popen(
+        ["anvil", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        node.send_signal(signal.SIGSTOP)  # frozen: the port accepts, nothing answers
+        url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        result = invoke("status", "TEST::5", "--deployment", str(record_file), host=url)
+        assert result.exit_code == 1, result.output
+        assert f"no node answers at {url} within 3 s (down or frozen)" in result.output
+        assert time.monotonic() - started < 10
+    finally:
+        node.send_signal(signal.SIGCONT)
+        node.terminate()
+        node.wait(timeout=10)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from margincall import math as ref
 from margincall.cli.accounts import keccak
 from margincall.cli.node import NodeError, probe, rpc
 from margincall.cli.views import AccountView, PositionView
@@ -129,11 +128,6 @@ class FastReader:
             return raw[offset + 32 : offset + 32 + length].decode()
         except (RecordError, ValueError, UnicodeDecodeError):
             return "tokens"
-
-
-def cure_check(view: AccountView) -> int:
-    """The cure amount (wad), as the SDK-read view computes it (for the comparison test)."""
-    return max(ref.mul_up(view.call_ratio, view.status.maintenance) - view.status.equity, 0)
 
 
 __all__ = ["FastReader", "RawStatus"]
