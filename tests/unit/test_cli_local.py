@@ -128,6 +128,8 @@ def test_trade_on_an_empty_account_says_to_deposit_first(record_file, deployed):
     short = invoke("deposit", "5", "--account", "TEST::6", *rec)
     assert "is 0.00 mUSD, less than 5.00 mUSD" in short.output
     assert "margincall dev mint" in short.output and "token units" not in short.output
+    nothing = invoke("withdraw", "all", "--account", "TEST::6", *rec)
+    assert nothing.exit_code == 1 and "has no collateral" in nothing.output
 
 
 def test_watch_reports_every_event_of_blocks_it_did_not_poll(

@@ -179,10 +179,12 @@ def run_withdraw(session: Session, amount: str, sender: Any) -> Any:
         if units == 0:
             from margincall.sdk import InsufficientMargin
 
+            held = client.collateral(sender.address)
+            if held == 0:
+                raise InsufficientMargin(f"withdraw: {sender.address} has no collateral")
             raise InsufficientMargin(
-                f"withdraw: no free collateral (collateral "
-                f"{session.tok(client.collateral(sender.address))}, all of it backs the"
-                " initial margin of the open positions)"
+                f"withdraw: no free collateral (collateral {session.tok(held)}, all of it"
+                " backs the initial margin of the open positions)"
             )
     else:
         units = to_units(amount, client.decimals, "amount")
