@@ -6,7 +6,7 @@ ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup setup-lint test demo story bench-gas bench-cli lint clean
+.PHONY: setup setup-lint test demo story bench-gas bench-cli bench-peers lint clean check-install
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -28,7 +28,19 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-setup: $(VENV)/.installed node_modules/.installed
+# the dashboard's wallet bundle (viem, from package-lock.json), built into the package: not committed
+WALLET_BUNDLE := src/margincall/web/static/wallet.bundle.js
+$(WALLET_BUNDLE): src/margincall/web/js/wallet.js node_modules/.installed
+	node_modules/.bin/esbuild $< --bundle --minify --format=iife --target=es2020 \
+		--log-level=warning --outfile=$@
+
+# Debian's Chromium for the dashboard's browser tests (Playwright from PyPI drives it; it cannot
+# download a browser of its own here). Installed only when missing; apt-get needs root.
+.PHONY: browser
+browser:
+	command -v chromium > /dev/null || (apt-get update && apt-get install -y chromium)
+
+setup: $(VENV)/.installed node_modules/.installed $(WALLET_BUNDLE) browser
 
 test: setup lint
 	ape test tests -q
@@ -49,6 +61,12 @@ bench-gas: setup
 bench-cli: setup
 	python -m margincall.bench.cli_speed --repeat 10 --write docs/benchmarks.md
 
+# margincall next to Morpho Blue 1.0.0 on one Anvil (same feed, same OpenZeppelin token):
+# solcjs compiles Morpho and bench/peers/ (cached in .build/peers), then the side-by-side
+# table goes into docs/benchmarks.md (margincall.bench.peers)
+bench-peers: setup
+	ape run bench_peers
+
 lint: setup setup-lint
 	# every contract compiles (tests/unit/test_bytecode_size.py checks EIP-170)
 	ape compile > /dev/null
@@ -58,6 +76,20 @@ lint: setup setup-lint
 	ruff format --check src scripts bots tests
 	# Vyper formatting (line length as ruff's); fix with `.venv-lint/bin/mamushi -l 100 contracts`
 	$(LINT_VENV)/bin/mamushi --check -l 100 contracts
+	# the house's layers and no import cycle (the importlinter contracts in pyproject.toml)
+	PYTHONPATH=src $(LINT_VENV)/bin/lint-imports --no-logo --no-cache
+
+# `pip install .` into a throwaway venv (pyproject's dependencies only: no lock, no Ape
+# plugins): the CLI starts and the SDK, the keeper step and the simulator import.
+CHECK_VENV := $(shell mktemp -d -u /tmp/margincall-install.XXXXXX)
+check-install: setup
+	$(VENV)/bin/uv venv -q --python 3.11 $(CHECK_VENV)
+	$(VENV)/bin/uv pip install -q --python $(CHECK_VENV)/bin/python .
+	cd /tmp && $(CHECK_VENV)/bin/margincall --help > /dev/null
+	cd /tmp && $(CHECK_VENV)/bin/python -c "import margincall.sdk, margincall.keeper.step, \
+	margincall.sim; from importlib.resources import files; \
+	assert files('margincall').joinpath('py.typed').is_file()"
+	rm -rf $(CHECK_VENV)
 
 clean:
 	rm -rf .build .cache $(VENV) $(LINT_VENV) node_modules
@@ -76,10 +108,12 @@ fuzz: setup
 	rc=$$?; wait $$pid || rc=1; exit $$rc
 
 .PHONY: bench
-# Every benchmark, into docs/benchmarks.md and docs/img/: gas (ape run bench_gas), then
+# Every benchmark, into docs/benchmarks.md and docs/img/: gas (ape run bench_gas), margincall
+# next to Morpho Blue (ape run bench_peers), then
 # scripts/bench.py: keeper scan throughput, the stress simulator on every scenario against the
 # liquidate-at-maintenance baseline (500 traders), a sensitivity sweep, the section 7 summary.
 # Each simulation starts and stops an Anvil of its own. About half an hour on 2 cores.
 bench: setup
 	ape run bench_gas
+	ape run bench_peers
 	python scripts/bench.py

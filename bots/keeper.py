@@ -7,10 +7,10 @@ Run from the project root, against any Ape network (docs/bots.md):
 
 or `margincall keeper --deployment deployments/ethereum-local.json --account TEST::3`,
 which sets the same options. Settings come from `MARGINCALL_*` environment variables
-(`margincall.keeper.KeeperConfig.from_env`): the deployment record is required, the rest
+(`margincall.keeper.config.KeeperConfig.from_env`): the deployment record is required, the rest
 (shard, profit margin, batch sizes, metrics file) have defaults.
 
-The bot is a thin shell: `margincall.keeper.Keeper` does the work, and its decisions are
+The bot is a thin shell: `margincall.keeper.bot.Keeper` does the work, and its decisions are
 the pure functions of `margincall.keeper.logic`.
 """
 
@@ -21,7 +21,9 @@ from silverback import SilverbackBot
 from margincall.deploy.record import read_record
 from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
+from margincall.keeper.metrics import export_prometheus
 from margincall.keeper.tx import TxSender
+from margincall.sdk import Clients
 
 bot = SilverbackBot()
 
@@ -37,18 +39,17 @@ def start(startup_state):
         )
     if bot.signer is None:
         raise RuntimeError("the keeper needs an account to send from: pass --account")
-    contracts = record.contracts(project)
+    clients = Clients.from_record(record, project)
     sender = TxSender(
         bot.signer,
         chain.provider,
         stale_blocks=config.stale_blocks,
         replace_after=config.replace_after,
     )
-    keeper = Keeper(
-        record.client(project), record, sender, config, chain.provider, contracts["fund"]
-    )
+    keeper = Keeper(clients.engine, record, sender, config, chain.provider, clients.fund)
     keeper.start()
     bot.state.keeper = keeper
+    export_prometheus(keeper.snapshot, record.collateral_decimals)  # /metrics, /health
 
 
 @bot.on_(chain.blocks)

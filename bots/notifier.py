@@ -33,11 +33,14 @@ from margincall.notify import (
     NotifierConfig,
     Outbox,
     Webhook,
+    export_prometheus,
 )
+from margincall.sdk import Clients
 
 bot = SilverbackBot()
 _notifier: list[Notifier] = []  # set at startup
 _courier: list[Courier] = []  # the delivery thread, started at startup
+_errors = [0]  # blocks whose reading failed
 
 
 def _setup() -> Notifier:
@@ -52,7 +55,6 @@ def _setup() -> Notifier:
             f"but the node is chain {chain_id}"
         )
     creation = chain.provider.get_block(record.block)
-    engine = project.MarginEngine.at(record.engine)
     outbox_path = config.outbox_path(record)
     outbox = Outbox(outbox_path, config.retry_base, config.retry_max)
     outbox.bind(
@@ -82,7 +84,7 @@ def _setup() -> Notifier:
         + f"; {config.confirmations} confirmations; events notified from block {notify_from}"
     )
     return Notifier(
-        ApeSource(chain.provider, engine, record.client(project)),
+        ApeSource(Clients.from_record(record, project).engine),
         outbox,
         ctx,
         start_block=record.block,
@@ -100,6 +102,7 @@ def _tick(head: int, timestamp: int | None) -> None:
     """Reads and enqueues (never raises); the courier thread delivers."""
     try:
         report = _notifier[0].tick(head, timestamp, deliver=False)
+        _errors[0] += len(report.errors)
         if report.enqueued:
             _courier[0].wake()
             counts = _notifier[0].outbox.counts()
@@ -108,6 +111,7 @@ def _tick(head: int, timestamp: int | None) -> None:
                 f"{len(report.enqueued)} new, {counts['pending']} pending"
             )
     except Exception as err:  # noqa: BLE001 - three raises and Silverback halts the bot
+        _errors[0] += 1
         logger.error(f"notifier: block {head}: {type(err).__name__}: {err}")
 
 
@@ -117,6 +121,7 @@ async def startup(startup_state):
     notifier = await asyncio.to_thread(_setup)
     _notifier.append(notifier)
     _courier.append(Courier(notifier).start())  # delivers the backlog at once
+    export_prometheus(notifier, _courier[0], lambda: _errors[0])  # /metrics, /health
     head = await asyncio.to_thread(lambda: chain.blocks.head)
     await asyncio.to_thread(_tick, int(head.number), int(head.timestamp))
     logger.success(f"notifier: caught up to block {notifier.cursor}")

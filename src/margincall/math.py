@@ -258,3 +258,84 @@ def call_reward(account: Account, params: RiskParams, scale: int) -> int:
     if room <= need:
         return 0
     return min(params.call_reward // scale, room - need, account.collateral)
+
+
+# --- cures: what brings a called account back to the call ratio ----------------------------
+
+
+def cure_deposit(account: Account, params: RiskParams, scale: int) -> int:
+    """Token units whose deposit brings the ratio to at least `call_ratio` (0: already there,
+    or no position). `ratio >= call_ratio` is `equity * WAD >= call_ratio * maintenance`
+    (the engine floors the ratio), so equity must reach `call_ratio * maintenance` rounded up;
+    the deposit is rounded up to whole token units."""
+    v = evaluate(account, scale)
+    if v.maintenance == 0:
+        return 0
+    need = mul_up(params.call_ratio, v.maintenance) - v.equity
+    return div_ceil(need, scale) if need > 0 else 0
+
+
+def after_reduction(account: Account, market_id: int, reduce: int, fee: int, scale: int) -> Account:
+    """The account after the trader reduces its position in `market_id` by `reduce` (wad of
+    base asset, 0 < reduce <= |size|) at the oracle price, paying the market's `fee`: the
+    engine's reduction branch of `_trade` (realised PnL floored to token units, closed cost
+    rounded up, fee rounded up)."""
+    out: list[Position] = []
+    collateral = account.collateral
+    for p in account.positions:
+        if p.market_id != market_id:
+            out.append(p)
+            continue
+        delta = -reduce if p.size > 0 else reduce
+        closed_cost = div_ceil(p.cost * -delta, p.size)
+        realized = div_floor(-delta * p.price, WAD) - closed_cost
+        trade_fee = div_ceil(mul_up(mul_up(abs(delta), p.price), fee), scale)
+        collateral += div_floor(realized, scale) - trade_fee
+        if p.size + delta != 0:
+            out.append(
+                Position(p.market_id, p.size + delta, p.cost - closed_cost, p.price, p.mmr, p.imr)
+            )
+    return Account(collateral, tuple(out), account.deadline, account.last_tranche, account.tranches)
+
+
+def cure_reduction(
+    account: Account, market_id: int, params: RiskParams, scale: int, fee: int
+) -> int | None:
+    """The smallest reduction of the position in `market_id` (wad of base asset, absolute)
+    that brings the ratio to at least `call_ratio`, to within 0.1% of the position; 0 when
+    the account is already there; None when even closing that position does not cure it.
+
+    Reducing leaves equity almost unchanged (it pays the fee and a few roundings) and lowers
+    maintenance by `mmr` of the notional closed, so the notional to close is about
+    `(call_ratio * maintenance - equity) / (call_ratio * mmr - fee)`; the estimate is then
+    checked against the engine's exact accounting (`after_reduction`) and raised until it
+    cures. A remainder below `min_position_notional` means the whole position must close."""
+    pos = next((p for p in account.positions if p.market_id == market_id), None)
+    if pos is None or pos.size == 0:
+        return None
+
+    def cured(reduce: int) -> bool:
+        v = evaluate(after_reduction(account, market_id, reduce, fee, scale), scale)
+        return v.maintenance == 0 or v.equity * WAD >= params.call_ratio * v.maintenance
+
+    v = evaluate(account, scale)
+    if v.maintenance == 0 or v.equity * WAD >= params.call_ratio * v.maintenance:
+        return 0
+    size = abs(pos.size)
+    if not cured(size):
+        return None
+    den = mul_up(params.call_ratio, pos.mmr) - fee
+    estimate = size
+    if den > 0:
+        gap = mul_up(params.call_ratio, v.maintenance) - v.equity + 2 * scale + 16
+        estimate = min(size, div_ceil(div_ceil(gap * WAD, den) * WAD, pos.price))
+    step = max(size // 1_000, 1)
+    reduce = estimate
+    for _ in range(1_000):
+        if reduce >= size or cured(reduce):
+            break
+        reduce += step
+    reduce = min(reduce, size)
+    if reduce < size and mul_up(size - reduce, pos.price) < params.min_position_notional:
+        return size
+    return reduce

@@ -117,7 +117,7 @@ class Crash:
 
     def actionable(self) -> list[str]:
         """Accounts a transaction in the next block could call or liquidate."""
-        return sorted(eligible_at(self.engine, self.provider, self.addresses, self.head, {}))
+        return sorted(eligible_at(self.client, self.provider, self.addresses, self.head, {}))
 
     def aftermath(self, rounds: int = 30) -> None:
         """Lets blocks pass, a grace period at a time, until no account is left to act on
@@ -140,13 +140,13 @@ class Crash:
     # --- measures ---
 
     def history(self, start: int):
-        return read_history(self.engine, self.provider, start, self.head)
+        return read_history(self.client, start, self.head)
 
     def assert_attended(self, start: int, stop: int | None = None) -> None:
         history = self.history(start)
         stop = self.head if stop is None else stop
         missing = unattended(
-            self.engine, self.provider, self.addresses, start, stop, history.actions
+            self.client, self.provider, self.addresses, start, stop, history.actions
         )
         assert missing == [], f"eligible but not acted on in the next block: {missing}"
 
@@ -243,7 +243,7 @@ def test_crash_every_eligible_account_is_acted_on_in_the_next_block(
     assert summary["margin_calls"] >= 3, summary
     assert summary["tranches"] >= 1 and summary["full_liquidations"] >= 1, summary
 
-    delays = action_delays(crash.engine, crash.provider, history.actions)
+    delays = action_delays(crash.client, crash.provider, history.actions)
     late = {f"{a.kind} {a.account} @{a.block}": d for a, d in delays.items() if d > 1}
     assert late == {}, f"acted more than one block after eligibility: {late}"
     crash.assert_attended(start)
@@ -306,7 +306,7 @@ def test_keeper_killed_and_restarted_mid_crash_misses_no_account(crash, keepers,
     keeper.kill()
     crash.replay(crash.path[half:])  # accounts become eligible while no keeper runs
     crash.wait_blocks(GRACE_BLOCKS)  # margin calls made before the kill expire
-    waiting = eligible_at(crash.engine, crash.provider, crash.addresses, crash.head, {})
+    waiting = eligible_at(crash.client, crash.provider, crash.addresses, crash.head, {})
     assert waiting, "the test needs accounts left eligible while the keeper was down"
 
     restart = crash.head

@@ -13,6 +13,7 @@ from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
 from margincall.keeper.logic import Decision
 from margincall.keeper.tx import TooLarge, TxSender
+from margincall.sdk import FundClient
 from tests.utils.helpers import deposit, open_position
 
 ETH = 0
@@ -48,7 +49,7 @@ def test_a_batch_over_the_transaction_gas_cap_is_split_and_all_are_liquidated(
     )
     cap = whole * sender.gas_buffer_bps // 10_000 // 2  # the whole batch does not fit
     config = KeeperConfig(deployment=tmp_path / "rec.json", tx_gas_cap=cap)
-    bot = Keeper(client, record, sender, config, chain.provider, system.fund)
+    bot = Keeper(client, record, sender, config, chain.provider, FundClient.from_system(system))
 
     bot._send(Decision(liquidations=(tuple(underwater),)), int(chain.blocks.head.number))
 

@@ -53,8 +53,8 @@ class History:
             raise LookupError(f"block {b} not found")
         return {"timestamp": self.blocks[b][0]}
 
-    # engine
-    def check_margins(self, accounts: list[str], block_id: int) -> list[SimpleNamespace]:
+    # the engine's SDK client
+    def statuses(self, accounts: list[str], block_id: int) -> list[SimpleNamespace]:
         self.reads.append(block_id)
         states = self.blocks[block_id][1]
         return [states.get(a, status(State.HEALTHY, account=a)) for a in accounts]

@@ -62,6 +62,9 @@ class TcpProxy:
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
+                # the connect is bounded; reads are not: a node that stops answering (SIGSTOP)
+                # must look frozen to the bot, not cut by the proxy
+                upstream.settimeout(None)
             except OSError:
                 _close(client)
                 continue

@@ -19,83 +19,43 @@ cross-check, `eth_estimateGas` minus the intrinsic cost (21,000 + 16 per
 nonzero and 4 per zero calldata byte).
 """
 
-import datetime as dt
 import json
-import os
-import platform
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from ape import accounts, chain, project
 from ape.logging import logger
 from eth_utils import keccak
-from rich.console import Console
-from rich.table import Table
 
-from margincall.constants import MAX_MARKETS, WAD, State
+from margincall.bench.gas_report import (
+    ANCHOR_BATCH,
+    ANCHOR_LIQUIDATE,
+    ANCHOR_SUPPLY,
+    ANCHOR_VIEW,
+    ANCHOR_WITHDRAW,
+    BATCH_SIZES,
+    DOC,
+    MAX_UINT,
+    ROOT,
+    TARGET_CHECK_MARGIN,
+    TARGET_DEPOSIT,
+    TARGET_LIQUIDATE,
+    TARGET_WITHDRAW,
+    Breakdown,
+    Row,
+    calldata_gas,
+    machine,
+    markdown,
+    print_table,
+    whole,
+    write_doc,
+)
+from margincall.constants import MAX_MARKETS, State
 from margincall.deploy import deploy_system
-
-ROOT = Path(__file__).resolve().parents[3]  # the project (an editable install)
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- gas:begin -->"
-END = "<!-- gas:end -->"
-MAX_UINT = 2**256 - 1
-
-# PROTOCOL.md section 7
-TARGET_LIQUIDATE = 90_000
-TARGET_CHECK_MARGIN = 15_000
-TARGET_DEPOSIT = 60_000
-TARGET_WITHDRAW = 80_000
-ANCHOR_LIQUIDATE = "Aave V3 partial liquidationCall 383,994; Liquity batched 54-83k per trove"
-ANCHOR_BATCH = "Liquity batched 54-83k per trove"
-ANCHOR_VIEW = "Aave getUserAccountData 35,053 (one supply)"
-ANCHOR_SUPPLY = "Comet supply < 124k"
-ANCHOR_WITHDRAW = "Comet withdraw < 106k"
-
-BATCH_SIZES = (10, 50)
-
-
-@dataclass
-class Row:
-    op: str
-    gas: int
-    target: int | None = None
-    anchor: str = ""
-    twin: str = ""  # for a 6-decimal row: the op of its 18-decimal counterpart
-
-    @property
-    def status(self) -> str:
-        if self.target is None:
-            return "-"
-        if self.gas <= self.target:
-            return f"ok ({self.target - self.gas:,} under)"
-        over = self.gas - self.target
-        return f"MISS by {over:,} (+{100 * over / self.target:.0f}%)"
-
-
-@dataclass
-class Breakdown:
-    """Where one transaction's (or view call's) gas goes, engine frame first."""
-
-    title: str
-    total: int
-    # label, gas, count, detail
-    parts: list[tuple[str, int, int, str]] = field(default_factory=list)
-
-
-def whole(x: float | str) -> int:
-    """A decimal quantity in wad, exactly."""
-    return int(Decimal(str(x)) * WAD)
-
-
-def calldata_gas(data: bytes) -> int:
-    return sum(16 if b else 4 for b in data)
 
 
 @contextmanager
@@ -543,177 +503,6 @@ class Bench:
         if full:
             self.batches()
             self.views()
-
-
-# --- reporting ---------------------------------------------------------------
-
-
-def fmt(n: int | None) -> str:
-    return "-" if n is None else f"{n:,}"
-
-
-def machine() -> dict[str, str]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        anvil = subprocess.run(["anvil", "--version"], capture_output=True, text=True, timeout=10)
-        anvil_version = anvil.stdout.splitlines()[0].replace("anvil Version: ", "")
-    except (OSError, IndexError, subprocess.SubprocessError):
-        anvil_version = "?"
-    info = chain.provider.make_request("anvil_nodeInfo", [])
-    return {
-        "date": dt.date.today().isoformat(),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu or platform.processor() or "?",
-        "python": platform.python_version(),
-        "anvil": f"{anvil_version}, hardfork {info.get('hardFork', '?')}",
-        "vyper": "0.4.3",
-    }
-
-
-def print_table(rows: list[Row]) -> None:
-    table = Table(title="margincall gas (receipt.gas_used; views: probe / estimate)")
-    for col, just in (
-        ("operation", "left"),
-        ("gas", "right"),
-        ("target", "right"),
-        ("anchor (PROTOCOL.md 7)", "left"),
-        ("status", "left"),
-    ):
-        table.add_column(col, justify=just, overflow="fold")
-    for row in rows:
-        status = row.status
-        style = "red" if status.startswith("MISS") else ("green" if status.startswith("ok") else "")
-        table.add_row(
-            row.op,
-            fmt(row.gas),
-            fmt(row.target),
-            row.anchor,
-            f"[{style}]{status}[/{style}]" if style else status,
-        )
-    console = Console()
-    console.width = max(console.width, 150)
-    console.print(table)
-
-
-def markdown(rows: list[Row], breakdowns: list[Breakdown], info: dict[str, str]) -> str:
-    out = [
-        BEGIN,
-        "<!-- generated by scripts/bench_gas.py (`make bench-gas`); edits inside this block"
-        " are overwritten -->",
-        "",
-        "Reproduce: `make bench-gas` (runs `ape run bench_gas` on a fresh local Anvil that Ape"
-        " starts itself).",
-        "",
-        f"Machine: {info['nproc']} cores ({info['cpu']}), Python {info['python']}, "
-        f"Anvil {info['anvil']}, Vyper {info['vyper']}; measured {info['date']}.",
-        "",
-        "Conditions: each operation is its own transaction on an account that already exists,"
-        " so every slot and address it touches starts cold (EIP-2929); the engine, pool, fund"
-        " and keeper already hold tokens; every market has been liquidated before (its window"
-        " slot is nonzero); approvals are unlimited. 18-decimal collateral unless marked."
-        " Transactions: `receipt.gas_used` (21,000 base and calldata included). Views:"
-        " `GasProbe` (contracts/testing) measures the `gasleft()` difference around a static"
-        " call, i.e. what a contract caller pays, with the engine's address warm (the target"
-        " applies here) and cold (+2,600), the probe's own share included (a static call to an"
-        f" address without code measures {info['probe_overhead']} gas); `eth_estimateGas`"
-        " minus the intrinsic cost is shown as a cross-check (it includes the 1/64 gas an"
-        " estimate must leave for subcalls).",
-        "",
-        "| operation | gas | target | anchor (PROTOCOL.md section 7) | status |",
-        "|---|---:|---:|---|---|",
-    ]
-    for r in rows:
-        out.append(f"| {r.op} | {fmt(r.gas)} | {fmt(r.target)} | {r.anchor} | {r.status} |")
-    misses = [r for r in rows if r.status.startswith("MISS")]
-    out += ["", "### Targets missed", ""]
-    if not misses:
-        out.append("None: every operation with a target is within it.")
-    for r in misses:
-        out.append(f"- **{r.op}**: {r.gas:,} against {r.target:,}, over by {r.gas - r.target:,}.")
-        why = explain(r, breakdowns)
-        if why:
-            out.append(f"  {why}")
-    out += ["", "### Where the gas goes", ""]
-    out.append(
-        "Opcode-level attribution of the engine's own frame (struct-log trace): each external"
-        " call is charged with everything it costs the engine (address access, the callee's"
-        " execution including its own nested calls, memory)."
-    )
-    for b in breakdowns:
-        out += [
-            "",
-            f"**{b.title}**: {b.total:,} gas",
-            "",
-            "| component | gas | ops | which |",
-            "|---|---:|---:|---|",
-        ]
-        for label, gas, count, which in b.parts:
-            out.append(f"| {label} | {gas:,} | {count} | {which} |")
-    out += ["", END]
-    return "\n".join(out)
-
-
-def explain(row: Row, breakdowns: list[Breakdown]) -> str:
-    """Why a target is missed, from the breakdown of the same operation."""
-    if row.twin:
-        return "Same breakdown as the 18-decimal row: the token's decimals do not change the path."
-    base = row.op.split(" (", 1)[0]
-    b = next((b for b in breakdowns if b.title.split(" (", 1)[0] == base), None)
-    if b is None:
-        return ""
-    by = {label: (gas, count, which) for label, gas, count, which in b.parts}
-
-    def get(label: str) -> int:
-        return by.get(label, (0, 0, ""))[0]
-
-    calls = [
-        (label[5:], gas, count) for label, gas, count, _ in b.parts if label.startswith("call ")
-    ]
-    reads_gas, reads_n, reads_which = by.get("storage reads, cold", (0, 0, ""))
-    intrinsic = get("intrinsic (21,000 + calldata)")
-    access = intrinsic + reads_gas + sum(g for _, g, _ in calls)
-    text = [f"Of its {b.total:,} gas (breakdown below):"]
-    if intrinsic:
-        text.append(f"intrinsic cost {intrinsic:,};")
-    text.append(f"{reads_n} cold storage reads {reads_gas:,} ({reads_which});")
-    if calls:
-        text.append("external calls " + ", ".join(f"{c} x{n} {g:,}" for c, g, n in calls) + ";")
-    for label in ("storage writes", "events"):
-        if get(label):
-            text.append(f"{label} {get(label):,};")
-    text.append(
-        "the engine's own execution (memory, ABI, arithmetic, control flow)"
-        f" {get('execution (arithmetic, memory, ABI, jumps)'):,}."
-    )
-    what = "Intrinsic cost, cold reads and calls" if intrinsic else "Cold reads and calls"
-    verdict = "already above" if access > row.target else "under"
-    text.append(f"{what} alone come to {access:,}, {verdict} the target.")
-    return " ".join(text)
-
-
-def write_doc(block: str) -> None:
-    if DOC.exists():
-        text = DOC.read_text()
-    else:
-        text = (
-            "# Benchmarks\n\n"
-            "Measured numbers for margincall; each section says how to reproduce them.\n"
-        )
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n## Gas\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
 
 
 def main() -> None:

@@ -42,12 +42,8 @@ def measure(n: int, gas_limit: int, seed: int = 1, timeout: float = 180.0) -> di
     from ape.logging import logger
 
     from margincall.deploy.record import record_of, write_record
-    from margincall.keeper.procs import BotProcess
     from margincall.sim.chain import Anvil, Rpc, hexint
-    from margincall.sim.paths import flash_crash
-    from margincall.sim.population import PopulationConfig
-    from margincall.sim.setup import SimConfig, Tx
-    from margincall.sim.simulate import Simulation, load_project
+    from margincall.sim.simulate import load_project
 
     logger.set_level("ERROR")
     work = Path(tempfile.mkdtemp(prefix="bench-reaction-"))
@@ -62,75 +58,23 @@ def measure(n: int, gas_limit: int, seed: int = 1, timeout: float = 180.0) -> di
             rpc = Rpc(anvil.uri)
             project = load_project()
             owner = accounts.test_accounts[0]
-            population = PopulationConfig(
-                traders=n,
-                leverage=(8.0, 9.0),
-                long_share=1.0,
-                cross_share=0.0,
-                reserve=(0.0, 0.0),
-                lps=2,
-                fund_seed=0.2,
-            )
-            config = SimConfig(scenario="flash_crash", seed=seed, population=population)
-            sim = Simulation(rpc, project, owner, flash_crash(seed), config)
+            sim = _simulation(rpc, project, owner, n, seed)
             t0 = time.monotonic()
             sim.setup()
             setup_s = time.monotonic() - t0
             record = record_of(sim.system, "ethereum:local:foundry", chain, owner)
             record_path = write_record(record, work / "record.json")
             metrics = work / "keeper.json"
-            keeper = BotProcess(
-                "keeper",
-                work / "keeper.log",
-                node_url=anvil.uri,
-                account="TEST::3",
-                env={
-                    "MARGINCALL_DEPLOYMENT": str(record_path),
-                    "MARGINCALL_KEEPER_METRICS": str(metrics),
-                },
-            )
+            keeper = _keeper(work, anvil.uri, record_path, metrics)
             try:
                 keeper.start().wait_ready(180)
                 rpc.call("evm_setIntervalMining", 1)
                 _wait_scanning(keeper, metrics, rpc, hexint)
-                # one update drops every market: each price tx goes in the same block
-                txs = [
-                    Tx(
-                        sim.population.oracle,
-                        sim.feeds[i],
-                        sim.feed_abi.encode(
-                            "set_answer", sim.feed_answer(i, sim.path.start(m) * (1 - DROP))
-                        ),
-                        "price",
-                        200_000,
-                    )
-                    for i, m in enumerate(sim.markets)
-                ]
                 sent_at = time.monotonic()
-                hashes = [h for h, tx in _send(sim, txs)]
+                hashes = [h for h, tx in _send(sim, _drop_txs(sim))]
                 update_block, seen_update = _wait_receipts(rpc, hashes, hexint, timeout=30)
                 first_seen: dict[int, float] = {update_block: seen_update}
-                acted: dict[str, int] = {}
-                deadline = time.monotonic() + timeout
-                topic = _liquidation_topic(sim)
-                while len(acted) < n and time.monotonic() < deadline:
-                    head = hexint(rpc.call("eth_blockNumber"))
-                    now = time.monotonic()
-                    for b in range(update_block + 1, head + 1):
-                        first_seen.setdefault(b, now)
-                    logs = rpc.call(
-                        "eth_getLogs",
-                        {
-                            "address": sim.engine,
-                            "fromBlock": hex(update_block),
-                            "toBlock": hex(head),
-                            "topics": [topic],
-                        },
-                    )
-                    for log in logs:
-                        account = "0x" + log["topics"][1][-40:]
-                        acted.setdefault(account.lower(), hexint(log["blockNumber"]))
-                    time.sleep(0.05)
+                acted = _follow(sim, rpc, update_block, n, timeout, first_seen)
                 blocks = [b - update_block for b in acted.values()]
                 per_block = Counter(blocks)
                 gas = {
@@ -139,14 +83,7 @@ def measure(n: int, gas_limit: int, seed: int = 1, timeout: float = 180.0) -> di
                     )
                     for b in sorted(per_block)
                 }
-                settle = time.monotonic() + 10  # let the keeper count its receipts
-                while time.monotonic() < settle:
-                    try:
-                        if json.loads(metrics.read_text()).get("tranches_made", 0) >= len(acted):
-                            break
-                    except (OSError, ValueError):
-                        pass
-                    time.sleep(0.2)
+                _settle(metrics, len(acted))
                 scan_ms = [
                     int(x) for x in re.findall(r"(\d+) ms into the block's scan", keeper.log())
                 ]
@@ -173,6 +110,85 @@ def measure(n: int, gas_limit: int, seed: int = 1, timeout: float = 180.0) -> di
         "keeper_gas_spent": m.get("gas_spent"),
         "log": str(work / "keeper.log"),
     }
+
+
+def _keeper(work: Path, node_url: str, record_path: Path, metrics: Path) -> Any:
+    """The keeper bot as a process of its own (TEST::3), on the benchmark's deployment."""
+    from margincall.keeper.procs import BotProcess
+
+    env = {"MARGINCALL_DEPLOYMENT": str(record_path), "MARGINCALL_KEEPER_METRICS": str(metrics)}
+    return BotProcess("keeper", work / "keeper.log", node_url=node_url, account="TEST::3", env=env)
+
+
+def _simulation(rpc: Any, project: Any, owner: Any, n: int, seed: int) -> Any:
+    """A flash crash's simulator with `n` traders at 8-9x, all long, no reserves."""
+    from margincall.sim.paths import flash_crash
+    from margincall.sim.population import PopulationConfig
+    from margincall.sim.setup import SimConfig
+    from margincall.sim.simulate import Simulation
+
+    population = PopulationConfig(
+        traders=n,
+        leverage=(8.0, 9.0),
+        long_share=1.0,
+        cross_share=0.0,
+        reserve=(0.0, 0.0),
+        lps=2,
+        fund_seed=0.2,
+    )
+    config = SimConfig(scenario="flash_crash", seed=seed, population=population)
+    return Simulation(rpc, project, owner, flash_crash(seed), config)
+
+
+def _drop_txs(sim: Any) -> list:
+    """One update that drops every market: each price transaction goes in the same block."""
+    from margincall.sim.setup import Tx
+
+    return [
+        Tx(
+            sim.population.oracle,
+            sim.feeds[i],
+            sim.feed_abi.encode("set_answer", sim.feed_answer(i, sim.path.start(m) * (1 - DROP))),
+            "price",
+            200_000,
+        )
+        for i, m in enumerate(sim.markets)
+    ]
+
+
+def _follow(
+    sim: Any, rpc: Any, update_block: int, n: int, timeout: float, first_seen: dict[int, float]
+) -> dict[str, int]:
+    """account -> the block of its first `Liquidation` after the update, until all `n` are
+    liquidated or `timeout` seconds pass; `first_seen`: when each block was first seen."""
+    from margincall.sim.chain import hexint
+
+    acted: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    topic = _liquidation_topic(sim)
+    while len(acted) < n and time.monotonic() < deadline:
+        head = hexint(rpc.call("eth_blockNumber"))
+        now = time.monotonic()
+        for b in range(update_block + 1, head + 1):
+            first_seen.setdefault(b, now)
+        query = {"address": sim.engine, "fromBlock": hex(update_block), "toBlock": hex(head)}
+        for log in rpc.call("eth_getLogs", {**query, "topics": [topic]}):
+            account = "0x" + log["topics"][1][-40:]
+            acted.setdefault(account.lower(), hexint(log["blockNumber"]))
+        time.sleep(0.05)
+    return acted
+
+
+def _settle(metrics: Path, acted: int, seconds: float = 10.0) -> None:
+    """Lets the keeper count its receipts: until its metrics show `acted` tranches."""
+    settle = time.monotonic() + seconds
+    while time.monotonic() < settle:
+        try:
+            if json.loads(metrics.read_text()).get("tranches_made", 0) >= acted:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
 
 
 def _send(sim: Any, txs: list) -> list[tuple[str, Any]]:
@@ -209,10 +225,7 @@ def _wait_scanning(keeper: Any, metrics: Path, rpc: Any, hexint: Any, timeout: f
 
 
 def _liquidation_topic(sim: Any) -> str:
-    from eth_utils import keccak
-
-    abi = next(e for e in sim.system.engine.contract_type.events if e.name == "Liquidation")
-    return "0x" + keccak(text=abi.selector).hex()
+    return "0x" + sim.engine_abi.event_names["Liquidation"].topic.hex()
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -51,6 +51,81 @@ def _timed(fn: Any, repeat: int) -> float:
     return statistics.median(times)
 
 
+def _ways(
+    sim: Any, rpc: Any, sessions: list, accts: list[str], with_sdk: bool, with_ape: bool
+) -> list[tuple[str, Any]]:
+    """Each way to scan `accts` (a name and a function), checked once: every way decodes
+    the same `check_margins` calls."""
+    from margincall.sdk import MarginEngineClient, chunks
+    from margincall.sim.chain import decode_statuses
+
+    n = len(accts)
+    enc = sim.engine_abi.encode
+    calls = [sim.eth_call(sim.engine, enc("check_margins", p)) for p in chunks(accts, CHUNK)]
+
+    def sequential(calls: list = calls) -> list:
+        res = []
+        for c in calls:
+            res.extend(decode_statuses(rpc.batch([c])[0], sim.names))
+        return res
+
+    def batched(calls: list = calls) -> list:
+        res = []
+        for data in rpc.batch(calls):
+            res.extend(decode_statuses(data, sim.names))
+        return res
+
+    def generic(calls: list = calls) -> list:
+        res = []
+        for data in rpc.batch(calls):
+            res.extend(sim.engine_abi.decode("check_margins", data)[0])
+        return res
+
+    def node_only(calls: list = calls) -> list:
+        return rpc.batch(calls)
+
+    def parallel(calls: list = calls) -> list:
+        halves = [calls[0::2], calls[1::2]]
+
+        def work(i: int) -> list:
+            res = []
+            for data in sessions[i].batch(halves[i]):
+                res.extend(decode_statuses(data, sim.names))
+            return res
+
+        with ThreadPoolExecutor(2) as pool:
+            return [s for part in pool.map(work, (0, 1)) for s in part]
+
+    got = batched()
+    assert len(got) == n and all(s.positions == 1 for s in got)
+    ways = [
+        ("sequential", sequential),
+        ("batched", batched),
+        ("parallel", parallel),
+        ("batched, eth_abi's generic decoder", generic),
+        ("node only (batched, no decoding)", node_only),
+    ]
+    if with_sdk:
+        client = MarginEngineClient.from_system(sim.system)
+        ways.append(
+            (
+                "sdk (MarginEngineClient.statuses)",
+                lambda a=accts, c=client: c.statuses(a),
+            )
+        )
+    if with_ape:
+        engine = sim.system.engine
+        ways.append(
+            (
+                "Ape contract call (engine.check_margins)",
+                lambda a=accts, e=engine: [
+                    st for p in chunks(a, CHUNK) for st in e.check_margins(p)
+                ],
+            )
+        )
+    return ways
+
+
 def measure(
     repeat: int = 5, sizes: tuple[int, ...] = SIZES, sdk_limit: int = 10_000, ape_limit: int = 1_000
 ) -> dict:
@@ -58,8 +133,7 @@ def measure(
     from ape import accounts, networks
     from ape.logging import logger
 
-    from margincall.sdk import MarginEngineClient, chunks
-    from margincall.sim.chain import Anvil, Rpc, decode_statuses
+    from margincall.sim.chain import Anvil, Rpc
     from margincall.sim.paths import black_thursday
     from margincall.sim.population import PopulationConfig
     from margincall.sim.setup import SimConfig
@@ -85,75 +159,11 @@ def measure(
             sim.restore()
             out["setup_seconds"] = round(time.perf_counter() - t, 1)
             everyone = [tr.address for tr in sim.population.traders]
-            enc = sim.engine_abi.encode
             sessions = [Rpc(anvil.uri), Rpc(anvil.uri)]
 
             for n in sizes:
                 accts = everyone[:n]
-                calls = [
-                    sim.eth_call(sim.engine, enc("check_margins", p)) for p in chunks(accts, CHUNK)
-                ]
-
-                def sequential(calls: list = calls) -> list:
-                    res = []
-                    for c in calls:
-                        res.extend(decode_statuses(rpc.batch([c])[0], sim.names))
-                    return res
-
-                def batched(calls: list = calls) -> list:
-                    res = []
-                    for data in rpc.batch(calls):
-                        res.extend(decode_statuses(data, sim.names))
-                    return res
-
-                def generic(calls: list = calls) -> list:
-                    res = []
-                    for data in rpc.batch(calls):
-                        res.extend(sim.engine_abi.decode("check_margins", data)[0])
-                    return res
-
-                def node_only(calls: list = calls) -> list:
-                    return rpc.batch(calls)
-
-                def parallel(calls: list = calls) -> list:
-                    halves = [calls[0::2], calls[1::2]]
-
-                    def work(i: int) -> list:
-                        res = []
-                        for data in sessions[i].batch(halves[i]):
-                            res.extend(decode_statuses(data, sim.names))
-                        return res
-
-                    with ThreadPoolExecutor(2) as pool:
-                        return [s for part in pool.map(work, (0, 1)) for s in part]
-
-                got = batched()
-                assert len(got) == n and all(s.positions == 1 for s in got)
-                ways = [
-                    ("sequential", sequential),
-                    ("batched", batched),
-                    ("parallel", parallel),
-                    ("batched, eth_abi's generic decoder", generic),
-                    ("node only (batched, no decoding)", node_only),
-                ]
-                if n <= sdk_limit:
-                    client = MarginEngineClient.from_system(sim.system)
-                    ways.append(
-                        (
-                            "sdk (MarginEngineClient.statuses)",
-                            lambda a=accts, c=client: c.statuses(a),
-                        )
-                    )
-                if n <= ape_limit:
-                    engine = sim.system.engine
-                    ways.append(
-                        (
-                            "Ape contract call (engine.check_margins)",
-                            lambda a=accts, e=engine: [
-                                st for p in chunks(a, CHUNK) for st in e.check_margins(p)
-                            ],
-                        )
-                    )
+                ways = _ways(sim, rpc, sessions, accts, n <= sdk_limit, n <= ape_limit)
                 for name, fn in ways:
                     fn()  # warm
                     seconds = _timed(fn, repeat)

@@ -38,7 +38,7 @@ def run_call(session: Session, account: str, sender: Any) -> Any:
     """Margin-calls `account`; prints the deadline and the caller's reward."""
     client = session.client
     receipt = client.margin_call(account, sender)
-    ev = receipt.decode_logs(client.engine.MarginCall)[0]
+    ev = client.decode(receipt, "MarginCall")[0]
     now = int(receipt.timestamp) if hasattr(receipt, "timestamp") else client.now
     if session.as_json:
         emit_json(
@@ -70,8 +70,8 @@ def run_liquidate(session: Session, account: str, sender: Any) -> Any:
     """Liquidates one tranche of `account` (all of it when CRITICAL or BANKRUPT)."""
     client = session.client
     receipt = client.liquidate(account, sender)
-    ev = receipt.decode_logs(client.engine.Liquidation)[0]
-    bad = receipt.decode_logs(client.engine.BadDebt)
+    ev = client.decode(receipt, "Liquidation")[0]
+    bad = client.decode(receipt, "BadDebt")
     if session.as_json:
         emit_json(
             session.console,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import click
 
+from margincall.cli.ops_options import ops_env, ops_options
 from margincall.keeper.config import ConfigError, KeeperConfig, parse_shard
 from margincall.keeper.procs import PROJECT_ROOT, RUNNER, bot_command
 from margincall.notify import ENV_VARS, NotifierConfig, NotifierConfigError, notifier_env
@@ -99,6 +100,7 @@ def _launch(
             f"bots/{bot}.py not found under {PROJECT_ROOT}: run from a checkout of margincall"
         )
     cmd = bot_command(bot, network, account)
+    env = {**ops_env(), **env}  # --metrics-host/--metrics-port/--rpc-timeout/--stall-after
     full = merged_env(env)
     if dry_run:
         shown = {k: v for k, v in full.items() if k.startswith(ENV_PREFIX) or k in env}
@@ -163,6 +165,7 @@ def _env_option(flag: str, name: str, **kw):
 
 
 @click.command()
+@ops_options(default_port=9101)
 @_deployment(required=True)
 @_common
 @_option("--account", required=True, help="Ape account alias to send from (TEST::3 locally).")
@@ -262,6 +265,7 @@ def keeper(
 
 
 @click.command()
+@ops_options(default_port=9102)
 @_deployment(required=False)
 @_common
 @_env_option("--webhook-url", "MARGINCALL_WEBHOOK_URL")

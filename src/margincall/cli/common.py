@@ -87,10 +87,7 @@ class Session:
 
     @property
     def symbol(self) -> str:
-        try:
-            return str(self.client.token.symbol())
-        except Exception:  # noqa: BLE001 - a token without symbol()
-            return "tokens"
+        return str(self.client.symbol())
 
     def tok(self, amount: int) -> str:
         return f"{fmt_tokens(amount, self.client.decimals)} {self.symbol}"

@@ -92,7 +92,7 @@ def send(url: str, to: str, data: str) -> dict[str, Any]:
 
 
 def _amount(text: str, decimals: int, what: str) -> int:
-    from margincall.cli.trader import InputError, to_units
+    from margincall.cli.common import InputError, to_units
 
     try:
         return to_units(text, decimals, what)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keeper": ("margincall.cli.bots", "keeper"),
     "notifier": ("margincall.cli.bots", "notifier"),
     "simulate": ("margincall.cli.simulate", "simulate"),
+    "dashboard": ("margincall.web.cli", "dashboard"),  # Starlette loads when it runs
 }
 
 
@@ -56,7 +57,7 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """margincall: account status, collateral, trades, margin-call watch, keeper actions,
-    local-chain helpers, the bots and the stress simulator."""
+    local-chain helpers, the bots, the stress simulator and the web dashboard."""
     ctx.ensure_object(dict)["verbose"] = verbose
 
 

@@ -74,7 +74,7 @@ def account_view(session: Session, account: str) -> AccountView:
     status = client.statuses([account])[0]
     positions = []
     for m in client.record(account).market_ids:
-        size, cost = (int(x) for x in client.engine.position(account, m))
+        size, cost = client.position(account, m)
         try:
             price: int | None = client.price(m)
         except OracleError:
@@ -117,16 +117,16 @@ def run_deposit(session: Session, amount: str, sender: Any, approve: bool = True
     """Deposits `amount` whole tokens for the sender; approves the engine first if needed."""
     client = session.client
     units = to_units(amount, client.decimals, "amount")
-    balance = int(client.token.balanceOf(sender.address))
+    balance = client.token_balance(sender)
     if balance < units:
         raise_short(session, units, balance, sender.address)
-    allowance = int(client.token.allowance(sender.address, client.engine.address))
+    allowance = client.allowance(sender)
     if approve and allowance < units:
-        client.token.approve(client.engine.address, units, sender=sender)
+        client.approve(units, sender)
         session.say(f"approved the engine for {session.tok(units)}")
     receipt = client.deposit(units, sender)
-    ev = receipt.decode_logs(client.engine.Deposit)[0]
-    cleared = bool(receipt.decode_logs(client.engine.MarginCallCleared))
+    ev = client.decode(receipt, "Deposit")[0]
+    cleared = bool(client.decode(receipt, "MarginCallCleared"))
     if session.as_json:
         emit_json(
             session.console,
@@ -189,7 +189,7 @@ def run_withdraw(session: Session, amount: str, sender: Any) -> Any:
     else:
         units = to_units(amount, client.decimals, "amount")
     receipt = client.withdraw(units, sender)
-    ev = receipt.decode_logs(client.engine.Withdraw)[0]
+    ev = client.decode(receipt, "Withdraw")[0]
     if session.as_json:
         emit_json(
             session.console,
@@ -213,7 +213,7 @@ def _slippage(bps: int) -> int:
 
 
 def _position_line(session: Session, receipt: Any, verb: str) -> None:
-    ev = receipt.decode_logs(session.client.engine.PositionChanged)[-1]
+    ev = session.client.decode(receipt, "PositionChanged")[-1]
     name = session.record.market_name(int(ev.market_id))
     if session.as_json:
         emit_json(
@@ -229,9 +229,7 @@ def _position_line(session: Session, receipt: Any, verb: str) -> None:
                 "fee": session.tokens(ev.fee),
                 "realized_pnl": session.tokens(ev.realized_pnl),
                 "collateral": session.tokens(ev.collateral),
-                "margin_call_cleared": bool(
-                    receipt.decode_logs(session.client.engine.MarginCallCleared)
-                ),
+                "margin_call_cleared": bool(session.client.decode(receipt, "MarginCallCleared")),
                 **_tx(receipt),
             },
         )
@@ -246,7 +244,7 @@ def _position_line(session: Session, receipt: Any, verb: str) -> None:
 
 
 def _cleared(session: Session, receipt: Any) -> None:
-    if receipt.decode_logs(session.client.engine.MarginCallCleared):
+    if session.client.decode(receipt, "MarginCallCleared"):
         session.say("[green]margin call cleared[/]")
 
 
@@ -271,7 +269,7 @@ def run_trade(session: Session, market: str, size: str, sender: Any, slippage_bp
 def run_close(session: Session, market: str, sender: Any, slippage_bps: int = 50) -> Any:
     client = session.client
     market_id = session.market_id(market)
-    size = int(client.engine.position(sender.address, market_id)[0])
+    size = client.position(sender, market_id)[0]
     bound = client.acceptable_price(market_id, -size or 1, _slippage(slippage_bps))
     receipt = client.close(market_id, bound, sender)
     _position_line(session, receipt, "closed")
@@ -363,15 +361,6 @@ def close(
     """Close the whole position in MARKET (name or id) at the oracle price."""
     with exit_codes():
         run_close(connect(provider, deployment, as_json), market, account, slippage_bps)
-
-
-def __getattr__(name: str) -> Any:
-    """`run_watch` and `poll_heads` live in `margincall.cli.watch` (imported on use)."""
-    if name in ("run_watch", "poll_heads", "watch_line", "margin_alert"):
-        from margincall.cli import watch
-
-        return getattr(watch, name)
-    raise AttributeError(name)
 
 
 __all__ = [

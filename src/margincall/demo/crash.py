@@ -26,7 +26,7 @@ the engine's events (exactly one message per `MarginCall`, `MarginCallCleared`,
 tokens are not conserved, or a bot dies.
 
 Every transaction to the engine, the pool and the fund goes through the SDK's checks
-(`margincall.sdk`); only the mock token's faucet and the mock feeds are called directly.
+(`margincall.sdk`); the mock feeds' prices are posted through the deployer's `System`.
 Nothing is left running. The bots die with the demo even when it is killed outright
 (they ask the kernel for SIGTERM when their parent dies); SIGTERM and SIGHUP to the demo
 stop it in order (the bots within a bounded time, then Anvil) and exit with 128 + the
@@ -36,6 +36,7 @@ signal.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -43,7 +44,6 @@ import sqlite3
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,20 +52,25 @@ from typing import Any
 import yaml
 from ape import accounts, chain, project
 from ape.logging import logger
-from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from margincall.constants import WAD, State
+from margincall.demo.checks import (
+    DemoFailure,
+    DemoReport,
+    console,
+    expected_messages,
+)
 from margincall.deploy.record import DeployConfig, deploy_from_config, write_record
-from margincall.keeper.audit import History, action_delays, delay_stats, read_history
+from margincall.keeper.audit import History, read_history
 from margincall.keeper.procs import BotProcess
 from margincall.keeper.tx import TxSender
-from margincall.notify import EARLY_WARNING, KINDS, event_key
-from margincall.notify.webhook_sink import Delivery, WebhookServer
-from margincall.report import fmt_tokens, kv_table
+from margincall.notify.webhook_sink import WebhookServer
+from margincall.report import fmt_tokens
 from margincall.sdk import Clients, MarginCallError
 from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
+from margincall.web.process import DashboardProcess
 
 warnings.filterwarnings("ignore", message="Field 'import_remapping'")
 
@@ -84,16 +89,6 @@ LP_DEPOSIT = 2_500_000  # whole tokens, per LP
 FUND_SEED = 150_000
 WORKDIR = Path(".margincall/demo")
 NETWORK = "ethereum:local:foundry"
-
-console = Console(highlight=False, width=None if Console().is_terminal else 120)
-
-
-def _table(title: str, rows: list[tuple[str, str]]):
-    return kv_table(rows, title=title)
-
-
-class DemoFailure(Exception):
-    """The run broke an invariant the demo checks."""
 
 
 class Terminated(BaseException):
@@ -123,15 +118,6 @@ def orderly_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def expected_messages(history: History, chain_id: int) -> dict[str, str]:
-    """Idempotency key -> kind of the one message each notified engine event must produce."""
-    return {
-        event_key(chain_id, log.transaction_hash, log.log_index): KINDS[log.event_name]
-        for log in history.logs
-        if log.event_name in KINDS
-    }
-
-
 def outbox_progress(path: Path) -> tuple[int, int] | None:
     """(cursor, undelivered messages) of the notifier's outbox, read-only; None when it
     cannot be read yet."""
@@ -149,20 +135,7 @@ def outbox_progress(path: Path) -> tuple[int, int] | None:
     return (int(row[0]) if row else -1), int(pending)
 
 
-def keeper_actions(history: History, keeper: str) -> History:
-    """The `MarginCall`s and `Liquidation`s that `keeper` caused."""
-    me = keeper.lower()
-    return History(
-        [
-            log
-            for log in history.logs
-            if (log.event_name == "MarginCall" and str(log.caller).lower() == me)
-            or (log.event_name == "Liquidation" and str(log.keeper).lower() == me)
-        ]
-    )
-
-
-class CrashDemo:
+class CrashDemo(DemoReport):
     def __init__(self) -> None:
         test = accounts.test_accounts
         self.owner, self.lp1, self.lp2, self.keeper = test[0], test[1], test[2], test[3]
@@ -233,14 +206,14 @@ class CrashDemo:
         self.client = self.clients.engine
         self.decimals = int(self.record.collateral_decimals)
         self.start_block = int(self.record.block)
-        token, pool, fund = self.system.token, self.clients.pool, self.clients.fund
+        pool, fund = self.clients.pool, self.clients.fund
         for lp in (self.lp1, self.lp2):
             amount = self.client.tokens(LP_DEPOSIT)
-            token.mint(lp.address, amount, sender=lp)  # the mock token's faucet
+            self.client.mint(amount, sender=lp)  # the mock token's faucet
             pool.approve(amount, sender=lp)
             pool.deposit(amount, sender=lp)
         seed = self.client.tokens(FUND_SEED)
-        token.mint(self.owner.address, seed, sender=self.owner)
+        self.client.mint(seed, sender=self.owner)
         fund.approve(seed, sender=self.owner)
         fund.donate(seed, sender=self.owner)
         self.fund_before = fund.balance()
@@ -267,10 +240,9 @@ class CrashDemo:
                 self.client, self.traders, plans, progress=lambda i: bar.update(task, completed=i)
             )
         # every trader keeps a reserve to cure a call with one deposit transaction
-        token = self.system.token
         for trader, plan in zip(self.traders, plans, strict=True):
             reserve = self.client.tokens(plan.deposit)
-            token.mint(trader.address, reserve, sender=trader)
+            self.client.mint(reserve, sender=trader)
             self.client.approve(reserve, sender=trader)
         self.plans = dict(zip((t.address for t in self.traders), plans, strict=True))
         lev = sorted(float(p.leverage) for p in plans)
@@ -308,9 +280,16 @@ class CrashDemo:
                 },
             ),
         ]
-        self.keeper_balance_start = int(self.system.token.balanceOf(self.keeper.address))
+        self.keeper_balance_start = self.client.token_balance(self.keeper)
         for bot in self.bots:
             bot.start()
+        if os.environ.get("MARGINCALL_DEMO_DASHBOARD"):  # a port: the dashboard, live all along
+            extra = ["--keeper-metrics", str((WORKDIR / "keeper.json").resolve())]
+            extra += ["--notifier-outbox", str((WORKDIR / "outbox.sqlite").resolve())]
+            port = int(os.environ["MARGINCALL_DEMO_DASHBOARD"])
+            self.dashboard = DashboardProcess(
+                self.record_path, url, WORKDIR / "dashboard.log", port, extra
+            ).start()
         t0 = time.monotonic()
         for bot in self.bots:
             bot.wait_ready(180)
@@ -318,6 +297,8 @@ class CrashDemo:
             f"  keeper and notifier running (pids {', '.join(str(b.pid) for b in self.bots)};"
             f" ready in {time.monotonic() - t0:.0f} s; logs in {WORKDIR}/)"
         )
+        if getattr(self, "dashboard", None) is not None:
+            console.print(f"  dashboard: {self.dashboard.wait_ready().url}/ (live until the end)")
 
     def interval_mining(self, on: bool) -> None:
         if on:
@@ -360,7 +341,6 @@ class CrashDemo:
         return sent
 
     def crash(self) -> None:
-        feeds = self.system.feeds
         eth = crash_path(2_000.0, fall=0.45, steps=STEPS, seed=SEED)
         btc = crash_path(60_000.0, fall=0.35, steps=STEPS, seed=SEED + 1)
         owner = TxSender(self.owner, chain.provider)
@@ -378,16 +358,12 @@ class CrashDemo:
             task = bar.add_task("crash", total=STEPS, line="")
             for k, (p_eth, p_btc) in enumerate(zip(eth, btc, strict=True), start=1):
                 head = chain.blocks.head.number
-                owner.send_call(
-                    feeds[0].set_answer, (self.system.feed_answer(0, p_eth),), "price", (), head
-                )
-                owner.send_call(
-                    feeds[1].set_answer, (self.system.feed_answer(1, p_btc),), "price", (), head
-                )
+                owner.send_call(self.system.price_call(0, p_eth), (), "price", (), head)
+                owner.send_call(self.system.price_call(1, p_btc), (), "price", (), head)
                 self.settle(owner)
                 now = self.wait_blocks(BLOCKS_PER_STEP - 1)
                 # only the new blocks are read: the machine's two cores are the bots' too
-                new = read_history(self.client.engine, chain.provider, mark, now)
+                new = read_history(self.client, mark, now)
                 seen.logs.extend(new.logs)
                 self.cure_calls(new)
                 mark = now + 1
@@ -412,7 +388,7 @@ class CrashDemo:
         while rounds < max_rounds:
             rounds += 1
             now = self.wait_blocks(BLOCKS_PER_STEP)
-            new = read_history(self.client.engine, chain.provider, mark, now)
+            new = read_history(self.client, mark, now)
             self.cure_calls(new)
             mark = now + 1
             self.check_bots()
@@ -455,7 +431,7 @@ class CrashDemo:
         """Waits until the notifier has read past `end_block`, its outbox holds nothing
         undelivered, and every expected message has reached the webhook (bounded: a
         shortfall is reported, and fails the demo, in `report`)."""
-        history = read_history(self.client.engine, chain.provider, self.start_block, self.end_block)
+        history = read_history(self.client, self.start_block, self.end_block)
         expected = set(expected_messages(history, chain.chain_id))
         outbox = WORKDIR / "outbox.sqlite"
         deadline = time.monotonic() + timeout
@@ -480,201 +456,6 @@ class CrashDemo:
         self.webhook.stop()
 
     # --- report ---
-
-    def keeper_check(self, history: History) -> tuple[list[tuple[str, str]], list[str]]:
-        """The keeper's metrics file against the chain: rows for the table and the
-        mismatches (empty when everything matches)."""
-        m = self.keeper_metrics
-        me = self.keeper.address
-        mine = keeper_actions(history, me)
-        s = mine.summary()
-        paid = sum(
-            p.amount
-            for p in self.clients.fund.keeper_payments(self.start_block, self.end_block, keeper=me)
-        )
-        from_chain = s["keeper_rewards"] + paid
-        grew = int(self.system.token.balanceOf(me)) - self.keeper_balance_start
-        calls, tranches = s["margin_calls"], s["tranches"] + s["full_liquidations"]
-        rows = [
-            ("calls made / sent (metrics)", f"{m['calls_made']} / {m['calls_sent']}"),
-            ("calls by this keeper (chain)", str(calls)),
-            ("tranches made / sent (metrics)", f"{m['tranches_made']} / {m['tranches_sent']}"),
-            ("tranches by this keeper (chain)", str(tranches)),
-            (
-                "skipped: recovered / lost races",
-                f"{m['skipped_recovered']} / {m['races_lost']}",
-            ),
-            ("rewards (metrics)", self.tok2(m["rewards_earned"])),
-            (
-                "rewards (chain events)",
-                f"{self.tok2(from_chain)} = {self.tok2(s['keeper_rewards'])} from the engine"
-                f" + {self.tok2(paid)} from the fund",
-            ),
-            ("keeper's token balance grew by", self.tok2(grew)),
-            ("gas spent", f"{m['gas_spent']:,}"),
-        ]
-        wrong = []
-        if m["rewards_earned"] != from_chain:
-            wrong.append(
-                f"keeper rewards: metrics {m['rewards_earned']} != chain {from_chain} (token units)"
-            )
-        if grew != from_chain:
-            wrong.append(f"keeper rewards: balance grew {grew} != chain events {from_chain}")
-        if m["calls_made"] != calls:
-            wrong.append(f"keeper calls: metrics {m['calls_made']} != chain {calls}")
-        if m["tranches_made"] != tranches:
-            wrong.append(f"keeper tranches: metrics {m['tranches_made']} != chain {tranches}")
-        return rows, wrong
-
-    def notification_check(
-        self, history: History, deliveries: list[Delivery]
-    ) -> tuple[list[tuple[str, str]], list[str]]:
-        """The webhook's deliveries against the engine's events: one message per event."""
-        expected = expected_messages(history, chain.chain_id)
-        counts = Counter(d.key for d in deliveries)
-        events = [d for d in deliveries if d.body.get("kind") != EARLY_WARNING]
-        got = {d.key for d in events}
-        missing = set(expected) - got
-        unexpected = got - set(expected)
-        twice = sorted(k for k, n in counts.items() if n > 1)
-        rows = [
-            ("event messages", f"delivered {len(got & set(expected))} of {len(expected)} expected")
-        ]
-        for kind in KINDS.values():
-            want = sum(1 for k in expected.values() if k == kind)
-            have = sum(1 for k in got & set(expected) if expected[k] == kind)
-            rows.append((f"  {kind}", f"{have} of {want}"))
-        warnings_ = sum(1 for d in deliveries if d.body.get("kind") == EARLY_WARNING)
-        rows += [
-            ("early warnings", str(warnings_)),
-            ("deliveries in all / distinct keys", f"{len(deliveries)} / {len(counts)}"),
-        ]
-        wrong = []
-        if missing:
-            wrong.append(
-                f"{len(missing)} of {len(expected)} expected messages never arrived"
-                f" (e.g. {sorted(missing)[:3]})"
-            )
-        if unexpected:
-            wrong.append(
-                f"{len(unexpected)} messages for no engine event: {sorted(unexpected)[:3]}"
-            )
-        if twice:
-            wrong.append(f"{len(twice)} messages delivered more than once: {twice[:3]}")
-        if not expected:
-            wrong.append("no event to notify: the story did not happen")
-        return rows, wrong
-
-    def report(self) -> bool:
-        engine = self.client.engine
-        end = self.end_block
-        history = read_history(engine, chain.provider, self.crash_block, end)
-        everything = read_history(engine, chain.provider, self.start_block, end)
-        s = history.summary()
-        delays = action_delays(engine, chain.provider, history.actions)
-        d = delay_stats(list(delays.values()))
-        m = self.keeper_metrics
-        if not m:
-            raise DemoFailure("the keeper wrote no metrics file")
-        fund_after = self.clients.fund.balance()
-        cured_by_trader = len(
-            self.cured & {str(e.account) for e in history.of("MarginCallCleared")}
-        )
-        keeper_rows, keeper_wrong = self.keeper_check(everything)
-        note_rows, note_wrong = self.notification_check(everything, self.webhook.received())
-
-        outcome = _table(
-            "Crash outcome (from the engine's events)",
-            [
-                ("traders", str(len(self.traders))),
-                ("margin calls issued", str(s["margin_calls"])),
-                ("calls cured by the trader (deposit)", str(cured_by_trader)),
-                (
-                    "calls cleared in all",
-                    f"{s['calls_cleared']} ({s['accounts_cleared']} accounts)",
-                ),
-                ("partial tranches", str(s["tranches"])),
-                ("full liquidations", str(s["full_liquidations"])),
-                ("accounts liquidated", str(s["accounts_liquidated"])),
-                (
-                    "left LIQUIDATABLE (next tranche below its gas)",
-                    str(
-                        sum(
-                            1
-                            for st in self.client.statuses([t.address for t in self.traders])
-                            if st.priced and st.positions and st.state == State.LIQUIDATABLE
-                        )
-                    ),
-                ),
-                ("penalties paid by traders", self.tok(s["penalties"])),
-                ("bad debt", self.tok(s["bad_debt"])),
-                ("  paid by the insurance fund", self.tok(s["bad_debt_paid_by_fund"])),
-                ("  socialised to LPs", self.tok(s["socialised"])),
-                (
-                    "insurance fund before / after",
-                    f"{self.tok(self.fund_before)} / {self.tok(fund_after)}",
-                ),
-            ],
-        )
-        keeper = _table(
-            "Keeper (its metrics file, checked against the chain)"
-            + ("" if not keeper_wrong else ": MISMATCH"),
-            [
-                *keeper_rows,
-                (
-                    "delay once worth the gas (keeper's view, max)",
-                    f"{m.get('max_paid_delay_blocks', 0)} blocks",
-                ),
-                (
-                    "delay from eligibility, keeper's view (max / mean)",
-                    f"{m['max_delay_blocks']} / {m['mean_delay_blocks']:.2f} blocks",
-                ),
-                (
-                    "delay from eligibility, chain history",
-                    f"max {d['max']} · p50 {d['p50']} · p99 {d['p99']} blocks"
-                    f" over {d['count']} actions",
-                ),
-                (
-                    "eligible but declined (reward below gas)",
-                    f"{m.get('declined', 0)} account-blocks",
-                ),
-            ],
-        )
-        notes = _table(
-            "Notifications (webhook, checked against the engine's events)"
-            + ("" if not note_wrong else ": SHORTFALL"),
-            note_rows,
-        )
-        for table in (outcome, keeper, notes):
-            console.print(table)
-
-        ok = True
-        for problem in keeper_wrong + note_wrong:
-            console.print(f"[red]{problem}[/]")
-            ok = False
-        held = int(self.system.token.balanceOf(engine.address))
-        ledgers = sum(self.client.collateral(t.address) for t in self.traders)
-        if held != ledgers:
-            console.print(f"[red]conservation broken: engine holds {held}, ledgers {ledgers}[/]")
-            ok = False
-        else:
-            console.print(
-                f"  conservation: engine holds {self.tok(held)}"
-                f" = sum of {len(self.traders)} ledgers"
-            )
-        if s["margin_calls"] == 0 or s["tranches"] + s["full_liquidations"] == 0:
-            console.print(
-                "[red]the crash produced no call or no liquidation: the story did not happen[/]"
-            )
-            ok = False
-        if ok:
-            console.print(
-                "  checked: keeper rewards = chain events = its balance;"
-                " one message per engine event"
-            )
-        return ok
-
-    # --- run ---
 
     def run(self) -> bool:
         console.rule("[bold]1 · deploy[/]", style="cyan")
@@ -708,6 +489,8 @@ class CrashDemo:
         for bot in self.bots:
             if bot.running:
                 bot.stop(timeout=5)
+        if getattr(self, "dashboard", None) is not None:
+            self.dashboard.stop(timeout=5)
         self.webhook.stop()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from margincall.constants import WAD
+from margincall.sdk.types import Call
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
@@ -69,6 +70,13 @@ class System:
 
     def feed_answer(self, market_id: int, price: float) -> int:
         return int(round(price * 10 ** self.markets[market_id].feed_decimals))
+
+    def price_call(self, market_id: int, price: float) -> Call:
+        """The transaction posting a new round on the market's mock feed, for a sender to
+        sign (`TxSender.send_call`)."""
+        feed = self.feeds[market_id]
+        data = feed.set_answer.encode_input(self.feed_answer(market_id, price))
+        return Call(str(feed.address), bytes(data), "price")
 
     def set_price(self, market_id: int, price: float, sender: Any = None) -> Any:
         """Posts a new round on the market's mock feed."""

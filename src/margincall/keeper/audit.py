@@ -7,12 +7,12 @@ keeper's delay is measured against the chain's history.
 Eligibility. An account is *eligible after block b* when a keeper's
 transaction in block b+1 would succeed on it: its state after block b
 (`check_margins` at b), evaluated at block b+1's timestamp t(b+1), the one
-that transaction carries (`keeper_logic.state_at`): CALLABLE for a call;
+that transaction carries (`keeper.logic.state_at`): CALLABLE for a call;
 for a liquidation CRITICAL, BANKRUPT, or LIQUIDATABLE with the tranche
 interval elapsed by t(b+1), a CALLED account whose deadline is at or before
 t(b+1) counting as LIQUIDATABLE (and as CALLABLE once its call has lapsed,
 one grace period after the deadline). This is the definition the keeper
-decides with (`keeper_logic.decide` with `now` = the next block's timestamp).
+decides with (`keeper.logic.decide` with `now` = the next block's timestamp).
 When block b+1 is not mined yet, t(b+1) is estimated as t(b) plus the last
 block interval. Not modelled: the per-market liquidation window cap (an
 account it holds back counts as eligible; the tests' caps never bind) and a
@@ -106,18 +106,11 @@ class History:
         return Counter(a.keeper for a in self.actions)
 
 
-def read_history(engine: Any, provider: Any, start: int, stop: int, chunk: int = 5_000) -> History:
-    """The engine's events of blocks `start..stop`, in log order."""
-    abis = [getattr(engine, name).abi for name in ENGINE_EVENTS]
-    ecosystem = provider.network.ecosystem
+def read_history(client: Any, start: int, stop: int, chunk: int = 5_000) -> History:
+    """The engine's events of blocks `start..stop`, in log order (through the SDK client)."""
     logs: list[Any] = []
     for lo in range(start, stop + 1, chunk):
-        hi = min(stop, lo + chunk - 1)
-        raw = provider.web3.eth.get_logs(
-            {"address": str(engine.address), "fromBlock": lo, "toBlock": hi}
-        )
-        if raw:
-            logs.extend(ecosystem.decode_logs(raw, *abis))
+        logs.extend(client.events(lo, min(stop, lo + chunk - 1), ENGINE_EVENTS))
     return History(logs)
 
 
@@ -140,8 +133,8 @@ def next_timestamp(provider: Any, block: int, cache: dict[int, int]) -> int:
         return now + max(1, now - before)
 
 
-def grace_period_of(engine: Any) -> int:
-    return int(engine.risk_params().grace_period)
+def grace_period_of(client: Any) -> int:
+    return int(client.risk_params().grace_period)
 
 
 def eligible(status: Any, kind: str, now: int, grace_period: int | None = None) -> bool:
@@ -174,7 +167,7 @@ def _floors(actions: Sequence[Action]) -> dict[Action, int]:
 
 
 def action_delays(
-    engine: Any,
+    client: Any,
     provider: Any,
     actions: Iterable[Action],
     lookback: int = 50,
@@ -187,7 +180,7 @@ def action_delays(
     engine's.
     """
     actions = list(dict.fromkeys(actions))
-    grace = grace_period_of(engine) if grace_period is None else grace_period
+    grace = grace_period_of(client) if grace_period is None else grace_period
     floor = _floors(actions)
     pending: dict[Action, int] = {a: a.block for a in actions}  # action -> earliest eligible
     open_: set[Action] = set(pending)
@@ -204,7 +197,7 @@ def action_delays(
         for b, group in by_block.items():
             now = _stamp(provider, b + 1, stamps)
             accounts = sorted({a.account for a in group})
-            statuses = engine.check_margins(accounts, block_id=b)
+            statuses = client.statuses(accounts, block_id=b)
             by_account = {str(s.account): s for s in statuses}
             for a in group:
                 s = by_account.get(a.account)
@@ -218,7 +211,7 @@ def action_delays(
 
 
 def eligible_kinds(
-    engine: Any,
+    client: Any,
     provider: Any,
     accounts: Sequence[str],
     block: int,
@@ -230,10 +223,10 @@ def eligible_kinds(
     "call" or "liquidation"."""
     if not accounts:
         return {}
-    grace = grace_period_of(engine) if grace_period is None else grace_period
+    grace = grace_period_of(client) if grace_period is None else grace_period
     now = next_timestamp(provider, block, stamps)
     out = {}
-    for s in engine.check_margins(list(accounts), block_id=block):
+    for s in client.statuses(list(accounts), block_id=block):
         for kind in ("call", "liquidation"):
             if eligible(s, kind, now, grace):
                 out[str(s.account)] = kind
@@ -241,7 +234,7 @@ def eligible_kinds(
 
 
 def eligible_at(
-    engine: Any,
+    client: Any,
     provider: Any,
     accounts: Sequence[str],
     block: int,
@@ -250,11 +243,11 @@ def eligible_at(
 ) -> set[str]:
     """The `accounts` a keeper could call or liquidate in the block after `block` (their
     state after `block`, at the next block's timestamp)."""
-    return set(eligible_kinds(engine, provider, accounts, block, stamps, grace_period))
+    return set(eligible_kinds(client, provider, accounts, block, stamps, grace_period))
 
 
 def unattended(
-    engine: Any,
+    client: Any,
     provider: Any,
     accounts: Sequence[str],
     start: int,
@@ -273,11 +266,11 @@ def unattended(
     """
     acted = {(a.account, a.block) for a in actions}
     stamps: dict[int, int] = {}
-    grace = grace_period_of(engine)
+    grace = grace_period_of(client)
     missing = []
-    before = eligible_kinds(engine, provider, accounts, start, stamps, grace)
+    before = eligible_kinds(client, provider, accounts, start, stamps, grace)
     for b in range(start, stop):
-        after = eligible_kinds(engine, provider, accounts, b + 1, stamps, grace)
+        after = eligible_kinds(client, provider, accounts, b + 1, stamps, grace)
         missing.extend(
             (a, b) for a in sorted(before) if (a, b + 1) not in acted and after.get(a) == before[a]
         )

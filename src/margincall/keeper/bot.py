@@ -13,7 +13,7 @@ of `margincall.keeper.logic`; this module does the I/O around them:
      batched `check_margins` at that block, and its own nonce at that block
      (which of its transactions are mined, without reading their receipts);
    - decide with the timestamp the transactions are expected to carry (the
-     head's plus the block interval, `keeper_logic.BlockClock`), and send
+     head's plus the block interval, `keeper.logic.BlockClock`), and send
      `liquidate_many` / `margin_call_many` batches without waiting, one nonce
      after the other, with the fees fixed once per block from the head's base
      fee (`margincall.keeper.tx.TxSender`);
@@ -56,28 +56,23 @@ from margincall.keeper.logic import (
     can_call,
     can_liquidate,
     shard,
-    window_reopens,
 )
 from margincall.keeper.metrics import (
     Metrics,
 )
+from margincall.keeper.receipts import Receipts, _lower
 from margincall.keeper.step import (
-    REASON_WINDOW_FULL,
-    WINDOW_PREVIEWS,
     Caps,
     Memory,
     Plan,
     mmr_of,
     plan_block,
 )
-from margincall.keeper.tx import Deferred, Mined, PendingTx, TooLarge, TxSender
-from margincall.math import RiskParams
+from margincall.keeper.tx import Deferred, PendingTx, TooLarge, TxSender
 from margincall.sdk.book import (
     PositionBook,
 )
-from margincall.sdk.events import RawEvent
-
-LOG_CHUNK = 5_000  # blocks per eth_getLogs
+from margincall.sdk.fund import FundClient
 
 # --- keeper -------------------------------------------------------------------
 
@@ -102,10 +97,6 @@ class KeeperState:
     started_at: float = field(default_factory=time.time)
 
 
-def _lower(address: Any) -> str:
-    return str(address).lower()
-
-
 def _head_seen(number: int) -> float | None:
     """When the bot's runner first saw head `number` (latency logs), if a runner runs here;
     never imports Silverback for other users of this module (the simulator)."""
@@ -121,7 +112,10 @@ DUE_NEXT_GAS = 250_000
 TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction is retried
 
 
-class Keeper:
+ENGINE_EVENTS = ("PositionChanged", "MarginCall", "Liquidation", "MarketSet", "RiskParamsSet")
+
+
+class Keeper(Receipts):
     """One keeper (or one shard of it) over a deployed system."""
 
     def __init__(
@@ -131,15 +125,16 @@ class Keeper:
         sender: TxSender,
         config: KeeperConfig,
         provider: Any,
-        fund: Any,
+        fund: FundClient,
     ):
+        """`client`: the engine's SDK client; `fund`: the insurance fund's (its
+        `KeeperPaid` logs count in the keeper's rewards)."""
         self.client = client
         self.fund = fund
         self.record = record
         self.sender = sender
         self.config = config
         self.provider = provider
-        self.engine = client.engine
         self.metrics = Metrics()
         self.state = KeeperState()
         self.clock = BlockClock(fixed=config.block_time)
@@ -155,8 +150,8 @@ class Keeper:
         self.liquidation_window = 0
         self._load_params()
         self._params_changed = False  # a MarketSet or RiskParamsSet log since the last load
-        self._events = {
-            name: getattr(self.engine, name).abi
+        self._raw = {
+            name: client.raw_event(name)
             for name in (
                 "PositionChanged",
                 "MarginCall",
@@ -165,10 +160,9 @@ class Keeper:
                 "RiskParamsSet",
             )
         }
-        self._raw = {name: RawEvent(abi) for name, abi in self._events.items()}
-        self._raw["KeeperPaid"] = RawEvent(fund.KeeperPaid.abi)
-        self._engine = str(self.engine.address)
-        self._fund = str(fund.address)
+        self._raw["KeeperPaid"] = fund.raw_event("KeeperPaid")
+        self._engine = client.address
+        self._fund = fund.address
         self._me = _lower(sender.address)
 
     # --- parameters ---
@@ -177,13 +171,7 @@ class Keeper:
         """Reads the risk parameters and every market's `mmr` (at `block_id`, default the
         head) into the cost model (its reward bounds) and the keeper's settings. At start,
         and again after a block with a `MarketSet` or `RiskParamsSet` log."""
-        at = {} if block_id is None else {"block_id": block_id}
-        rp = self.engine.risk_params(**at)
-        params = RiskParams(**{f: int(getattr(rp, f)) for f in RiskParams.__dataclass_fields__})
-        mmrs = [
-            int(self.engine.markets(m, **at).mmr)
-            for m in range(int(self.engine.market_count(**at)))
-        ]
+        params, mmrs = self.client.params_at(block_id)
         self.costs = self.config.cost_model(params, mmrs, self.decimals, self.costs.gas_price)
         self.mmrs = mmrs
         self.call_ratio = params.call_ratio
@@ -235,15 +223,7 @@ class Keeper:
             "0x" + self._raw[name].topic0.hex()
             for name in ("PositionChanged", "MarketSet", "RiskParamsSet")
         ]
-        out: list[Any] = []
-        for lo in range(start, stop + 1, LOG_CHUNK):
-            hi = min(stop, lo + LOG_CHUNK - 1)
-            out.extend(
-                self.provider.web3.eth.get_logs(
-                    {"address": self._engine, "fromBlock": lo, "toBlock": hi, "topics": [topic]}
-                )
-            )
-        return out
+        return self.client.logs(start, stop, [topic])
 
     def _apply(self, logs: Iterable[Any], stop: int) -> int:
         """Applies raw PositionChanged logs read up to block `stop`; returns how many. A
@@ -440,12 +420,8 @@ class Keeper:
         `gas_limit`: block `number`'s (read from the node when not given). `due_next`: the
         accounts liquidatable at the next block's timestamp but not at the head's. Returns
         when the first transaction went out (monotonic), or None."""
-        calls = [
-            (self.engine.liquidate_many, (list(batch),), "liquidate_many", batch)
-            for batch in decision.liquidations
-        ] + [
-            (self.engine.margin_call_many, (list(batch),), "margin_call_many", batch)
-            for batch in decision.margin_calls
+        calls = [self.client.build("liquidate_many", b) for b in decision.liquidations] + [
+            self.client.build("margin_call_many", b) for b in decision.margin_calls
         ]
         if not calls:
             return None
@@ -456,9 +432,7 @@ class Keeper:
         while calls:
             # the estimate runs at the head's timestamp, where a tranche due only at the next
             # block's is skipped: count `DUE_NEXT_GAS` for each of those
-            extra = [
-                DUE_NEXT_GAS * sum(1 for a in batch if a in due_next) for _, _, _, batch in calls
-            ]
+            extra = [DUE_NEXT_GAS * sum(1 for a in c.accounts if a in due_next) for c in calls]
             results = self.sender.send_many(
                 calls,
                 number,
@@ -468,7 +442,8 @@ class Keeper:
                 mined=mined,
             )
             halves = []
-            for (method, _, label, batch), tx in zip(calls, results, strict=True):
+            for call, tx in zip(calls, results, strict=True):
+                label, batch = call.label, call.accounts
                 if isinstance(tx, Deferred):
                     deferred += len(batch)
                     continue
@@ -476,9 +451,7 @@ class Keeper:
                     if len(batch) > 1:
                         logger.info(f"block {number}: {tx}; sent as two batches")
                         mid = (len(batch) + 1) // 2
-                        halves += [
-                            (method, (list(b),), label, b) for b in (batch[:mid], batch[mid:])
-                        ]
+                        halves += [self.client.build(label, b) for b in (batch[:mid], batch[mid:])]
                     else:  # nothing smaller to send: not an RPC error, and not every block
                         self.state.too_large += 1
                         self.state.backoff[batch[0]] = number + TOO_LARGE_BACKOFF
@@ -519,7 +492,7 @@ class Keeper:
         """`clear_margin_call` for recovered accounts (HEALTHY with a call still recorded;
         the step caps them at `max_clears` per block), estimated at once and sent after the
         batches."""
-        calls = [(self.engine.clear_margin_call, (a,), "clear_margin_call", (a,)) for a in todo]
+        calls = [self.client.build("clear_margin_call", (a,)) for a in todo]
         results = self.sender.send_many(
             calls, number, gas_budget=gas_limit, tx_gas_cap=self.config.tx_gas_cap
         )
@@ -528,134 +501,6 @@ class Keeper:
                 logger.warning(f"block {number}: clear_margin_call({account}) not sent: {tx}")
                 continue
             self.state.clears_sent += 1
-
-    # --- receipts ---
-
-    def _collect(self, number: int, mined: int | None) -> None:
-        for m in self.sender.poll(number, mined):
-            self._account_for(m, number)
-        self.state.gas_spent = self.sender.gas_spent
-
-    def _account_for(self, mined: Mined, number: int) -> None:
-        tx = mined.tx
-        if mined.cancel:
-            logger.info(
-                f"{tx.label} nonce {tx.nonce}: its cancel was mined in block {mined.block};"
-                f" nothing done for {len(tx.accounts)} accounts"
-            )
-            return
-        if tx.label == "clear_margin_call":
-            if mined.ok:
-                self.state.clears_made += 1
-            else:  # the price fell again between the scan and the block: harmless
-                logger.info(
-                    f"clear_margin_call for {tx.accounts[0]} reverted (still under-margined)"
-                )
-            return
-        if not mined.ok:
-            logger.error(f"{tx.label} {tx.txn_hash} reverted in block {mined.block}")
-            return
-        logs = mined.logs
-        if tx.label == "margin_call_many":
-            ev = self._raw["MarginCall"]
-            made = [log for log in ev.select(logs, self._engine) if self._by_me(ev, log, "caller")]
-            reward = sum(ev.field(log, "reward") for log in made)
-            self.metrics.calls_made += len(made)
-        else:
-            ev = self._raw["Liquidation"]
-            made = [log for log in ev.select(logs, self._engine) if self._by_me(ev, log, "keeper")]
-            reward = sum(ev.field(log, "keeper_reward") for log in made)
-            paid = self._raw["KeeperPaid"]
-            reward += sum(
-                paid.field(log, "amount")
-                for log in paid.select(logs, self._fund)
-                if self._by_me(paid, log, "keeper")
-            )
-            self.metrics.tranches_made += len(made)
-        self.metrics.rewards_earned += reward
-        accounts = [ev.field(log, "account") for log in made]
-        done = {_lower(a) for a in accounts}
-        for account in accounts:
-            self._restart_eligibility(account, number, mined.block)
-        skipped = [a for a in tx.accounts if _lower(a) not in done]
-        for a in skipped:  # its eligibility, if any, starts again
-            self._restart_eligibility(a, number, None)
-        if skipped:
-            raced = self._acted_by_rivals(skipped, mined.block)
-            rest = [a for a in skipped if _lower(a) not in raced]
-            full = self._window_full(rest, mined.block) if tx.label == "liquidate_many" else set()
-            recovered = len(rest) - len(full)
-            self.metrics.record_skips(len(raced), recovered, len(full))
-            logger.info(
-                f"{tx.label} in block {mined.block}: engine skipped {len(skipped)} of"
-                f" {len(tx.accounts)} accounts ({len(raced)} lost races to other keepers,"
-                f" {len(full)} held by a full liquidation window, {recovered} no longer eligible)"
-            )
-
-    def _restart_eligibility(self, account: str, number: int, acted: int | None) -> None:
-        """After a receipt: records the delay of an action, and if the account is eligible
-        again at the block being handled, its new eligibility starts there."""
-        since = self.state.eligible_since.pop(account, None)
-        if acted is not None and since is not None:
-            self.metrics.record_delay(since, acted)
-        # a `worth_since` later than the action belongs to the next action (chosen again at
-        # the block being handled, before this receipt was read): it stays
-        worth = self.state.worth_since.get(account)
-        if worth is not None and (acted is None or worth <= acted):
-            del self.state.worth_since[account]
-            if acted is not None:
-                self.metrics.record_paid_delay(worth, acted)
-        if account in self._actionable:
-            self.state.eligible_since[account] = number
-
-    def _by_me(self, ev: RawEvent, log: Any, field_name: str) -> bool:
-        return _lower(ev.field(log, field_name)) == self._me
-
-    def _acted_by_rivals(self, accounts: list[str], block: int) -> set[str]:
-        """The `accounts` another keeper called or liquidated in `block` or the block before."""
-        wanted = {_lower(a) for a in accounts}
-        raw = self.provider.web3.eth.get_logs(
-            {"address": self._engine, "fromBlock": max(block - 1, 0), "toBlock": block}
-        )
-        out = set()
-        for name, actor in (("MarginCall", "caller"), ("Liquidation", "keeper")):
-            ev = self._raw[name]
-            for log in ev.select(raw):
-                account = _lower(ev.field(log, "account"))
-                if account in wanted and not self._by_me(ev, log, actor):
-                    out.add(account)
-        return out
-
-    def _window_full(self, accounts: list[str], block: int) -> set[str]:
-        """The `accounts` (skipped by a `liquidate_many` mined in `block`) that the engine
-        held back because a market's liquidation window was full (`preview_liquidation`
-        reason 3 after that block). Records until when each full window stays full, so
-        that `held_by_window` holds those accounts back instead of resending them."""
-        out: set[str] = set()
-        now = self.clock.next_timestamp(self.clock.heads[-1][1]) if self.clock.heads else 0
-        for m in [m for m, t in self.state.window_full_until.items() if t <= now]:
-            del self.state.window_full_until[m]  # restarted since
-        for account in accounts[:WINDOW_PREVIEWS]:
-            try:
-                preview = self.engine.preview_liquidation(account, block_id=block)
-            except Exception:  # noqa: BLE001 - e.g. an invalid price: not a window matter
-                continue
-            if int(preview.reason) != REASON_WINDOW_FULL:
-                continue
-            out.add(_lower(account))
-            for m in self.state.book.markets.get(account, ()):
-                if m in self.state.window_full_until:
-                    continue
-                start, used = self.engine.window_state(m, block_id=block)
-                cap = int(self.engine.markets(m, block_id=block).window_cap)
-                until = window_reopens(int(start), int(used), cap, self.liquidation_window)
-                if until is not None:
-                    self.state.window_full_until[m] = until
-                    logger.warning(
-                        f"block {block}: market {m}'s liquidation window is full until {until};"
-                        " its non-critical tranches wait"
-                    )
-        return out
 
     # --- reporting ---
 

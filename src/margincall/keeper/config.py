@@ -159,7 +159,7 @@ class KeeperConfig:
     ) -> CostModel:
         """The profit rule's cost model: this config's gas figures and margin, and rewards
         bounded per account from the engine's risk parameters, the markets' `mmr`s and
-        the collateral's decimals (`keeper_logic.RewardModel`). The flat rewards (for
+        the collateral's decimals (`keeper.logic.RewardModel`). The flat rewards (for
         snapshots without margins) are `call_reward` and `min_keeper_reward`."""
         rewards = RewardModel(
             params=params,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from margincall.ops import Series, register_bot
 
 # --- metrics ---------------------------------------------------------------
 
@@ -84,4 +87,72 @@ class Metrics:
         return out
 
 
-__all__ = ["Metrics"]
+# --- Prometheus (margincall.ops): `margincall_keeper_<name>`, from `Keeper.snapshot()` keys ---
+
+PROMETHEUS_SERIES: tuple[Series, ...] = (
+    Series("block", "gauge", "last block scanned", "block"),
+    Series(
+        "accounts_tracked",
+        "gauge",
+        "accounts with open positions in this shard",
+        "accounts_tracked",
+    ),
+    Series("calls_sent", "counter", "accounts put in margin_call_many", "calls_sent"),
+    Series("calls_made", "counter", "accounts margin-called by this keeper", "calls_made"),
+    Series("tranches_sent", "counter", "accounts put in liquidate_many", "tranches_sent"),
+    Series("tranches_made", "counter", "accounts liquidated by this keeper", "tranches_made"),
+    Series("races_lost", "counter", "accounts sent but acted on by a rival first", "races_lost"),
+    Series(
+        "skipped_recovered", "counter", "accounts sent but no longer eligible", "skipped_recovered"
+    ),
+    Series(
+        "skipped_window", "counter", "accounts sent but their window was full", "skipped_window"
+    ),
+    Series(
+        "declined",
+        "counter",
+        "account-blocks eligible but the reward did not cover gas",
+        "declined",
+    ),
+    Series(
+        "rewards_tokens",
+        "counter",
+        "rewards earned, whole collateral tokens",
+        "rewards_earned",
+        tokens=True,
+    ),
+    Series("gas_spent", "counter", "gas used by the keeper's mined transactions", "gas_spent"),
+    Series("fees_paid_wei", "counter", "fees paid for mined transactions, wei", "fees_paid_wei"),
+    Series("pending_transactions", "gauge", "transactions sent, not yet mined", "pending"),
+    Series(
+        "replacements", "counter", "stuck transactions re-sent with higher fees", "replacements"
+    ),
+    Series("cancels", "counter", "stuck transactions cancelled", "cancels"),
+    Series("clears_sent", "counter", "clear_margin_call transactions sent", "clears_sent"),
+    Series("clears_made", "counter", "margin calls cleared", "clears_made"),
+    Series("too_large", "counter", "accounts whose tranche fits no transaction", "too_large"),
+    Series("held_window", "gauge", "accounts held back this block (window full)", "held_window"),
+    Series("rpc_errors", "counter", "blocks whose handling failed on a node error", "rpc_errors"),
+    Series(
+        "block_interval_seconds",
+        "gauge",
+        "block interval the keeper predicts with",
+        "block_interval_s",
+    ),
+    Series(
+        "max_delay_blocks", "gauge", "longest eligible-to-acted delay, blocks", "max_delay_blocks"
+    ),
+    Series(
+        "mean_delay_blocks", "gauge", "mean eligible-to-acted delay, blocks", "mean_delay_blocks"
+    ),
+)
+
+
+def export_prometheus(snapshot: Callable[[], dict[str, Any]], decimals: int) -> None:
+    """Serves `snapshot()` (`Keeper.snapshot`) on this process's `/metrics` through
+    `PROMETHEUS_SERIES`, rewards in whole tokens of `decimals`; marks the keeper ready for
+    `/health` (margincall.ops; a no-op when the bot runs without `ResilientRunner`)."""
+    register_bot("keeper", snapshot, PROMETHEUS_SERIES, decimals)
+
+
+__all__ = ["PROMETHEUS_SERIES", "Metrics", "export_prometheus"]

@@ -35,6 +35,13 @@ through (`bots/keeper.py`, `raise_if_fatal`). A failed block is not retried
 as such: the next head is. The `except` around `run_task` below only sees
 failures of the dispatch itself (the broker), and retries after a backoff.
 
+Operations (`margincall.ops`, docs/bots.md): before the bot's own startup the runner
+sets `MARGINCALL_RPC_TIMEOUT` on every web3 call (a frozen node fails a call instead of
+hanging it) and checks the deployment record against the node (a stale record stops the
+bot with exit code 3 and one line, no traceback); then a watchdog thread probes the node
+and serves `/metrics` and `/health`. A fatal fault (a reset chain, a changed chain id, a
+missing engine) shuts the bot down and exits with code 3 (`BotStopped`).
+
 Event-log handlers are not used by the margincall bots (they read logs by
 block range, which survives restarts); the inherited polling ones are kept.
 """
@@ -47,9 +54,18 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import click
 from ape.logging import logger
 from silverback.exceptions import Halt
 from silverback.runner import PollingRunner
+
+from margincall import ops as _ops
+from margincall.deploy.record import RecordError, read_record, record_path
+from margincall.ops.quiet import quiet_log, quiet_warnings
+from margincall.ops.rpc import apply_rpc_timeout
+
+quiet_warnings()  # start-up noise we know to be harmless (margincall.ops.quiet)
+quiet_log(logger._logger)
 
 RESULT_POLL = 0.005  # seconds between checks of a task's result (taskiq's default: 0.2)
 _SEEN: OrderedDict[int, float] = OrderedDict()  # head number -> monotonic time first seen
@@ -133,6 +149,15 @@ class _QuickKicker:
         return getattr(self._task, name)
 
 
+class BotStopped(click.ClickException):
+    """The bot stopped on a fault of its chain (or a bad operations setting): Silverback's
+    command prints `Error: <message>` and exits with `exit_code`, without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = _ops.FATAL_EXIT):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ResilientRunner(PollingRunner):
     """HTTP polling runner: newest head only, handlers serialised, head-poll errors retried."""
 
@@ -140,6 +165,55 @@ class ResilientRunner(PollingRunner):
         super().__init__(*args, **kwargs)
         self.poll_interval = _env_float("MARGINCALL_POLL_INTERVAL", 0.05)
         self.max_backoff = _env_float("MARGINCALL_MAX_BACKOFF", 2.0)
+        logger.info(
+            f"polling the head over HTTP every {self.poll_interval:g} s"
+            " (MARGINCALL_POLL_INTERVAL), newest head only"
+        )
+        try:
+            self.ops = _ops.install(_ops.Ops.from_env(self.provider.http_uri, logger))
+        except _ops.OpsConfigError as err:
+            raise BotStopped(str(err), exit_code=2) from None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _expected(self) -> tuple[_ops.Expect, str] | None:
+        """The chain the deployment record describes (None: no readable record; the bot's
+        own startup reports that)."""
+        network = self.provider.network
+        path = os.environ.get("MARGINCALL_DEPLOYMENT") or str(
+            record_path(f"{network.ecosystem.name}:{network.name}")
+        )
+        try:
+            record = read_record(path)
+        except (RecordError, ValueError, KeyError, TypeError):
+            return None
+        return _ops.Expect(int(record.chain_id), str(record.engine), int(record.block)), path
+
+    async def startup(self):
+        apply_rpc_timeout(self.provider.web3, self.ops.settings.rpc_timeout)
+        expected = self._expected()
+        if expected is not None:
+            try:
+                await asyncio.to_thread(self.ops.preflight, *expected)
+            except _ops.ChainFault as err:
+                raise BotStopped(str(err)) from None
+        try:
+            self.ops.start(on_fatal=self._on_fatal)
+        except _ops.OpsConfigError as err:
+            raise BotStopped(str(err), exit_code=2) from None
+        return await super().startup()
+
+    def _on_fatal(self, event: _ops.Event) -> None:  # the watchdog's thread
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.shutdown_event.set)
+
+    async def run(self):
+        self._loop = asyncio.get_running_loop()
+        try:
+            await super().run()
+        finally:
+            self.ops.stop()
+        if self.ops.fatal is not None:
+            raise BotStopped(f"stopped: {self.ops.fatal.message}")
 
     def get_task(self, task_name: str) -> Any:
         # Silverback's run_task and run_system_task await `kiq(...).wait_result()`
@@ -168,6 +242,9 @@ class ResilientRunner(PollingRunner):
                 )
                 down_since = None
             backoff.reset()
+            if self.ops.fatal is not None:  # stopping: nothing more on this chain
+                await asyncio.sleep(self.poll_interval)
+                continue
             if last is None or block.number > last:
                 _mark_seen(int(block.number))
                 if last is not None and block.number > last + 1:
@@ -186,4 +263,4 @@ class ResilientRunner(PollingRunner):
             await asyncio.sleep(self.poll_interval)
 
 
-__all__ = ["Backoff", "ResilientRunner", "head_seen"]
+__all__ = ["Backoff", "BotStopped", "ResilientRunner", "head_seen"]

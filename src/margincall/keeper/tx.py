@@ -31,7 +31,7 @@ original may still win.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +152,15 @@ class Mined:
     @property
     def logs(self) -> list:
         return list(self.receipt["logs"])
+
+
+def _prepared(call: Any) -> tuple[str, Any, str, tuple[str, ...]]:
+    """`(to, data, label, accounts)` of an SDK `Call` (what the keeper sends), or of an Ape
+    contract method with its arguments."""
+    if hasattr(call, "to") and hasattr(call, "data"):
+        return str(call.to), call.data, call.label, tuple(call.accounts)
+    method, args, label, accounts = call
+    return str(method.contract.address), method.encode_input(*args), label, accounts
 
 
 class TxSender:
@@ -338,7 +347,7 @@ class TxSender:
 
     def send_many(
         self,
-        calls: list[tuple[Any, tuple, str, tuple[str, ...]]],
+        calls: Sequence[Any],
         head_block: int,
         workers: int = 4,
         gas_budget: int | None = None,
@@ -346,7 +355,8 @@ class TxSender:
         extra_gas: list[int] | None = None,
         mined: int | None = None,
     ) -> list[PendingTx | Exception]:
-        """Sends several contract calls `(method, args, label, accounts)` at once: their gas
+        """Sends several contract calls (the SDK's `Call`s, or `(method, args, label,
+        accounts)` of an Ape contract method) at once: their gas
         is estimated concurrently (the slow part: each estimate runs the whole batch on the
         node), then they are signed and sent one after the other in nonce order. Returns,
         per call, the pending transaction or the exception that stopped it.
@@ -366,10 +376,7 @@ class TxSender:
         `TooLarge`, and the calls after it are still sent."""
         if not calls:
             return []
-        prepared = [
-            (str(m.contract.address), m.encode_input(*args), label, accounts)
-            for m, args, label, accounts in calls
-        ]
+        prepared = [_prepared(call) for call in calls]
 
         extras = list(extra_gas) if extra_gas is not None else [0] * len(prepared)
         if len(extras) != len(prepared):
@@ -419,9 +426,12 @@ class TxSender:
         head_block: int,
         meta: dict[str, Any] | None = None,
     ) -> PendingTx:
-        """`send` for an Ape contract method (`engine.liquidate_many`, ...)."""
-        data = method.encode_input(*args)
-        return self.send(str(method.contract.address), data, label, accounts, head_block, meta)
+        """`send` for an SDK `Call` (`args`, `label` and `accounts` then unused: the call
+        carries them) or an Ape contract method with its arguments."""
+        to, data, label, accounts = _prepared(
+            method if args == () else (method, args, label, accounts)
+        )
+        return self.send(to, data, label, accounts, head_block, meta)
 
     # --- receipts ---
 

@@ -65,6 +65,7 @@ from margincall.notify.messages import (
     warning_key,
     warning_message,
 )
+from margincall.notify.metrics import export_prometheus
 from margincall.notify.outbox import (
     Outbox,
     OutboxError,
@@ -113,6 +114,7 @@ __all__ = [
     "deliver",
     "event_key",
     "event_message",
+    "export_prometheus",
     "human_value",
     "notifier_env",
     "raw_value",

@@ -267,6 +267,15 @@ class Outbox:
             ).fetchone()
         return {"total": total, "delivered": delivered, "pending": total - delivered}
 
+    def failed_attempts(self) -> int:
+        """Delivery attempts that failed, over all messages (each delivered one counts one
+        successful attempt)."""
+        with self._lock:
+            attempts, delivered = self._db.execute(
+                "SELECT COALESCE(SUM(attempts), 0), COUNT(delivered_at) FROM messages"
+            ).fetchone()
+        return int(attempts) - int(delivered)
+
     def messages(self, delivered: bool | None = None) -> list[Message]:
         """All messages in enqueue order (filtered by delivery state unless None)."""
         sql = "SELECT body FROM messages"

@@ -43,7 +43,7 @@ from margincall.sdk.errors import (
     UnderMarginCall,
     WindowFull,
 )
-from margincall.sdk.events import RawEvent, decode_statuses
+from margincall.sdk.events import RawEvent, decode_statuses, get_logs
 from margincall.sdk.fund import (
     FundClient,
     FundState,
@@ -61,6 +61,7 @@ from margincall.sdk.pool import (
 )
 from margincall.sdk.types import (
     AccountRecord,
+    Call,
     LiquidationPreview,
     MarginStatus,
     Market,
@@ -69,6 +70,7 @@ from margincall.sdk.types import (
 )
 
 __all__ = [
+    "Call",
     "AccountRecord",
     "Clients",
     "FeedSettings",
@@ -104,5 +106,6 @@ __all__ = [
     "WindowFull",
     "chunks",
     "decode_statuses",
+    "get_logs",
     "open_accounts",
 ]

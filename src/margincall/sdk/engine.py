@@ -37,9 +37,10 @@ from margincall.sdk.errors import (
     UnderMarginCall,
     WindowFull,
 )
-from margincall.sdk.events import decode_statuses
+from margincall.sdk.events import RawEvent, decode_statuses, get_logs
 from margincall.sdk.types import (
     AccountRecord,
+    Call,
     LiquidationPreview,
     MarginStatus,
     Market,
@@ -427,6 +428,122 @@ class MarginEngineClient:
                 continue
             out.append(s.account)
         return out
+
+    # --- the collateral token, positions, receipts ---
+
+    def symbol(self) -> str:
+        """The collateral token's symbol ("tokens" for a token without one)."""
+        try:
+            return str(self.token.symbol())
+        except Exception:  # noqa: BLE001 - a token without symbol()
+            return "tokens"
+
+    def mint(self, amount: int, sender: Any, **txn: Any) -> Any:
+        """The mock collateral token's faucet (dev and test chains only): `amount` token units
+        to the sender."""
+        return self.token.mint(_addr(sender), amount, sender=sender, **txn)
+
+    def token_balance(self, owner: Any) -> int:
+        """`owner`'s collateral tokens (token units), in its wallet."""
+        return int(self.token.balanceOf(_addr(owner)))
+
+    def allowance(self, owner: Any) -> int:
+        """What `owner` lets the engine take (token units)."""
+        return int(self.token.allowance(_addr(owner), self.address))
+
+    def position(self, account: Any, market_id: int) -> tuple[int, int]:
+        """`(size, cost)` of the account's position in a market (0, 0 when flat)."""
+        size, cost = self.engine.position(_addr(account), market_id)
+        return int(size), int(cost)
+
+    def decode(self, receipt: Any, event: str) -> list[Any]:
+        """The engine's `event` logs of a receipt (Ape's decoded logs), in log order."""
+        return list(receipt.decode_logs(getattr(self.engine, event)))
+
+    # --- for bots: reads at a given block, transactions signed elsewhere ---
+
+    @property
+    def address(self) -> str:
+        """The engine's address."""
+        return str(self.engine.address)
+
+    def params_at(self, block_id: int | None = None) -> tuple[ref.RiskParams, list[int]]:
+        """The risk parameters and every market's `mmr` (by market id) at `block_id`."""
+        at = {} if block_id is None else {"block_id": block_id}
+        rp = self.engine.risk_params(**at)
+        params = ref.RiskParams(
+            **{f: int(_get(rp, f)) for f in ref.RiskParams.__dataclass_fields__}
+        )
+        count = int(self.engine.market_count(**at))
+        return params, [int(self.engine.markets(m, **at).mmr) for m in range(count)]
+
+    def window_at(self, market_id: int, block_id: int | None = None) -> tuple[int, int, int]:
+        """`(start, used, cap)` of the market's liquidation window at `block_id`."""
+        at = {} if block_id is None else {"block_id": block_id}
+        start, used = self.engine.window_state(market_id, **at)
+        return int(start), int(used), int(self.engine.markets(market_id, **at).window_cap)
+
+    def preview_at(self, account: Any, block_id: int | None = None) -> LiquidationPreview:
+        """`preview_liquidation(account)` at `block_id` (raises on an invalid price)."""
+        at = {} if block_id is None else {"block_id": block_id}
+        return LiquidationPreview.from_struct(self.engine.preview_liquidation(_addr(account), **at))
+
+    def raw_event(self, name: str) -> RawEvent:
+        """A fast reader of the engine's event `name` (`margincall.sdk.events.RawEvent`)."""
+        return RawEvent(getattr(self.engine, name).abi)
+
+    def logs(self, start: int, stop: int, topics: Sequence[Any] | None = None) -> list[Any]:
+        """The engine's raw logs of blocks start..stop (`topics`: a filter, e.g. one list of
+        topic0s), read in chunks (`margincall.sdk.events.get_logs`)."""
+        return get_logs(self.engine.provider.web3, self.address, start, stop, topics)
+
+    def events(self, start: int, stop: int, names: Sequence[str]) -> list[Any]:
+        """The engine's events `names` of blocks start..stop, fully decoded (Ape's
+        `ContractLog`s, every field): one `eth_getLogs` over the range."""
+        abis = [getattr(self.engine, name).abi for name in names]
+        topics = ["0x" + keccak(text=abi.selector).hex() for abi in abis]
+        provider = self.engine.provider
+        query = {"address": self.address, "fromBlock": hex(start), "toBlock": hex(stop)}
+        raw = provider.make_request("eth_getLogs", [{**query, "topics": [topics]}])
+        return list(provider.network.ecosystem.decode_logs(list(raw), *abis))
+
+    def build(self, function: str, accounts: Sequence[Any]) -> Call:
+        """The transaction of a keeper action for a bot to sign and send: `liquidate_many` or
+        `margin_call_many` of a batch, or `clear_margin_call` of one account."""
+        if function in ("liquidate_many", "margin_call_many"):
+            batch = tuple(_addr(a) for a in accounts)
+            if not 0 < len(batch) <= MAX_BATCH:
+                raise InvalidRequest(f"{function}: 1 to {MAX_BATCH} accounts, not {len(batch)}")
+            args: tuple = (list(batch),)
+        elif function == "clear_margin_call":
+            if len(accounts) != 1:
+                raise InvalidRequest("clear_margin_call: one account")
+            batch = (_addr(accounts[0]),)
+            args = batch
+        else:
+            raise InvalidRequest(f"{function}: not a keeper action")
+        data = getattr(self.engine, function).encode_input(*args)
+        return Call(self.address, bytes(data), function, batch)
+
+    def wallet_call(
+        self, function: str, args: Sequence[Any], *, on: str = "engine", label: str = ""
+    ) -> dict[str, Any]:
+        """An unsigned call for an external wallet to sign (the dashboard's EIP-1193 signer):
+        the contract's address, the ABI entry of `function` with `len(args)` inputs (Vyper's
+        default arguments make overloads), the arguments as decimal strings and a label.
+        `on`: "engine" or "token" (the collateral, for an `approve`)."""
+        contract = {"engine": self.engine, "token": self.token}[on]
+        for entry in contract.contract_type.abi:
+            if entry.type == "function" and entry.name == function:
+                if len(entry.inputs) == len(args):
+                    return {
+                        "label": label or function,
+                        "to": str(contract.address),
+                        "abi": entry.model_dump(mode="json", by_alias=True),
+                        "function": function,
+                        "args": [str(a) for a in args],
+                    }
+        raise InvalidRequest(f"the {on} has no {function} with {len(args)} arguments")
 
     def margin_call_many(self, accounts: Sequence[Any], sender: Any, **txn: Any) -> list[Any]:
         """Calls the CALLABLE ones of `accounts`, in transactions of at most 100 accounts.

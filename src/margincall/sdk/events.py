@@ -12,7 +12,7 @@ into `MarginStatus` objects, through the codec below the SDK.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from eth_utils import keccak, to_checksum_address
@@ -69,10 +69,33 @@ class RawEvent:
         ]
 
 
+LOG_CHUNK = 5_000  # blocks per eth_getLogs
+
+
+def get_logs(
+    web3: Any,
+    address: str | Sequence[str],
+    start: int,
+    stop: int,
+    topics: Sequence[Any] | None = None,
+    chunk: int = LOG_CHUNK,
+) -> list[Any]:
+    """Raw logs of `address` in blocks start..stop, one `eth_getLogs` per `chunk` blocks:
+    the one place the SDK's users read event logs (decode them with `RawEvent`)."""
+    out: list[Any] = []
+    for lo in range(start, stop + 1, chunk):
+        query: dict[str, Any] = {"address": address, "fromBlock": lo}
+        query["toBlock"] = min(stop, lo + chunk - 1)
+        if topics is not None:
+            query["topics"] = list(topics)
+        out.extend(web3.eth.get_logs(query))
+    return out
+
+
 def decode_statuses(data: str, names: Mapping[bytes, str] | None = None) -> list[MarginStatus]:
     """`check_margins` output (hex) as `MarginStatus` objects. `names` maps raw 20-byte
     addresses to the strings the caller uses (faster than checksumming each)."""
     return codec.decode_statuses(data, names, MarginStatus)
 
 
-__all__ = ["RawEvent", "decode_statuses"]
+__all__ = ["LOG_CHUNK", "RawEvent", "decode_statuses", "get_logs"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from margincall.sdk.errors import InsufficientFunds, InvalidRequest
+from margincall.sdk.events import RawEvent
 from margincall.sdk.types import _addr
 
 # --- insurance fund -----------------------------------------------------------
@@ -42,6 +43,15 @@ class FundClient:
     @classmethod
     def from_system(cls, system: Any) -> FundClient:
         return cls(system.fund, system.token)
+
+    @property
+    def address(self) -> str:
+        """The fund's address."""
+        return str(self.fund.address)
+
+    def raw_event(self, name: str) -> RawEvent:
+        """A fast reader of the fund's event `name` (e.g. `KeeperPaid`)."""
+        return RawEvent(getattr(self.fund, name).abi)
 
     # --- reads ---
 

@@ -34,6 +34,21 @@ class FeedSettings:
     max_price: int
 
 
+_LATEST_ROUND_ABI = {
+    "type": "function",
+    "name": "latestRoundData",
+    "stateMutability": "view",
+    "inputs": [],
+    "outputs": [
+        {"name": "roundId", "type": "uint80"},
+        {"name": "answer", "type": "int256"},
+        {"name": "startedAt", "type": "uint256"},
+        {"name": "updatedAt", "type": "uint256"},
+        {"name": "answeredInRound", "type": "uint80"},
+    ],
+}
+
+
 class OracleClient:
     """One market's oracle adapter (the adapter has no owner and no setters: reads only)."""
 
@@ -56,6 +71,18 @@ class OracleClient:
     def status(self) -> OracleStatus:
         price, ok, fallback = self.adapter.status()
         return OracleStatus(int(price), bool(ok), bool(fallback), "" if ok else self.reason())
+
+    def feed_updated_at(self) -> int | None:
+        """When the primary feed's latest round was published (`latestRoundData().updatedAt`,
+        unix seconds), read through Chainlink's `AggregatorV3Interface`; None when the feed
+        cannot be read (a reverting or missing feed: `status()` then says why)."""
+        from ape import Contract
+
+        try:
+            feed = Contract(str(self.adapter.primary()), abi=[_LATEST_ROUND_ABI])
+            return int(feed.latestRoundData()[3])
+        except Exception:  # noqa: BLE001 - any failure of a foreign feed reads as unknown
+            return None
 
     def settings(self) -> FeedSettings:
         a = self.adapter

@@ -206,3 +206,15 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive slices of at most `size` items."""
     for i in range(0, len(items), size):
         yield list(items[i : i + size])
+
+
+@dataclass(frozen=True)
+class Call:
+    """A transaction the SDK built for a bot to sign and send elsewhere (the keeper's
+    `TxSender`): the contract's address, the calldata, a label (the function) and the
+    accounts it acts on."""
+
+    to: str
+    data: bytes
+    label: str
+    accounts: tuple[str, ...] = ()

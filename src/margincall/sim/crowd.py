@@ -74,11 +74,10 @@ def open_crowd(
     """Funds each trader with its deposit (mock token) and opens its position."""
     if len(traders) < len(plans):
         raise ValueError(f"{len(plans)} plans but only {len(traders)} trader accounts")
-    token, engine = client.token, client.engine
     for i, (trader, plan) in enumerate(zip(traders, plans, strict=False)):
         amount = client.tokens(plan.deposit)
-        token.mint(trader.address, amount, sender=trader)
-        token.approve(engine.address, amount, sender=trader)
+        client.mint(amount, sender=trader)
+        client.approve(amount, sender=trader)
         client.deposit(amount, sender=trader)
         size = plan.size(client.price(plan.market_id))
         bound = client.acceptable_price(plan.market_id, size, slippage_bps)

@@ -86,12 +86,8 @@ def samples_as_dicts(record: RunRecord) -> list[dict[str, Any]]:
     return [dict(zip(cols, row, strict=True)) for row in record.samples]
 
 
-def summarize(record: RunRecord) -> dict[str, Any]:
-    """The figures of one run (tokens are whole tokens, floats)."""
-    unit = 10**record.decimals
-    tok = lambda x: x / unit  # noqa: E731
-    liq = record.liquidations
-    per_account = Counter(e["account"] for e in liq)
+def _fund_path(record: RunRecord) -> tuple[list[int], int, int]:
+    """The fund's balance after each block (from its start), its largest drawdown and low."""
     at = sample_columns(record.markets).index("fund")
     fund_series = [record.fund_start] + [row[at] for row in record.samples]
     peak, drawdown, fund_min = fund_series[0], 0, fund_series[0]
@@ -99,13 +95,49 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         peak = max(peak, v)
         drawdown = max(drawdown, peak - v)
         fund_min = min(fund_min, v)
+    return fund_series, drawdown, fund_min
+
+
+def _keeper_figures(record: RunRecord, rewards: float) -> dict[str, Any]:
+    """The keeper's figures of one run: delays, misses, gas, its step's holds and caps,
+    rewards (`rewards`, whole tokens) and profit."""
+    delays = record.delays
+    return {
+        "delay_p50": percentile(delays, 50),
+        "delay_p99": percentile(delays, 99),
+        "delay_max": max(delays, default=0),
+        "delay_mean": (sum(delays) / len(delays)) if delays else 0.0,
+        "delays_counted": len(delays),
+        "call_delay_p50": percentile(record.call_delays, 50),
+        "call_delay_max": max(record.call_delays, default=0),
+        "tranches_missed": record.liq_missed,
+        "calls_missed": record.call_missed,
+        "gas_price_gwei": record.gas_price_gwei,
+        "keeper_gas": record.keeper_gas,
+        "keeper_txs": record.keeper_txs,
+        "keeper_skipped": record.keeper_skipped,
+        "keeper_reverts": record.keeper_reverts,
+        "keeper_held_window": record.keeper_held_window,
+        "keeper_backed_off": record.keeper_backed_off,
+        "keeper_clears_capped": record.keeper_clears_capped,
+        "keeper_windows_full": record.keeper_windows_full,
+        "keeper_rewards": rewards,
+        "keeper_gas_cost": record.keeper_fee_tokens,
+        "keeper_profit": rewards - record.keeper_fee_tokens,
+    }
+
+
+def summarize(record: RunRecord) -> dict[str, Any]:
+    """The figures of one run (tokens are whole tokens, floats)."""
+    unit = 10**record.decimals
+    tok = lambda x: x / unit  # noqa: E731
+    liq = record.liquidations
+    per_account = Counter(e["account"] for e in liq)
+    fund_series, drawdown, fund_min = _fund_path(record)
     penalties = sum(e["penalty"] for e in liq)
     call_rewards = sum(e["reward"] for e in record.calls)
-    keeper_rewards = (
-        sum(e["keeper_reward"] for e in liq)
-        + call_rewards
-        + sum(e["amount"] for e in record.keeper_paid)
-    )
+    paid = sum(e["amount"] for e in record.keeper_paid)  # the fund's KeeperPaid
+    keeper_rewards = sum(e["keeper_reward"] for e in liq) + call_rewards + paid
     cured = {e["account"] for e in record.clears if e["by_trader"]}
     cured_by = {
         how: {e["account"] for e in record.clears if e["by_trader"] and e.get("how") == how}
@@ -118,7 +150,6 @@ def summarize(record: RunRecord) -> dict[str, Any]:
     )
     called = {e["account"] for e in record.calls}
     bankrupt = {e["account"] for e in liq if e["state"] == State.BANKRUPT}
-    delays = record.delays
     bad_debt = tok(sum(e["amount"] for e in record.bad_debts))
     open_deficit = wad_tok(final.get("open_deficit", 0))
     return {
@@ -151,27 +182,7 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         "cures_sent_deposit": record.cures_by_deposit,
         "cures_sent_reduce": record.cures_by_reduce,
         "cures_planned": record.cures_planned,
-        "delay_p50": percentile(delays, 50),
-        "delay_p99": percentile(delays, 99),
-        "delay_max": max(delays, default=0),
-        "delay_mean": (sum(delays) / len(delays)) if delays else 0.0,
-        "delays_counted": len(delays),
-        "call_delay_p50": percentile(record.call_delays, 50),
-        "call_delay_max": max(record.call_delays, default=0),
-        "tranches_missed": record.liq_missed,
-        "calls_missed": record.call_missed,
-        "gas_price_gwei": record.gas_price_gwei,
-        "keeper_gas": record.keeper_gas,
-        "keeper_txs": record.keeper_txs,
-        "keeper_skipped": record.keeper_skipped,
-        "keeper_reverts": record.keeper_reverts,
-        "keeper_held_window": record.keeper_held_window,
-        "keeper_backed_off": record.keeper_backed_off,
-        "keeper_clears_capped": record.keeper_clears_capped,
-        "keeper_windows_full": record.keeper_windows_full,
-        "keeper_rewards": tok(keeper_rewards),
-        "keeper_gas_cost": record.keeper_fee_tokens,
-        "keeper_profit": tok(keeper_rewards) - record.keeper_fee_tokens,
+        **_keeper_figures(record, tok(keeper_rewards)),
         "trader_txs": record.trader_txs,
         "trader_reverts": record.trader_reverts,
         "lp_pnl": tok(record.final.get("pool_end", 0) - record.pool_start),

@@ -15,15 +15,15 @@ run's start (slot k at `t0 + k * block_time`). A slot is mined when
 something happens in it: a price point of the path (posted to the mock
 feeds in the first slot at or after its time), a trader's cure, the
 keeper's transactions, or a time the keeper asked to wake at (a call
-deadline, a tranche interval; `keeper_logic.decide` returns it). Slots where
+deadline, a tranche interval; `keeper.logic.decide` returns it). Slots where
 nothing can happen are not mined (Anvil takes ~5 ms per empty block), so
 delays are counted in slots: the block numbers of a chain that has a block
 every `block_time` seconds.
 
 The keeper is the project's keeper logic: after every mined block it scans
 every open account with `check_margins`, turns the statuses into
-`keeper_logic.Snapshot`s, calls `keeper_logic.decide` with the cost model
-the keeper bot uses (`margincall.keeper.KeeperConfig` defaults: profit margin,
+`keeper.logic.Snapshot`s, calls `keeper.logic.decide` with the cost model
+the keeper bot uses (`margincall.keeper.config.KeeperConfig` defaults: profit margin,
 gas per call and per tranche, batch size, clearing recovered calls), and
 sends `liquidate_many` / `margin_call_many` / `clear_margin_call` for the
 next block. `decide` gets the timestamp those transactions will carry: the
