@@ -497,14 +497,17 @@ class MarginEngineClient:
         topic0s), read in chunks (`margincall.sdk.events.get_logs`)."""
         return get_logs(self.engine.provider.web3, self.address, start, stop, topics)
 
-    def events(self, start: int, stop: int, names: Sequence[str]) -> list[Any]:
+    def events(self, start: int, stop: int, names: Sequence[str], account: Any = None) -> list[Any]:
         """The engine's events `names` of blocks start..stop, fully decoded (Ape's
-        `ContractLog`s, every field): one `eth_getLogs` over the range."""
+        `ContractLog`s, every field): one `eth_getLogs` over the range. `account`: only the
+        events whose first indexed field is that account (every account event's is)."""
         abis = [getattr(self.engine, name).abi for name in names]
-        topics = ["0x" + keccak(text=abi.selector).hex() for abi in abis]
+        topics: list[Any] = [["0x" + keccak(text=abi.selector).hex() for abi in abis]]
+        if account is not None:
+            topics.append("0x" + "0" * 24 + _addr(account)[2:].lower())
         provider = self.engine.provider
         query = {"address": self.address, "fromBlock": hex(start), "toBlock": hex(stop)}
-        raw = provider.make_request("eth_getLogs", [{**query, "topics": [topics]}])
+        raw = provider.make_request("eth_getLogs", [{**query, "topics": topics}])
         return list(provider.network.ecosystem.decode_logs(list(raw), *abis))
 
     def build(self, function: str, accounts: Sequence[Any]) -> Call:
