@@ -1,7 +1,7 @@
 """`margincall watch ACCOUNT`: the account's margin at every new block, and every engine event
 that touches it (deposits, withdrawals, trades, margin calls, cures, tranches, bad debt).
 
-Events are read over every block since the last one read (`eth_getLogs` on the engine, the
+Events are read over every block since the last one read (the SDK's `client.events`: the
 account as the first indexed topic, in ranges of at most `LOG_RANGE` blocks), so none is
 skipped when several blocks pass between two polls. `--json` prints JSON lines: one
 `{"type": "event", ...}` per event, then one `{"type": "status", ...}` per poll.
@@ -80,42 +80,22 @@ def poll_heads(chain: Any, interval: float = 1.0) -> Iterator[int]:
 
 
 class EventReader:
-    """The engine's events about one account, block range by block range."""
+    """The engine's events about one account, block range by block range (through the SDK's
+    log reader: the account as the first indexed topic)."""
 
     def __init__(self, session: Session, account: str):
-        from margincall.codec import Abi
-
         self.session = session
-        self.abi = Abi.of(session.client.engine)
-        self.topic = "0x" + "0" * 24 + account[2:].lower()
-        self.topics = [
-            "0x" + self.abi.event_names[name].topic.hex()
-            for name in ACCOUNT_EVENTS
-            if name in self.abi.event_names
-        ]
+        self.account = account
 
     def read(self, start: int, stop: int) -> list[dict[str, Any]]:
         """Every account event in blocks start..stop (inclusive), in chain order."""
-        web3 = self.session.client.engine.provider.web3
+        client = self.session.client
         out: list[dict[str, Any]] = []
         for lo in range(start, stop + 1, LOG_RANGE):
             hi = min(lo + LOG_RANGE - 1, stop)
-            logs = web3.eth.get_logs(
-                {
-                    "address": str(self.session.client.engine.address),
-                    "fromBlock": lo,
-                    "toBlock": hi,
-                    "topics": [self.topics, self.topic],
-                }
-            )
-            for log in logs:
-                raw = {
-                    "topics": ["0x" + bytes(t).hex() for t in log["topics"]],
-                    "data": "0x" + bytes(log["data"]).hex(),
-                }
-                decoded = self.abi.decode_log(raw)
-                if decoded is not None:
-                    out.append(self._event(int(log["blockNumber"]), *decoded))
+            for log in client.events(lo, hi, ACCOUNT_EVENTS, account=self.account):
+                fields = dict(log.event_arguments)
+                out.append(self._event(int(log.block_number), log.event_name, fields))
         return out
 
     def _event(self, block: int, name: str, fields: dict[str, Any]) -> dict[str, Any]:
