@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 from io import StringIO
 from pathlib import Path
@@ -85,6 +86,20 @@ def test_test_accounts_resolve_as_ape_derives_them(accounts):
     for i in (0, 3, 5, 9):
         assert resolve_account(f"TEST::{i}") == accounts[i].address
     assert resolve_account(accounts[5].address.lower()) == accounts[5].address
+
+
+def test_fast_status_loads_neither_ape_nor_the_sdk():
+    # `margincall status` on a local node reads over plain JSON-RPC: the modules it loads must
+    # not pull the SDK (eth_abi) or Ape, else its <= 1.5 s start is gone (docs/benchmarks.md)
+    probe = (
+        "import sys, margincall.cli.status, margincall.cli.fast, margincall.deploy.record\n"
+        "heavy = [m for m in ('ape', 'web3', 'eth_abi', 'margincall.sdk') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == ""
 
 
 def test_fast_status_reads_what_the_sdk_reads(deployed, long_eth, chain, project):
