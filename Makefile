@@ -6,7 +6,7 @@ ANVIL_BIN := $(CURDIR)/node_modules/@foundry-rs/anvil-linux-amd64/bin
 export PATH := $(CURDIR)/$(VENV)/bin:$(ANVIL_BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup setup-lint test demo story bench-gas bench-peers lint clean check-install
+.PHONY: setup setup-lint test demo story bench-gas bench-cli bench-peers lint clean check-install
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -55,6 +55,11 @@ story: setup
 
 bench-gas: setup
 	ape run bench_gas
+
+# CLI wall time (`margincall status` and others, repeated runs): the cli-speed block of
+# docs/benchmarks.md
+bench-cli: setup
+	python -m margincall.bench.cli_speed --repeat 10 --write docs/benchmarks.md
 
 # margincall next to Morpho Blue 1.0.0 on one Anvil (same feed, same OpenZeppelin token):
 # solcjs compiles Morpho and bench/peers/ (cached in .build/peers), then the side-by-side

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from margincall.cli import bots as cli_bots
 from margincall.cli import trader as mc
+from margincall.cli import watch as mc_watch
 from margincall.constants import WAD, State
 from margincall.deploy.record import (
     RecordError,
@@ -274,7 +275,7 @@ def test_status_rejects_a_bad_address(session):
 
 
 def test_watch_once_prints_one_line(session, long_eth, out):
-    views = mc.run_watch(session, long_eth.address, blocks=0)
+    views = mc_watch.run_watch(session, long_eth.address, blocks=0)
     assert len(views) == 1
     assert f"block {views[0].block}  HEALTHY" in text(out)
 
@@ -289,7 +290,7 @@ def test_watch_follows_blocks_and_highlights_a_margin_call(
         yield chain.blocks.head.number
         pytest.fail("watch read more blocks than asked")  # pragma: no cover
 
-    views = mc.run_watch(session, long_eth.address, blocks=2, stream=stream)
+    views = mc_watch.run_watch(session, long_eth.address, blocks=2, stream=stream)
     assert [v.status.state for v in views] == [State.HEALTHY, State.CALLABLE, State.CALLED]
     shown = text(out)
     assert "state HEALTHY -> CALLABLE" in shown
@@ -305,9 +306,9 @@ def test_watch_follows_blocks_and_highlights_a_margin_call(
 
 def test_watch_rejects_bad_input(session, trader):
     with pytest.raises(mc.InputError, match="not an address"):
-        mc.run_watch(session, "nope", blocks=0)
+        mc_watch.run_watch(session, "nope", blocks=0)
     with pytest.raises(mc.InputError, match="negative"):
-        mc.run_watch(session, trader.address, blocks=-1)
+        mc_watch.run_watch(session, trader.address, blocks=-1)
 
 
 # --- click: parsing, exit codes, one good invocation per command -------------------

@@ -22,6 +22,10 @@ ALLOWED = {
     "src/margincall/codec.py": "the raw ABI codec below the SDK",
     "src/margincall/keeper/tx.py": "the transport: signs and sends what the SDK built",
     "src/margincall/sim/chain.py": "the simulator's raw JSON-RPC transport",
+    "src/margincall/cli/fast.py": "`status` over raw JSON-RPC: importing margincall.sdk would "
+    "load eth_abi and undo its <= 1.5 s start (docs/benchmarks.md, CLI speed)",
+    "src/margincall/cli/dev.py": "local-chain helpers over raw JSON-RPC: importing margincall.sdk "
+    "would load eth_abi and undo the fast commands' start",
     "src/margincall/sim/setup.py": "the simulator's setup: deploys through the deployer",
     "src/margincall/bench/gas.py": "the gas benchmark measures each contract function itself",
     "src/margincall/bench/peers.py": "the peer benchmark measures each function, next to Morpho",

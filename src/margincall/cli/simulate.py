@@ -65,6 +65,20 @@ def write_outputs(outcome, out: Path) -> list[Path]:  # noqa: ANN001 - Outcome, 
     return written
 
 
+def _writable_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Creates `--out` (and checks it takes a file) before the simulation runs, not after."""
+    if value is None:
+        return None
+    try:
+        value.mkdir(parents=True, exist_ok=True)
+        probe = value / ".margincall-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise click.BadParameter(f"{value}: cannot write there ({err.strerror})") from None
+    return value
+
+
 @click.command("simulate")
 @click.option(
     "--scenario",
@@ -129,6 +143,7 @@ def write_outputs(outcome, out: Path) -> list[Path]:  # noqa: ANN001 - Outcome, 
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    callback=_writable_dir,
     help="Write result.json, metrics.csv, samples-/liquidations-<mode>.csv and PNG plots here.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")

@@ -8,10 +8,12 @@ feeds and adapters in place).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from margincall.constants import WAD
-from margincall.sdk.types import Call
+
+if TYPE_CHECKING:  # the SDK (eth_abi) loads on use: `margincall status` reads records fast
+    from margincall.sdk.types import Call
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
@@ -78,6 +80,8 @@ class System:
         sign (`TxSender.send_call`)."""
         feed = self.feeds[market_id]
         data = feed.set_answer.encode_input(self.feed_answer(market_id, price))
+        from margincall.sdk.types import Call
+
         return Call(str(feed.address), bytes(data), "price")
 
     def set_price(self, market_id: int, price: float, sender: Any = None) -> Any:

@@ -49,6 +49,7 @@ from margincall.sdk.types import (
     _checked_price,
     _get,
     chunks,
+    in_tokens,
 )
 
 # --- client ---------------------------------------------------------------
@@ -235,11 +236,15 @@ class MarginEngineClient:
             raise InvalidRequest("deposit: zero account")
         balance = int(self.token.balanceOf(_addr(sender)))
         if balance < amount:
-            raise InsufficientFunds(f"deposit: balance {balance} < amount {amount} (token units)")
+            raise InsufficientFunds(
+                f"deposit: balance {in_tokens(balance, self.decimals)} < amount "
+                f"{in_tokens(amount, self.decimals)}"
+            )
         allowance = int(self.token.allowance(_addr(sender), _addr(self.engine)))
         if allowance < amount:
             raise InsufficientFunds(
-                f"deposit: allowance {allowance} < amount {amount}; approve the engine first"
+                f"deposit: allowance {in_tokens(allowance, self.decimals)} < amount "
+                f"{in_tokens(amount, self.decimals)}; approve the engine first"
             )
 
     def check_withdraw(self, amount: int, account: Any) -> None:
@@ -248,7 +253,8 @@ class MarginEngineClient:
         acct = self.model(account)
         if amount > acct.collateral:
             raise InvalidRequest(
-                f"withdraw: amount {amount} exceeds collateral {acct.collateral} (token units)"
+                f"withdraw: amount {in_tokens(amount, self.decimals)} exceeds collateral "
+                f"{in_tokens(acct.collateral, self.decimals)}"
             )
         if not acct.positions:
             return
@@ -265,8 +271,8 @@ class MarginEngineClient:
         if v.equity < v.initial:
             free = self.to_tokens(ref.evaluate(acct, self.scale).equity - v.initial)
             raise InsufficientMargin(
-                f"withdraw: {amount} would leave equity below the initial margin; "
-                f"at most {max(free, 0)} token units are free"
+                f"withdraw: {in_tokens(amount, self.decimals)} would leave equity below the "
+                f"initial margin; at most {in_tokens(max(free, 0), self.decimals)} are free"
             )
 
     def check_trade(
@@ -311,6 +317,11 @@ class MarginEngineClient:
             )
         fee = ref.div_ceil(ref.mul_up(ref.mul_up(abs(size_delta), price), market.fee), self.scale)
         balance = rec.collateral + ref.div_floor(realized, self.scale) - fee
+        if balance < 0 and rec.collateral == 0:
+            raise InsufficientMargin(
+                "trade: the account has no collateral (deposit some first: the trade's fee "
+                f"alone is {in_tokens(fee, self.decimals)})"
+            )
         if balance < 0:
             raise InsufficientMargin("trade: the realised loss exceeds the collateral")
         others = tuple(m for m in rec.market_ids if m != market_id)
@@ -500,14 +511,17 @@ class MarginEngineClient:
         topic0s), read in chunks (`margincall.sdk.events.get_logs`)."""
         return get_logs(self.engine.provider.web3, self.address, start, stop, topics)
 
-    def events(self, start: int, stop: int, names: Sequence[str]) -> list[Any]:
+    def events(self, start: int, stop: int, names: Sequence[str], account: Any = None) -> list[Any]:
         """The engine's events `names` of blocks start..stop, fully decoded (Ape's
-        `ContractLog`s, every field): one `eth_getLogs` over the range."""
+        `ContractLog`s, every field): one `eth_getLogs` over the range. `account`: only the
+        events whose first indexed field is that account (every account event's is)."""
         abis = [getattr(self.engine, name).abi for name in names]
-        topics = ["0x" + keccak(text=abi.selector).hex() for abi in abis]
+        topics: list[Any] = [["0x" + keccak(text=abi.selector).hex() for abi in abis]]
+        if account is not None:
+            topics.append("0x" + "0" * 24 + _addr(account)[2:].lower())
         provider = self.engine.provider
         query = {"address": self.address, "fromBlock": hex(start), "toBlock": hex(stop)}
-        raw = provider.make_request("eth_getLogs", [{**query, "topics": [topics]}])
+        raw = provider.make_request("eth_getLogs", [{**query, "topics": topics}])
         return list(provider.network.ecosystem.decode_logs(list(raw), *abis))
 
     def build(self, function: str, accounts: Sequence[Any]) -> Call:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from margincall.sdk.errors import InsufficientFunds, InvalidRequest, ReserveLocked, SharesLocked
-from margincall.sdk.types import _addr, _has_view
+from margincall.sdk.types import _addr, _has_view, in_tokens
 
 # --- pool ---------------------------------------------------------------------
 
@@ -137,7 +137,8 @@ class PoolClient:
         balance = int(self.token.balanceOf(_addr(sender)))
         if balance < assets:
             raise InsufficientFunds(
-                f"pool deposit: balance {balance} < amount {assets} (token units)"
+                f"pool deposit: balance {in_tokens(balance, self.decimals)} < amount "
+                f"{in_tokens(assets, self.decimals)}"
             )
         allowance = int(self.token.allowance(_addr(sender), _addr(self.pool)))
         if allowance < assets:
@@ -147,7 +148,7 @@ class PoolClient:
         shares = self.preview_deposit(assets)
         if shares == 0:
             raise InvalidRequest(
-                f"pool deposit: {assets} token units buy no share (pool: zero shares)"
+                f"pool deposit: {in_tokens(assets, self.decimals)} buy no share (pool: zero shares)"
             )
         return shares
 
@@ -183,8 +184,9 @@ class PoolClient:
         free = self.free_assets()
         if assets > free:
             raise ReserveLocked(
-                f"pool {what}: {assets} token units would dip into the reserve for open "
-                f"interest (pool: reserve for open interest); {free} are free now"
+                f"pool {what}: {in_tokens(assets, self.decimals)} would dip into the reserve for "
+                f"open interest (pool: reserve for open interest); "
+                f"{in_tokens(free, self.decimals)} are free now"
             )
         if _addr(sender).lower() != _addr(owner).lower():
             allowance = int(self.pool.allowance(_addr(owner), _addr(sender)))
@@ -219,7 +221,8 @@ class PoolClient:
         worth = int(self.pool.convertToAssets(self.shares(owner)))
         if assets > worth:
             raise InsufficientFunds(
-                f"pool withdraw: {assets} token units > the {worth} the shares are worth "
+                f"pool withdraw: {in_tokens(assets, self.decimals)} > the "
+                f"{in_tokens(worth, self.decimals)} the shares are worth "
                 "(pool: withdraw more than balance)"
             )
         shares = self.preview_withdraw(assets)

@@ -192,6 +192,16 @@ def _has_view(contract: Any, name: str) -> bool:
     return any(abi.name == name for abi in contract_type.view_methods)
 
 
+def in_tokens(units: int, decimals: int) -> str:
+    """Token units as whole tokens for a message: `in_tokens(1_500_000, 6)` is `1.5 tokens`."""
+    from decimal import Decimal
+
+    text = f"{Decimal(int(units)).scaleb(-decimals):,f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} tokens"
+
+
 def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive slices of at most `size` items."""
     for i in range(0, len(items), size):
