@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -180,9 +181,8 @@ def simulate(
     period, by depositing or reducing; the rest never cure. The keeper is the project's
     keeper logic at --gas-price-gwei, one scan per block, acting in the next block.
     """
-    from margincall.sim.setup import SimConfig, SimulationError
+    from margincall.sim.setup import SimConfig
     from margincall.sim.simulate import load_path
-    from margincall.sim.simulate import simulate as run_simulation
 
     if check and not baseline:
         raise click.UsageError("--check compares with the baseline: add --baseline")
@@ -209,15 +209,23 @@ def simulate(
     except (PopulationError, PathError) as err:
         raise click.UsageError(str(err)) from None
 
-    err_console = Console(stderr=True)
     modes = (PHASED, BASELINE) if baseline else (PHASED,)
+    outcome = _run(config, modes, quiet)
+    _report(outcome, as_json, out, check)
+
+
+def _run(config: Any, modes: tuple[str, ...], quiet: bool) -> Any:
+    """The simulation of `modes`, with a progress bar per mode on stderr (unless `quiet`)."""
+    from margincall.sim.setup import SimulationError
+    from margincall.sim.simulate import simulate as run_simulation
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
-        console=err_console,
+        console=Console(stderr=True),
         transient=True,
         disable=quiet,
     )
@@ -230,24 +238,24 @@ def simulate(
 
     try:
         with progress:
-            outcome = run_simulation(config, modes, progress=on_progress)
+            return run_simulation(config, modes, progress=on_progress)
     except SimulationError as err:
         raise click.ClickException(str(err)) from None
 
-    if as_json:
-        from margincall.sim.metrics import to_json
 
+def _report(outcome: Any, as_json: bool, out: Path | None, check: bool) -> None:
+    """The result as a table (or JSON) on stdout, the files under `out`, and with `check`
+    a non-zero exit listing every missed target."""
+    from margincall.sim.metrics import check_misses, table, to_json
+
+    if as_json:
         sys.stdout.write(to_json(outcome.result))
     else:
-        from margincall.sim.metrics import table
-
         Console().print(table(outcome.result))
     if out is not None:
         for p in write_outputs(outcome, out):
-            err_console.print(f"wrote {p}", highlight=False)
+            Console(stderr=True).print(f"wrote {p}", highlight=False)
     if check:
-        from margincall.sim.metrics import check_misses
-
         misses = check_misses(outcome.result)
         if misses:
             raise click.ClickException(

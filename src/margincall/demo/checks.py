@@ -89,10 +89,14 @@ class DemoReport:
         wrong = []
         if m["rewards_earned"] != from_chain:
             wrong.append(
-                f"keeper rewards: metrics {m['rewards_earned']} != chain {from_chain} (token units)"
+                f"keeper rewards: metrics {self.tok2(m['rewards_earned'])}"
+                f" != chain {self.tok2(from_chain)}"
             )
         if grew != from_chain:
-            wrong.append(f"keeper rewards: balance grew {grew} != chain events {from_chain}")
+            wrong.append(
+                f"keeper rewards: balance grew {self.tok2(grew)}"
+                f" != chain events {self.tok2(from_chain)}"
+            )
         if m["calls_made"] != calls:
             wrong.append(f"keeper calls: metrics {m['calls_made']} != chain {calls}")
         if m["tranches_made"] != tranches:

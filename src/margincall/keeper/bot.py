@@ -69,6 +69,7 @@ from margincall.keeper.step import (
     plan_block,
 )
 from margincall.keeper.tx import Deferred, PendingTx, TooLarge, TxSender
+from margincall.report import fmt_tokens
 from margincall.sdk.book import (
     PositionBook,
 )
@@ -544,7 +545,8 @@ class Keeper(Receipts):
             f" {len(decision.liquidated)} tranches; total calls {m.calls_made}/{m.calls_sent},"
             f" tranches {m.tranches_made}/{m.tranches_sent}, races lost {m.races_lost},"
             f" skipped (recovered) {m.skipped_recovered}, skipped (window) {m.skipped_window},"
-            f" rewards {m.rewards_earned} token units, max delay {m.max_delay} blocks"
+            f" rewards {fmt_tokens(m.rewards_earned, self.client.decimals, 6)} tokens,"
+            f" max delay {m.max_delay} blocks"
         )
 
 

@@ -75,7 +75,7 @@ def precheck(view: ChainView, body: dict[str, Any]) -> dict[str, Any]:
 def _deposit(view, client, account: str, sender: str, body) -> dict[str, Any]:
     amount = _amount(body.get("amount"), client.decimals, "deposit")
     whole = fmt_fixed(amount, client.decimals, min(client.decimals, 6))
-    checks = [f"deposit {whole} ({amount} token units) for {account}"]
+    checks = [f"deposit {whole} tokens for {account}"]
     calls = []
     try:
         client.check_deposit(amount, sender, account)
