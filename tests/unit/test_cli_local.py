@@ -231,6 +231,20 @@ def test_a_command_with_its_node_down_says_so_and_starts_none(record_file):
         assert not listening(port)
 
 
+def test_the_bot_launchers_with_their_node_down_say_so_and_start_none(record_file):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    for args in (
+        ["keeper", "--deployment", str(record_file), "--account", "TEST::3"],
+        ["notifier", "--deployment", str(record_file), "--webhook-url", "http://127.0.0.1:9/"],
+    ):
+        result = invoke(*args, host=url)
+        assert result.exit_code == 1, result.output
+        assert f"no node answers at {url}" in result.output
+        assert "does not start a node of its own" in result.output
+        assert not listening(port)
+
+
 def test_a_network_without_a_deployment_is_one_line():
     for args in (["status", "TEST::5"], ["deposit", "1", "--account", "TEST::5"]):
         result = invoke(*args, "--network", "ethereum:sepolia")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import click
 
+from margincall.cli.node import local_network, local_node_url, probe
 from margincall.cli.ops_options import ops_env, ops_options
 from margincall.keeper.config import ConfigError, KeeperConfig, parse_shard
 from margincall.keeper.procs import PROJECT_ROOT, RUNNER, bot_command
@@ -101,6 +102,12 @@ def _launch(
         )
     cmd = bot_command(bot, network, account)
     env = {**ops_env(), **env}  # --metrics-host/--metrics-port/--rpc-timeout/--stall-after
+    if local_network(network) and not dry_run:
+        # a bot attaches to the deployment's node and never starts one of its own (Ape's
+        # foundry provider would start an empty Anvil where nothing answers): probe it first
+        url = env.get("APE_FOUNDRY_HOST") or local_node_url()
+        probe(url)
+        env["APE_FOUNDRY_HOST"] = url
     full = merged_env(env)
     if dry_run:
         shown = {k: v for k, v in full.items() if k.startswith(ENV_PREFIX) or k in env}
