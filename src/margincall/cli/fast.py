@@ -59,6 +59,7 @@ class FastReader:
     def __init__(self, url: str, record: DeploymentRecord):
         self.url = url
         self.record = record
+        self._lens: str | None = None
         chain_id = probe(url)
         if chain_id != record.chain_id:
             raise RecordError(
@@ -82,12 +83,19 @@ class FastReader:
         except NodeError as err:
             raise RecordError(f"{signature} on {to}: {err}") from None
 
+    def lens(self) -> str:
+        """The engine's MarginLens (`engine.lens()`), where `check_margins` lives."""
+        if self._lens is None:
+            word = _words(self.call(self.record.engine, "lens()"))[0]
+            self._lens = "0x" + f"{word:040x}"
+        return self._lens
+
     def status(self, account: str) -> RawStatus:
         # check_margins(address[]): offset, length 1, the address; out: offset, length, 11 words
         data = (
             _selector("check_margins(address[])") + _word(32) + _word(1) + _word(int(account, 16))
         )
-        call = {"to": self.record.engine, "data": data}
+        call = {"to": self.lens(), "data": data}
         out = _words(rpc(self.url, "eth_call", [call, self.tag]))
         w = out[2:13]
         return RawStatus(
