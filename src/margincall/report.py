@@ -9,7 +9,10 @@ names) renders as one table row.
 
 from __future__ import annotations
 
+import platform
+import subprocess
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -184,6 +187,8 @@ def _has(obj: Any, name: str) -> bool:
 
 
 __all__ = [
+    "cpu_model",
+    "tool_version",
     "STATE_STYLES",
     "STATUS_COLUMNS",
     "field",
@@ -200,3 +205,23 @@ __all__ = [
     "status_row",
     "status_table",
 ]
+
+
+def cpu_model() -> str:
+    """The machine's CPU model (from /proc/cpuinfo), for the benchmarks' machine lines."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def tool_version(command: list[str], prefix: str = "") -> str:
+    """The first line a tool prints for its version (`prefix` removed), "?" when it cannot."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        return done.stdout.splitlines()[0].replace(prefix, "")
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"

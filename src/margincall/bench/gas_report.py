@@ -5,7 +5,6 @@ anchors, the console table and the block of docs/benchmarks.md it writes.
 import datetime as dt
 import os
 import platform
-import subprocess
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from margincall.constants import WAD
+from margincall.report import cpu_model, tool_version
 
 ROOT = Path(__file__).resolve().parents[3]  # the project (an editable install)
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -81,24 +81,12 @@ def fmt(n: int | None) -> str:
 
 
 def machine() -> dict[str, str]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        anvil = subprocess.run(["anvil", "--version"], capture_output=True, text=True, timeout=10)
-        anvil_version = anvil.stdout.splitlines()[0].replace("anvil Version: ", "")
-    except (OSError, IndexError, subprocess.SubprocessError):
-        anvil_version = "?"
+    anvil_version = tool_version(["anvil", "--version"], "anvil Version: ")
     info = chain.provider.make_request("anvil_nodeInfo", [])
     return {
         "date": dt.date.today().isoformat(),
         "nproc": str(os.cpu_count()),
-        "cpu": cpu or platform.processor() or "?",
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "anvil": f"{anvil_version}, hardfork {info.get('hardFork', '?')}",
         "vyper": "0.4.3",

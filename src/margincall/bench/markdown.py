@@ -7,11 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import subprocess
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from margincall.report import cpu_model, tool_version
 
 TARGET_TRADERS = 500  # PROTOCOL.md section 7: crash replay with 500 traders
 SPEED_TARGET = 600  # seconds: 500 traders through Black Thursday
@@ -19,19 +19,8 @@ FUND_SCENARIO = "flash_crash"
 
 
 def machine_line() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        anvil = subprocess.run(["anvil", "--version"], capture_output=True, text=True, timeout=10)
-        version = anvil.stdout.splitlines()[0].replace("anvil Version: ", "")
-    except (OSError, IndexError, subprocess.SubprocessError):
-        version = "?"
+    cpu = cpu_model()
+    version = tool_version(["anvil", "--version"], "anvil Version: ")
     return (
         f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()},"
         f" Anvil {version}; measured {dt.date.today().isoformat()}."

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from margincall.report import cpu_model
 from margincall.sim.baseline import BASELINE, MODES, PHASED, params_for
 from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc, hexint
 from margincall.sim.metrics import compare, summarize, timing
@@ -137,17 +138,9 @@ def load_project() -> Any:
 
 
 def machine() -> dict[str, str]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "cores": str(os.cpu_count()),
-        "cpu": cpu or platform.processor() or "?",
+        "cpu": cpu_model(),
         "python": platform.python_version(),
     }
 
