@@ -1,5 +1,7 @@
 """The keeper's sending path in-process: a batch over the per-transaction gas cap (EIP-7825) is
-split in halves and every account is still liquidated in the same block's round of sends."""
+split in halves and every account is still liquidated in the same block's round of sends; a
+batch whose estimate reverts because of one account (its payout is more than the pool holds)
+is bisected, every other account is liquidated and the poisoned one is backed off."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from margincall.deploy.record import record_of
 from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
 from margincall.keeper.logic import Decision
-from margincall.keeper.tx import TooLarge, TxSender
+from margincall.deploy import deploy_system
+from margincall.keeper.step import REVERT_BACKOFF
+from margincall.keeper.tx import Reverted, TooLarge, TxSender
 from margincall.sdk import FundClient
-from tests.utils.helpers import deposit, open_position
+from tests.conftest import TEST_MARKETS
+from tests.utils.helpers import deposit, open_position, poison_the_pool
 
 ETH = 0
 N = 6
@@ -81,3 +86,49 @@ def test_send_many_refuses_a_call_over_the_cap_and_sends_the_rest(
     # the block's whole gas limit caps one transaction as well
     too_big, _ = sender.send_many([big, small], head, gas_budget=cap)
     assert isinstance(too_big, TooLarge)
+
+
+# --- a batch jammed by one account --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def poisoned_system(project, owner, guardian, lp, accounts):
+    """A fresh system (6 decimals) whose pool cannot pay one account's profit
+    (`poison_the_pool`), next to 2 * N liquidatable accounts."""
+    s = deploy_system(project, owner, guardian, decimals=6, markets=TEST_MARKETS)
+    poisoned, crowd = poison_the_pool(s, accounts, lp, others=2 * N)
+    return s, poisoned.address, [t.address for t in crowd]
+
+
+def test_a_batch_jammed_by_one_account_is_bisected_and_every_other_account_liquidated(
+    poisoned_system, chain, owner, keeper, tmp_path: Path
+):
+    system, poisoned, crowd = poisoned_system
+    record = record_of(system, "ethereum:local:foundry", chain, owner)
+    client = record.client(system.project)
+    assert client.status(poisoned).state == State.CRITICAL
+    assert {s.state for s in client.statuses(crowd)} == {State.LIQUIDATABLE}
+    # the poisoned account in the middle of the batch: the whole batch reverts
+    batch = (*crowd[:N], poisoned, *crowd[N:])
+    sender = TxSender(keeper, chain.provider)
+    head = int(chain.blocks.head.number)
+    call = (system.engine.liquidate_many, (list(batch),), "liquidate_many", batch)
+    [jammed] = sender.send_many([call], head)
+    assert isinstance(jammed, Reverted) and "pool: insufficient liquidity" in str(jammed)
+    config = KeeperConfig(deployment=tmp_path / "rec.json")
+    bot = Keeper(client, record, sender, config, chain.provider, FundClient.from_system(system))
+
+    bot._send(Decision(liquidations=(batch,)), head)
+
+    sent = list(sender.pending.values())
+    web3 = chain.provider.web3
+    receipts = [web3.eth.wait_for_transaction_receipt(tx.txn_hash) for tx in sent]
+    assert all(r["status"] == 1 for r in receipts)
+    assert sorted(a for tx in sent for a in tx.accounts) == sorted(crowd)
+    # every other account lost exposure; the poisoned one is untouched and backed off
+    liquidated = {log.account for log in system.engine.Liquidation.range(head, head + 100)}
+    assert liquidated == set(crowd)
+    assert client.status(poisoned).state == State.CRITICAL
+    assert bot.state.backoff == {poisoned: head + REVERT_BACKOFF}
+    assert bot.state.reverted == 1 and bot.state.rpc_errors == 0
+    assert bot.metrics.tranches_sent == len(crowd)

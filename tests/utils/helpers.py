@@ -268,3 +268,42 @@ def trade_unbounded(system, who, market_id: int, size: int):
     """Trades `size` (wad, signed) with no slippage bound."""
     bound = 2**256 - 1 if size > 0 else 0
     return system.engine.trade(market_id, size, bound, sender=who)
+
+
+def poison_the_pool(system, accounts, lp, others: int, lp_tokens: float = 10_000):
+    """A crash where one account's liquidation needs a payout the pool cannot make, next to
+    `others` liquidatable accounts (market 0, mmr 5%, imr 10%, critical ratio 0.5).
+
+    The pool holds `lp_tokens` of LP money. The poisoned trader opens 1,000 units long at
+    the price p0, the price rises to 1.5 p0 and it withdraws its collateral against the
+    unrealised profit (the engine allows it: equity stays above the initial margin); the
+    others open about 9.5x long at 1.1 p0; then the price falls to 1.02 p0. The poisoned
+    account is CRITICAL with a profit (equity under half its maintenance, all of it
+    unrealised profit): its full close realises 0.02 p0 x 1,000 units, more than the pool
+    holds with everything the others' tranches bring in, so any `liquidate_many` holding it
+    reverts with "pool: insufficient liquidity". The others are LIQUIDATABLE (ratio ~0.7).
+    Returns (the poisoned trader, the others), all with fresh accounts."""
+    fund_lp(system, lp, lp_tokens)
+    oracle = system.oracles[0]
+    p0 = oracle.price() / 10**18
+
+    def fresh():
+        who = accounts.generate_test_account()
+        who.balance = 10**21
+        return who
+
+    poisoned = fresh()
+    deposit(system, poisoned, 0.11 * 1_000 * p0)
+    open_position(system, poisoned, 0, 1_000.0)
+    system.set_price(0, 1.5 * p0)
+    collateral = system.engine.collateral_of(poisoned.address)
+    system.engine.withdraw(collateral - system.unit, sender=poisoned)
+    system.set_price(0, 1.1 * p0)
+    crowd = []
+    for _ in range(others):
+        who = fresh()
+        deposit(system, who, 1_000)
+        open_position(system, who, 0, 9.5 * 1_000 / (1.1 * p0))
+        crowd.append(who)
+    system.set_price(0, 1.02 * p0)
+    return poisoned, crowd

@@ -62,13 +62,15 @@ from margincall.keeper.metrics import (
 )
 from margincall.keeper.receipts import Receipts, _lower
 from margincall.keeper.step import (
+    REVERT_BACKOFF,
     Caps,
     Memory,
     Plan,
     mmr_of,
     plan_block,
+    split_reverted,
 )
-from margincall.keeper.tx import Deferred, PendingTx, TooLarge, TxSender
+from margincall.keeper.tx import Deferred, PendingTx, Reverted, TooLarge, TxSender
 from margincall.report import fmt_tokens
 from margincall.sdk.book import (
     PositionBook,
@@ -92,6 +94,7 @@ class KeeperState:
     clears_sent: int = 0
     clears_made: int = 0
     too_large: int = 0  # single accounts whose tranche does not fit in one transaction
+    reverted: int = 0  # single accounts whose own call or tranche reverted (backed off)
     held_window: int = 0  # accounts held back this block: their market's window is full
     window_full_until: dict[int, int] = field(default_factory=dict)  # market -> time
     backoff: dict[str, int] = field(default_factory=dict)  # account -> first block to retry
@@ -445,6 +448,9 @@ class Keeper(Receipts):
             halves = []
             for call, tx in zip(calls, results, strict=True):
                 label, batch = call.label, call.accounts
+                if isinstance(tx, Reverted):
+                    halves += self._split_reverted(label, tuple(batch), number, tx)
+                    continue
                 if isinstance(tx, Deferred):
                     deferred += len(batch)
                     continue
@@ -482,6 +488,24 @@ class Keeper(Receipts):
         if deferred:
             logger.info(f"block {number}: {deferred} accounts wait for the next block (gas limit)")
         return first
+
+    def _split_reverted(
+        self, label: str, batch: tuple[str, ...], number: int, err: Reverted
+    ) -> list[Any]:
+        """A batch whose estimate reverted (`margincall.keeper.step.split_reverted`, the
+        simulator's rule too): its two halves, estimated again in this block; an account
+        that reverts alone is backed off for `REVERT_BACKOFF` blocks."""
+        again, bad = split_reverted([(batch, True)])
+        if again:
+            logger.info(f"block {number}: {label} for {len(batch)} accounts reverts; split")
+        for account in bad:
+            self.state.reverted += 1
+            self.state.backoff[account] = number + REVERT_BACKOFF
+            logger.warning(
+                f"block {number}: {label} for {account} reverts on its own ({err.cause});"
+                f" retried in {REVERT_BACKOFF} blocks"
+            )
+        return [self.client.build(label, b) for b in again]
 
     def _block_gas_limit(self, number: int) -> int | None:
         try:
@@ -522,6 +546,7 @@ class Keeper(Receipts):
             clears_sent=self.state.clears_sent,
             clears_made=self.state.clears_made,
             too_large=self.state.too_large,
+            reverted=self.state.reverted,
             held_window=self.state.held_window,
             block_interval_s=self.clock.interval(),
             uptime_s=round(time.time() - self.state.started_at, 1),

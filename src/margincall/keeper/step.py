@@ -17,7 +17,7 @@ same statuses). `margincall.keeper.audit` judges a run with the same eligibility
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +34,9 @@ from margincall.keeper.logic import (
 
 WINDOW_PREVIEWS = 20  # skipped accounts per receipt checked for a full liquidation window
 REASON_WINDOW_FULL = 3  # `preview_liquidation(...).reason` when the window cap is reached
+# blocks an account whose own liquidation (or call) reverts is left out of the batches: e.g. its
+# profitable leg needs a payout the pool cannot make now. Short: the pool may refill at once.
+REVERT_BACKOFF = 3
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,48 @@ def plan_block(
     )
 
 
+def split_reverted(
+    tried: Iterable[tuple[tuple[str, ...], bool]],
+) -> tuple[list[tuple[str, ...]], list[str]]:
+    """One round of isolating the accounts that make a batch revert, the rule the bot and
+    the simulator share. `tried`: each batch with whether its estimate reverted. Returns the
+    batches to estimate next, in the same block (each reverted batch of two or more
+    accounts cut in two halves, in order), and the accounts whose batch of one reverted:
+    those are the bad ones (back them off for `REVERT_BACKOFF` blocks). The batches that did
+    not revert are sent as they are. A batch of `n` accounts with `k` bad ones is isolated
+    in at most `ceil(log2 n)` further rounds, `2 k ceil(log2 n)` estimates at most."""
+    again: list[tuple[str, ...]] = []
+    bad: list[str] = []
+    for batch, reverted in tried:
+        if not reverted:
+            continue
+        if len(batch) > 1:
+            mid = (len(batch) + 1) // 2
+            again += [tuple(batch[:mid]), tuple(batch[mid:])]
+        else:
+            bad += list(batch)
+    return again, bad
+
+
+def isolate(
+    batches: Iterable[tuple[str, ...]],
+    reverts: Callable[[list[tuple[str, ...]]], list[bool]],
+) -> tuple[list[tuple[str, ...]], list[str]]:
+    """`split_reverted` round after round until nothing reverts: `reverts(batches)` estimates
+    a round (each batch: did it revert?). Returns the batches that did not revert (to send)
+    and the accounts that revert on their own. Used where a round's estimates come back
+    together (the simulator); the bot interleaves rounds with its sends."""
+    todo = [tuple(b) for b in batches]
+    good: list[tuple[str, ...]] = []
+    bad: list[str] = []
+    while todo:
+        flags = reverts(todo)
+        good += [b for b, r in zip(todo, flags, strict=True) if not r]
+        todo, alone = split_reverted(zip(todo, flags, strict=True))
+        bad += alone
+    return good, bad
+
+
 def actionable(snaps: Iterable[Snapshot], now: int, costs: CostModel) -> set[str]:
     """The accounts a keeper could act on at `now`, profit ignored (the delay metrics)."""
     free = replace(costs, gas_price=0)
@@ -192,12 +237,15 @@ def actionable(snaps: Iterable[Snapshot], now: int, costs: CostModel) -> set[str
 
 __all__ = [
     "REASON_WINDOW_FULL",
+    "REVERT_BACKOFF",
     "WINDOW_PREVIEWS",
     "Caps",
     "Memory",
     "Plan",
     "actionable",
+    "isolate",
     "mmr_of",
     "plan_block",
     "recovered",
+    "split_reverted",
 ]

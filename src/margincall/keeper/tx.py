@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ape.logging import logger
+from web3.exceptions import ContractLogicError
 
 from margincall.keeper.gas import block_fees
 
@@ -83,6 +84,22 @@ class TooLarge(Exception):
         super().__init__(f"{label}: {need:,} gas is over the {cap:,} one transaction may use")
         self.need = need
         self.cap = cap
+
+
+class Reverted(Exception):
+    """A call `send_many` did not send because its gas estimate reverted: sent as it is, it
+    would revert on chain (e.g. one account of a batch needs a payout the pool cannot make).
+    The caller may split it (`margincall.keeper.step.split_reverted`)."""
+
+    def __init__(self, label: str, cause: Exception):
+        super().__init__(f"{label}: the estimate reverted ({cause})")
+        self.cause = cause
+
+
+def is_revert(err: Exception) -> bool:
+    """Whether an estimate failed because the call reverts (not because the node did not
+    answer): web3's `ContractLogicError`, or a node message naming a revert."""
+    return isinstance(err, ContractLogicError) or "revert" in str(err).lower()
 
 
 @dataclass
@@ -373,7 +390,9 @@ class TxSender:
         queue to rely on (Anvil was seen dropping transactions left over from a full block).
         A call whose gas limit would be over `tx_gas_cap` (EIP-7825: 2**24 on Ethereum since
         Fusaka) or over the whole `gas_budget` can never be sent as it is: it comes back as
-        `TooLarge`, and the calls after it are still sent."""
+        `TooLarge`, and the calls after it are still sent. A call whose estimate reverts
+        comes back as `Reverted` (to be split by the caller), and the calls after it are
+        still sent."""
         if not calls:
             return []
         prepared = [_prepared(call) for call in calls]
@@ -402,6 +421,10 @@ class TxSender:
             ):
                 try:
                     gas = future.result() + extra
+                except Exception as err:  # noqa: BLE001 - reported per call
+                    out.append(Reverted(label, err) if is_revert(err) else err)
+                    continue
+                try:
                     need = gas * self.gas_buffer_bps // 10_000
                     if caps and need > min(caps):
                         out.append(TooLarge(label, need, min(caps)))
@@ -555,4 +578,13 @@ class TxSender:
         return done
 
 
-__all__ = ["Deferred", "Mined", "PendingTx", "TooLarge", "TxSender", "bumped"]
+__all__ = [
+    "Deferred",
+    "Mined",
+    "PendingTx",
+    "Reverted",
+    "TooLarge",
+    "TxSender",
+    "bumped",
+    "is_revert",
+]

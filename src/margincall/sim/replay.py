@@ -23,6 +23,7 @@ from margincall.keeper.gas import gwei
 from margincall.keeper.logic import CostModel, Snapshot, window_reopens
 from margincall.keeper.step import (
     REASON_WINDOW_FULL,
+    REVERT_BACKOFF,
     WINDOW_PREVIEWS,
     Caps,
     Memory,
@@ -249,6 +250,10 @@ class Replay(TraderMoves):
             _, _, account = heapq.heappop(self.cures)
             txs += self._cure(account)
         sent = sim.send(txs, ts)
+        for account in sim.reverted_alone:  # its own tranche or call reverts: as the bot
+            self.memory.backoff[account] = slot + REVERT_BACKOFF
+            rec.keeper_reverted_alone += 1
+        sim.reverted_alone.clear()
         for tx in sent:
             if tx.label in ("liquidate_many", "margin_call_many", "clear_margin_call"):
                 rec.keeper_txs += 1

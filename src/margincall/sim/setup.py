@@ -55,6 +55,7 @@ from typing import Any
 
 from margincall.deploy import MarketSpec, deploy_system
 from margincall.keeper.config import KeeperConfig
+from margincall.keeper.step import split_reverted
 from margincall.math import RiskParams
 from margincall.sdk import MarginEngineClient, chunks
 from margincall.sim.chain import (
@@ -162,6 +163,7 @@ class RunRecord:
     keeper_fee_tokens: float = 0.0
     keeper_skipped: int = 0  # accounts sent to a batch that the engine skipped
     keeper_reverts: int = 0  # keeper transactions that reverted (out of gas, ...)
+    keeper_reverted_alone: int = 0  # accounts whose own tranche or call reverted (backed off)
     # the shipped keeper's step (`margincall.keeper.step`), summed over the blocks: accounts
     # held back by a full liquidation window, backed off (too large for one transaction),
     # recovered calls left for a later block by `max_clears`; full windows detected
@@ -190,6 +192,9 @@ class RunRecord:
     load_avg: float = 0.0  # the machine's 1-minute load average at the end of the run
     variant: str = ""
     final: dict[str, Any] = field(default_factory=dict)
+
+
+KEEPER_BATCHES = ("liquidate_many", "margin_call_many")
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -223,6 +228,7 @@ class SimSetup:
         self.keeper_config = KeeperConfig(deployment=Path("simulation"))
         self.nonces: dict[str, int] = {}
         self.pending: dict[str, Tx] = {}
+        self.reverted_alone: list[str] = []  # accounts whose own keeper call reverted
         self.snapshot_id: str | None = None
         self.setup_seconds = 0.0
         self.t_setup_end = 0
@@ -241,7 +247,8 @@ class SimSetup:
 
     def send(self, txs: Sequence[Tx], timestamp: int | None = None) -> list[Tx]:
         """Estimates what needs it, signs nothing (Anvil impersonates), sends in one batch.
-        Returns the transactions sent; one that fails its estimate is dropped.
+        Returns the transactions sent; one that fails its estimate is dropped, except a
+        keeper batch, which is split as the bot splits it (`_estimate`).
 
         With `timestamp` (the block the transactions will be mined in), estimates run on the
         latest state at that time (a block override): a tranche that only becomes possible
@@ -249,28 +256,7 @@ class SimSetup:
         head's time, and an estimate made there would starve it of gas."""
         if not txs:
             return []
-        txs = list(txs)
-        need = [tx for tx in txs if tx.gas == 0]
-        if need:
-            at: list[Any] = [] if timestamp is None else [{}, {"time": hex(timestamp)}]
-            estimates = self.rpc.batch(
-                [
-                    (
-                        "eth_estimateGas",
-                        [{"from": tx.sender, "to": tx.to, "data": tx.data}, "latest", *at],
-                    )
-                    for tx in need
-                ],
-                allow_errors=True,
-            )
-            dropped = set()
-            for tx, est in zip(need, estimates, strict=True):
-                if isinstance(est, RpcError):
-                    self.log(f"{tx.label} not sent: {est}")
-                    dropped.add(id(tx))
-                else:
-                    tx.gas = min(int(hexint(est) * 1.3) + 50_000, 29_000_000)
-            txs = [tx for tx in txs if id(tx) not in dropped]
+        txs = self._estimate(list(txs), timestamp)
         self._fetch_nonces([tx.sender for tx in txs])
         calls = []
         for tx in txs:
@@ -298,6 +284,49 @@ class SimSetup:
             self.pending[h] = tx
             sent.append(tx)
         return sent
+
+    def _estimate(self, txs: list[Tx], timestamp: int | None) -> list[Tx]:
+        """Gas for each transaction without one, all estimated in one RPC batch. A keeper
+        batch whose estimate reverts is cut in halves and estimated again, as the bot does
+        (`margincall.keeper.step.split_reverted`); an account that reverts alone is left in
+        `reverted_alone` (the replay backs it off). Any other failed estimate is dropped."""
+        at: list[Any] = [] if timestamp is None else [{}, {"time": hex(timestamp)}]
+        need = [tx for tx in txs if tx.gas == 0]
+        while need:
+            estimates = self.rpc.batch(
+                [
+                    (
+                        "eth_estimateGas",
+                        [{"from": tx.sender, "to": tx.to, "data": tx.data}, "latest", *at],
+                    )
+                    for tx in need
+                ],
+                allow_errors=True,
+            )
+            instead: dict[int, list[Tx]] = {}
+            for tx, est in zip(need, estimates, strict=True):
+                if not isinstance(est, RpcError):
+                    tx.gas = min(int(hexint(est) * 1.3) + 50_000, 29_000_000)
+                    continue
+                instead[id(tx)] = []
+                if tx.label not in KEEPER_BATCHES:
+                    self.log(f"{tx.label} not sent: {est}")
+                    continue
+                again, bad = split_reverted([(tx.accounts, True)])
+                self.reverted_alone += bad
+                instead[id(tx)] = [
+                    Tx(
+                        tx.sender,
+                        tx.to,
+                        self.engine_abi.encode(tx.label, list(b)),
+                        tx.label,
+                        accounts=b,
+                    )
+                    for b in again
+                ]
+            txs = [new for tx in txs for new in instead.get(id(tx), [tx])]
+            need = [new for group in instead.values() for new in group]
+        return txs
 
     def mine(
         self, timestamp: int | None = None, extra: Sequence[tuple[str, list]] = ()
