@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from margincall.constants import State
+from margincall.deploy import deploy_system
 from margincall.deploy.record import record_of
 from margincall.keeper.bot import Keeper
 from margincall.keeper.config import KeeperConfig
 from margincall.keeper.logic import Decision
-from margincall.deploy import deploy_system
 from margincall.keeper.step import REVERT_BACKOFF
 from margincall.keeper.tx import Reverted, TooLarge, TxSender
 from margincall.sdk import FundClient

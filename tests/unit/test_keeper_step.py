@@ -5,6 +5,7 @@ No chain: the statuses are the SDK's `MarginStatus`es a scan returns."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ import pytest
 from margincall.constants import WAD, State
 from margincall.keeper.bot import Keeper, KeeperState
 from margincall.keeper.config import KeeperConfig
-from margincall.keeper.step import Caps, Memory, plan_block
+from margincall.keeper.step import (
+    REVERT_BACKOFF,
+    Caps,
+    Memory,
+    isolate,
+    plan_block,
+    split_reverted,
+)
 from margincall.math import RiskParams
 from margincall.sdk import MarginStatus
 from margincall.sim.replay import Replay
@@ -178,3 +186,87 @@ def test_the_bot_charges_the_price_its_transactions_pay(base_fee, tip):
     max_fee, sent_tip = block_fees(base_fee, tip)
     assert sent_tip == tip and max_fee == 2 * base_fee + tip
     assert gas_price(base_fee, tip) == base_fee + tip <= max_fee
+
+
+# --- a batch jammed by accounts that revert -------------------------------------------------
+
+
+def test_split_reverted_halves_a_reverted_batch_and_names_an_account_that_reverts_alone():
+    again, bad = split_reverted([(("a", "b", "c"), True), (("d",), True), (("e", "f"), False)])
+    assert again == [("a", "b"), ("c",)]
+    assert bad == ["d"]
+
+
+@pytest.mark.parametrize(
+    ("n", "poisoned"), [(1, {0}), (2, {1}), (100, {37}), (100, {0, 99}), (33, {3, 4, 5, 30})]
+)
+def test_isolate_sends_every_account_but_the_poisoned_ones_in_few_rounds(n, poisoned):
+    accounts = [_account(i) for i in range(n)]
+    bad_accounts = {accounts[i] for i in poisoned}
+    rounds: list[int] = []
+
+    def reverts(batches):
+        rounds.append(len(batches))
+        return [any(a in bad_accounts for a in b) for b in batches]
+
+    good, bad = isolate(
+        [tuple(accounts[:50]), tuple(accounts[50:])] if n > 50 else [accounts], reverts
+    )
+    assert sorted(bad) == sorted(bad_accounts)
+    assert sorted(a for b in good for a in b) == sorted(set(accounts) - bad_accounts)
+    assert all(not (set(b) & bad_accounts) for b in good)
+    # at most ceil(log2 n) rounds after the first, two estimates per bad account a round
+    assert len(rounds) <= 1 + math.ceil(math.log2(n)) if n > 1 else len(rounds) == 1
+    assert sum(rounds) <= 2 + 2 * len(poisoned) * max(1, math.ceil(math.log2(n)))
+
+
+def test_the_bot_and_the_simulator_back_off_an_account_that_reverts_alone_for_the_same_blocks():
+    memory = Memory(MARKETS, {}, {_account(1): SLOT + REVERT_BACKOFF})
+    plan = plan_block(
+        STATUSES[:3],
+        number=SLOT,
+        head_timestamp=HEAD,
+        now=NOW,
+        costs=_costs(),
+        caps=Caps.of(CONFIG),
+        memory=memory,
+        call_ratio=PARAMS.call_ratio,
+        mmrs=MMRS,
+    )
+    assert plan.backed_off == (_account(1),)
+    assert _account(1) not in plan.liquidated and _account(2) in plan.liquidated
+
+
+def test_the_simulator_bisects_a_jammed_keeper_batch_as_the_bot_does():
+    """`SimSetup._estimate` (the simulator's sending path) on a fake node where any
+    `liquidate_many` naming the poisoned account reverts."""
+    from margincall.sim.chain import RpcError
+    from margincall.sim.setup import SimSetup, Tx
+
+    crowd = tuple(_account(i) for i in range(1, 10))
+    poisoned = _account(5)
+
+    class Node:
+        def batch(self, calls, allow_errors=False):
+            out = []
+            for _method, (call, *_rest) in calls:
+                names = set(call["data"].split(","))
+                out.append(
+                    RpcError("eth_estimateGas", {"message": "reverted"})
+                    if poisoned in names
+                    else "0x10"
+                )
+            return out
+
+    sim = object.__new__(SimSetup)
+    sim.rpc, sim.log, sim.reverted_alone = Node(), lambda _m: None, []
+    sim.engine_abi = type("Abi", (), {"encode": staticmethod(lambda _l, a: ",".join(a))})()
+    price = Tx("oracle", "feed", "price", "set_answer", gas=50_000)
+    batch = Tx("keeper", "engine", ",".join(crowd), "liquidate_many", accounts=crowd)
+
+    txs = sim._estimate([price, batch], timestamp=None)
+
+    assert txs[0] is price
+    assert all(tx.label == "liquidate_many" and tx.gas > 0 for tx in txs[1:])
+    assert sorted(a for tx in txs[1:] for a in tx.accounts) == sorted(set(crowd) - {poisoned})
+    assert sim.reverted_alone == [poisoned]

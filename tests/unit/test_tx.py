@@ -13,8 +13,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from web3.exceptions import ContractLogicError
 
-from margincall.keeper.tx import RECEIPT_POLLS, TRANSFER_GAS, Deferred, PendingTx, TxSender, bumped
+from margincall.keeper.tx import (
+    RECEIPT_POLLS,
+    TRANSFER_GAS,
+    Deferred,
+    PendingTx,
+    Reverted,
+    TxSender,
+    bumped,
+    is_revert,
+)
 
 ME = "0x" + "aa" * 20
 ENGINE = "0x" + "ee" * 20
@@ -390,3 +400,37 @@ def test_the_block_gas_budget_does_not_count_transactions_already_mined():
         call, node.block, gas_budget=budget, mined=sender.mined_count(node.block)
     )
     assert isinstance(sent, PendingTx) and sent.accounts == ("b",)
+
+
+def test_send_many_returns_reverted_for_a_call_whose_estimate_reverts_and_sends_the_rest():
+    node = FakeNode()
+    sender = make_sender(node)
+    sender.begin_block(node.block, node.base_fee)
+    jam = b"\x0b\xad"
+
+    def access_list(method, params):
+        if method == "eth_createAccessList" and params[0]["data"] == "0x" + jam.hex():
+            return {"error": {"message": "execution reverted: pool: insufficient liquidity"}}
+        return FakeNode.make_request(node, method, params)
+
+    def estimate(call):
+        if call["data"] == "0x" + jam.hex():
+            raise ContractLogicError("execution reverted: pool: insufficient liquidity")
+        return 100_000
+
+    node.make_request = access_list
+    node.estimate_gas = estimate
+    method = SimpleNamespace(contract=SimpleNamespace(address=ENGINE), encode_input=lambda d: d)
+    calls = [
+        (method, (jam,), "liquidate_many", ("a", "b")),
+        (method, (b"\x01",), "liquidate_many", ("c",)),
+    ]
+    jammed, sent = sender.send_many(calls, node.block)
+    assert isinstance(jammed, Reverted) and "insufficient liquidity" in str(jammed)
+    assert isinstance(sent, PendingTx) and sent.accounts == ("c",)
+
+
+def test_a_node_that_does_not_answer_is_not_a_revert():
+    assert not is_revert(ConnectionError("connection refused"))
+    assert is_revert(ValueError({"message": "execution reverted", "code": 3}))
+    assert is_revert(ContractLogicError("execution reverted: engine: paused"))
