@@ -23,6 +23,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import pytest
@@ -33,7 +34,7 @@ from margincall.keeper.audit import action_delays, eligible_at, read_history, un
 from margincall.keeper.procs import BotProcess, stop_all
 from margincall.keeper.tx import TxSender
 from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
-from tests.utils.helpers import fund_lp
+from tests.utils.helpers import fund_lp, poison_the_pool
 from tests.utils.proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -151,6 +152,38 @@ class Crash:
         assert missing == [], f"eligible but not acted on in the next block: {missing}"
 
 
+class Jam(Crash):
+    """A fresh system whose pool cannot pay one account's profit, next to `others`
+    liquidatable accounts (`tests.utils.helpers.poison_the_pool`); the crash price is not
+    posted yet (`crash_price`)."""
+
+    def __init__(self, project, chain, accounts, owner, lp, tmp_path, others: int):
+        self.chain = chain
+        self.provider = chain.provider
+        config = DeployConfig.parse(KEEPER_CONFIG, source="tests/e2e/keeper")
+        deployed = deploy_from_config(project, owner, config, self.provider.network_choice, chain)
+        self.system = deployed.system
+        self.client = deployed.record.client(project)
+        self.engine = self.system.engine
+        self.record_path = write_record(deployed.record, tmp_path / "record.json")
+        poisoned, crowd, self.crash_price = poison_the_pool(
+            self.system, accounts, lp, others, crash=False
+        )
+        self.poisoned = poisoned.address
+        self.crowd = [t.address for t in crowd]
+        self.addresses = [self.poisoned, *self.crowd]
+        self.owner = TxSender(owner, self.provider)
+
+    def post_price_block(self, price: float) -> int:
+        """Posts `price` and returns the block it was mined in."""
+        feed = self.system.feeds[0]
+        tx = self.owner.send_call(
+            feed.set_answer, (self.system.feed_answer(0, price),), "price", (), self.head
+        )
+        receipt = self.provider.web3.eth.wait_for_transaction_receipt(tx.txn_hash, timeout=30)
+        return int(receipt["blockNumber"])
+
+
 @pytest.fixture
 def crash(project, chain, accounts, owner, lp, tmp_path) -> Crash:
     return Crash(project, chain, accounts, owner, lp, tmp_path)
@@ -159,9 +192,17 @@ def crash(project, chain, accounts, owner, lp, tmp_path) -> Crash:
 @pytest.fixture
 def interval_mining(chain) -> Iterator[None]:
     """A block a second, each `BLOCK_SECONDS` of chain time after the one before."""
+    with mining_every_second(chain):
+        yield
+
+
+@contextmanager
+def mining_every_second(chain, seconds: int = 1) -> Iterator[None]:
+    """`interval_mining` (a block every `seconds` of wall time) where a test needs it after a
+    deployment of its own (deploys fail under interval mining)."""
     chain.provider.make_request("anvil_setBlockTimestampInterval", [BLOCK_SECONDS])
     chain.provider.make_request("evm_setAutomine", [False])
-    chain.provider.make_request("evm_setIntervalMining", [1])
+    chain.provider.make_request("evm_setIntervalMining", [seconds])
     try:
         yield
     finally:
@@ -171,12 +212,16 @@ def interval_mining(chain) -> Iterator[None]:
 
 
 @pytest.fixture
-def keepers(chain, crash, tmp_path) -> Iterator:
-    """`keepers(account="TEST::3", node_url=None)`: a started keeper process (stopped at
-    teardown, even on failure), with its metrics in `tmp_path/<name>.json`."""
+def keepers(request, chain, tmp_path) -> Iterator:
+    """`keepers(account="TEST::3", node_url=None, system=None)`: a started keeper process
+    (stopped at teardown, even on failure) over `system` (default: the `crash` fixture's),
+    with its metrics in `tmp_path/<name>.json`."""
     started: list[BotProcess] = []
 
-    def start(account: str = "TEST::3", node_url: str | None = None) -> BotProcess:
+    def start(
+        account: str = "TEST::3", node_url: str | None = None, system: Crash | None = None
+    ) -> BotProcess:
+        record_path = (system or request.getfixturevalue("crash")).record_path
         name = f"keeper-{account.replace(':', '')}"
         proc = BotProcess(
             "keeper",
@@ -185,7 +230,7 @@ def keepers(chain, crash, tmp_path) -> Iterator:
             account=account,
             name=name,
             env={
-                "MARGINCALL_DEPLOYMENT": str(crash.record_path),
+                "MARGINCALL_DEPLOYMENT": str(record_path),
                 "MARGINCALL_KEEPER_METRICS": str(tmp_path / f"{name}.json"),
             },
         )
@@ -347,3 +392,39 @@ def test_keeper_survives_the_node_going_away_and_acts_when_it_is_back(
         assert keeper.running
     finally:
         proxy.close()
+
+
+JAM_OTHERS = 24  # liquidatable accounts next to the poisoned one, all in one batch
+# wall seconds per block while the keeper bisects: its five rounds of estimates took 0.3 s on
+# a quiet machine and up to 2.6 s on one shared with four test runs (a chain's block is 12 s)
+JAM_BLOCK_WALL_SECONDS = 4
+
+
+@pytest.fixture
+def jam(project, chain, accounts, owner, lp, tmp_path) -> Iterator[Jam]:
+    """A `Jam` deployed under automine, then a block a second."""
+    jam = Jam(project, chain, accounts, owner, lp, tmp_path, JAM_OTHERS)
+    with mining_every_second(chain, JAM_BLOCK_WALL_SECONDS):
+        yield jam
+
+
+def test_a_batch_jammed_by_one_account_liquidates_every_other_account_in_the_same_block(
+    jam, keepers
+):
+    keeper = scanning(keepers(system=jam), jam)
+    priced = jam.post_price_block(jam.crash_price)
+    assert jam.client.status(jam.poisoned).state == State.CRITICAL
+    assert {s.state for s in jam.client.statuses(jam.crowd)} == {State.LIQUIDATABLE}
+    jam.wait_blocks(3)
+
+    first: dict[str, int] = {}
+    for log in jam.history(priced).of("Liquidation"):
+        first.setdefault(log.account, log.block_number)
+    # every account but the poisoned one, in the block after the price, in one block
+    assert set(first) == set(jam.crowd), f"not liquidated: {set(jam.crowd) - set(first)}"
+    assert set(first.values()) == {priced + 1}, f"{first}\n{keeper.tail()}"
+    assert jam.client.status(jam.poisoned).state == State.CRITICAL
+    m = _metrics(keeper)
+    assert m["reverted"] >= 1 and m["rpc_errors"] == 0, m
+    assert "reverts on its own" in keeper.log()
+    assert keeper.running, keeper.tail()

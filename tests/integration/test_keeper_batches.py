@@ -96,7 +96,7 @@ def poisoned_system(project, owner, guardian, lp, accounts):
     """A fresh system (6 decimals) whose pool cannot pay one account's profit
     (`poison_the_pool`), next to 2 * N liquidatable accounts."""
     s = deploy_system(project, owner, guardian, decimals=6, markets=TEST_MARKETS)
-    poisoned, crowd = poison_the_pool(s, accounts, lp, others=2 * N)
+    poisoned, crowd, _ = poison_the_pool(s, accounts, lp, others=2 * N)
     return s, poisoned.address, [t.address for t in crowd]
 
 

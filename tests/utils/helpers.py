@@ -270,7 +270,9 @@ def trade_unbounded(system, who, market_id: int, size: int):
     return system.engine.trade(market_id, size, bound, sender=who)
 
 
-def poison_the_pool(system, accounts, lp, others: int, lp_tokens: float = 10_000):
+def poison_the_pool(
+    system, accounts, lp, others: int, lp_tokens: float = 10_000, crash: bool = True
+):
     """A crash where one account's liquidation needs a payout the pool cannot make, next to
     `others` liquidatable accounts (market 0, mmr 5%, imr 10%, critical ratio 0.5).
 
@@ -282,7 +284,8 @@ def poison_the_pool(system, accounts, lp, others: int, lp_tokens: float = 10_000
     unrealised profit): its full close realises 0.02 p0 x 1,000 units, more than the pool
     holds with everything the others' tranches bring in, so any `liquidate_many` holding it
     reverts with "pool: insufficient liquidity". The others are LIQUIDATABLE (ratio ~0.7).
-    Returns (the poisoned trader, the others), all with fresh accounts."""
+    Returns (the poisoned trader, the others, the crash price), all traders fresh accounts;
+    with `crash=False` the price is left at 1.1 p0 (the caller posts the crash price)."""
     fund_lp(system, lp, lp_tokens)
     oracle = system.oracles[0]
     p0 = oracle.price() / 10**18
@@ -305,5 +308,6 @@ def poison_the_pool(system, accounts, lp, others: int, lp_tokens: float = 10_000
         deposit(system, who, 1_000)
         open_position(system, who, 0, 9.5 * 1_000 / (1.1 * p0))
         crowd.append(who)
-    system.set_price(0, 1.02 * p0)
-    return poisoned, crowd
+    if crash:
+        system.set_price(0, 1.02 * p0)
+    return poisoned, crowd, 1.02 * p0

@@ -353,13 +353,19 @@ class TxSender:
         reports `gasUsed`; `eth_estimateGas` searches (a dozen runs of a 100-account batch,
         a second on Anvil), so it is only the fallback. The send adds `gas_buffer_bps`."""
         call = {"from": self.address, "to": to, "data": _hex(data)}
+        error = None
         try:
             result = self.web3.provider.make_request("eth_createAccessList", [call, "latest"])
             used = result.get("result", {}).get("gasUsed") if isinstance(result, dict) else None
             if used is not None and not result.get("error"):
                 return int(used, 16) if isinstance(used, str) else int(used)
+            error = result.get("error") if isinstance(result, dict) else None
         except Exception:  # noqa: BLE001 - not every node has it: estimate instead
             pass
+        if isinstance(error, dict) and "revert" in str(error.get("message", "")).lower():
+            # the call reverts: no second run to learn it again (a keeper bisecting a jammed
+            # batch makes a dozen of these in one block)
+            raise ContractLogicError(str(error["message"]), data=error.get("data"))
         return int(self.web3.eth.estimate_gas(call))
 
     def send_many(
