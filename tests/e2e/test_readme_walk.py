@@ -14,13 +14,13 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
-import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
+from margincall.ports import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_TIMEOUT = 300
@@ -35,20 +35,8 @@ def readme_walk(readme: Path) -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"anvil did not listen on {port} within {timeout} s")
+    assert wait_port(port, timeout), f"anvil did not listen on {port} within {timeout} s"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,13 @@ withdrawal under initial margin, the tranche interval, I4 the ratio after a tran
 the fund before socialisation, I8 views equal to the reference, the call reward cap) are
 there to check, and reports which mutants the machine kills.
 
-    python -m tests.stateful.mutants [NAME ...] [--examples N]
+    python -m tests.stateful.mutants [NAME ...] [--examples N] [--jobs 2] [--budget S]
+
+Mutants run `--jobs` at a time (default 2, one per core), each in a process of its own that
+stops at the machine's first failure (no shrinking) or after `--budget` seconds (a TIMEOUT,
+which fails the run like a survivor or a mutant that does not deploy, an ERROR). A line is
+printed as each mutant starts and ends (its time, and the wall clock since the start), then a
+table of every mutant. Exit 1 unless every mutant is killed.
 
 Each mutant is a copy of contracts/ in a temporary folder with one edit to MarginEngine.vy or
 one of its modules under contracts/modules/ (contracts/ itself is never written). A mutant must
@@ -16,11 +22,14 @@ fit EIP-170 like the engine (titanoboa enforces it; the engine keeps 3 kB free).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import queue
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import boa
 from hypothesis import HealthCheck, Phase, settings
@@ -162,10 +171,14 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
 }
 # collateral decimals per mutant (default 18): token-unit roundings show with 6 decimals
 MUTANT_DECIMALS = {"sliver_guard_removed": 6, "call_reward_uncapped": 6}
+EXAMPLES = 300  # at most per mutant; a kill ends the mutant's run at its first failure
+STEPS = 30  # steps per example, at most
+BUDGET = 900.0  # seconds per mutant (compile and deploy included) before it is a TIMEOUT
 
 
-def run_mutant(name: str, examples: int, workdir: Path) -> tuple[bool, str]:
-    """(killed, what failed or how long it survived)."""
+def run_mutant(name: str, examples: int, workdir: Path, steps: int = STEPS) -> tuple[bool, str]:
+    """(killed, what failed or how long it survived). Stops at the first failure: no
+    shrinking, no replay of earlier failures (no example database)."""
     _, relpath, old, new = MUTANTS[name]
     source = (ROOT / "contracts" / relpath).read_text()
     assert source.count(old) == 1, f"{name}: the code to mutate is not found once in {relpath}"
@@ -187,7 +200,7 @@ def run_mutant(name: str, examples: int, workdir: Path) -> tuple[bool, str]:
             Machine,
             settings=settings(
                 max_examples=examples,
-                stateful_step_count=30,
+                stateful_step_count=steps,
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
                 database=None,
@@ -201,24 +214,89 @@ def run_mutant(name: str, examples: int, workdir: Path) -> tuple[bool, str]:
     return False, f"survived {Machine.campaign.examples} examples"
 
 
+def _child(name: str, examples: int, steps: int, out: Any) -> None:
+    """One mutant in a process of its own (titanoboa's compiler caches and the module-level
+    contract folder are per process): puts (name, verdict, detail) on `out`. A mutant that
+    does not even deploy is an ERROR, not a kill: the run must say so."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            killed, detail = run_mutant(name, examples, Path(tmp), steps)
+        out.put((name, "killed" if killed else "SURVIVED", detail))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which exits 1
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        out.put((name, "ERROR", f"{type(e).__name__}: {text}"))
+
+
+def run_all(names: list[str], examples: int, steps: int, jobs: int, budget: float) -> int:
+    """Every mutant, `jobs` at a time, each in a process of its own and stopped after
+    `budget` seconds (TIMEOUT: not killed in time). One line per mutant as it starts and as
+    it ends, with its time and the wall clock since the start; then a table. Returns the
+    number of mutants not killed (survived, timed out or in error)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    todo, running, done = list(names), {}, {}
+    t0 = time.monotonic()
+
+    def clock() -> str:
+        return f"[{time.monotonic() - t0:6.0f} s]"
+
+    def finish(name: str, verdict: str, detail: str) -> None:
+        proc, started = running.pop(name)
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+        took = time.monotonic() - started
+        done[name] = (verdict, detail, took)
+        print(
+            f"{clock()} {len(done)}/{len(names)} {name}: {verdict} in {took:.0f} s {detail[:140]}",
+            flush=True,
+        )
+
+    while todo or running:
+        while todo and len(running) < jobs:
+            name = todo.pop(0)
+            proc = ctx.Process(target=_child, args=(name, examples, steps, out), daemon=True)
+            proc.start()
+            running[name] = (proc, time.monotonic())
+            print(f"{clock()} start {name} ({MUTANTS[name][0]})", flush=True)
+        try:
+            name, verdict, detail = out.get(timeout=1.0)
+            finish(name, verdict, detail)
+        except queue.Empty:
+            pass
+        for name, (proc, started) in list(running.items()):
+            if time.monotonic() - started > budget:
+                proc.kill()
+                finish(name, "TIMEOUT", f"not killed in {budget:.0f} s")
+            elif not proc.is_alive() and out.empty():
+                finish(name, "ERROR", f"the process died (exit {proc.exitcode})")
+    print(f"\n{'mutant':32} {'verdict':9} {'seconds':>8}  detail")
+    for name in names:
+        verdict, detail, took = done[name]
+        print(f"{name:32} {verdict:9} {took:8.0f}  {detail[:100]}")
+    bad = [n for n in names if done[n][0] != "killed"]
+    print(
+        f"\n{len(names) - len(bad)}/{len(names)} killed in {time.monotonic() - t0:.0f} s"
+        f" ({jobs} at a time)" + (f"; not killed: {', '.join(bad)}" if bad else "")
+    )
+    return len(bad)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(MUTANTS))
-    parser.add_argument("--examples", type=int, default=500)
+    parser.add_argument("--examples", type=int, default=EXAMPLES, help="at most, per mutant")
+    parser.add_argument("--steps", type=int, default=STEPS, help="steps per example, at most")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants at once (one per core)")
+    parser.add_argument(
+        "--budget", type=float, default=BUDGET, help="seconds per mutant before TIMEOUT"
+    )
     args = parser.parse_args()
     unknown = set(args.names) - set(MUTANTS)
     if unknown:
         parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
-    survived = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.names or MUTANTS:
-            start = time.time()
-            killed, detail = run_mutant(name, args.examples, Path(tmp))
-            survived += not killed
-            verdict = "killed" if killed else "SURVIVED"
-            took = time.time() - start
-            print(f"{name} ({MUTANTS[name][0]}): {verdict} {detail[:160]} [{took:.0f} s]")
-    return 1 if survived else 0
+    names = args.names or list(MUTANTS)
+    return 1 if run_all(names, args.examples, args.steps, args.jobs, args.budget) else 0
 
 
 if __name__ == "__main__":

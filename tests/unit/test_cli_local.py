@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from margincall.cli.fast import FastReader
 from margincall.cli.watch import run_watch
 from margincall.constants import WAD, State
 from margincall.deploy.record import deploy_from_config, load_config, write_record
+from margincall.ports import free_port, listening
 from tests.utils.helpers import fund_lp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,17 +69,6 @@ def invoke(*args: str, host: str | None = None):
         return CliRunner().invoke(cli, list(args), env=env)
     finally:
         logger.set_level(level)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_test_accounts_resolve_as_ape_derives_them(accounts):

@@ -20,13 +20,14 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from margincall.ports import free_port, wait_port
 
 ROOT = Path.cwd()
 BEGIN, END = "<!-- cli-speed:begin -->", "<!-- cli-speed:end -->"
@@ -44,20 +45,9 @@ SETUP = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"anvil did not listen on port {port} within {timeout:g} s")
+    if not wait_port(port, timeout):
+        raise SystemExit(f"anvil did not listen on port {port} within {timeout:g} s")
 
 
 def _run(command: str, cwd: Path, env: dict[str, str]) -> float:
@@ -71,7 +61,7 @@ def _run(command: str, cwd: Path, env: dict[str, str]) -> float:
 
 def measure(repeat: int) -> dict[str, list[float]]:
     """Runs the setup then each command `repeat` times (after one warm-up); wall seconds."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "APE_FOUNDRY_HOST": f"http://127.0.0.1:{port}"}
     # a user's machine keeps Python's bytecode caches between runs: let the warm-up run
     # write them (with PYTHONDONTWRITEBYTECODE set, every run compiles every module again)

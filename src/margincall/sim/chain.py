@@ -39,6 +39,7 @@ from margincall.codec import (
     check_status_layout,
     encode_addresses,
 )
+from margincall.ports import free_port
 from margincall.sdk.events import decode_statuses
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -165,12 +166,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Anvil:

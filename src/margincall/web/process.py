@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from margincall.keeper.procs import die_with_parent
+from margincall.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]  # the repo (the Ape project) in a source checkout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DashboardProcess:
