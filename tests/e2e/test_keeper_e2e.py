@@ -66,15 +66,8 @@ class Crash:
     """A fresh system, its crowd, and the tools to crash it block by block."""
 
     def __init__(self, project, chain, accounts, owner, lp, tmp_path):
-        self.chain = chain
-        self.provider = chain.provider
-        config = DeployConfig.parse(KEEPER_CONFIG, source="tests/e2e/keeper")
-        deployed = deploy_from_config(project, owner, config, self.provider.network_choice, chain)
-        self.system = deployed.system
-        self.client = deployed.record.client(project)
-        self.engine = self.system.engine
+        self._deploy(project, chain, owner, tmp_path)
         fund_lp(self.system, lp, 2_000_000)
-        self.record_path = write_record(deployed.record, tmp_path / "record.json")
         self.traders = []
         for _ in range(N_TRADERS):
             trader = accounts.generate_test_account()
@@ -84,6 +77,17 @@ class Crash:
         self.addresses = [t.address for t in self.traders]
         self.owner = TxSender(owner, self.provider)
         self.path = crash_path(2_000.0, fall=0.45, steps=12, rebound=0.03, every=4, seed=5)
+
+    def _deploy(self, project, chain, owner, tmp_path) -> None:
+        """A fresh system of `KEEPER_CONFIG` (no LP money yet) and its record's file."""
+        self.chain = chain
+        self.provider = chain.provider
+        config = DeployConfig.parse(KEEPER_CONFIG, source="tests/e2e/keeper")
+        deployed = deploy_from_config(project, owner, config, self.provider.network_choice, chain)
+        self.system = deployed.system
+        self.client = deployed.record.client(project)
+        self.engine = self.system.engine
+        self.record_path = write_record(deployed.record, tmp_path / "record.json")
 
     # --- chain ---
 
@@ -158,14 +162,7 @@ class Jam(Crash):
     posted yet (`crash_price`)."""
 
     def __init__(self, project, chain, accounts, owner, lp, tmp_path, others: int):
-        self.chain = chain
-        self.provider = chain.provider
-        config = DeployConfig.parse(KEEPER_CONFIG, source="tests/e2e/keeper")
-        deployed = deploy_from_config(project, owner, config, self.provider.network_choice, chain)
-        self.system = deployed.system
-        self.client = deployed.record.client(project)
-        self.engine = self.system.engine
-        self.record_path = write_record(deployed.record, tmp_path / "record.json")
+        self._deploy(project, chain, owner, tmp_path)
         poisoned, crowd, self.crash_price = poison_the_pool(
             self.system, accounts, lp, others, crash=False
         )
