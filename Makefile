@@ -107,6 +107,14 @@ fuzz: setup
 	MARGINCALL_FUZZ=deep pytest $(FUZZ_TEST) -q -s -p no:ape_test --noconftest -k dai18; \
 	rc=$$?; wait $$pid || rc=1; exit $$rc
 
+.PHONY: mutants
+# Mutation check of the state machine (tests/stateful/mutants.py): every mutant of the engine,
+# two at a time (one per core), each in a process of its own, stopped at the machine's first
+# failure or after its time budget; a line per mutant and a table; exits 1 unless every
+# mutant deploys and is killed.
+mutants: setup
+	python -m tests.stateful.mutants
+
 .PHONY: bench
 # Every benchmark, into docs/benchmarks.md and docs/img/: gas (ape run bench_gas), margincall
 # next to Morpho Blue (ape run bench_peers), then
