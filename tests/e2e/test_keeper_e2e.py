@@ -125,16 +125,20 @@ class Crash:
         return sorted(eligible_at(self.client, self.provider, self.addresses, self.head, {}))
 
     def aftermath(self, rounds: int = 30) -> None:
-        """Lets blocks pass, a grace period at a time, until no account is left to act on
-        (two quiet rounds)."""
-        quiet = 0
-        for _ in range(rounds):
-            self.wait_blocks(GRACE_BLOCKS)
-            quiet = 0 if self.actionable() or self._called() else quiet + 1
-            if quiet >= 2:
+        """Lets blocks pass until no account is left to act on: quiet (nothing actionable,
+        no margin call standing) at every block for a whole grace period. Gives up after
+        `rounds` grace periods."""
+        start, quiet_since = self.head, None
+        while self.head - start < rounds * GRACE_BLOCKS:
+            head = self.wait_blocks(1)
+            if self.actionable() or self._called():
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = head
+            elif head - quiet_since >= GRACE_BLOCKS:
                 return
         raise AssertionError(
-            f"accounts still actionable after {rounds} rounds: {self.actionable()}"
+            f"accounts still actionable after {rounds} grace periods: {self.actionable()}"
         )
 
     def _called(self) -> bool:

@@ -36,9 +36,16 @@ boa.interpret.set_search_paths([str(CONTRACTS), str(ROOT)])
 REVERT = re.compile(r"Revert\('(.*)'\)")
 
 
+# the deployables that import the engine's modules: a mutant run (tests/stateful/mutants.py)
+# loads these from its own copy of contracts/ (CONTRACTS) and the rest from the project's, so
+# titanoboa's disk cache (keyed by file name and source) compiles those only once
+USES_MODULES = ("MarginEngine.vy", "MarginLens.vy", "MarginParams.vy")
+
+
 @functools.cache
 def _deployer(relpath: str) -> Any:
-    return boa.load_partial(str(CONTRACTS / relpath))
+    folder = CONTRACTS if relpath in USES_MODULES else ROOT / "contracts"
+    return boa.load_partial(str(folder / relpath))
 
 
 def revert_reason(error: boa.BoaError) -> str:

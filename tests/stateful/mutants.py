@@ -13,10 +13,11 @@ which fails the run like a survivor or a mutant that does not deploy, an ERROR).
 printed as each mutant starts and ends (its time, and the wall clock since the start), then a
 table of every mutant. Exit 1 unless every mutant is killed.
 
-Each mutant is a copy of contracts/ in a temporary folder with one edit to MarginEngine.vy or
-one of its modules under contracts/modules/ (contracts/ itself is never written). A mutant must
-fit EIP-170 like the engine (titanoboa enforces it; the engine keeps 3 kB free). Not part of
-`make test` or `make fuzz`: it takes minutes.
+Each mutant is a copy of contracts/ in .build/mutants/<name>/ with one edit to MarginEngine.vy
+or one of its modules under contracts/modules/ (contracts/ itself is never written); the
+deployables that import no module load from contracts/, compiled once for every mutant. A
+mutant must fit EIP-170 like the engine (titanoboa enforces it; the engine keeps 3 kB free).
+Not part of `make test` or `make fuzz` (`make mutants`): it takes minutes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import multiprocessing
 import queue
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,7 @@ MUTANT_DECIMALS = {"sliver_guard_removed": 6, "call_reward_uncapped": 6}
 EXAMPLES = 300  # at most per mutant; a kill ends the mutant's run at its first failure
 STEPS = 30  # steps per example, at most
 BUDGET = 900.0  # seconds per mutant (compile and deploy included) before it is a TIMEOUT
+WORKDIR = ROOT / ".build" / "mutants"  # one copy of contracts/ per mutant (git-ignored)
 
 
 def run_mutant(name: str, examples: int, workdir: Path, steps: int = STEPS) -> tuple[bool, str]:
@@ -183,6 +184,7 @@ def run_mutant(name: str, examples: int, workdir: Path, steps: int = STEPS) -> t
     source = (ROOT / "contracts" / relpath).read_text()
     assert source.count(old) == 1, f"{name}: the code to mutate is not found once in {relpath}"
     contracts = workdir / name / "contracts"
+    shutil.rmtree(contracts, ignore_errors=True)
     shutil.copytree(ROOT / "contracts", contracts)
     (contracts / relpath).write_text(source.replace(old, new))
     boa_system.CONTRACTS = contracts
@@ -219,8 +221,9 @@ def _child(name: str, examples: int, steps: int, out: Any) -> None:
     contract folder are per process): puts (name, verdict, detail) on `out`. A mutant that
     does not even deploy is an ERROR, not a kill: the run must say so."""
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            killed, detail = run_mutant(name, examples, Path(tmp), steps)
+        # a folder that stays: titanoboa's disk cache is keyed by file name, so a second run
+        # of the same mutant does not compile it again
+        killed, detail = run_mutant(name, examples, WORKDIR, steps)
         out.put((name, "killed" if killed else "SURVIVED", detail))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which exits 1
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
