@@ -28,6 +28,9 @@
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
 from interfaces import IOracle
+from interfaces import IOrderBook
+
+implements: IOrderBook
 
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
