@@ -24,9 +24,11 @@ from margincall.deploy import DEFAULT_MARKETS, System
 from margincall.math import div_ceil, div_floor, evaluate, mul_up
 from tests.utils.helpers import (
     account_model,
+    close_position,
     pin_next_tx,
     reference_tranche,
     skip_revert_source_traceback,
+    trade_unbounded,
     travel_to,
     tx_time,
 )
@@ -79,8 +81,9 @@ def deposit(system, who, amount: int, account=None):
 
 
 def trade(system, who, size: int, market_id: int = ETH):
-    bound = MAX_UINT if size > 0 else 0
-    return system.engine.trade(market_id, size, bound, sender=who)
+    """A position change through an order (commit, next round, settle); a cancelled order
+    raises with its reason."""
+    return trade_unbounded(system, who, market_id, size)
 
 
 def one(tx, event):
@@ -117,6 +120,7 @@ def deploy_reentrant_system(project, deployer, guardian) -> System:
     token = deployer.deploy(project.MockReentrantToken, "Reentrant USD", "rUSD", 18)
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund_ = deployer.deploy(project.InsuranceFund, token.address, pool.address)
+    book = deployer.deploy(project.OrderBook, 18, 0, 3_600)
     engine = deployer.deploy(
         project.MarginEngine,
         token.address,
@@ -124,10 +128,12 @@ def deploy_reentrant_system(project, deployer, guardian) -> System:
         fund_.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        book.address,
     )
+    book.set_engine(engine.address, sender=deployer)
     pool.set_engine(engine.address, sender=deployer)
     fund_.set_engine(engine.address, sender=deployer)
-    s = System(project, deployer, token, pool, fund_, engine, markets=(ETH_SPEC,))
+    s = System(project, deployer, token, pool, fund_, engine, book=book, markets=(ETH_SPEC,))
     feed = deployer.deploy(project.MockAggregator, 8, s.feed_answer(ETH, ETH_SPEC.price))
     oracle = deployer.deploy(
         project.OracleAdapter,
@@ -273,7 +279,7 @@ def test_reentrant_callback_into_the_pool_inside_pool_pay_is_refused(
     assets0, wallet0 = pool.totalAssets(), token.balanceOf(token.address)
     collateral0 = engine.collateral_of(stranger.address)
 
-    tx = engine.close_position(ETH, 0, sender=stranger)  # profit 60, fee 0.95: pool.pay
+    tx = close_position(s, stranger, ETH)  # profit 60, fee 0.95: pool.pay
     log = one(tx, engine.PositionChanged)
     assert (log.realized_pnl, log.fee) == (60 * unit, 95 * unit // 100)
     assert token.attempts() == 1
@@ -594,7 +600,7 @@ def test_dust_positions_cannot_be_opened_or_left(system, trader):
     assert snapshot(system, trader) == before
     trade(system, trader, -(WAD - 5 * WAD // 1_000))  # leaving exactly the minimum
     assert engine.position(trader.address, ETH)[0] == 5 * WAD // 1_000
-    engine.close_position(ETH, 0, sender=trader)
+    close_position(system, trader, ETH)
     assert engine.position(trader.address, ETH) == (0, 0)
     assert_intact(system, [trader])
 
@@ -678,10 +684,12 @@ def test_price_at_max_bound_values_correctly(system, owner, trader):
     assert pnl == -500 * WAD
     assert st.equity == collateral * scale + pnl
     assert st.maintenance == mul_up(mul_up(size, price), 5 * WAD // 100) == 475 * WAD
-    engine.close_position(ETH, 0, sender=trader)
+    close_position(system, trader, ETH)
     assert engine.position(trader.address, ETH) == (0, 0)
     assert_intact(system, [trader])
 
+
+ORDER_MAX = 2**106  # |size delta| of one order (OrderBook._SIZE_BIAS)
 
 MIN_PRICE_CASES = {
     # market: (market id, price of a feed answer of 1: the smallest valid price)
@@ -693,9 +701,9 @@ MIN_PRICE_CASES = {
 @pytest.mark.parametrize("case", list(MIN_PRICE_CASES))
 def test_price_at_min_bound_with_size_at_packed_max(system, owner, trader, case):
     """At the smallest price the adapter gives (min_price is 1 wei; an 8-decimal feed cannot
-    go below 1e10 wei), a size one below 2**127 opens a correct position, valued as the
-    reference math says; one more unit (or a flip to -2**127) is refused by the packing
-    check."""
+    go below 1e10 wei), the largest order (one below 2**106: an order is one storage word)
+    opens a correct position, valued as the reference math says; a larger order (or a flip of
+    2**107) is refused at commit. (The engine's own packing check at 2**127 stays behind it.)"""
     market, price = MIN_PRICE_CASES[case]
     engine, unit = system.engine, system.unit
     oracle, feed = system.oracles[market], system.feeds[market]
@@ -707,7 +715,7 @@ def test_price_at_min_bound_with_size_at_packed_max(system, owner, trader, case)
     feed.set_answer(1, sender=owner)
     assert oracle.price() == price
 
-    size = BIAS - 1
+    size = ORDER_MAX - 1
     cfg = engine.markets(market)
     notional = mul_up(size, price)
     cost = div_ceil(size * price, WAD)
@@ -734,15 +742,15 @@ def test_price_at_min_bound_with_size_at_packed_max(system, owner, trader, case)
     feed.set_answer(1, sender=owner)
 
     info = engine.account_info(trader.address)
-    with ape.reverts("engine: size out of range"):
-        trade(system, trader, 1, market)  # size 2**127
-    with ape.reverts("engine: size out of range"):
-        trade(system, trader, -2 * BIAS + 1, market)  # flip to -2**127
+    with ape.reverts("book: size out of range"):
+        trade(system, trader, ORDER_MAX, market)
+    with ape.reverts("book: size out of range"):
+        trade(system, trader, -2 * ORDER_MAX, market)  # a flip beyond an order's range
     assert engine.account_info(trader.address) == info
     assert engine.position(trader.address, market) == (size, cost)
     assert engine.open_interest() == oi + cost
 
-    tx = engine.close_position(market, 0, sender=trader)
+    tx = close_position(system, trader, market)
     log = one(tx, engine.PositionChanged)
     realized = div_floor(div_floor(size * price, WAD) - cost, scale)
     assert (log.size, log.realized_pnl, log.fee) == (0, realized, fee)

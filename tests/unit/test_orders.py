@@ -63,8 +63,7 @@ def test_commit_escrows_the_fee_and_logs_the_order(chain, system, trader):
     assert log.account == trader.address
     assert log.market_id == ETH
     assert log.size_delta == wad(1)
-    assert log.acceptable_price <= 2_100 * WAD  # stored never looser than asked
-    assert log.acceptable_price > 2_100 * WAD - 2_100 * WAD // 2**40
+    assert log.acceptable_price == 2_100 * WAD  # a round bound is stored exactly
     assert log.fee == fee_units(system)
     assert engine.collateral_of(trader) == before - fee_units(system)
     assert book.escrowed_of(trader) == fee_units(system)
