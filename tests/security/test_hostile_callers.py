@@ -38,6 +38,7 @@ MAX_UINT = 2**256 - 1
 ETH = 0
 SOL = 2  # its feed has 18 decimals: an answer of 1 is a price of 1 wei
 BIAS = 2**127
+ORDER_MAX = 2**106  # |size delta| of one order (OrderBook._SIZE_BIAS)
 MASK112 = 2**112 - 1
 MAX_PRICE = 10**12 * WAD  # the adapters' max_price (deploy.MarketSpec)
 HEARTBEAT = 30 * 86_400
@@ -185,7 +186,8 @@ def _callback(s, name: str, other_trader):
     if name == "deposit":
         return engine.deposit.encode_input(10 * unit, s.token.address)
     if name == "trade":
-        return engine.trade.encode_input(ETH, WAD // 100, MAX_UINT)
+        # the engine's position entry point (only the order book may call it)
+        return engine.fill.encode_input(s.token.address, ETH, WAD // 100, 1_840 * WAD)
     if name == "liquidate":
         return engine.liquidate.encode_input(other_trader.address)
     raise ValueError(name)
@@ -608,25 +610,20 @@ def test_dust_positions_cannot_be_opened_or_left(system, trader):
 # --- 5. extreme sizes and prices -------------------------------------------------------------
 
 
-def test_size_beyond_packed_range_reverts(system, owner, trader):
+def test_size_beyond_an_orders_range_is_refused_at_commit(system, owner, trader):
+    """An order's size delta is below 2**106 (it fits the order's storage word), far under the
+    engine's 2**127 packing bound, which stays behind it; int256 extremes are refused too."""
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
     before = snapshot(system, trader)
     oi = engine.open_interest()
-    # with the default fee, the fee on such a size is caught first
-    with ape.reverts("engine: loss exceeds collateral"):
-        trade(system, trader, BIAS)
-    # raw int256 overflows (size * price) revert before any state changes
-    for size in (2**255 - 1, -(2**255)):
-        with ape.reverts():
+    for size in (BIAS, -BIAS, ORDER_MAX, -ORDER_MAX, 2**255 - 1):
+        with ape.reverts("book: size out of range"):
             trade(system, trader, size)
-    # without a fee, the packing check itself refuses: size and open notional >= 2**127
-    m = engine.markets(ETH)
-    engine.set_market(ETH, m.oracle, m.imr, m.mmr, 0, m.window_cap, True, sender=owner)
-    for size in (BIAS, -BIAS, BIAS // 1_000):  # the last: size fits, open notional does not
-        with ape.reverts("engine: size out of range"):
-            trade(system, trader, size)
+    with ape.reverts():
+        trade(system, trader, -(2**255))  # abs() overflows before any state changes
     assert snapshot(system, trader) == before
+    assert system.book.pending_orders(trader) == []
     assert engine.open_interest() == oi
     assert_intact(system, [trader])
 
@@ -689,12 +686,11 @@ def test_price_at_max_bound_values_correctly(system, owner, trader):
     assert_intact(system, [trader])
 
 
-ORDER_MAX = 2**106  # |size delta| of one order (OrderBook._SIZE_BIAS)
-
 MIN_PRICE_CASES = {
-    # market: (market id, price of a feed answer of 1: the smallest valid price)
+    # market: (market id, price of a feed answer of 1: the smallest valid price). SOL's
+    # 18-decimal feed (price 1 wei) is gone since orders: the largest order there is worth
+    # 8e13 wei, under the minimum position notional, so no such position can open.
     "eth-8-decimal-feed": (ETH, 10**10),
-    "sol-18-decimal-feed": (SOL, 1),
 }
 
 
@@ -880,6 +876,7 @@ def _false_token_engine(project, deployer, guardian):
         fund_.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        deployer.address,  # no order book: this engine never trades
     )
     return token, engine
 
@@ -1060,6 +1057,7 @@ def _fresh_pool(project, deployer, guardian):
         fund_.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        deployer.address,  # no order book: this engine never trades
     )
     pool.set_engine(engine.address, sender=deployer)
     return token, pool
