@@ -447,9 +447,7 @@ class Bench:
                 "liquidate, one tranche, one market",
                 r.gas_used,
                 TARGET_LIQUIDATE,
-                TARGET_SETTLE_BATCH,
                 ANCHOR_LIQUIDATE,
-                ANCHOR_ORDERS,
             )
             if full:
                 self.breakdown("liquidate, one tranche, one market", receipt=r)
