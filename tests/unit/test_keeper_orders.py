@@ -1,0 +1,161 @@
+"""The keeper's order settlement rules (src/margincall/keeper/orders.py), without a chain: the
+round hint (first round published strictly after the commit), the profit rule on the
+settlement fee, expiry, batching, and the settlement latency read from chain history."""
+
+from __future__ import annotations
+
+import pytest
+
+from margincall.keeper.orders import (
+    GAS_PER_SETTLE,
+    MAX_ROUNDS_BACK,
+    OrderTracker,
+    PendingOrder,
+    Round,
+    RoundCache,
+    RoundSeen,
+    first_round_after,
+    percentile,
+    plan_settlements,
+    settle_delays,
+)
+
+T = 1_700_000_000
+GWEI = 10**9
+TRADER = "0x" + "ab" * 20
+
+
+def _order(oid: int, committed_at: int = T, fee: int = 2 * 10**6, **kw) -> PendingOrder:
+    fields = {
+        "order_id": oid,
+        "account": TRADER,
+        "market_id": 0,
+        "size_delta": 10**18,
+        "acceptable_price": 2_100 * 10**18,
+        "committed_at": committed_at,
+        "expiry": committed_at + 600,
+        "fee": fee,
+    }
+    fields.update(kw)
+    return PendingOrder(**fields)
+
+
+def _feed(times: list[int]) -> dict[int, Round]:
+    return {i + 1: Round(i + 1, t) for i, t in enumerate(times)}
+
+
+def test_hint_is_the_first_round_published_strictly_after_the_commit():
+    rounds = _feed([T - 30, T, T + 5, T + 12])
+    cache = RoundCache(rounds.get)
+    # a round stamped at the commit's own timestamp could be seen by the trader: not it
+    assert cache.first_round_after(rounds[4], T) == 3
+    assert cache.first_round_after(rounds[4], T - 1) == 2
+    assert cache.first_round_after(rounds[4], T + 11) == 4
+    assert first_round_after(list(rounds.values()), T) == 3
+    assert first_round_after(list(rounds.values()), T + 12) is None
+
+
+def test_no_hint_before_a_round_after_the_commit_exists():
+    rounds = _feed([T - 30, T])
+    cache = RoundCache(rounds.get)
+    assert cache.first_round_after(rounds[2], T) is None
+    assert cache.reads == 0  # the latest round alone says so
+
+
+def test_round_reads_are_cached_across_orders():
+    rounds = _feed([T - 30, T - 10, T + 5])
+    calls: list[int] = []
+
+    def get(rid: int) -> Round | None:
+        calls.append(rid)
+        return rounds.get(rid)
+
+    cache = RoundCache(get)
+    assert cache.first_round_after(rounds[3], T - 20) == 2
+    assert cache.first_round_after(rounds[3], T - 40) == 1
+    assert calls == [2, 1]  # round 2 read once, round 1 once
+
+
+def test_hint_gives_up_beyond_the_walk_bound_or_an_unreadable_round():
+    many = _feed([T + i for i in range(1, MAX_ROUNDS_BACK + 3)])
+    latest = many[max(many)]
+    assert RoundCache(many.get).first_round_after(latest, T) is None
+    rounds = _feed([T - 30, T + 5, T + 10])
+    del rounds[2]
+    assert RoundCache(rounds.get).first_round_after(Round(3, T + 10), T) is None
+
+
+def test_hint_reaches_the_feed_first_round():
+    rounds = _feed([T + 1, T + 2])
+    assert RoundCache(rounds.get).first_round_after(rounds[2], T) == 1
+
+
+def test_plan_settles_orders_with_a_hint_oldest_first_in_batches():
+    orders = [_order(3, T + 2), _order(1, T), _order(2, T + 1), _order(4, T + 3)]
+    hints = {1: 7, 2: 7, 3: 8, 4: None}
+    plan = plan_settlements(
+        orders, hints, T + 12, gas_price=GWEI, wei_per_token=4 * 10**14, decimals=6, max_batch=2
+    )
+    assert plan.batches == (((1, 7), (2, 7)), ((3, 8),))
+    assert plan.waiting == (4,)
+    assert plan.order_ids == [1, 2, 3]
+
+
+def test_plan_skips_expired_in_flight_and_unprofitable_orders():
+    # 2 tokens at 0.0004 ETH each pay 8e14 wei; 62,100 gas at 10 gwei cost 6.2e14 (x1.2 = 7.5e14)
+    cheap = _order(2, fee=10**6)  # 1 token: 4e14 wei < 7.5e14
+    orders = [_order(1), cheap, _order(3, expiry=T + 5), _order(4)]
+    hints = {1: 2, 2: 2, 3: 2, 4: 2}
+    plan = plan_settlements(
+        orders,
+        hints,
+        T + 12,
+        gas_price=10 * GWEI,
+        wei_per_token=4 * 10**14,
+        decimals=6,
+        busy=[4],
+    )
+    assert plan.order_ids == [1]
+    assert plan.declined == (2,)
+    assert plan.expired == (3,)
+    assert GAS_PER_SETTLE * 10 * GWEI * 12_000 // 10_000 <= 8 * 10**14
+
+
+def test_an_order_settles_at_its_expiry_but_not_after():
+    order = _order(1, expiry=T + 12)
+    kw = {"gas_price": 0, "wei_per_token": 0, "decimals": 6}
+    assert plan_settlements([order], {1: 2}, T + 12, **kw).order_ids == [1]
+    assert plan_settlements([order], {1: 2}, T + 13, **kw).expired == (1,)
+
+
+def test_tracker_follows_commits_settlements_and_cancels():
+    tracker = OrderTracker()
+    tracker.commit(_order(1))
+    tracker.commit(_order(2, account="0x" + "cd" * 20))
+    assert len(tracker) == 2
+    assert [o.order_id for o in tracker.of(TRADER.upper().replace("0X", "0x"))] == [1]
+    assert tracker.close(1, settled=True).order_id == 1
+    assert tracker.close(2, settled=False) is not None
+    assert tracker.close(9, settled=False) is None
+    assert (len(tracker), tracker.settled, tracker.cancelled) == (0, 1, 2)
+
+
+def test_settle_delay_counts_blocks_from_the_first_round_after_the_commit():
+    commits = [_order(1, T, block=10), _order(2, T + 20, block=12), _order(3, T, market_id=1)]
+    rounds = [
+        RoundSeen(0, T, 10),  # stamped at the commit: not after it
+        RoundSeen(0, T + 12, 11),
+        RoundSeen(0, T + 24, 13),
+        RoundSeen(1, T + 30, 15),
+    ]
+    delays = settle_delays(commits, {1: 12, 2: 14, 3: 15}, rounds)
+    assert delays == {1: 1, 2: 1, 3: 0}
+    assert settle_delays(commits, {}, rounds) == {}
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "want"),
+    [([], 50, 0), ([1], 99, 1), ([1, 2, 3, 4], 50, 2), ([1] * 99 + [5], 99, 1), ([1, 9], 99, 9)],
+)
+def test_percentile_is_nearest_rank(values, q, want):
+    assert percentile(values, q) == want
