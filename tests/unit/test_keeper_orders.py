@@ -159,3 +159,9 @@ def test_settle_delay_counts_blocks_from_the_first_round_after_the_commit():
 )
 def test_percentile_is_nearest_rank(values, q, want):
     assert percentile(values, q) == want
+
+
+def test_in_flight_settlements_are_read_back_from_their_tags():
+    from margincall.keeper.orders import order_tag, settling
+
+    assert settling({order_tag(7), order_tag(12), TRADER}) == {7, 12}

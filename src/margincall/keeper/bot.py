@@ -57,6 +57,7 @@ from margincall.keeper.logic import (
     can_liquidate,
     shard,
 )
+from margincall.keeper.orders import OrderTracker, settling
 from margincall.keeper.metrics import (
     Metrics,
 )
@@ -96,6 +97,7 @@ class KeeperState:
     window_full_until: dict[int, int] = field(default_factory=dict)  # market -> time
     backoff: dict[str, int] = field(default_factory=dict)  # account -> first block to retry
     started_at: float = field(default_factory=time.time)
+    orders: OrderTracker = field(default_factory=OrderTracker)  # pending orders, from events
 
 
 def _head_seen(number: int) -> float | None:
@@ -343,10 +345,17 @@ class Keeper(Receipts):
         return decision
 
     def plan(
-        self, statuses: list[Any], number: int, timestamp: int, now: int, busy: set[str]
+        self,
+        statuses: list[Any],
+        number: int,
+        timestamp: int,
+        now: int,
+        busy: set[str],
+        hints: dict[int, int | None] | None = None,
     ) -> Plan:
         """The keeper step of block `number` (`margincall.keeper.step.plan_block`, the one
-        the simulator runs) over its statuses, with this keeper's costs, caps and memory."""
+        the simulator runs) over its statuses and pending orders (`hints`: each order's
+        first feed round after its commit), with this keeper's costs, caps and memory."""
         state = self.state
         return plan_block(
             statuses,
@@ -359,6 +368,9 @@ class Keeper(Receipts):
             call_ratio=self.call_ratio,
             mmrs=self.mmrs,
             busy=busy,
+            orders=list(state.orders.pending.values()),
+            hints=hints or {},
+            busy_orders=settling(busy),  # `order:<id>` names of settle_orders in flight
         )
 
     def _mark_eligible(self, snaps: list[Snapshot], number: int, now: int) -> None:

@@ -196,6 +196,21 @@ def plan_settlements(
     )
 
 
+# --- orders in flight ----------------------------------------------------------------------
+# A `settle_orders` transaction names its orders as `order:<id>` in the sender's accounts
+# list, so the keeper's in-flight bookkeeping (`TxSender.in_flight`) covers them too.
+ORDER_TAG = "order:"
+
+
+def order_tag(order_id: int) -> str:
+    return f"{ORDER_TAG}{int(order_id)}"
+
+
+def settling(names: Iterable[str]) -> set[int]:
+    """The order ids among in-flight names (`order_tag`); accounts are ignored."""
+    return {int(n[len(ORDER_TAG) :]) for n in names if str(n).startswith(ORDER_TAG)}
+
+
 # --- latency from chain history -------------------------------------------------------------
 
 
@@ -249,6 +264,7 @@ def percentile(values: Sequence[int], q: float) -> int:
 __all__ = [
     "GAS_PER_SETTLE",
     "MAX_ROUNDS_BACK",
+    "ORDER_TAG",
     "OrderTracker",
     "PendingOrder",
     "Round",
@@ -256,7 +272,9 @@ __all__ = [
     "RoundSeen",
     "SettlePlan",
     "first_round_after",
+    "order_tag",
     "percentile",
     "plan_settlements",
     "settle_delays",
+    "settling",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from margincall.constants import MAX_SCAN, WAD, State
 from margincall.keeper.gas import gwei
 from margincall.keeper.logic import CostModel, Snapshot, window_reopens
+from margincall.keeper.orders import OrderTracker, Round, first_round_after
 from margincall.keeper.step import (
     REASON_WINDOW_FULL,
     WINDOW_PREVIEWS,
@@ -165,6 +166,12 @@ class Replay(TraderMoves):
                 if size:
                     self.book.apply({"account": trader.address, "market_id": i, "size": size})
         self.memory = Memory(self.book.markets, {}, {})
+        # orders: the pending ones (from the order book's events), the feed rounds this
+        # replay posted (market index -> rounds, rising), the orders with a settlement in
+        # flight
+        self.orders = OrderTracker()
+        self.rounds: dict[int, list[Round]] = {}
+        self.settling: set[int] = set()
 
     # --- prices and the keeper's exchange rate ---
 
@@ -456,7 +463,14 @@ class Replay(TraderMoves):
 
     def plan(self, statuses: list[MarginStatus], slot: int, now: int) -> Plan:
         """The keeper step after block `slot` (`margincall.keeper.step.plan_block`, the one
-        `Keeper.on_block` runs), with the bot's cost model, caps and memory."""
+        `Keeper.on_block` runs), with the bot's cost model, caps and memory, over the
+        pending orders (each one's hint: the first round its market's feed published after
+        its commit, from the rounds this replay posted)."""
+        orders = list(self.orders.pending.values())
+        hints = {
+            o.order_id: first_round_after(self.rounds.get(o.market_id, ()), o.committed_at)
+            for o in orders
+        }
         return plan_block(
             statuses,
             number=slot,
@@ -468,6 +482,9 @@ class Replay(TraderMoves):
             call_ratio=self.params.call_ratio,
             mmrs=self.mmrs,
             busy=self.in_flight,
+            orders=orders,
+            hints=hints,
+            busy_orders=self.settling,
         )
 
     def _keeper_txs(self, plan: Plan) -> list[Tx]:
