@@ -57,10 +57,10 @@ from margincall.keeper.logic import (
     can_liquidate,
     shard,
 )
-from margincall.keeper.orders import OrderTracker, settling
 from margincall.keeper.metrics import (
     Metrics,
 )
+from margincall.keeper.orders import OrderTracker, settling
 from margincall.keeper.receipts import Receipts, _lower
 from margincall.keeper.step import (
     Caps,
