@@ -63,7 +63,7 @@ def test_no_hint_before_a_round_after_the_commit_exists():
 
 
 def test_round_reads_are_cached_across_orders():
-    rounds = _feed([T - 30, T - 10, T + 5])
+    rounds = _feed([T - 50, T - 30, T - 10, T + 5])
     calls: list[int] = []
 
     def get(rid: int) -> Round | None:
@@ -71,9 +71,9 @@ def test_round_reads_are_cached_across_orders():
         return rounds.get(rid)
 
     cache = RoundCache(get)
-    assert cache.first_round_after(rounds[3], T - 20) == 2
-    assert cache.first_round_after(rounds[3], T - 40) == 1
-    assert calls == [2, 1]  # round 2 read once, round 1 once
+    assert cache.first_round_after(rounds[4], T - 20) == 3
+    assert cache.first_round_after(rounds[4], T - 40) == 2
+    assert calls == [3, 2, 1]  # each round read once
 
 
 def test_hint_gives_up_beyond_the_walk_bound_or_an_unreadable_round():
@@ -85,9 +85,21 @@ def test_hint_gives_up_beyond_the_walk_bound_or_an_unreadable_round():
     assert RoundCache(rounds.get).first_round_after(Round(3, T + 10), T) is None
 
 
-def test_hint_reaches_the_feed_first_round():
+def test_no_hint_at_a_phase_first_round_or_after_the_expiry():
+    # round 1 has no previous round to prove it is the first after the commit: the adapter
+    # refuses it (the order expires and is refunded)
     rounds = _feed([T + 1, T + 2])
-    assert RoundCache(rounds.get).first_round_after(rounds[2], T) == 1
+    assert RoundCache(rounds.get).first_round_after(rounds[2], T) is None
+    phased = {
+        (2 << 64) + 1: Round((2 << 64) + 1, T + 5),
+        (2 << 64) + 2: Round((2 << 64) + 2, T + 9),
+    }
+    assert RoundCache(phased.get).first_round_after(phased[(2 << 64) + 2], T + 5) == (2 << 64) + 2
+    assert RoundCache(phased.get).first_round_after(phased[(2 << 64) + 2], T) is None
+    # a first round after the order's expiry: it can no longer settle
+    rounds = _feed([T - 30, T + 700])
+    assert RoundCache(rounds.get).first_round_after(rounds[2], T, until=T + 600) is None
+    assert RoundCache(rounds.get).first_round_after(rounds[2], T, until=T + 700) == 2
 
 
 def test_plan_settles_orders_with_a_hint_oldest_first_in_batches():

@@ -30,6 +30,7 @@ from margincall.keeper.logic import batches, covers
 # batch of 10 (<= 60,000 per order, docs/benchmarks.md) plus a tenth of a transaction's base.
 GAS_PER_SETTLE = 60_000 + 21_000 // 10
 MAX_ROUNDS_BACK = 64  # feed rounds walked back from the latest before giving up on a hint
+PHASE_MASK = 2**64 - 1  # a Chainlink round id: phase << 64 | round in the phase
 
 
 @dataclass(frozen=True)
@@ -104,33 +105,41 @@ class RoundCache:
             self._rounds[round_id] = self._get(round_id)
         return self._rounds[round_id]
 
-    def first_round_after(self, latest: Round, t: int) -> int | None:
-        """The id of the first round published strictly after `t` (`updatedAt > t`), walking
-        back from `latest`; None when no round after `t` exists yet, or when it lies more
-        than `MAX_ROUNDS_BACK` rounds back or behind a round that cannot be read."""
+    def first_round_after(self, latest: Round, t: int, until: int | None = None) -> int | None:
+        """The id of the round an order committed at `t` settles at: the first round
+        published strictly after `t` (`updatedAt > t`), walking back from `latest`. None
+        when no round after `t` exists yet, when that round came after `until` (the
+        order's expiry: it can no longer settle), when it is the first round of its
+        aggregator phase (low 64 bits 1: no previous round proves it is the first after
+        `t`, and the adapter refuses it), or when it lies more than `MAX_ROUNDS_BACK`
+        rounds back or behind a round that cannot be read."""
         if latest.updated_at <= t:
             return None
         self.note(latest)
-        first = latest.round_id
-        for step in range(1, MAX_ROUNDS_BACK + 1):
-            rid = latest.round_id - step
-            if rid <= 0:
-                return first
-            prev = self.get(rid)
+        first: Round = latest
+        for _ in range(MAX_ROUNDS_BACK):
+            if first.round_id & PHASE_MASK <= 1:
+                return None
+            prev = self.get(first.round_id - 1)
             if prev is None:
                 return None
             if prev.updated_at <= t:
-                return first
-            first = rid
+                break
+            first = prev
+        else:
+            return None
+        if until is not None and first.updated_at > until:
+            return None
+        return first.round_id
+
+
+def first_round_after(rounds: Sequence[Round], t: int, until: int | None = None) -> int | None:
+    """`RoundCache.first_round_after` over a list of every round of a feed (rising ids), as
+    the simulator knows the rounds it posted."""
+    if not rounds:
         return None
-
-
-def first_round_after(rounds: Sequence[Round], t: int) -> int | None:
-    """The first of `rounds` (rising ids) published strictly after `t`, else None."""
-    for r in rounds:
-        if r.updated_at > t:
-            return r.round_id
-    return None
+    by_id = {r.round_id: r for r in rounds}
+    return RoundCache(by_id.get).first_round_after(rounds[-1], t, until)
 
 
 @dataclass(frozen=True)
