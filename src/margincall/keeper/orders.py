@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from margincall.constants import MAX_BATCH
 from margincall.keeper.logic import batches, covers
+from margincall.sdk.settlement import order_tag
 
 # Gas charged to one order inside `settle_orders` (the profit rule): the bound for a
 # batch of 10 (<= 60,000 per order, docs/benchmarks.md) plus a tenth of a transaction's base.
@@ -206,13 +207,9 @@ def plan_settlements(
 
 
 # --- orders in flight ----------------------------------------------------------------------
-# A `settle_orders` transaction names its orders as `order:<id>` in the sender's accounts
-# list, so the keeper's in-flight bookkeeping (`TxSender.in_flight`) covers them too.
+# A `settle_orders` call names its orders as `order:<id>` in its accounts (the SDK's
+# `order_tag`), so the keeper's in-flight bookkeeping (`TxSender.in_flight`) covers them too.
 ORDER_TAG = "order:"
-
-
-def order_tag(order_id: int) -> str:
-    return f"{ORDER_TAG}{int(order_id)}"
 
 
 def settling(names: Iterable[str]) -> set[int]:
