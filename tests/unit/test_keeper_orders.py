@@ -177,3 +177,10 @@ def test_in_flight_settlements_are_read_back_from_their_tags():
     from margincall.keeper.orders import order_tag, settling
 
     assert settling({order_tag(7), order_tag(12), TRADER}) == {7, 12}
+
+
+def test_the_commit_time_is_read_from_the_order_id():
+    from margincall.keeper.orders import commit_time_of
+
+    oid = (int(TRADER, 16) << 96) | (T << 8) | 3  # OrderBook.commit_order's id
+    assert commit_time_of(oid) == T

@@ -32,6 +32,12 @@ from margincall.sdk.settlement import order_tag
 GAS_PER_SETTLE = 60_000 + 21_000 // 10
 MAX_ROUNDS_BACK = 64  # feed rounds walked back from the latest before giving up on a hint
 PHASE_MASK = 2**64 - 1  # a Chainlink round id: phase << 64 | round in the phase
+COMMIT_TIME_MASK = 2**40 - 1  # an order id: account << 96 | commit time << 8 | slot
+
+
+def commit_time_of(order_id: int) -> int:
+    """The commit block's timestamp, read from the order id (`OrderBook.commit_order`)."""
+    return (int(order_id) >> 8) & COMMIT_TIME_MASK
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,7 @@ def percentile(values: Sequence[int], q: float) -> int:
 __all__ = [
     "GAS_PER_SETTLE",
     "MAX_ROUNDS_BACK",
+    "COMMIT_TIME_MASK",
     "ORDER_TAG",
     "OrderTracker",
     "PendingOrder",
@@ -277,6 +284,7 @@ __all__ = [
     "RoundCache",
     "RoundSeen",
     "SettlePlan",
+    "commit_time_of",
     "first_round_after",
     "order_tag",
     "percentile",

@@ -22,6 +22,7 @@ from margincall.keeper.orders import (
     Round,
     RoundCache,
     SettlePlan,
+    commit_time_of,
     settling,
 )
 from margincall.sdk.rounds import FeedRounds
@@ -30,12 +31,6 @@ ORDER_EVENTS = ("OrderCommitted", "OrderSettled", "OrderCancelled")
 # gas the order book wants left before each fill (`_FILL_GAS` in OrderBook.vy): a batch's gas
 # limit is its measured use plus this, or its last orders are left pending
 FILL_HEADROOM = 500_000
-COMMIT_TIME_MASK = 2**40 - 1  # order id = account << 96 | commit time << 8 | slot
-
-
-def commit_time_of(order_id: int) -> int:
-    """The commit block's timestamp, read from the order id (`OrderBook.commit_order`)."""
-    return (int(order_id) >> 8) & COMMIT_TIME_MASK
 
 
 class OrderDesk:
@@ -201,5 +196,4 @@ __all__ = [
     "FILL_HEADROOM",
     "ORDER_EVENTS",
     "OrderDesk",
-    "commit_time_of",
 ]
