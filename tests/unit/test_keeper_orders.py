@@ -114,8 +114,8 @@ def test_plan_settles_orders_with_a_hint_oldest_first_in_batches():
 
 
 def test_plan_skips_expired_in_flight_and_unprofitable_orders():
-    # 2 tokens at 0.0004 ETH each pay 8e14 wei; 62,100 gas at 10 gwei cost 6.2e14 (x1.2 = 7.5e14)
-    cheap = _order(2, fee=10**6)  # 1 token: 4e14 wei < 7.5e14
+    # 2 tokens at 0.0004 ETH each pay 8e14 wei; 57,050 gas at 10 gwei cost 5.7e14 (x1.2 = 6.8e14)
+    cheap = _order(2, fee=10**6)  # 1 token: 4e14 wei < 6.8e14
     orders = [_order(1), cheap, _order(3, expiry=T + 5), _order(4)]
     hints = {1: 2, 2: 2, 3: 2, 4: 2}
     plan = plan_settlements(

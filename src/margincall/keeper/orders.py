@@ -27,9 +27,13 @@ from margincall.constants import MAX_BATCH
 from margincall.keeper.logic import batches, covers
 from margincall.sdk.settlement import order_tag
 
-# Gas charged to one order inside `settle_orders` (the profit rule): the bound for a
-# batch of 10 (<= 60,000 per order, docs/benchmarks.md) plus a tenth of a transaction's base.
-GAS_PER_SETTLE = 60_000 + 21_000 // 10
+# Gas charged to one order inside `settle_orders` (the profit rule), measured from receipts on
+# Anvil (one-market orders, a fresh round, batches of 10 and 50: 570,500 and 2,638,219 gas,
+# so 51,700 per further order and ~53,500 per transaction): the marginal gas plus a tenth of
+# a transaction's fixed gas, as the tranches are charged (`keeper.logic.GAS_PER_TRANCHE`).
+GAS_SETTLE_MARGINAL = 51_700
+GAS_SETTLE_FIXED = 53_500
+GAS_PER_SETTLE = GAS_SETTLE_MARGINAL + GAS_SETTLE_FIXED // 10  # 57,050
 MAX_ROUNDS_BACK = 64  # feed rounds walked back from the latest before giving up on a hint
 PHASE_MASK = 2**64 - 1  # a Chainlink round id: phase << 64 | round in the phase
 COMMIT_TIME_MASK = 2**40 - 1  # an order id: account << 96 | commit time << 8 | slot

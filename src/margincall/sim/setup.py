@@ -86,6 +86,10 @@ ORDER_WINDOW = 3_000  # seconds a simulated order may wait for its round (the bo
 GAS_PER_FILL = 400_000  # gas limit per order of a `settle_orders` (a fill uses well under it)
 FILL_HEADROOM = 500_000  # the book's `_FILL_GAS`: left before each fill, or the batch stops
 SETTLE_BATCH = 50  # OrderBook._MAX_BATCH
+# the settlement fee of the simulated book (millionths of a token): 0.5 token pays the
+# keeper's profit rule (57,050 gas per order, x1.2) at the simulator's 1 gwei up to an ETH
+# price of ~7,000; the deployer's default (0.1 token) only pays it under ~1,450
+SETTLEMENT_FEE_MICRO = 500_000
 
 
 def settle_gas(n: int) -> int:
@@ -360,7 +364,11 @@ class SimSetup:
 
     def deploy(self) -> None:
         self.system = deploy_system(
-            self.project, self.owner, decimals=self.config.decimals, markets=self.market_specs()
+            self.project,
+            self.owner,
+            decimals=self.config.decimals,
+            markets=self.market_specs(),
+            settlement_fee_micro=SETTLEMENT_FEE_MICRO,
         )
         s = self.system
         self.client = MarginEngineClient.from_system(s)
