@@ -28,7 +28,6 @@
 
 from ethereum.ercs import IERC20
 from ethereum.ercs import IERC20Detailed
-from interfaces import IOracle
 from interfaces import ILiquidityPool
 from interfaces import IInsuranceFund
 from interfaces import IMarginEngine
@@ -82,6 +81,8 @@ TOKEN: public(immutable(IERC20))
 POOL: public(immutable(ILiquidityPool))
 FUND: public(immutable(IInsuranceFund))
 SCALE: public(immutable(uint256))
+# the OrderBook: the only source of position changes (`fill`)
+ORDER_BOOK: public(immutable(address))
 
 # the MarginLens of this engine (views: check_margins, preview_liquidation)
 lens: public(address)
@@ -122,6 +123,7 @@ def __init__(
     fund: IInsuranceFund,
     guardian: address,
     checker: risk.IMarginParams,
+    order_book: address,
 ):
     """
     @notice Deploys the engine with the default risk parameters of
@@ -132,6 +134,9 @@ def __init__(
     @param guardian The address that may pause new exposure.
     @param checker The MarginParams contract that checks every market and
            risk parameter the owner sets.
+    @param order_book The OrderBook, the only caller of `fill`,
+           `escrow_fee` and `pay_fills`: every position change settles at a
+           price published after its commit.
     """
     if not (token.address != empty(address)):
         fixed_point._fail("engine: zero token")
@@ -142,7 +147,10 @@ def __init__(
     decimals: uint8 = staticcall IERC20Detailed(token.address).decimals()
     if not (decimals <= 18):
         fixed_point._fail("engine: token decimals above 18")
+    if not (order_book != empty(address)):
+        fixed_point._fail("engine: zero order book")
     TOKEN = token
+    ORDER_BOOK = order_book
     POOL = pool
     FUND = fund
     SCALE = 10**convert(18 - decimals, uint256)
@@ -216,38 +224,63 @@ def withdraw(amount: uint256):
 
 @external
 @nonreentrant
-def trade(market_id: uint256, size_delta: int256, acceptable_price: uint256) -> int256:
+def escrow_fee(account: address, amount: int256):
     """
-    @notice Opens, increases, reduces or flips a position at the oracle
-            price. New exposure needs initial margin, an active market, no
-            pause and no margin call; reductions are always allowed.
-    @param market_id The market.
-    @param size_delta Signed change of the position size (wad of base asset;
-           positive buys, negative sells).
-    @param acceptable_price Slippage bound: the highest price for a buy,
-           the lowest for a sell (wad).
-    @return The new position size.
+    @notice Moves an order's settlement fee between `account`'s collateral
+            and the order book's escrow (the tokens stay in the engine):
+            a positive amount is taken (at commit; it never takes equity
+            below maintenance), a negative one refunded (order cancelled).
+            Order book only.
+    @param account The trader.
+    @param amount The fee, token units: positive to take, negative to refund.
     """
-    return self._trade(msg.sender, market_id, size_delta, acceptable_price)
+    self._only_book()
+    acct: margin.Acct = ledger._load(account)
+    balance: int256 = convert(acct.collateral, int256) - amount
+    if not (balance >= 0):
+        fixed_point._fail("engine: fee exceeds collateral")
+    acct.collateral = convert(balance, uint256)
+    if amount > 0 and acct.markets != 0:
+        ev: margin.Eval = ledger._evaluate(account, acct, risk._prices(acct.markets), SCALE)
+        if not (ev.equity >= convert(ev.maintenance, int256)):
+            fixed_point._fail("engine: fee breaches maintenance")
+    ledger._store(account, acct)
 
 
 @external
 @nonreentrant
-def close_position(market_id: uint256, acceptable_price: uint256) -> int256:
+def fill(account: address, market_id: uint256, size_delta: int256, price: uint256) -> int256:
     """
-    @notice Closes the caller's whole position in one market.
+    @notice Opens, increases, reduces or flips `account`'s position at
+            `price`, the settlement price of an order. New exposure needs
+            initial margin (at `price` for this market), an active market,
+            no pause and no margin call; reductions are always allowed. The
+            pool is settled later, netted over a batch, by `pay_fills` in
+            the same transaction. Order book only.
+    @param account The trader.
     @param market_id The market.
-    @param acceptable_price Slippage bound (lowest price when closing a
-           long, highest when closing a short).
-    @return The net change of the caller's collateral, in token units:
-            the realised PnL minus the trading fee.
+    @param size_delta Signed change of the position size (wad).
+    @param price The settlement price (wad).
+    @return What the pool is owed (positive) or owes (negative), token units.
     """
-    pos: margin.Pos = ledger._load_pos(msg.sender, market_id)
-    if not (pos.size != 0):
-        fixed_point._fail("engine: no position")
-    before: uint256 = ledger._load(msg.sender).collateral
-    self._trade(msg.sender, market_id, -pos.size, acceptable_price)
-    return convert(ledger._load(msg.sender).collateral, int256) - convert(before, int256)
+    self._only_book()
+    return self._trade(account, market_id, size_delta, price)
+
+
+@external
+@nonreentrant
+def pay_fills(pool_net: int256, settler: address, fees: uint256):
+    """
+    @notice Settles a batch of fills with the pool (netted) and pays the
+            escrowed settlement fees to the settler. Order book only.
+    @param pool_net Sum of `fill` results, token units.
+    @param settler Receiver of the fees.
+    @param fees Sum of the settled orders' escrowed fees, token units.
+    """
+    self._only_book()
+    self._settle_pool(pool_net)
+    if fees > 0:
+        self._push(settler, fees)
 
 
 # --- margin calls ---------------------------------------------------------------
@@ -406,29 +439,23 @@ def set_lens(lens: address):
 
 
 @internal
-def _trade(
-    account: address, market_id: uint256, size_delta: int256, acceptable_price: uint256
-) -> int256:
+def _trade(account: address, market_id: uint256, size_delta: int256, price: uint256) -> int256:
     """
-    @dev A trade at the oracle price. Increase: open notional += ceil(delta *
+    @dev A fill at `price` (the order book checked it is the first valid
+         price after the commit and within the slippage bound). Increase: open notional += ceil(delta *
          price). Reduction: closed cost = ceil(cost * closed / size), realised
          PnL = floor(closed * price) - closed cost. Flip: the old position
          closes at floor(size * price), the new one opens at ceil(size *
          price). Fee = ceil(ceil(|delta| * price) * fee) in token units,
          realised PnL in token units rounded down: both against the trader.
+         Returns what the pool is owed (fee - realised PnL, token units),
+         settled by the caller.
     """
     if not (size_delta != 0):
         fixed_point._fail("engine: zero size")
     if not (market_id < risk.market_count):
         fixed_point._fail("engine: unknown market")
     mword: uint256 = risk._market[market_id]
-    price: uint256 = staticcall IOracle(risk._m_oracle(mword)).price()
-    if size_delta > 0:
-        if not (price <= acceptable_price):
-            fixed_point._fail("engine: price above acceptable")
-    else:
-        if not (price >= acceptable_price):
-            fixed_point._fail("engine: price below acceptable")
     acct: margin.Acct = ledger._load(account)
     pos: margin.Pos = ledger._load_pos(account, market_id)
     iprice: int256 = convert(price, int256)
@@ -485,8 +512,11 @@ def _trade(
         if not (risk._m_active(mword)):
             fixed_point._fail("engine: market not active")
     if increases:
-        # new exposure needs every price of the account
-        ev: margin.Eval = ledger._evaluate(account, acct, risk._prices(acct.markets), SCALE)
+        # new exposure needs every price of the account; this market's is
+        # the settlement price
+        prices: uint256[_MAX_MARKETS] = risk._prices(acct.markets & ~bit)
+        prices[market_id] = price
+        ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if acct.deadline != 0:
             if fixed_point._ratio(ev.equity, ev.maintenance) >= p.call_ratio:
                 acct = ledger._clear_call(account, acct, ev)
@@ -505,7 +535,6 @@ def _trade(
             if fixed_point._ratio(ev.equity, ev.maintenance) >= p.call_ratio:
                 acct = ledger._clear_call(account, acct, ev)
     ledger._store(account, acct)
-    self._settle_pool(convert(fee, int256) - realized_tok)
     log ledger.PositionChanged(
         account=account,
         market_id=market_id,
@@ -517,7 +546,7 @@ def _trade(
         fee=fee,
         collateral=acct.collateral,
     )
-    return new.size
+    return convert(fee, int256) - realized_tok
 
 
 # --- internal: margin calls ---------------------------------------------------------------
@@ -672,6 +701,13 @@ def _execute(
 
 
 # --- internal: tokens ---------------------------------------------------------------
+
+
+@view
+@internal
+def _only_book():
+    if not (msg.sender == ORDER_BOOK):
+        fixed_point._fail("engine: only order book")
 
 
 @internal

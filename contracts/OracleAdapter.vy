@@ -42,6 +42,7 @@ implements: IOracle
 interface AggregatorV3Interface:
     def decimals() -> uint8: view
     def latestRoundData() -> (uint80, int256, uint256, uint256, uint80): view
+    def getRoundData(_roundId: uint80) -> (uint80, int256, uint256, uint256, uint80): view
 
 
 # Reason codes of `_read_feed` and `_sequencer_code`; 0 means valid.
@@ -55,6 +56,11 @@ _OUT_OF_BOUNDS: constant(uint256) = 6
 _SEQUENCER_DOWN: constant(uint256) = 7
 _SEQUENCER_GRACE: constant(uint256) = 8
 _SEQUENCER_INVALID: constant(uint256) = 9
+_NO_ROUND: constant(uint256) = 10
+_ROUND_NOT_AFTER: constant(uint256) = 11
+_ROUND_NOT_FIRST: constant(uint256) = 12
+_ROUND_AFTER_WINDOW: constant(uint256) = 13
+_ROUND_MASK: constant(uint256) = 2**64 - 1
 
 _WAD_DECIMALS: constant(uint8) = 18
 # 10**(36 - 18) keeps every scale and bound computation inside uint256.
@@ -216,6 +222,123 @@ def reason() -> String[40]:
     if code == _OK:
         return ""
     return self._reason(code)
+
+
+@view
+@external
+def round_price(round_id: uint80, after: uint256, until: uint256) -> uint256:
+    """
+    @notice The settlement price of an order committed at `after`: the
+            primary feed's round `round_id`, which must be valid (positive,
+            within bounds, not dated in the future, the sequencer up) and
+            the first published strictly after `after` (its `updatedAt` >
+            `after`, the previous round's <= `after`), no later than
+            `until` (the order's expiry) and at most the heartbeat after
+            `after`. Staleness is measured against the commit, not now.
+            Reverts with an "oracle: ..." reason otherwise. The fallback feed
+            is not used: its rounds are not ordered with the primary's.
+    @param round_id The round (a hint from the settler; only the first round
+           after `after` passes).
+    @param after The order's commit time.
+    @param until The order's expiry.
+    @return The price, 18 decimals.
+    """
+    p: uint256 = 0
+    code: uint256 = 0
+    p, code = self._round_price(round_id, after, until)
+    if code != _OK:
+        raise self._reason(code)
+    return p
+
+
+@view
+@external
+def try_round_price(round_id: uint80, after: uint256, until: uint256) -> (uint256, uint256):
+    """
+    @notice `round_price` without reverting, for batched settlement.
+    @param round_id The round.
+    @param after The order's commit time.
+    @param until The order's expiry.
+    @return The price (0 unless valid) and the reason code (0 when valid;
+            `reason_of` names it).
+    """
+    return self._round_price(round_id, after, until)
+
+
+@pure
+@external
+def reason_of(code: uint256) -> String[40]:
+    """
+    @notice The reason string of a code returned by `try_round_price`.
+    @param code A non-zero reason code.
+    @return The reason, or "" for 0.
+    """
+    if code == _OK:
+        return ""
+    return self._reason(code)
+
+
+@view
+@internal
+def _round_price(round_id: uint80, after: uint256, until: uint256) -> (uint256, uint256):
+    """
+    @dev The rules of `round_price`, never reverting: (price, code). A round
+         whose id is the first of its aggregator phase (low 64 bits 1) has
+         no previous round to prove it is the first after `after`: it is
+         refused (such an order expires and is refunded).
+    """
+    if sequencer != empty(address):
+        code: uint256 = self._sequencer_code()
+        if code != _OK:
+            return 0, code
+    answer: int256 = 0
+    updated_at: uint256 = 0
+    ok: bool = False
+    ok, answer, updated_at = self._round(round_id)
+    if not ok or updated_at == 0:
+        return 0, _NO_ROUND
+    if updated_at <= after:
+        return 0, _ROUND_NOT_AFTER
+    if updated_at > block.timestamp:
+        return 0, _FUTURE
+    if updated_at > until:
+        return 0, _ROUND_AFTER_WINDOW
+    if updated_at - after > primary_heartbeat:
+        return 0, _STALE
+    if convert(round_id, uint256) & _ROUND_MASK <= 1:
+        return 0, _ROUND_NOT_FIRST
+    prev_answer: int256 = 0
+    prev_updated: uint256 = 0
+    ok, prev_answer, prev_updated = self._round(round_id - 1)
+    if not ok or prev_updated > after:
+        return 0, _ROUND_NOT_FIRST
+    if answer <= 0:
+        return 0, _NON_POSITIVE
+    raw: uint256 = convert(answer, uint256)
+    if raw < _PRIMARY_MIN_ANSWER or raw > _PRIMARY_MAX_ANSWER:
+        return 0, _OUT_OF_BOUNDS
+    return unsafe_div(unsafe_mul(raw, _PRIMARY_MUL), _PRIMARY_DIV), _OK
+
+
+@view
+@internal
+def _round(round_id: uint80) -> (bool, int256, uint256):
+    """
+    @dev Reads one round of the primary feed without reverting: (read,
+         answer, updatedAt).
+    """
+    success: bool = False
+    data: Bytes[_ROUND_DATA_SIZE] = b""
+    success, data = raw_call(
+        primary,
+        abi_encode(round_id, method_id=method_id("getRoundData(uint80)")),
+        max_outsize=_ROUND_DATA_SIZE,
+        is_static_call=True,
+        revert_on_failure=False,
+    )
+    if not success or len(data) != _ROUND_DATA_SIZE:
+        return False, 0, 0
+    return True, extract32(data, 32, output_type=int256), extract32(data, 96, output_type=uint256)
 
 
 @view
@@ -399,6 +522,14 @@ def _reason(code: uint256) -> String[40]:
         return "oracle: price out of bounds"
     if code == _SEQUENCER_DOWN:
         return "oracle: sequencer down"
+    if code == _NO_ROUND:
+        return "oracle: no such round"
+    if code == _ROUND_NOT_AFTER:
+        return "oracle: round not after commit"
+    if code == _ROUND_NOT_FIRST:
+        return "oracle: round not first after commit"
+    if code == _ROUND_AFTER_WINDOW:
+        return "oracle: round after order window"
     if code == _SEQUENCER_GRACE:
         return "oracle: sequencer grace period"
     return "oracle: sequencer feed invalid"

@@ -26,18 +26,82 @@ def deposit(system, trader, whole_tokens: float):
     return system.engine.deposit(amount, trader.address, sender=trader)
 
 
+def publish_round(system, market_id: int, price: float | None = None, sender=None) -> int:
+    """Publishes a new round on the market's mock feed (at its current answer unless `price`
+    is given) and returns its round id: the settlement round of orders committed before."""
+    from ape import chain
+
+    feed = system.feeds[market_id]
+    # a round in the commit's own second is not after it (Anvil may give the next block
+    # the same timestamp; a real chain's next block is always later)
+    if chain.pending_timestamp <= chain.blocks.head.timestamp:
+        chain.pending_timestamp = chain.blocks.head.timestamp + 1
+    if price is None:
+        answer = int(feed.latestRoundData()[1])
+    else:
+        answer = system.feed_answer(market_id, price)
+    feed.set_answer(answer, sender=sender or system.owner)
+    return int(feed.latestRoundData()[0])
+
+
+def commit(
+    system, trader, market_id: int, size_delta: int, acceptable_price: int, reduce_only=False
+):
+    """Commits an order (size in wad) expiring after the book's longest window; returns
+    (order id, commit tx)."""
+    from ape import chain
+
+    expiry = chain.blocks.head.timestamp + int(system.book.max_window())
+    tx = system.book.commit_order(
+        market_id, size_delta, acceptable_price, expiry, reduce_only, sender=trader
+    )
+    return int(tx.decode_logs(system.book.OrderCommitted)[0].order_id), tx
+
+
+def trade(
+    system,
+    trader,
+    market_id: int,
+    size_delta: int,
+    acceptable_price: int,
+    reduce_only=False,
+    settler=None,
+):
+    """The two steps of a position change: commit the order, publish the next round at the
+    current price, settle at it. Returns the settlement tx (the engine's PositionChanged is in
+    its logs; a refused fill shows as the book's OrderCancelled with the reason)."""
+    order_id, _ = commit(system, trader, market_id, size_delta, acceptable_price, reduce_only)
+    round_id = publish_round(system, market_id)
+    return system.book.settle_order(order_id, round_id, sender=settler or trader)
+
+
+def settle_or_raise(system, tx):
+    """Raises `ContractLogicError` with the book's reason if the settlement `tx` cancelled its
+    order instead of filling it (the reason a direct trade used to revert with)."""
+    cancelled = tx.decode_logs(system.book.OrderCancelled)
+    if cancelled:
+        from ape.exceptions import ContractLogicError
+
+        # the engine's revert reason, carried by the event: `ape.reverts(reason)` matches it
+        raise ContractLogicError(revert_message=cancelled[0].reason, txn=tx)
+    return tx
+
+
 def open_position(system, trader, market_id: int, size: float, slippage: float = 0.05):
-    """Opens `size` base units (negative: short) with a loose slippage bound."""
+    """Opens `size` base units (negative: short) with a loose slippage bound: commits, publishes
+    the next round, settles; raises with the reason if the order was cancelled."""
     oracle = system.oracles[market_id]
     p = oracle.price()
     bound = int(p * (1 + slippage)) if size > 0 else int(p * (1 - slippage))
-    return system.engine.trade(market_id, wad(size), bound, sender=trader)
+    return settle_or_raise(system, trade(system, trader, market_id, wad(size), bound))
 
 
 def assert_conserved(system, accounts) -> None:
-    """Engine's token balance equals the sum of its collateral ledgers."""
+    """Engine's token balance equals the sum of its collateral ledgers and order escrows."""
     held = system.token.balanceOf(system.engine.address)
     ledger = sum(system.engine.collateral_of(a.address) for a in accounts)
+    # settlement fees of pending orders stay in the engine, escrowed for the book
+    ledger += sum(system.book.escrowed_of(a.address) for a in accounts)
     assert held == ledger, f"engine holds {held}, ledgers sum to {ledger}"
 
 
@@ -223,6 +287,9 @@ class FlowLedger:
                     self._credit(fund, -log.paid_by_fund)
                 elif name == "MarginCall":
                     self._credit(log.caller, log.reward)
+            elif log.contract_address == self.system.book.address:
+                if name == "OrderSettled":
+                    self._credit(log.settler, log.fee)
             elif log.contract_address == fund:
                 if name == "KeeperPaid":
                     self._credit(fund, -log.amount)
@@ -265,6 +332,20 @@ def deposit_units(system, who, amount: int):
 
 
 def trade_unbounded(system, who, market_id: int, size: int):
-    """Trades `size` (wad, signed) with no slippage bound."""
+    """Trades `size` (wad, signed) with no slippage bound through an order (commit, next
+    round at the current price, settle); a cancelled order raises with its reason."""
     bound = 2**256 - 1 if size > 0 else 0
-    return system.engine.trade(market_id, size, bound, sender=who)
+    return settle_or_raise(system, trade(system, who, market_id, size, bound))
+
+
+def close_position(system, who, market_id: int, acceptable_price: int | None = None):
+    """Closes `who`'s whole position in one market through an order (raises with the reason
+    of a cancelled order)."""
+    size = int(system.engine.position(_addr(who), market_id)[0])
+    if size == 0:
+        from ape.exceptions import ContractLogicError
+
+        raise ContractLogicError(revert_message="engine: no position")
+    if acceptable_price is None:
+        acceptable_price = 0 if size > 0 else 2**256 - 1
+    return settle_or_raise(system, trade(system, who, market_id, -size, acceptable_price))

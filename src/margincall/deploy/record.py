@@ -98,6 +98,7 @@ class DeploymentRecord:
     config: str = ""
     version: int = RECORD_VERSION
     pending_owner: str = ZERO  # set when the deploy started an ownership hand-over
+    order_book: str = ZERO  # the OrderBook (ZERO in records written before orders)
 
     # --- lookups ---
 
@@ -125,6 +126,7 @@ class DeploymentRecord:
             "pool": project.LiquidityPool.at(self.pool),
             "fund": project.InsuranceFund.at(self.fund),
             "engine": project.MarginEngine.at(self.engine),
+            "book": project.OrderBook.at(self.order_book) if self.order_book != ZERO else None,
             "oracles": [project.OracleAdapter.at(m.oracle) for m in self.markets],
         }
 
@@ -246,8 +248,8 @@ def deploy_from_config(
     system.markets = tuple(m.spec() for m in config.markets)
     if config.owner is not None and config.owner != str(deployer.address):
         # two steps (snekmate ownable_2step): nothing changes hands until the new owner
-        # calls `accept_ownership` on each of the three contracts
-        for contract in (engine, pool, system.fund):
+        # calls `accept_ownership` on each of the four contracts
+        for contract in (engine, pool, system.fund, system.book):
             contract.transfer_ownership(config.owner, sender=deployer)
     record = record_of(
         system,
@@ -330,6 +332,7 @@ def record_of(
         markets=tuple(records),
         config=config,
         pending_owner=str(engine.pending_owner()),
+        order_book=str(system.book.address) if system.book is not None else ZERO,
     )
 
 

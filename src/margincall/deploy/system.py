@@ -17,6 +17,12 @@ if TYPE_CHECKING:  # the SDK (eth_abi) loads on use: `margincall status` reads r
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
+# OrderBook defaults (docs/design.md, "Orders"): the fee escrowed per order and paid to its
+# settler, in millionths of a token (0.1 token), and the longest an order may wait for its
+# settlement round (one hour: the heartbeat of most Chainlink feeds, the worst-case wait)
+DEFAULT_SETTLEMENT_FEE_MICRO = 100_000
+DEFAULT_MAX_ORDER_WINDOW = 3_600
+
 
 @dataclass(frozen=True)
 class MarketSpec:
@@ -59,6 +65,7 @@ class System:
     engine: Any
     lens: Any = None  # MarginLens: check_margins, preview_liquidation
     checker: Any = None  # MarginParams: the bounds of every market and risk parameter
+    book: Any = None  # OrderBook: commit, settle and cancel orders (the only way to trade)
     feeds: list = field(default_factory=list)
     oracles: list = field(default_factory=list)
     markets: tuple[MarketSpec, ...] = ()
@@ -98,11 +105,15 @@ def deploy_system(
     decimals: int = 18,
     markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS,
     token: str | None = None,
+    settlement_fee_micro: int = DEFAULT_SETTLEMENT_FEE_MICRO,
+    max_order_window: int = DEFAULT_MAX_ORDER_WINDOW,
 ) -> System:
-    """Deploys token, feeds, adapters, pool, fund and engine, and wires them.
+    """Deploys token, feeds, adapters, pool, fund, order book and engine, and wires them.
 
     `token` is the address of an existing ERC-20 to use as collateral; without it a
-    `MockERC20` ("Mock USD", `decimals` decimals) is deployed.
+    `MockERC20` ("Mock USD", `decimals` decimals) is deployed. The order book comes before
+    the engine (the engine fixes it as its only source of fills) and is pointed at the
+    engine afterwards.
     """
     if token is None:
         token = owner.deploy(project.MockERC20, "Mock USD", "mUSD", decimals)
@@ -111,6 +122,9 @@ def deploy_system(
     pool = owner.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund = owner.deploy(project.InsuranceFund, token.address, pool.address)
     checker = owner.deploy(project.MarginParams)
+    book = owner.deploy(
+        project.OrderBook, int(token.decimals()), settlement_fee_micro, max_order_window
+    )
     engine = owner.deploy(
         project.MarginEngine,
         token.address,
@@ -118,12 +132,16 @@ def deploy_system(
         fund.address,
         (guardian or owner).address,
         checker.address,
+        book.address,
     )
+    book.set_engine(engine.address, sender=owner)
     lens = owner.deploy(project.MarginLens, engine.address)
     engine.set_lens(lens.address, sender=owner)
     pool.set_engine(engine.address, sender=owner)
     fund.set_engine(engine.address, sender=owner)
-    system = System(project, owner, token, pool, fund, engine, lens, checker, markets=markets)
+    system = System(
+        project, owner, token, pool, fund, engine, lens, checker, book=book, markets=markets
+    )
     for spec in markets:
         add_market(system, spec)
     return system

@@ -4,6 +4,8 @@
 - `PoolClient` (`pool`): the LP pool (ERC-4626): assets, share price, the open-interest
   reserve, deposits, redemptions and withdrawals;
 - `FundClient` (`fund`): the insurance fund: balance, donations, its payments to keepers;
+- `OrderBookClient` (`orders`): commit orders, find their settlement round, settle them
+  (one or in batches), cancel expired ones; positions change only through orders;
 - `OracleClient` (`oracle`): one market's oracle adapter: price, validity, reason, settings;
 - `Clients` (`clients`): all four over one deployed system (`Clients.from_system`,
   `Clients.from_record`);
@@ -55,6 +57,11 @@ from margincall.sdk.oracle import (
     OracleClient,
     OracleStatus,
 )
+from margincall.sdk.orders import (
+    OrderBookClient,
+    OrderOutcome,
+    PendingOrder,
+)
 from margincall.sdk.pool import (
     LpPosition,
     PoolClient,
@@ -93,6 +100,9 @@ __all__ = [
     "OracleClient",
     "OracleError",
     "OracleStatus",
+    "OrderBookClient",
+    "OrderOutcome",
+    "PendingOrder",
     "PoolClient",
     "PoolState",
     "Position",

@@ -74,6 +74,7 @@ class MarginEngineClient:
         self.decimals = int(token.decimals())
         self.scale = 10 ** (18 - self.decimals)
         self._fast: Any = None  # the raw check_margins scanner, built on first use
+        self._orders: Any = None  # the OrderBookClient, built on first use
 
     @classmethod
     def from_system(cls, system: Any) -> MarginEngineClient:
@@ -406,18 +407,26 @@ class MarginEngineClient:
             return price * (10_000 + slippage_bps) // 10_000
         return price * (10_000 - slippage_bps) // 10_000
 
+    @property
+    def orders(self) -> Any:
+        """The engine's `OrderBookClient` (positions change only through orders)."""
+        if self._orders is None:
+            from margincall.sdk.orders import OrderBookClient
+
+            self._orders = OrderBookClient.of(self)
+        return self._orders
+
     def trade(
         self, market_id: int, size_delta: int, acceptable_price: int, sender: Any, **txn: Any
     ) -> Any:
-        self.check_trade(market_id, size_delta, acceptable_price, sender)
-        return self.engine.trade(market_id, size_delta, acceptable_price, sender=sender, **txn)
+        """Commits an order (PROTOCOL.md 5b): it fills when a settler settles it at the first
+        round after the commit. Returns the commit receipt; `orders.commit` also returns the
+        order id."""
+        return self.orders.commit(market_id, size_delta, acceptable_price, sender, **txn)[1]
 
     def close(self, market_id: int, acceptable_price: int, sender: Any, **txn: Any) -> Any:
-        size, _ = self.engine.position(_addr(sender), market_id)
-        if int(size) == 0:
-            raise InvalidRequest(f"close: no position in market {market_id}")
-        self.check_trade(market_id, -int(size), acceptable_price, sender)
-        return self.engine.close_position(market_id, acceptable_price, sender=sender, **txn)
+        """Commits a reduce-only order for the whole position (see `trade`)."""
+        return self.orders.close(market_id, acceptable_price, sender, **txn)[1]
 
     def margin_call(self, account: Any, sender: Any, **txn: Any) -> Any:
         self.check_margin_call(account)
