@@ -51,6 +51,7 @@ class OrderDesk:
         self.orders_refused = 0  # cancelled at settlement by the engine's rules
         self.orders_raced = 0  # settled or cancelled by someone else first
         self.settle_fees = 0  # token units earned
+        self._declined: set[int] = set()  # orders the profit rule declined at the last block
         if book is None:
             return
         self._order_raw = {name: book.raw_event(name) for name in ORDER_EVENTS}
@@ -126,6 +127,13 @@ class OrderDesk:
         self, plan: SettlePlan, number: int, gas_limit: int | None, mined: int | None
     ) -> None:
         """One `settle_orders` per batch of the plan, sent after the block's tranches."""
+        declined = set(plan.declined)
+        if declined and declined != self._declined:
+            logger.warning(
+                f"block {number}: {len(declined)} orders ready but declined: their settlement"
+                " fee does not cover the gas at this price times the profit margin"
+            )
+        self._declined = declined
         if self.book is None or not plan.batches:
             return
         calls = [self.book.build_settle([o for o, _ in b], [r for _, r in b]) for b in plan.batches]
@@ -180,6 +188,7 @@ class OrderDesk:
             "orders_filled": self.orders_filled,
             "orders_refused": self.orders_refused,
             "orders_raced": self.orders_raced,
+            "orders_declined": len(self._declined),
             "settle_fees": self.settle_fees,
         }
 
