@@ -44,6 +44,19 @@ class SettlementClient:
         """The book's raw logs of blocks start..stop."""
         return get_logs(self.book.provider.web3, self.address, start, stop, topics)
 
+    def outcome_of(self, order_id: int, since_block: int) -> tuple[Any, Any] | None:
+        """The `OrderSettled` or `OrderCancelled` log of an order (Ape's decoded log) since
+        `since_block` (its commit block), and the receipt of the transaction that logged it;
+        None while the order is pending."""
+        from ape import chain
+
+        head = int(chain.blocks.head.number)
+        topic = {"order_id": int(order_id)}
+        for event in (self.book.OrderSettled, self.book.OrderCancelled):
+            for log in event.range(since_block, head + 1, search_topics=topic):
+                return log, chain.provider.get_receipt(str(log.transaction_hash))
+        return None
+
     def build_settle(self, order_ids: Sequence[int], round_ids: Sequence[int]) -> Call:
         """`settle_orders(order_ids, round_ids)` for a bot to sign and send."""
         if len(order_ids) != len(round_ids):
