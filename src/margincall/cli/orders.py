@@ -16,6 +16,7 @@ fill price and the new position) or cancelled (the engine's reason, the refund),
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,12 @@ def commit_and_wait(
     wait: bool = True,
     wait_seconds: float = WAIT_SECONDS,
     reduce_only: bool = False,
+    on_wait: Callable[[int], Any] | None = None,
 ) -> Any:
     """Commits an order; unless `wait` is off, waits (with a progress line) for its outcome
-    and prints the fill (`verb` and the position) or why it was cancelled."""
+    and prints the fill (`verb` and the position) or why it was cancelled. `on_wait(order
+    id)` runs once the order is committed, before the wait (a settler of one's own, as the
+    tests use: on a live chain a keeper settles)."""
     orders = session.client.orders
     order_id, receipt = orders.commit(market_id, delta, bound, sender, reduce_only=reduce_only)
     block = int(receipt.block_number)
@@ -135,6 +139,8 @@ def commit_and_wait(
                 " (a keeper settles it; `margincall orders` shows it)"
             )
         return receipt
+    if on_wait is not None:
+        on_wait(order_id)
     found = _wait(session, order_id, block, wait_seconds)
     if found is None:
         raise click.ClickException(

@@ -222,6 +222,7 @@ def run_trade(
     slippage_bps: int = 50,
     wait: bool = True,
     wait_seconds: float = WAIT_SECONDS,
+    on_wait: Any = None,
 ) -> Any:
     """Commits an order for `size` base units (negative: sell) within the slippage of the
     current price, and (unless `wait` is off) waits for its settlement at the first price
@@ -238,7 +239,9 @@ def run_trade(
         )
     bound = client.acceptable_price(market_id, delta, _slippage(slippage_bps))
     verb = "bought" if delta > 0 else "sold"
-    return commit_and_wait(session, market_id, delta, bound, sender, verb, wait, wait_seconds)
+    return commit_and_wait(
+        session, market_id, delta, bound, sender, verb, wait, wait_seconds, on_wait=on_wait
+    )
 
 
 def run_close(
@@ -248,6 +251,7 @@ def run_close(
     slippage_bps: int = 50,
     wait: bool = True,
     wait_seconds: float = WAIT_SECONDS,
+    on_wait: Any = None,
 ) -> Any:
     """Commits a reduce-only order for the whole position and waits as `run_trade` does."""
     from margincall.sdk import InvalidRequest
@@ -259,7 +263,16 @@ def run_close(
         raise InvalidRequest(f"close: no position in {market}")
     bound = client.acceptable_price(market_id, -size, _slippage(slippage_bps))
     return commit_and_wait(
-        session, market_id, -size, bound, sender, "closed", wait, wait_seconds, reduce_only=True
+        session,
+        market_id,
+        -size,
+        bound,
+        sender,
+        "closed",
+        wait,
+        wait_seconds,
+        reduce_only=True,
+        on_wait=on_wait,
     )
 
 
