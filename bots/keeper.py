@@ -24,6 +24,7 @@ from margincall.keeper.config import KeeperConfig
 from margincall.keeper.metrics import export_prometheus
 from margincall.keeper.tx import TxSender
 from margincall.sdk import Clients
+from margincall.sdk.settlement import SettlementClient
 
 bot = SilverbackBot()
 
@@ -46,7 +47,8 @@ def start(startup_state):
         stale_blocks=config.stale_blocks,
         replace_after=config.replace_after,
     )
-    keeper = Keeper(clients.engine, record, sender, config, chain.provider, clients.fund)
+    book = SettlementClient(clients.engine.orders.book)  # the keeper settles orders too
+    keeper = Keeper(clients.engine, record, sender, config, chain.provider, clients.fund, book)
     keeper.start()
     bot.state.keeper = keeper
     export_prometheus(keeper.snapshot, record.collateral_decimals)  # /metrics, /health

@@ -31,9 +31,10 @@ import pytest
 from margincall.constants import State
 from margincall.deploy.record import DeployConfig, deploy_from_config, write_record
 from margincall.keeper.audit import action_delays, eligible_at, read_history, unattended
+from margincall.keeper.orders import PendingOrder, RoundSeen, commit_time_of, settle_delays
 from margincall.keeper.procs import BotProcess, stop_all
 from margincall.keeper.tx import TxSender
-from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
+from margincall.sim.crowd import crash_path, open_crowd, plan_crowd, publish_round
 from tests.utils.helpers import fund_lp, poison_the_pool
 from tests.utils.proxy import TcpProxy
 
@@ -73,7 +74,12 @@ class Crash:
             trader = accounts.generate_test_account()
             trader.balance = 10**21
             self.traders.append(trader)
-        open_crowd(self.client, self.traders, plan_crowd(N_TRADERS, seed=11, market_ids=(0,)))
+        open_crowd(
+            self.client,
+            self.traders,
+            plan_crowd(N_TRADERS, seed=11, market_ids=(0,)),
+            lambda m: publish_round(self.system, chain, self.client, m),
+        )
         self.addresses = [t.address for t in self.traders]
         self.owner = TxSender(owner, self.provider)
         self.path = crash_path(2_000.0, fall=0.45, steps=12, rebound=0.03, every=4, seed=5)
@@ -428,4 +434,73 @@ def test_a_batch_jammed_by_one_account_liquidates_every_other_account_in_the_sam
     m = _metrics(keeper)
     assert m["reverted"] >= 1 and m["rpc_errors"] == 0, m
     assert "reverts on its own" in keeper.log()
+
+
+def _settle_latencies(crash: Crash, start: int) -> tuple[dict[int, int], list, dict[int, int]]:
+    """From chain history alone: every order committed since `start`, the block each was
+    settled in, and the blocks from the first feed round after its commit to its settlement
+    (`margincall.keeper.orders.settle_delays`)."""
+    book = crash.client.orders.book
+    stop = crash.head
+    commits = [
+        PendingOrder(
+            order_id=int(log.order_id),
+            account=str(log.account),
+            market_id=int(log.market_id),
+            size_delta=int(log.size_delta),
+            acceptable_price=int(log.acceptable_price),
+            committed_at=commit_time_of(int(log.order_id)),
+            expiry=int(log.expiry),
+            block=int(log.block_number),
+        )
+        for log in book.OrderCommitted.range(start, stop + 1)
+    ]
+    settled = {
+        int(log.order_id): int(log.block_number) for log in book.OrderSettled.range(start, stop + 1)
+    }
+    feed = crash.system.feeds[0]
+    rounds = [
+        RoundSeen(0, int(log.updatedAt), int(log.block_number))
+        for log in feed.AnswerUpdated.range(start, stop + 1)
+    ]
+    return settled, commits, settle_delays(commits, settled, rounds)
+
+
+def test_orders_are_settled_within_two_blocks_of_the_first_price_after_their_commit(
+    crash, keepers, interval_mining, accounts
+):
+    # a settlement fee of 1 token (0.0004 ETH at the keeper's default rate) pays for the
+    # settlement gas (57,050 per order, x1.2) up to ~5.8 gwei; the default 0.1 token does not
+    # at Anvil's 1 gwei tip, and the keeper would decline the orders (its profit rule)
+    book = crash.client.orders.book
+    book.set_config(1_000_000, book.max_window(), sender=crash.owner.account)
+    keeper = scanning(keepers(), crash)
+    start = crash.head + 1
+    orders = crash.client.orders
+    committed = []
+    # traders commit while prices land every few blocks: some commits share a block with a
+    # round (they settle at the next one), some come just before one
+    for step, price in enumerate((2_000.0, 1_990.0, 2_010.0, 2_000.0)):
+        for trader in crash.traders[step * 3 : step * 3 + 3]:
+            size = -(10**17) if int(crash.client.position(trader, 0)[0]) > 0 else 10**17
+            bound = crash.client.acceptable_price(0, size, 300)
+            order_id, _ = orders.commit(0, size, bound, trader)
+            committed.append(order_id)
+        crash.post_price(price)
+        crash.wait_blocks(1)
+    crash.post_price(2_000.0)  # the last commits' round
+    deadline = time.monotonic() + 60
+    while any(orders.order(o) is not None for o in committed):
+        assert time.monotonic() < deadline, f"orders pending: {_metrics(keeper)}\n{keeper.tail()}"
+        time.sleep(0.5)
+    settled, commits, delays = _settle_latencies(crash, start)
+    assert sorted(settled) == sorted(committed), "every order filled (none refused)"
+    assert len(delays) == len(committed)
+    ordered = sorted(delays.values())
+    p99 = ordered[max(0, -(-len(ordered) * 99 // 100) - 1)]
+    assert p99 <= 2, f"settlement latency (blocks after the round) {ordered}"
+    # never at a price the trader could see: the round is published after the commit
+    assert min(ordered) >= 1
+    m = _metrics(keeper)
+    assert m["orders_filled"] == len(committed) and m["orders_refused"] == 0, m
     assert keeper.running, keeper.tail()

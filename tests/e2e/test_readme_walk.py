@@ -92,7 +92,8 @@ def test_readme_walk_reaches_a_call_a_cure_and_a_tranche(workdir):
         return matches[index]
 
     assert "minted 10,000.00 mUSD" in out("margincall dev mint")
-    assert "bought 4.0000 ETH-USD at 2,000.00" in out("margincall trade")
+    assert "committed order 0x" in out("margincall trade")
+    assert "bought 4.0000 ETH-USD at 2,000.00" in out("margincall orders")
     assert "CALLABLE" in out("margincall status TEST::5 ")
     assert "margin-called 0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc" in out("margincall call")
     assert "margin call cleared" in out("margincall deposit 100 ")

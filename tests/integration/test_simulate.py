@@ -166,6 +166,11 @@ def test_called_traders_cure_by_deposit_and_by_reduction_and_are_counted(cure_si
         assert e["by_trader"] and e["how"] == ("deposit" if t.cure.deposit else "trade")
         assert e["t"] - called_at[e["account"]] >= t.cure.delay
     assert m["trader_deposits"] > 0
+    # each reduction was a reduce-only order, settled by the keeper in the block after the
+    # first round posted after its commit (PROTOCOL.md section 5b)
+    assert rec.orders_committed >= rec.cures_by_reduce
+    assert rec.orders_settled == rec.orders_committed and not rec.orders_cancelled
+    assert set(rec.order_delays) == {1} and m["order_delay_max"] == 1
     client = MarginEngineClient.from_system(cure_sim.system)
     after = client.statuses([t.address for t in traders])
     assert all(s.state == State.HEALTHY and s.call_deadline == 0 for s in after)

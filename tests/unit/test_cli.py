@@ -30,7 +30,7 @@ from margincall.deploy.record import (
 from margincall.notify import ENV_VARS, NotifierConfig, default_outbox
 from margincall.report import fmt_wad
 from margincall.sdk import InsufficientFunds, InsufficientMargin, InvalidRequest
-from tests.utils.helpers import fund_lp
+from tests.utils.helpers import fund_lp, publish_round
 
 ROOT = Path(__file__).resolve().parents[2]
 ETH, BTC, SOL = 0, 1, 2
@@ -78,10 +78,24 @@ def funded(deployed, trader):
 
 
 @pytest.fixture
-def long_eth(session, funded):
+def settles(deployed, keeper):
+    """A keeper's settlement of one order, as `run_trade(on_wait=...)` takes it: the next
+    round of the order's market at its current price, then `settle_order` at it."""
+    book = deployed.system.book
+
+    def settle(order_id: int) -> None:
+        market = int(book.order(order_id).market_id)
+        round_id = publish_round(deployed.system, market)
+        book.settle_order(order_id, round_id, sender=keeper)
+
+    return settle
+
+
+@pytest.fixture
+def long_eth(session, funded, settles):
     """The trader's 1,000 mUSD and 4 ETH long (8x), HEALTHY."""
     mc.run_deposit(session, "1000", funded)
-    mc.run_trade(session, "ETH-USD", "4", funded)
+    mc.run_trade(session, "ETH-USD", "4", funded, on_wait=settles)
     return funded
 
 
@@ -167,7 +181,9 @@ def test_deposit_rejects_bad_amounts(session, funded, amount):
 
 def test_withdraw_within_free_margin(session, long_eth, deployed, out):
     mc.run_withdraw(session, "100.5", long_eth)
-    assert deployed.system.engine.collateral_of(long_eth.address) == 899_500_000 - 4_000_000
+    # less the 0.05% trading fee on 8,000 and the order's 0.1 mUSD settlement fee (to the keeper)
+    fees = 4_000_000 + 100_000
+    assert deployed.system.engine.collateral_of(long_eth.address) == 899_500_000 - fees
     assert "withdrew 100.50 mUSD" in text(out)
 
 
@@ -186,10 +202,10 @@ def test_withdraw_rejects_a_bad_amount(session, long_eth):
 # --- trade and close -----------------------------------------------------------
 
 
-def test_trade_by_name_and_by_id_long_and_short(session, funded, deployed, out):
+def test_trade_by_name_and_by_id_long_and_short(session, funded, deployed, out, settles):
     mc.run_deposit(session, "2000", funded)
-    mc.run_trade(session, "eth-usd", "1.5", funded, slippage_bps=10)
-    mc.run_trade(session, "1", "-0.01", funded)
+    mc.run_trade(session, "eth-usd", "1.5", funded, slippage_bps=10, on_wait=settles)
+    mc.run_trade(session, "1", "-0.01", funded, on_wait=settles)
     engine = deployed.system.engine
     assert engine.position(funded.address, ETH)[0] == 3 * WAD // 2
     assert engine.position(funded.address, BTC)[0] == -WAD // 100
@@ -223,20 +239,21 @@ def test_trade_beyond_the_initial_margin_is_refused_before_sending(session, fund
     assert funded.nonce == nonce
 
 
-def test_close_closes_the_whole_position_with_its_pnl(session, long_eth, deployed, out):
+def test_close_closes_the_whole_position_with_its_pnl(session, long_eth, deployed, out, settles):
     deployed.system.set_price(ETH, 2_100)
     before = deployed.system.engine.collateral_of(long_eth.address)
-    mc.run_close(session, "ETH-USD", long_eth)
+    mc.run_close(session, "ETH-USD", long_eth, on_wait=settles)
     assert deployed.system.engine.position(long_eth.address, ETH)[0] == 0
     after = deployed.system.engine.collateral_of(long_eth.address)
-    assert after - before == 400 * 10**6 - 4_200_000  # +400 PnL, 0.05% fee on 8,400
+    # +400 PnL, 0.05% fee on 8,400, the close order's 0.1 settlement fee
+    assert after - before == 400 * 10**6 - 4_200_000 - 100_000
     assert "closed 4.0000 ETH-USD at 2,100.00" in text(out)
     assert "realised PnL 400.00 mUSD" in text(out)
 
 
 def test_close_without_a_position_is_refused_before_sending(session, funded):
     nonce = funded.nonce
-    with pytest.raises(InvalidRequest, match="no position in market 2"):
+    with pytest.raises(InvalidRequest, match="no position in SOL-USD"):
         mc.run_close(session, "SOL-USD", funded)
     assert funded.nonce == nonce
 
@@ -260,7 +277,7 @@ def test_status_shows_margin_and_positions_with_pnl(session, long_eth, deployed,
     for word in ("HEALTHY", "maintenance margin", "call deadline", "next tranche", "Positions"):
         assert word in shown
     assert "-200.00" in shown and "7,800.00" in shown  # PnL and notional
-    assert "796.00" in shown  # equity: 1,000 - 4 fee - 200
+    assert "795.90" in shown  # equity: 1,000 - 4 fee - 0.1 settlement fee - 200
 
 
 def test_status_of_an_empty_account(session, stranger, out):
@@ -392,23 +409,38 @@ def test_cli_refused_operation_exits_1_in_one_line(record_file, trader):
     assert trader.nonce == nonce
 
 
-def test_cli_good_invocations(record_file, funded, deployed, trader):
+def test_cli_good_invocations(record_file, funded, deployed, trader, settles):
     rec = ["--deployment", str(record_file)]
     acct = ["--account", "TEST::5"]
     assert trader.address == funded.address
-    steps = [
-        (["deposit", "1000", *acct, *rec], "deposited 1,000.00 mUSD"),
-        (["trade", "ETH-USD", "2", *acct, *rec], "bought 2.0000 ETH-USD"),
-        (["trade", "ETH-USD", "-0.5", "--slippage-bps", "20", *acct, *rec], "sold 0.5000"),
-        (["status", trader.address, *rec], "HEALTHY"),
-        (["watch", trader.address, "--once", *rec], "HEALTHY"),
-        (["close", "0", *acct, *rec], "closed 1.5000 ETH-USD"),
-        (["withdraw", "900", *acct, *rec], "withdrew 900.00 mUSD"),
+    book = deployed.system.book
+
+    def keeper_settles() -> None:  # what a keeper does between two commands
+        for order_id in book.pending_orders(trader.address):
+            settles(int(order_id))
+
+    steps = [  # (command, expected output, a keeper settles the pending orders after it)
+        (["deposit", "1000", *acct, *rec], "deposited 1,000.00 mUSD", False),
+        (["trade", "ETH-USD", "2", "--no-wait", *acct, *rec], "committed order 0x", False),
+        (["orders", trader.address, *rec], "waiting for a price", True),
+        (
+            ["trade", "ETH-USD", "-0.5", "--slippage-bps", "20", "--no-wait", *acct, *rec],
+            "sell",
+            True,
+        ),
+        (["status", trader.address, *rec], "HEALTHY", False),
+        (["watch", trader.address, "--once", *rec], "HEALTHY", False),
+        (["close", "0", "--no-wait", *acct, *rec], "committed order 0x", False),
+        (["orders", trader.address, "--json", *rec], '"reduce_only":true', True),
+        (["orders", trader.address, "--json", *rec], "[]", False),
+        (["withdraw", "900", *acct, *rec], "withdrew 900.00 mUSD", False),
     ]
-    for args, expected in steps:
+    for args, expected, then_settle in steps:
         result = invoke(*args)
         assert result.exit_code == 0, f"{args}: {result.output}"
-        assert expected in result.output, f"{args}: {result.output}"
+        assert expected in " ".join(result.output.split()), f"{args}: {result.output}"
+        if then_settle:
+            keeper_settles()
     assert deployed.system.engine.position(trader.address, ETH)[0] == 0
 
 

@@ -13,6 +13,7 @@ import pytest
 from margincall.constants import WAD, State
 from margincall.keeper.bot import Keeper, KeeperState
 from margincall.keeper.config import KeeperConfig
+from margincall.keeper.orders import OrderTracker, PendingOrder, Round, order_tag
 from margincall.keeper.step import (
     REVERT_BACKOFF,
     Caps,
@@ -109,6 +110,7 @@ def _simulator() -> Replay:
     replay.memory = Memory({a: set(m) for a, m in MARKETS.items()}, dict(FULL_UNTIL), dict(BACKOFF))
     replay.in_flight = set(IN_FLIGHT)
     replay._costs_now = _costs  # the bot's cost model (the simulator converts at its ETH price)
+    replay.orders, replay.rounds, replay.settling = OrderTracker(), {}, set()
     return replay
 
 
@@ -270,3 +272,38 @@ def test_the_simulator_bisects_a_jammed_keeper_batch_as_the_bot_does():
     assert all(tx.label == "liquidate_many" and tx.gas > 0 for tx in txs[1:])
     assert sorted(a for tx in txs[1:] for a in tx.accounts) == sorted(set(crowd) - {poisoned})
     assert sim.reverted_alone == [poisoned]
+
+
+# pending orders of the same block: settled (a round after the commit exists), waiting (none
+# yet), expired, and one with its settlement in flight; the feed's rounds as both know them
+ROUNDS = [Round(1, HEAD - 100), Round(2, HEAD - 20), Round(3, HEAD)]
+ORDERS = [
+    PendingOrder(1, _account(7), 0, 10**18, 2_100 * WAD, HEAD - 50, HEAD + 600, fee=10**18),
+    PendingOrder(2, _account(8), 0, -(10**18), 1_900 * WAD, HEAD - 10, HEAD + 600, fee=10**18),
+    PendingOrder(3, _account(9), 0, 10**18, 2_100 * WAD, HEAD, HEAD + 600, fee=10**18),
+    PendingOrder(4, _account(9), 0, 10**18, 2_100 * WAD, HEAD - 200, HEAD - 1, fee=10**18),
+    PendingOrder(5, _account(13), 0, 10**18, 2_100 * WAD, HEAD - 60, HEAD + 600, fee=10**18),
+]
+
+
+def test_bot_and_simulator_settle_the_same_orders_on_the_same_block():
+    from margincall.keeper.orders import RoundCache
+
+    bot = _bot()
+    for o in ORDERS:
+        bot.state.orders.commit(o)
+    cache = RoundCache({r.round_id: r for r in ROUNDS}.get)
+    hints = {o.order_id: cache.first_round_after(ROUNDS[-1], o.committed_at) for o in ORDERS}
+    sim = _simulator()
+    for o in ORDERS:
+        sim.orders.commit(o)
+    sim.rounds[0] = list(ROUNDS)
+    sim.settling = {5}
+    busy = {a.lower() for a in IN_FLIGHT} | {order_tag(5)}  # in flight: account 6, order 5
+    got_bot = bot.plan(STATUSES, SLOT, HEAD, NOW, busy, hints)
+    got_sim = sim.plan(STATUSES, SLOT, NOW)
+    assert got_bot.actions() == got_sim.actions()
+    # order 1 settles at round 2 (the first after its commit), order 2 at round 3; order 3
+    # was committed at round 3's own timestamp: it waits for round 4
+    assert got_bot.settlements.batches == (((1, 2), (2, 3)),)  # max_batch = 2
+    assert got_bot.settlements.waiting == (3,) and got_bot.settlements.expired == (4,)

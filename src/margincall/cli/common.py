@@ -180,6 +180,11 @@ def deployment_option(f: Callable) -> Callable:
     )(f)
 
 
+def optional_account_option(f: Callable) -> Callable:
+    """`--account` for commands that only sign for some of their uses (no prompt)."""
+    return account_option(f, prompt=False)
+
+
 def json_option(f: Callable) -> Callable:
     return click.option(
         "--json",
@@ -209,11 +214,12 @@ def network_option(f: Callable) -> Callable:
     return ape_network_option(envvar="MARGINCALL_NETWORK", show_envvar=True)(f)
 
 
-def account_option(f: Callable) -> Callable:
-    """Ape's `--account` (an alias or TEST::N; prompts when missing), from MARGINCALL_ACCOUNT."""
+def account_option(f: Callable, prompt: bool = True) -> Callable:
+    """Ape's `--account` (an alias or TEST::N; prompts when missing unless `prompt` is off:
+    then None), from MARGINCALL_ACCOUNT."""
     from ape.cli import account_option as ape_account_option
 
-    f = ape_account_option()(f)
+    f = ape_account_option(prompt="Select an account" if prompt else False)(f)
     for param in f.__click_params__:  # type: ignore[attr-defined]
         if param.name == "account":
             param.envvar = "MARGINCALL_ACCOUNT"

@@ -187,6 +187,10 @@ def price(market: str, price: str, node: str | None, deployment: Path | None) ->
     if not m.mock_feed or not _has_code(url, m.feed):
         raise DevError(f"{m.name}'s feed {m.feed} is not a mock feed: its price cannot be set")
     answer = _amount(price, m.feed_decimals, "price")
+    # a new round is the settlement price of the orders committed before it only if it is
+    # stamped after them: Anvil can give the next block the head's timestamp
+    head = rpc(url, "eth_getBlockByNumber", ["latest", False])
+    rpc(url, "evm_setNextBlockTimestamp", [int(head["timestamp"], 16) + 1])
     receipt = send(url, m.feed, selector(SET_ANSWER) + _word(answer))
     click.echo(
         f"{m.name} price set to {Decimal(answer).scaleb(-m.feed_decimals):,f}"

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "withdraw": ("margincall.cli.trader", "withdraw"),
     "trade": ("margincall.cli.trader", "trade"),
     "close": ("margincall.cli.trader", "close"),
+    "orders": ("margincall.cli.orders", "orders"),
     "watch": ("margincall.cli.watch", "watch"),
     "call": ("margincall.cli.actions", "call"),
     "liquidate": ("margincall.cli.actions", "liquidate"),

@@ -48,18 +48,15 @@ from margincall.cli.common import (
     slippage_option,
     to_address,
     to_units,
-    wad_str,
 )
 from margincall.cli.group import cli
 from margincall.cli.node import node_command_class
+from margincall.cli.orders import WAIT_SECONDS, commit_and_wait
 from margincall.cli.views import (
     AccountView,
     PositionView,
     status_tables,
     view_json,
-)
-from margincall.report import (
-    fmt_wad,
 )
 from margincall.sdk import OracleError
 
@@ -212,44 +209,24 @@ def _slippage(bps: int) -> int:
     return bps
 
 
-def _position_line(session: Session, receipt: Any, verb: str) -> None:
-    ev = session.client.decode(receipt, "PositionChanged")[-1]
-    name = session.record.market_name(int(ev.market_id))
-    if session.as_json:
-        emit_json(
-            session.console,
-            {
-                "action": verb,
-                "account": str(ev.account),
-                "market_id": int(ev.market_id),
-                "market": name,
-                "size_delta": wad_str(ev.size_delta),
-                "size": wad_str(ev.size),
-                "price": wad_str(ev.price),
-                "fee": session.tokens(ev.fee),
-                "realized_pnl": session.tokens(ev.realized_pnl),
-                "collateral": session.tokens(ev.collateral),
-                "margin_call_cleared": bool(session.client.decode(receipt, "MarginCallCleared")),
-                **_tx(receipt),
-            },
-        )
-        return
-    session.say(
-        f"{verb} {fmt_wad(abs(ev.size_delta), 4)} {name} at {fmt_wad(ev.price)}:"
-        f" size now {fmt_wad(ev.size, 4)}, fee {session.tok(ev.fee)},"
-        f" realised PnL {session.tok(ev.realized_pnl)},"
-        f" collateral {session.tok(ev.collateral)}"
-    )
-    _cleared(session, receipt)
-
-
 def _cleared(session: Session, receipt: Any) -> None:
     if session.client.decode(receipt, "MarginCallCleared"):
         session.say("[green]margin call cleared[/]")
 
 
-def run_trade(session: Session, market: str, size: str, sender: Any, slippage_bps: int = 50) -> Any:
-    """Trades `size` base units (negative: sell) at the oracle price within the slippage."""
+def run_trade(
+    session: Session,
+    market: str,
+    size: str,
+    sender: Any,
+    slippage_bps: int = 50,
+    wait: bool = True,
+    wait_seconds: float = WAIT_SECONDS,
+    on_wait: Any = None,
+) -> Any:
+    """Commits an order for `size` base units (negative: sell) within the slippage of the
+    current price, and (unless `wait` is off) waits for its settlement at the first price
+    published after the commit (`margincall.cli.orders.commit_and_wait`)."""
     from margincall.sdk import InsufficientMargin
 
     client = session.client
@@ -261,19 +238,56 @@ def run_trade(session: Session, market: str, size: str, sender: Any, slippage_bp
             f" (`margincall deposit AMOUNT --account ...`)"
         )
     bound = client.acceptable_price(market_id, delta, _slippage(slippage_bps))
-    receipt = client.trade(market_id, delta, bound, sender)
-    _position_line(session, receipt, "bought" if delta > 0 else "sold")
-    return receipt
+    verb = "bought" if delta > 0 else "sold"
+    return commit_and_wait(
+        session, market_id, delta, bound, sender, verb, wait, wait_seconds, on_wait=on_wait
+    )
 
 
-def run_close(session: Session, market: str, sender: Any, slippage_bps: int = 50) -> Any:
+def run_close(
+    session: Session,
+    market: str,
+    sender: Any,
+    slippage_bps: int = 50,
+    wait: bool = True,
+    wait_seconds: float = WAIT_SECONDS,
+    on_wait: Any = None,
+) -> Any:
+    """Commits a reduce-only order for the whole position and waits as `run_trade` does."""
+    from margincall.sdk import InvalidRequest
+
     client = session.client
     market_id = session.market_id(market)
     size = client.position(sender, market_id)[0]
-    bound = client.acceptable_price(market_id, -size or 1, _slippage(slippage_bps))
-    receipt = client.close(market_id, bound, sender)
-    _position_line(session, receipt, "closed")
-    return receipt
+    if size == 0:
+        raise InvalidRequest(f"close: no position in {market}")
+    bound = client.acceptable_price(market_id, -size, _slippage(slippage_bps))
+    return commit_and_wait(
+        session,
+        market_id,
+        -size,
+        bound,
+        sender,
+        "closed",
+        wait,
+        wait_seconds,
+        reduce_only=True,
+        on_wait=on_wait,
+    )
+
+
+def wait_options(f: Any) -> Any:
+    """`--no-wait` and `--wait-seconds` of the commands that commit an order."""
+    f = click.option(
+        "--wait-seconds",
+        type=click.FloatRange(min=1),
+        default=WAIT_SECONDS,
+        show_default=True,
+        help="How long to wait for the settlement.",
+    )(f)
+    return click.option(
+        "--no-wait", is_flag=True, help="Return once the order is committed (a keeper settles it)."
+    )(f)
 
 
 # --- click -------------------------------------------------------------------
@@ -329,6 +343,7 @@ def withdraw(
 @deployment_option
 @slippage_option
 @json_option
+@wait_options
 def trade(
     provider: Any,
     account: Any,
@@ -337,10 +352,14 @@ def trade(
     deployment: Path | None,
     slippage_bps: int,
     as_json: bool,
+    no_wait: bool,
+    wait_seconds: float,
 ) -> None:
-    """Trade SIZE base units of MARKET (name or id) at the oracle price; negative sells."""
+    """Trade SIZE base units of MARKET (name or id); negative sells. Commits an order that a
+    keeper settles at the first price published after it, and waits for the fill."""
     with exit_codes():
-        run_trade(connect(provider, deployment, as_json), market, size, account, slippage_bps)
+        session = connect(provider, deployment, as_json)
+        run_trade(session, market, size, account, slippage_bps, not no_wait, wait_seconds)
 
 
 @cli.command(cls=NodeCommand)
@@ -350,6 +369,7 @@ def trade(
 @deployment_option
 @slippage_option
 @json_option
+@wait_options
 def close(
     provider: Any,
     account: Any,
@@ -357,10 +377,14 @@ def close(
     deployment: Path | None,
     slippage_bps: int,
     as_json: bool,
+    no_wait: bool,
+    wait_seconds: float,
 ) -> None:
-    """Close the whole position in MARKET (name or id) at the oracle price."""
+    """Close the whole position in MARKET (name or id): a reduce-only order, settled at the
+    first price published after it."""
     with exit_codes():
-        run_close(connect(provider, deployment, as_json), market, account, slippage_bps)
+        session = connect(provider, deployment, as_json)
+        run_close(session, market, account, slippage_bps, not no_wait, wait_seconds)
 
 
 __all__ = [

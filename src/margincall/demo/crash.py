@@ -69,7 +69,7 @@ from margincall.keeper.tx import TxSender
 from margincall.notify.webhook_sink import WebhookServer
 from margincall.report import fmt_tokens
 from margincall.sdk import Clients, MarginCallError
-from margincall.sim.crowd import crash_path, open_crowd, plan_crowd
+from margincall.sim.crowd import crash_path, open_crowd, plan_crowd, publish_round
 from margincall.web.process import DashboardProcess
 
 warnings.filterwarnings("ignore", message="Field 'import_remapping'")
@@ -237,7 +237,11 @@ class CrashDemo(DemoReport):
         ) as bar:
             task = bar.add_task("open", total=len(plans))
             open_crowd(
-                self.client, self.traders, plans, progress=lambda i: bar.update(task, completed=i)
+                self.client,
+                self.traders,
+                plans,
+                lambda m: publish_round(self.system, chain, self.client, m),
+                progress=lambda i: bar.update(task, completed=i),
             )
         # every trader keeps a reserve to cure a call with one deposit transaction
         for trader, plan in zip(self.traders, plans, strict=True):

@@ -95,6 +95,7 @@ class Demo:
         self.calls: list = []
         self.fund_payouts: list = []
         self.bad_debts: list = []
+        self.settle_fees = 0  # the orders' settlement fees paid to the keeper
 
     # --- helpers -------------------------------------------------------------
 
@@ -130,19 +131,35 @@ class Demo:
         self.say(f"{name} deposits {self.tok(ev.amount, 0)} (collateral {self.tok(ev.collateral)})")
         return receipt
 
+    def fill(self, trader, market: int, delta: int, bound: int, reduce_only: bool = False):
+        """An order: committed, then filled at the next round published after the commit
+        (both feeds, same prices), which the keeper settles (PROTOCOL.md section 5b).
+        Returns the commit and settlement receipts."""
+        orders = self.client.orders
+        order_id, commit = orders.commit(market, delta, bound, trader, reduce_only=reduce_only)
+        if chain.pending_timestamp <= chain.blocks.head.timestamp:
+            chain.pending_timestamp = chain.blocks.head.timestamp + 1
+        self.set_prices()
+        receipt = orders.settle(order_id, self.keeper)
+        (outcome,) = [o for o in orders.outcomes(receipt) if o.order_id == order_id]
+        expect(outcome.settled, f"order {order_id:#x} refused: {outcome.reason}")
+        self.settle_fees += sum(e.fee for e in receipt.decode_logs(orders.book.OrderSettled))
+        return commit, receipt
+
     def trade(self, name: str, market: int, size: float | str):
         trader = self.traders[name]
         price = self.system.oracles[market].price()
         delta = units(size)
         bound = price * 101 // 100 if delta > 0 else price * 99 // 100
-        receipt = self.client.trade(market, delta, bound, sender=trader)
+        commit, receipt = self.fill(trader, market, delta, bound)
         ev = receipt.decode_logs(self.engine.PositionChanged)[-1]
         side = "buys" if delta > 0 else "sells"
         base = self.system.markets[market].name.split("-")[0]
         self.say(
             f"{name} {side} {abs(Decimal(str(size)))} {base}"
-            f" at {fmt_wad(ev.price)}: fee {self.tok(ev.fee)},"
-            f" collateral {self.tok(ev.collateral)}"
+            f" at {fmt_wad(ev.price)} (order committed in block {commit.block_number},"
+            f" settled by the keeper in block {receipt.block_number} at the next round):"
+            f" fee {self.tok(ev.fee)}, collateral {self.tok(ev.collateral)}"
         )
         return receipt
 
@@ -406,7 +423,9 @@ class Demo:
         )
         self.expect_states(states, {"B": State.HEALTHY}, "after B's tranches")
 
-        receipt = self.client.close(ETH, units(1, 18), sender=self.traders["B"])
+        b = self.traders["B"]
+        left = int(self.client.position(b, ETH)[0])
+        _, receipt = self.fill(b, ETH, -left, units(1, 18), reduce_only=True)
         ev = receipt.decode_logs(self.engine.PositionChanged)[-1]
         self.say(
             f"B closes what is left ({fmt_wad(-ev.size_delta, 4)} ETH at {fmt_wad(ev.price)}):"
@@ -473,6 +492,7 @@ class Demo:
             sum(e.reward for e in self.calls)
             + sum(e.keeper_reward for e in self.liquidations)
             + sum(p.amount for p in self.fund_payouts)
+            + self.settle_fees
         )
         penalties = sum(e.penalty for e in self.liquidations)
         fund_fees = sum(e.fund_fee for e in self.liquidations)
@@ -493,6 +513,7 @@ class Demo:
             ("liquidations", str(len(self.liquidations))),
             ("total penalties", self.tok(penalties)),
             ("keeper earnings", self.tok(keeper_earned)),
+            ("  of which order settlement fees", self.tok(self.settle_fees)),
             ("engine token balance", self.tok(held)),
             ("sum of collateral_of(traders)", self.tok(ledgers)),
         ]

@@ -60,7 +60,9 @@ from margincall.keeper.logic import (
 from margincall.keeper.metrics import (
     Metrics,
 )
+from margincall.keeper.orders import OrderTracker, settling
 from margincall.keeper.receipts import Receipts, _lower
+from margincall.keeper.settle import OrderDesk
 from margincall.keeper.step import (
     REVERT_BACKOFF,
     Caps,
@@ -99,6 +101,7 @@ class KeeperState:
     window_full_until: dict[int, int] = field(default_factory=dict)  # market -> time
     backoff: dict[str, int] = field(default_factory=dict)  # account -> first block to retry
     started_at: float = field(default_factory=time.time)
+    orders: OrderTracker = field(default_factory=OrderTracker)  # pending orders, from events
 
 
 def _head_seen(number: int) -> float | None:
@@ -119,7 +122,7 @@ TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction
 ENGINE_EVENTS = ("PositionChanged", "MarginCall", "Liquidation", "MarketSet", "RiskParamsSet")
 
 
-class Keeper(Receipts):
+class Keeper(Receipts, OrderDesk):
     """One keeper (or one shard of it) over a deployed system."""
 
     def __init__(
@@ -130,9 +133,11 @@ class Keeper(Receipts):
         config: KeeperConfig,
         provider: Any,
         fund: FundClient,
+        book: Any = None,
     ):
         """`client`: the engine's SDK client; `fund`: the insurance fund's (its
-        `KeeperPaid` logs count in the keeper's rewards)."""
+        `KeeperPaid` logs count in the keeper's rewards); `book`: the order book's (the
+        keeper settles its orders; None: no orders)."""
         self.client = client
         self.fund = fund
         self.record = record
@@ -143,7 +148,7 @@ class Keeper(Receipts):
         self.state = KeeperState()
         self.clock = BlockClock(fixed=config.block_time)
         self._t0 = time.monotonic()
-        self._io = ThreadPoolExecutor(max_workers=3, thread_name_prefix="keeper-io")
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="keeper-io")
         self._wanted: set[str] = set()  # accounts worth a transaction at the last scan
         self._actionable: set[str] = set()  # accounts eligible at the last scan (delays)
         self.decimals = int(record.collateral_decimals)
@@ -168,6 +173,7 @@ class Keeper(Receipts):
         self._engine = client.address
         self._fund = fund.address
         self._me = _lower(sender.address)
+        self._init_orders(book)
 
     # --- parameters ---
 
@@ -194,12 +200,14 @@ class Keeper(Receipts):
         head = int(latest.number)
         t0 = time.monotonic()
         n = self._ingest(int(self.record.block), head)
+        self._apply_orders(self._read_order_logs(int(self.record.block), head))
         self._params_changed = False  # read at construction, from the head
         self.metrics.track(len(self._mine(self.state.book.accounts)))
         logger.success(
             f"keeper {self.sender.address}"
             f" shard {self.config.shard_index}/{self.config.shard_count}:"
-            f" {len(self.state.book)} accounts with open positions from {n} PositionChanged logs"
+            f" {len(self.state.book)} accounts with open positions from {n} PositionChanged logs,"
+            f" {len(self.state.orders)} pending orders"
             f" (blocks {self.record.block}..{head}, {time.monotonic() - t0:.2f} s);"
             f" {self.metrics.accounts_tracked} in this shard"
         )
@@ -298,7 +306,9 @@ class Keeper(Receipts):
         f_logs = self._io.submit(self._read_logs, state.cursor + 1, number)
         f_mined = self._io.submit(self.sender.mined_count, number) if self.sender.pending else None
         f_scan = self._io.submit(self._scan, known, number)
+        f_orders = self._io.submit(self._read_order_logs, state.cursor + 1, number)
         self._apply(f_logs.result(), number)
+        self._apply_orders(f_orders.result())
         if self._params_changed:  # the owner changed a market or the risk parameters: rare
             self._load_params(number)
             self._params_changed = False
@@ -315,13 +325,15 @@ class Keeper(Receipts):
         scanned_ms = 1000 * (time.monotonic() - self._t0)
 
         busy = {_lower(a) for a in self.sender.in_flight(mined)}
-        plan = self.plan(statuses, number, timestamp, now, busy)
+        hints = self._hints(number) if len(state.orders) else {}
+        plan = self.plan(statuses, number, timestamp, now, busy, hints)
         decision = plan.decision
         state.held_window = len(plan.held_window)
         self._mark_eligible(list(plan.kept), number, now)
         self._mark_worth(decision, number)
         due_next = plan.due_next
         first = self._send(decision, number, gas_limit, due_next, mined)
+        self._send_settlements(plan.settlements, number, gas_limit, mined)
         if first is not None:
             after = f", {1000 * (first - seen):.0f} ms after the head was seen" if seen else ""
             logger.info(
@@ -346,10 +358,17 @@ class Keeper(Receipts):
         return decision
 
     def plan(
-        self, statuses: list[Any], number: int, timestamp: int, now: int, busy: set[str]
+        self,
+        statuses: list[Any],
+        number: int,
+        timestamp: int,
+        now: int,
+        busy: set[str],
+        hints: dict[int, int | None] | None = None,
     ) -> Plan:
         """The keeper step of block `number` (`margincall.keeper.step.plan_block`, the one
-        the simulator runs) over its statuses, with this keeper's costs, caps and memory."""
+        the simulator runs) over its statuses and pending orders (`hints`: each order's
+        first feed round after its commit), with this keeper's costs, caps and memory."""
         state = self.state
         return plan_block(
             statuses,
@@ -362,6 +381,9 @@ class Keeper(Receipts):
             call_ratio=self.call_ratio,
             mmrs=self.mmrs,
             busy=busy,
+            orders=list(state.orders.pending.values()),
+            hints=hints or {},
+            busy_orders=settling(busy),  # `order:<id>` names of settle_orders in flight
         )
 
     def _mark_eligible(self, snaps: list[Snapshot], number: int, now: int) -> None:
@@ -410,7 +432,12 @@ class Keeper(Receipts):
         return out
 
     def _still_useful(self, tx: PendingTx) -> bool:
-        return any(_lower(a) in self._wanted for a in tx.accounts)
+        """A stuck transaction is re-sent if it still acts on an account worth it, or on an
+        order still pending."""
+        pending = self.state.orders.pending
+        return any(_lower(a) in self._wanted for a in tx.accounts) or any(
+            oid in pending for oid in settling(tx.accounts)
+        )
 
     def _send(
         self,
@@ -550,6 +577,7 @@ class Keeper(Receipts):
             held_window=self.state.held_window,
             block_interval_s=self.clock.interval(),
             uptime_s=round(time.time() - self.state.started_at, 1),
+            **self.order_snapshot(),
         )
         return out
 

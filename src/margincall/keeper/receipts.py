@@ -44,6 +44,9 @@ class Receipts:
                 f" nothing done for {len(tx.accounts)} accounts"
             )
             return
+        if tx.label == "settle_orders":
+            self._settled_receipt(mined)
+            return
         if tx.label == "clear_margin_call":
             if mined.ok:
                 self.state.clears_made += 1

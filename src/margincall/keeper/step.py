@@ -31,6 +31,7 @@ from margincall.keeper.logic import (
     decide,
     held_by_window,
 )
+from margincall.keeper.orders import PendingOrder, SettlePlan, plan_settlements
 
 WINDOW_PREVIEWS = 20  # skipped accounts per receipt checked for a full liquidation window
 REASON_WINDOW_FULL = 3  # `preview_liquidation(...).reason` when the window cap is reached
@@ -85,6 +86,7 @@ class Plan:
     backed_off: tuple[str, ...] = ()
     busy: tuple[str, ...] = ()
     clears_capped: int = 0  # recovered calls left for a later block by `max_clears`
+    settlements: SettlePlan = field(default_factory=SettlePlan)  # orders to settle
 
     @property
     def calls(self) -> list[str]:
@@ -106,6 +108,7 @@ class Plan:
             "clear_margin_call": self.clears,
             "held_window": self.held_window,
             "backed_off": self.backed_off,
+            "settle_orders": self.settlements.batches,
         }
 
 
@@ -140,10 +143,18 @@ def plan_block(
     call_ratio: int,
     mmrs: Sequence[int] = (),
     busy: Iterable[str] = (),
+    orders: Iterable[PendingOrder] = (),
+    hints: Mapping[int, int | None] | None = None,
+    busy_orders: Iterable[int] = (),
 ) -> Plan:
     """The plan of block `number` (stamped `head_timestamp`) from its `statuses` (SDK
     `MarginStatus`es); `now` is the timestamp the transactions are expected to carry (the
-    next block's). `busy`: accounts with a transaction in flight (left alone)."""
+    next block's). `busy`: accounts with a transaction in flight (left alone).
+
+    `orders`: the pending orders, `hints` each one's first feed round published after its
+    commit (`margincall.keeper.orders.RoundCache.first_round_after`; None: none yet),
+    `busy_orders` those with a settlement in flight: the plan's `settlements`, within the
+    profit rule with the cost model's gas price and exchange rate."""
     in_flight = {str(a).lower() for a in busy}
     snaps = tuple(
         Snapshot.from_status(s, mmr_of(s.account, memory.markets_of, mmrs)) for s in statuses
@@ -174,8 +185,10 @@ def plan_block(
             for s in statuses
             if recovered(s, call_ratio) and str(s.account).lower() not in in_flight
         ]
+    settlements = settle_step(orders, hints or {}, now, costs, caps, busy_orders)
     return Plan(
         decision=decision,
+        settlements=settlements,
         clears=tuple(clears[: caps.max_clears]),
         due_next=due_next,
         snapshots=snaps,
@@ -229,6 +242,34 @@ def isolate(
     return good, bad
 
 
+def settle_step(
+    orders: Iterable[PendingOrder],
+    hints: Mapping[int, int | None],
+    now: int,
+    costs: CostModel,
+    caps: Caps,
+    busy_orders: Iterable[int] = (),
+) -> SettlePlan:
+    """The block's settlements (`plan_settlements`) with the keeper's cost model: its gas
+    price, its exchange rate and collateral decimals (`costs.rewards`; without them every
+    fee counts as zero, so only a zero gas price settles) and its margin."""
+    orders = list(orders)
+    if not orders:
+        return SettlePlan()
+    model = costs.rewards
+    return plan_settlements(
+        orders,
+        hints,
+        now,
+        gas_price=costs.gas_price,
+        wei_per_token=model.wei_per_token if model is not None else 0,
+        decimals=model.decimals if model is not None else 18,
+        margin_bps=costs.margin_bps,
+        max_batch=caps.max_batch,
+        busy=busy_orders,
+    )
+
+
 def actionable(snaps: Iterable[Snapshot], now: int, costs: CostModel) -> set[str]:
     """The accounts a keeper could act on at `now`, profit ignored (the delay metrics)."""
     free = replace(costs, gas_price=0)
@@ -248,4 +289,5 @@ __all__ = [
     "plan_block",
     "recovered",
     "split_reverted",
+    "settle_step",
 ]

@@ -3,7 +3,7 @@
 A crash puts hundreds of `Liquidation` and `PositionChanged` logs in one block, and the
 keeper must read them between two blocks. Ape's decoder builds a rich object per log
 (hundreds of microseconds each); the keeper needs three fields. `RawEvent` reads any
-static field of a log straight from its topics and data words, using the event's ABI only
+field of a log but arrays straight from its topics and data words, using the event's ABI only
 to know where each field is.
 
 `decode_statuses` reads the raw output of `check_margins` (a keeper's scan, the simulator)
@@ -41,8 +41,8 @@ class RawEvent:
                 self._where[inp.name] = (True, topic, inp.type)
                 topic += 1
             else:
-                if inp.type in ("string", "bytes") or inp.type.endswith("]"):
-                    raise ValueError(f"{abi.name}.{inp.name}: only static fields are supported")
+                if inp.type.endswith("]"):
+                    raise ValueError(f"{abi.name}.{inp.name}: arrays are not supported")
                 self._where[inp.name] = (False, word, inp.type)
                 word += 1
 
@@ -52,6 +52,12 @@ class RawEvent:
 
     def field(self, log: Mapping[str, Any], name: str) -> Any:
         indexed, i, typ = self._where[name]
+        if not indexed and typ in ("string", "bytes"):  # the head word holds the offset
+            data = _bytes(log["data"])
+            at = int.from_bytes(data[32 * i : 32 * i + 32], "big")
+            size = int.from_bytes(data[at : at + 32], "big")
+            body = data[at + 32 : at + 32 + size]
+            return body.decode("utf-8", "replace") if typ == "string" else body
         raw = _bytes(log["topics"][i]) if indexed else _bytes(log["data"])[32 * i : 32 * i + 32]
         if typ == "address":
             return to_checksum_address(raw[-20:])

@@ -206,7 +206,11 @@ class OrderBookClient:
         receipt = self.book.commit_order(
             market_id, size_delta, acceptable_price, expiry, reduce_only, sender=sender, **txn
         )
-        return int(receipt.decode_logs(self.book.OrderCommitted)[0].order_id), receipt
+        logs = receipt.decode_logs(self.book.OrderCommitted)
+        if not logs:  # returned before it was mined (a chain that does not automine): wait
+            receipt = self.book.provider.get_receipt(receipt.txn_hash, timeout=120)
+            logs = receipt.decode_logs(self.book.OrderCommitted)
+        return int(logs[0].order_id), receipt
 
     def close(
         self, market_id: int, acceptable_price: int, sender: Any, **txn: Any

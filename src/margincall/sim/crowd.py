@@ -3,7 +3,8 @@
 The demo and the end-to-end tests need the same thing: N traders, each with
 a deposit and one position at a leverage between 2x and ~10x, long or short,
 in one of the markets, reproducible from a seed. `plan_crowd` draws the
-plan (pure), `open_crowd` funds and opens it (mint, approve, deposit, trade),
+plan (pure), `open_crowd` funds and opens it (mint, approve, deposit, an order each, then
+one round per market and the settlements),
 and `crash_path` gives a price path with a fall and rebounds.
 """
 
@@ -68,12 +69,19 @@ def open_crowd(
     client: Any,
     traders: Sequence[Any],
     plans: Sequence[TraderPlan],
+    publish: Callable[[int], Any],
     slippage_bps: int = 100,
     progress: Callable[[int], None] | None = None,
-) -> None:
-    """Funds each trader with its deposit (mock token) and opens its position."""
+    settler: Any = None,
+) -> list[int]:
+    """Funds each trader with its deposit (mock token) and opens its position through an
+    order: every trader commits, then `publish(market_id)` posts the next round of each
+    market used (at its current price, in a later block than the commits: on a local chain,
+    `publish_round`), then `settler` (default: the first trader) settles every order at it.
+    Returns the order ids; raises if one of them was refused."""
     if len(traders) < len(plans):
         raise ValueError(f"{len(plans)} plans but only {len(traders)} trader accounts")
+    orders = []
     for i, (trader, plan) in enumerate(zip(traders, plans, strict=False)):
         amount = client.tokens(plan.deposit)
         client.mint(amount, sender=trader)
@@ -81,9 +89,31 @@ def open_crowd(
         client.deposit(amount, sender=trader)
         size = plan.size(client.price(plan.market_id))
         bound = client.acceptable_price(plan.market_id, size, slippage_bps)
-        client.trade(plan.market_id, size, bound, sender=trader)
+        order_id, _ = client.orders.commit(plan.market_id, size, bound, sender=trader)
+        orders.append(order_id)
         if progress:
             progress(i + 1)
+    if not orders:
+        return orders
+    for m in sorted({p.market_id for p in plans}):
+        publish(m)
+    refused = []
+    for receipt in client.orders.settle_many(orders, sender=settler or traders[0]):
+        refused += [o for o in client.orders.outcomes(receipt) if not o.settled]
+    left = [o for o in orders if client.orders.order(o) is not None]
+    if refused or left:
+        why = refused[0].reason if refused else "not settled"
+        raise RuntimeError(f"open_crowd: {len(refused) + len(left)} orders not filled ({why})")
+    return orders
+
+
+def publish_round(system: Any, chain: Any, client: Any, market_id: int) -> Any:
+    """Posts the next round of a local market's mock feed at its current price (the SDK's
+    `client.price`), in a block stamped after the head (Anvil's automine can give the next
+    block the head's timestamp, and a round at the commit's own timestamp is not after it)."""
+    if chain.pending_timestamp <= chain.blocks.head.timestamp:
+        chain.pending_timestamp = chain.blocks.head.timestamp + 1
+    return system.set_price(market_id, float(Decimal(client.price(market_id)) / WAD))
 
 
 def crash_path(
@@ -116,4 +146,4 @@ def crash_path(
     return path
 
 
-__all__ = ["TraderPlan", "crash_path", "open_crowd", "plan_crowd"]
+__all__ = ["TraderPlan", "crash_path", "open_crowd", "plan_crowd", "publish_round"]

@@ -127,6 +127,13 @@ def _keeper_figures(record: RunRecord, rewards: float) -> dict[str, Any]:
         "keeper_rewards": rewards,
         "keeper_gas_cost": record.keeper_fee_tokens,
         "keeper_profit": rewards - record.keeper_fee_tokens,
+        # orders (reductions): settled within how many blocks of the round they settle at
+        "orders_committed": record.orders_committed,
+        "orders_settled": record.orders_settled,
+        "orders_refused": sum(record.orders_cancelled.values()),
+        "order_delay_p50": percentile(record.order_delays, 50),
+        "order_delay_p99": percentile(record.order_delays, 99),
+        "order_delay_max": max(record.order_delays, default=0),
     }
 
 
@@ -341,6 +348,11 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("delay_p99", "liquidation delay p99 (blocks)", "int"),
     ("delay_max", "liquidation delay max (blocks)", "int"),
     ("tranches_missed", "tranches possible, never sent, account recovered", "int"),
+    ("orders_committed", "orders committed (reductions)", "int"),
+    ("orders_settled", "  settled", "int"),
+    ("orders_refused", "  refused at settlement", "int"),
+    ("order_delay_p99", "  settled within (blocks of their round, p99)", "int"),
+    ("order_delay_max", "  settled within (blocks of their round, max)", "int"),
     ("gas_price_gwei", "keeper gas price (gwei)", "f2"),
     ("keeper_gas", "keeper gas", "int"),
     ("keeper_reverts", "keeper transactions reverted", "int"),

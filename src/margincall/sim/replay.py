@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from margincall.constants import MAX_SCAN, WAD, State
+from margincall.constants import MAX_SCAN, WAD
 from margincall.keeper.gas import gwei
-from margincall.keeper.logic import CostModel, Snapshot, window_reopens
+from margincall.keeper.logic import CostModel, Snapshot
+from margincall.keeper.orders import OrderTracker, Round, first_round_after
 from margincall.keeper.step import (
-    REASON_WINDOW_FULL,
     REVERT_BACKOFF,
-    WINDOW_PREVIEWS,
     Caps,
     Memory,
     Plan,
@@ -37,6 +36,8 @@ from margincall.sim.chain import (
     decode_statuses,
     hexint,
 )
+from margincall.sim.keeping import KeeperMoves, eligible_slot, first_slot_at
+from margincall.sim.orders import OrderFlow
 from margincall.sim.paths import ETH
 from margincall.sim.population import (
     PopulationConfig,
@@ -45,6 +46,7 @@ from margincall.sim.setup import (
     FALLBACK_ETH_PRICE,
     GAS,
     MAX_UINT,
+    ORDER_WINDOW,
     RunRecord,
     SimSetup,
     Tx,
@@ -53,49 +55,11 @@ from margincall.sim.setup import (
 )
 from margincall.sim.traders import TraderMoves
 
-
-def first_slot_at(timestamp: int, t0: int, block_time: int) -> int:
-    """The first slot (block `k` at `t0 + k * block_time`) whose timestamp is at least
-    `timestamp`."""
-    return max(_ceil_div(timestamp - t0, block_time), 0)
+CURE_OF = {"settle_orders": "trade"}  # a settled reduce order cures as a trade did
+KEEPER_TXS = ("liquidate_many", "margin_call_many", "clear_margin_call", "settle_orders")
 
 
-def eligible_slot(
-    s: Snapshot, slot: int, t0: int, block_time: int, params: RiskParams, calls: bool = True
-) -> tuple[str, int] | None:
-    """What can be done to the account of `s` (the state after block `slot`) and the first
-    slot in which it can be done: `("liquidate", k)`, `("call", k)` or None; profit ignored.
-
-    The state after block `slot` is evaluated at the timestamp of slot `slot + 1`, with the
-    engine's rules: CRITICAL/BANKRUPT close at once; LIQUIDATABLE waits for
-    `next_tranche_time`; a CALLED account (ratio in [1, call_ratio)) becomes LIQUIDATABLE
-    when its deadline comes, and its call lapses one grace period later (then it is
-    CALLABLE again); CALLABLE can be called at once (when `calls`)."""
-    nxt = slot + 1
-    if not s.priced:
-        return None
-    if s.state in (State.CRITICAL, State.BANKRUPT):
-        return ("liquidate", nxt)
-    if s.state == State.LIQUIDATABLE:
-        at = max(nxt, first_slot_at(s.next_tranche_time, t0, block_time))
-        if s.ratio >= WAD and s.call_deadline:  # liquidatable only while its call is live
-            lapse = first_slot_at(s.call_deadline + params.grace_period, t0, block_time)
-            if at >= lapse:
-                return ("call", max(nxt, lapse)) if calls else None
-        return ("liquidate", at)
-    if s.state == State.CALLED and s.call_deadline:
-        lapse = first_slot_at(s.call_deadline + params.grace_period, t0, block_time)
-        at = max(nxt, first_slot_at(s.call_deadline, t0, block_time))
-        at = max(at, first_slot_at(s.next_tranche_time, t0, block_time))
-        if at < lapse:
-            return ("liquidate", at)
-        return ("call", max(nxt, lapse)) if calls else None
-    if s.state == State.CALLABLE and calls:
-        return ("call", nxt)
-    return None
-
-
-class Replay(TraderMoves):
+class Replay(TraderMoves, OrderFlow, KeeperMoves):
     """One run: the block loop, the keeper and the traders."""
 
     def __init__(
@@ -166,6 +130,14 @@ class Replay(TraderMoves):
                 if size:
                     self.book.apply({"account": trader.address, "market_id": i, "size": size})
         self.memory = Memory(self.book.markets, {}, {})
+        # orders: the pending ones (from the order book's events), the feed rounds this
+        # replay posted (market index -> rounds, rising), the orders with a settlement in
+        # flight
+        self.orders = OrderTracker()
+        self.rounds: dict[int, list[Round]] = {}
+        self.settling: set[int] = set()
+        self.expiry = 0  # the expiry of the orders committed in the block being built
+        self._seed_rounds()
 
     # --- prices and the keeper's exchange rate ---
 
@@ -226,6 +198,7 @@ class Replay(TraderMoves):
     def _block(self, slot: int, t: int) -> None:
         sim, rec = self.sim, self.record
         ts = self.t0 + t
+        self.expiry = ts + ORDER_WINDOW
         txs = list(self.keeper_txs)
         self.keeper_txs = []
         # the path's points due by this slot: post the latest of each market
@@ -255,7 +228,7 @@ class Replay(TraderMoves):
             rec.keeper_reverted_alone += 1
         sim.reverted_alone.clear()
         for tx in sent:
-            if tx.label in ("liquidate_many", "margin_call_many", "clear_margin_call"):
+            if tx.label in KEEPER_TXS:
                 rec.keeper_txs += 1
                 self.in_flight.update(tx.accounts)
             elif tx.sender in self.traders:
@@ -271,9 +244,10 @@ class Replay(TraderMoves):
     def _receipt(self, slot: int, t: int, tx: Tx, receipt: Mapping[str, Any]) -> None:
         sim, rec = self.sim, self.record
         ok = hexint(receipt["status"]) == 1
-        keeper_tx = tx.label in ("liquidate_many", "margin_call_many", "clear_margin_call")
+        keeper_tx = tx.label in KEEPER_TXS
         if keeper_tx:
             self.in_flight.difference_update(tx.accounts)
+            self._settle_receipt(tx)
             gas = hexint(receipt["gasUsed"])
             rec.keeper_gas += gas
             rec.keeper_fee_tokens += gas * self.gas_price_gwei * 1e-9 * self.eth_price()
@@ -294,6 +268,7 @@ class Replay(TraderMoves):
             elif address == sim.fund.lower():
                 decoded = sim.fund_abi.decode_log(log)
             else:
+                self._order_log(slot, log)
                 continue
             if decoded is None:
                 continue
@@ -359,7 +334,8 @@ class Replay(TraderMoves):
             self._plan_cure(account, t)
         elif name == "MarginCallCleared":
             caller = self._name(ev["caller"])
-            by_trader = caller == account
+            # a reduction the trader committed clears the call when the keeper settles it
+            by_trader = caller == account or tx.label == "settle_orders"
             rec.clears.append(
                 {
                     "slot": slot,
@@ -367,7 +343,9 @@ class Replay(TraderMoves):
                     "account": account,
                     "by_trader": by_trader,
                     # how the trader cured: deposit, trade (a reduction) or clear_margin_call
-                    "how": tx.label if by_trader else "",
+                    "how": ("trade" if tx.label == "settle_orders" else tx.label)
+                    if by_trader
+                    else "",
                 }
             )
         elif name == "KeeperPaid":
@@ -461,7 +439,14 @@ class Replay(TraderMoves):
 
     def plan(self, statuses: list[MarginStatus], slot: int, now: int) -> Plan:
         """The keeper step after block `slot` (`margincall.keeper.step.plan_block`, the one
-        `Keeper.on_block` runs), with the bot's cost model, caps and memory."""
+        `Keeper.on_block` runs), with the bot's cost model, caps and memory, over the
+        pending orders (each one's hint: the first round its market's feed published after
+        its commit, from the rounds this replay posted)."""
+        orders = list(self.orders.pending.values())
+        hints = {
+            o.order_id: first_round_after(self.rounds.get(o.market_id, ()), o.committed_at)
+            for o in orders
+        }
         return plan_block(
             statuses,
             number=slot,
@@ -473,86 +458,10 @@ class Replay(TraderMoves):
             call_ratio=self.params.call_ratio,
             mmrs=self.mmrs,
             busy=self.in_flight,
+            orders=orders,
+            hints=hints,
+            busy_orders=self.settling,
         )
-
-    def _keeper_txs(self, plan: Plan) -> list[Tx]:
-        """The plan's transactions (calldata from the engine's ABI), most urgent first."""
-        sim = self.sim
-        enc = sim.engine_abi.encode
-        keeper = sim.population.keeper
-        txs = [
-            Tx(keeper, sim.engine, enc("liquidate_many", list(b)), "liquidate_many", accounts=b)
-            for b in plan.decision.liquidations
-        ]
-        txs += [
-            Tx(keeper, sim.engine, enc("margin_call_many", list(b)), "margin_call_many", accounts=b)
-            for b in plan.decision.margin_calls
-        ]
-        txs += [
-            Tx(
-                keeper,
-                sim.engine,
-                enc("clear_margin_call", a),
-                "clear_margin_call",
-                GAS["clear_margin_call"],
-                (a,),
-            )
-            for a in plan.clears
-        ]
-        return txs
-
-    def _window_full(self, skipped: list[str]) -> None:
-        """As the bot (`Keeper._window_full`): of the accounts a `liquidate_many` skipped, those
-        the engine held back because a market's liquidation window was full
-        (`preview_liquidation` reason 3): records until when each of their markets' windows
-        stays full, so that the step holds them back instead of resending them."""
-        sim, abi = self.sim, self.sim.lens_abi
-        accounts = skipped[:WINDOW_PREVIEWS]
-        calls = [sim.eth_call(sim.lens, abi.encode("preview_liquidation", a)) for a in accounts]
-        full = self.memory.window_full_until
-        markets = set()
-        for account, out in zip(accounts, sim.rpc.batch(calls), strict=True):
-            if int(abi.decode_named("preview_liquidation", out)["reason"]) == REASON_WINDOW_FULL:
-                markets.update(m for m in self.book.markets.get(account, ()) if m not in full)
-        for m in sorted(markets):
-            state, market = sim.rpc.batch(
-                [
-                    sim.eth_call(sim.engine, abi.encode("window_state", m)),
-                    sim.eth_call(sim.engine, abi.encode("markets", m)),
-                ]
-            )
-            start, used = abi.decode("window_state", state)
-            cap = int(abi.decode_named("markets", market)["window_cap"])
-            until = window_reopens(int(start), int(used), cap, self.params.liquidation_window)
-            if until is not None:
-                full[m] = until
-                self.record.keeper_windows_full += 1
-
-    def _mark_eligible(self, snaps: list[Snapshot], slot: int) -> None:
-        """The first slot in which each account's next tranche (or call) was possible, from
-        the state after block `slot` (`eligible_slot`; profit ignored, the bot's rule). An
-        account that stops being eligible before anyone acted, after the action had been
-        possible, counts as missed."""
-        rec = self.record
-        seen: dict[str, set[str]] = {"liquidate": set(), "call": set()}
-        since = {"liquidate": self.liq_since, "call": self.call_since}
-        for s in snaps:
-            e = eligible_slot(s, slot, self.t0, self.bt, self.params, self.mode == PHASED)
-            if e is None:
-                continue
-            kind, at = e
-            seen[kind].add(s.account)
-            prev = since[kind].get(s.account)
-            since[kind][s.account] = at if prev is None else min(prev, at)
-        for kind, table in since.items():
-            for a in [a for a in table if a not in seen[kind] and a not in self.in_flight]:
-                if table.pop(a) <= slot:
-                    if kind == "liquidate":
-                        rec.liq_missed += 1
-                    else:
-                        rec.call_missed += 1
-
-    # --- end ---
 
     def _final(self) -> None:
         sim, rec = self.sim, self.record
@@ -561,6 +470,8 @@ class Replay(TraderMoves):
         calls += [
             sim.eth_call(sim.engine, sim.engine_abi.encode("collateral_of", a)) for a in traders
         ]
+        # the settlement fees of pending orders stay in the engine, escrowed for the book
+        calls += [sim.eth_call(sim.book, sim.book_abi.encode("escrowed_of", a)) for a in traders]
         out = sim.rpc.batch(calls)
         held = hexint(out[0])
         ledger = sum(hexint(x) for x in out[1:])
@@ -593,4 +504,5 @@ class Replay(TraderMoves):
             # what open accounts with negative equity owe: bad debt not yet realised
             "open_deficit": sum(-s.equity for s in open_now if s.equity < 0),
             "cures_pending": len(self.cures),
+            "orders_pending": len(self.orders),
         }

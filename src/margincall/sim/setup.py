@@ -55,6 +55,7 @@ from typing import Any
 
 from margincall.deploy import MarketSpec, deploy_system
 from margincall.keeper.config import KeeperConfig
+from margincall.keeper.orders import commit_time_of  # noqa: F401 - re-exported for sim.orders
 from margincall.keeper.step import split_reverted
 from margincall.math import RiskParams
 from margincall.sdk import MarginEngineClient, chunks
@@ -76,7 +77,28 @@ from margincall.sim.population import (
 MAX_UINT = 2**256 - 1
 FALLBACK_ETH_PRICE = 2_000.0  # for the keeper's gas cost when the path has no ETH market
 HEARTBEAT = 30 * 86_400  # feeds are posted every step; a CSV may have long gaps
-GAS = {"deposit": 200_000, "trade": 400_000, "clear_margin_call": 200_000, "set_answer": 120_000}
+GAS = {
+    "deposit": 200_000,
+    "commit_order": 250_000,
+    "clear_margin_call": 200_000,
+    "set_answer": 120_000,
+}
+ORDER_WINDOW = 3_000  # seconds a simulated order may wait for its round (the book allows 3,600)
+GAS_PER_FILL = 400_000  # gas limit per order of a `settle_orders` (a fill uses well under it)
+FILL_HEADROOM = 500_000  # the book's `_FILL_GAS`: left before each fill, or the batch stops
+SETTLE_BATCH = 50  # OrderBook._MAX_BATCH
+# the settlement fee of the simulated book (millionths of a token): 0.5 token pays the
+# keeper's profit rule (57,050 gas per order, x1.2) at the simulator's 1 gwei up to an ETH
+# price of ~7,000; the deployer's default (0.1 token) only pays it under ~1,450
+SETTLEMENT_FEE_MICRO = 500_000
+
+
+def settle_gas(n: int) -> int:
+    """The gas limit of a `settle_orders` of `n` orders (given, not estimated: the batch
+    stops early instead of reverting when gas runs short, so an estimate settles nothing)."""
+    return min(GAS_PER_FILL * n + FILL_HEADROOM, 29_000_000)
+
+
 SETUP_CHUNK = 600  # transactions per JSON-RPC batch during setup
 TAIL_MARGIN = 600  # seconds replayed after the last price on top of one grace period
 
@@ -173,6 +195,12 @@ class RunRecord:
     keeper_windows_full: int = 0
     trader_txs: int = 0
     trader_reverts: int = 0
+    # orders (reductions): committed, settled, refused at settlement (by reason), and each
+    # settlement's blocks from the block that posted its round (1: the next block)
+    orders_committed: int = 0
+    orders_settled: int = 0
+    orders_cancelled: dict[str, int] = field(default_factory=dict)
+    order_delays: list[int] = field(default_factory=list)
     cures_planned: int = 0
     cures_sent: int = 0
     cures_by_deposit: int = 0  # cure transactions sent, by kind
@@ -365,7 +393,11 @@ class SimSetup:
 
     def deploy(self) -> None:
         self.system = deploy_system(
-            self.project, self.owner, decimals=self.config.decimals, markets=self.market_specs()
+            self.project,
+            self.owner,
+            decimals=self.config.decimals,
+            markets=self.market_specs(),
+            settlement_fee_micro=SETTLEMENT_FEE_MICRO,
         )
         s = self.system
         self.client = MarginEngineClient.from_system(s)
@@ -383,12 +415,15 @@ class SimSetup:
         self.pool_abi = Abi.of(s.pool)
         self.fund_abi = Abi.of(s.fund)
         self.feed_abi = Abi.of(s.feeds[0])
+        self.book_abi = Abi.of(s.book)
+        self.book = str(s.book.address)
         self.engine = str(s.engine.address)
         self.lens = str(s.lens.address)
         self.token = str(s.token.address)
         self.pool = str(s.pool.address)
         self.fund = str(s.fund.address)
         self.feeds = [str(f.address) for f in s.feeds]
+        self.feed_index = {f.lower(): i for i, f in enumerate(self.feeds)}
         self.unit = 10**self.config.decimals
         self.scale = 10 ** (18 - self.config.decimals)
         self.names = {bytes.fromhex(t.address[2:]): t.address for t in self.population.traders}
@@ -427,9 +462,11 @@ class SimSetup:
                 Tx(donor, tok, enc("approve", self.fund, MAX_UINT), "approve", 100_000),
                 Tx(donor, self.fund, self.fund_abi.encode("donate", seed), "donate", 200_000),
             ]
+        self.expiry = ts + ORDER_WINDOW
         for t in pop.traders:
             txs += self._open_txs(t)
         ts = self._setup_blocks(txs, ts)
+        ts = self._settle_opening(ts)
         self.t_setup_end = ts
         self.snapshot_id = rpc.call("evm_snapshot")
         self.setup_seconds = time.monotonic() - started
@@ -465,13 +502,70 @@ class SimSetup:
             size = int(notional * leg.share / price * 1e9) * 10**9
             bound = _wad(price * (1.01 if leg.long else 0.99))
             delta = size if leg.long else -size
-            out.append(Tx(who, self.engine, enc("trade", m, delta, bound), "trade", GAS["trade"]))
+            out.append(
+                Tx(
+                    who,
+                    self.book,
+                    self.book_abi.encode("commit_order", m, delta, bound, self.expiry, False),
+                    "commit_order",
+                    GAS["commit_order"],
+                )
+            )
         return out
+
+    def _settle_opening(self, ts: int) -> int:
+        """Settles the opening orders: a round at the same prices on every feed, published
+        after the commits, then `settle_orders` batches at it; every order must fill."""
+        pop = self.population
+        posts = [
+            Tx(
+                pop.oracle,
+                feed,
+                self.feed_abi.encode("set_answer", self.feed_answer(i, self.path.start(m))),
+                "set_answer",
+                GAS["set_answer"],
+            )
+            for i, (m, feed) in enumerate(zip(self.markets, self.feeds, strict=True))
+        ]
+        self.send(posts)
+        ts += 1
+        self.mine(ts)
+        calls = [self.eth_call(f, self.feed_abi.encode("latestRoundData")) for f in self.feeds]
+        rounds = [
+            int(self.feed_abi.decode("latestRoundData", out)[0]) for out in self.rpc.batch(calls)
+        ]
+        txs = []
+        for part in chunks(self.opening_orders, SETTLE_BATCH):
+            ids = [oid for oid, _ in part]
+            hints = [rounds[m] for _, m in part]
+            data = self.book_abi.encode("settle_orders", ids, hints)
+            txs.append(Tx(pop.oracle, self.book, data, "settle_orders", settle_gas(len(ids))))
+        filled, refused = 0, []
+        for part in chunks(txs, 20):
+            self.send(part)
+            while self.pending:
+                ts += 1
+                for _, receipt in self.mine(ts)[0]:
+                    for log in receipt.get("logs", []):
+                        decoded = self.book_abi.decode_log(log)
+                        if decoded is None:
+                            continue
+                        if decoded[0] == "OrderSettled":
+                            filled += 1
+                        elif decoded[0] == "OrderCancelled":
+                            refused.append(str(decoded[1]["reason"]))
+        if filled != len(self.opening_orders):
+            raise SimulationError(
+                f"setup: {filled} of {len(self.opening_orders)} opening orders filled"
+                f" ({len(refused)} refused, first: {refused[:1]})"
+            )
+        return ts
 
     def _setup_blocks(self, txs: list[Tx], ts: int) -> int:
         """Sends `txs` a chunk at a time and mines each chunk out before the next (Anvil
         slows down with tens of thousands of transactions waiting in its pool)."""
         failed = []
+        self.opening_orders: list[tuple[int, int]] = []  # (order id, market index)
         for part in chunks(txs, SETUP_CHUNK):
             self.send(part)
             while self.pending:
@@ -479,9 +573,18 @@ class SimSetup:
                 for tx, receipt in self.mine(ts)[0]:
                     if hexint(receipt["status"]) != 1:
                         failed.append(tx)
+                    elif tx.label == "commit_order":
+                        self._note_commit(receipt)
         if failed:
             tx = failed[0]
             raise SimulationError(
                 f"setup: {len(failed)} transactions reverted, first {tx.label} from {tx.sender}"
             )
         return ts
+
+    def _note_commit(self, receipt: dict) -> None:
+        for log in receipt.get("logs", []):
+            decoded = self.book_abi.decode_log(log)
+            if decoded is not None and decoded[0] == "OrderCommitted":
+                ev = decoded[1]
+                self.opening_orders.append((int(ev["order_id"]), int(ev["market_id"])))

@@ -1,6 +1,7 @@
 """What the simulated traders do during a replay (`TraderMoves`, mixed into `Replay`): cure
 their margin calls as `population` describes (a deposit, a reduction or `clear_margin_call`,
-from the last status they saw), and their open sizes, equity and notional.
+from the last status they saw), and their open sizes, equity and notional. A reduction is a
+reduce-only order (`commit_order`) that the keeper settles at the next round (`sim.orders`).
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ class TraderMoves:
                 continue
             price = self.prices[m]
             bound = _wad(price * (0.95 if size > 0 else 1.05))
-            out.append(
-                Tx(account, sim.engine, enc("trade", i, delta, bound), "trade", GAS["trade"])
-            )
+            # a reduce-only order, settled by the keeper at the next round after this block
+            data = sim.book_abi.encode("commit_order", i, delta, bound, self.expiry, True)
+            out.append(Tx(account, sim.book, data, "commit_order", GAS["commit_order"]))
         if out:
             self.record.cures_by_reduce += 1
         return out

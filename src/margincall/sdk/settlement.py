@@ -1,0 +1,73 @@
+"""`SettlementClient`: what a settler (the keeper bot) needs of the order book: its raw event
+readers, its logs by block range, and `settle_orders` calls built for a bot to sign.
+
+`OrderBook.settle_orders(order_ids, round_ids)` settles each order at its round (the first
+round of its market's primary feed published strictly after its commit) and skips, without
+reverting, the orders that cannot settle with that round (unknown, expired, round not valid);
+it stops early when less than the book's fill gas is left, so a batch's gas limit is its
+measured use plus that headroom (`margincall.keeper.settle.FILL_HEADROOM`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from margincall.sdk.errors import InvalidRequest
+from margincall.sdk.events import RawEvent, get_logs
+from margincall.sdk.types import Call
+
+MAX_SETTLE_BATCH = 50  # OrderBook._MAX_BATCH
+
+
+def order_tag(order_id: int) -> str:
+    """How a `settle_orders` call names its orders in `Call.accounts` (the keeper's
+    in-flight bookkeeping; `margincall.keeper.orders.settling` reads them back)."""
+    return f"order:{int(order_id)}"
+
+
+class SettlementClient:
+    """The order book, for settlers."""
+
+    def __init__(self, book: Any):
+        self.book = book
+
+    @property
+    def address(self) -> str:
+        return str(self.book.address)
+
+    def raw_event(self, name: str) -> RawEvent:
+        """A fast reader of the book's event `name` (`margincall.sdk.events.RawEvent`)."""
+        return RawEvent(getattr(self.book, name).abi)
+
+    def logs(self, start: int, stop: int, topics: Sequence[Any] | None = None) -> list[Any]:
+        """The book's raw logs of blocks start..stop."""
+        return get_logs(self.book.provider.web3, self.address, start, stop, topics)
+
+    def outcome_of(self, order_id: int, since_block: int) -> tuple[Any, Any] | None:
+        """The `OrderSettled` or `OrderCancelled` log of an order (Ape's decoded log) since
+        `since_block` (its commit block), and the receipt of the transaction that logged it;
+        None while the order is pending."""
+        from ape import chain
+
+        head = int(chain.blocks.head.number)
+        topic = {"order_id": int(order_id)}
+        for event in (self.book.OrderSettled, self.book.OrderCancelled):
+            for log in event.range(since_block, head + 1, search_topics=topic):
+                return log, chain.provider.get_receipt(str(log.transaction_hash))
+        return None
+
+    def build_settle(self, order_ids: Sequence[int], round_ids: Sequence[int]) -> Call:
+        """`settle_orders(order_ids, round_ids)` for a bot to sign and send."""
+        if len(order_ids) != len(round_ids):
+            raise InvalidRequest("settle_orders: one round per order")
+        if not 0 < len(order_ids) <= MAX_SETTLE_BATCH:
+            raise InvalidRequest(
+                f"settle_orders: 1 to {MAX_SETTLE_BATCH} orders, not {len(order_ids)}"
+            )
+        ids, rounds = [int(o) for o in order_ids], [int(r) for r in round_ids]
+        data = self.book.settle_orders.encode_input(ids, rounds)
+        return Call(self.address, bytes(data), "settle_orders", tuple(order_tag(o) for o in ids))
+
+
+__all__ = ["MAX_SETTLE_BATCH", "SettlementClient", "order_tag"]
