@@ -148,11 +148,11 @@ def _plan_from(
             if room < f:
                 f = room
                 capped = True
-        # a sliver (under a quarter of the tranche wanted, or under
-        # min_position_notional) would only stamp the interval: refused
         if capped and (
             f < want // _SLIVER_DIV or ev.notional * f // _WAD < p.min_position_notional
         ):
+            # a sliver (under a quarter of the tranche wanted, or under
+            # min_position_notional) would only stamp the interval: refused
             f = 0
         if f == 0:
             plan.code = _WINDOW_FULL
@@ -197,9 +197,7 @@ def _plan_from(
     else:
         plan.pool_net = -realized_tok
         penalty: uint256 = min(
-            fixed_point._to_token_up(
-                fixed_point._mul_up(plan.closed_notional, rate), scale
-            ),
+            fixed_point._to_token_up(fixed_point._mul_up(plan.closed_notional, rate), scale),
             convert(balance, uint256),
         )
         share: uint256 = plan.closed_notional * rate // _WAD * p.keeper_share // _WAD // scale

@@ -160,9 +160,7 @@ def _tranche_fraction(ev: Eval, p: RiskParams, scale: uint256) -> uint256:
     equity: int256 = ev.equity - convert(2 * scale + 8 * ev.n + 8, int256)
     cm: int256 = convert(p.call_ratio * ev.maintenance, int256)
     num: int256 = cm - equity * _IWAD
-    den: int256 = cm - convert(
-        p.liquidation_penalty // _TRANCHE_PENALTY_DIV * ev.notional, int256
-    )
+    den: int256 = cm - convert(p.liquidation_penalty // _TRANCHE_PENALTY_DIV * ev.notional, int256)
     if num <= 0:
         return 0
     if den <= 0:
