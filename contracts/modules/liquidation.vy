@@ -30,6 +30,9 @@ _OK: constant(uint8) = 0
 _NOT_LIQUIDATABLE: constant(uint8) = 1
 _TOO_SOON: constant(uint8) = 2
 _WINDOW_FULL: constant(uint8) = 3
+# a window-capped tranche must close at least 1/_SLIVER_DIV of the fraction
+# it wants (and min_position_notional), else it is refused as WINDOW_FULL
+_SLIVER_DIV: constant(uint256) = 4
 
 
 struct Plan:
@@ -107,7 +110,9 @@ def _plan_from(
     @dev One tranche of an account in `state`: CRITICAL and BANKRUPT close
          fully; LIQUIDATABLE closes the fraction of `margin._tranche_fraction`
          (at most close_factor) after the tranche interval, shrunk to each
-         market's window room (rounded down: never past a cap). Per
+         market's window room (rounded down: never past a cap) and refused
+         as WINDOW_FULL when that leaves a sliver; a tranche pays
+         liquidation_penalty / 3, a full close all of it. Per
          position: closed size truncated toward zero, closed cost rounded
          up, realised PnL rounded down. Token flows each rounded against the
          account: realised PnL down, penalty up, the keeper's share down.
@@ -120,11 +125,13 @@ def _plan_from(
     plan.full = state >= margin._CRITICAL
     f: uint256 = _WAD
     capped: bool = False
+    rate: uint256 = p.liquidation_penalty
     if not plan.full:
         if acct.last_tranche != 0 and block.timestamp < acct.last_tranche + p.tranche_interval:
             plan.code = _TOO_SOON
             return plan
         f = margin._tranche_fraction(ev, p, scale)
+        want: uint256 = f
         # cascade protection: the per-market rolling window cap
         for i: uint256 in range(_MAX_POSITIONS):
             if i == ev.n:
@@ -141,9 +148,16 @@ def _plan_from(
             if room < f:
                 f = room
                 capped = True
+        if capped and (
+            f < want // _SLIVER_DIV or ev.notional * f // _WAD < p.min_position_notional
+        ):
+            # a sliver (under a quarter of the tranche wanted, or under
+            # min_position_notional) would only stamp the interval: refused
+            f = 0
         if f == 0:
             plan.code = _WINDOW_FULL
             return plan
+        rate = rate // margin._TRANCHE_PENALTY_DIV
     plan.fraction = f
 
     realized: int256 = 0
@@ -183,14 +197,10 @@ def _plan_from(
     else:
         plan.pool_net = -realized_tok
         penalty: uint256 = min(
-            fixed_point._to_token_up(
-                fixed_point._mul_up(plan.closed_notional, p.liquidation_penalty), scale
-            ),
+            fixed_point._to_token_up(fixed_point._mul_up(plan.closed_notional, rate), scale),
             convert(balance, uint256),
         )
-        share: uint256 = (
-            plan.closed_notional * p.liquidation_penalty // _WAD * p.keeper_share // _WAD // scale
-        )
+        share: uint256 = plan.closed_notional * rate // _WAD * p.keeper_share // _WAD // scale
         reward: uint256 = max(share, p.min_keeper_reward // scale)
         reward = min(reward, p.max_keeper_reward // scale)
         reward = min(reward, penalty)

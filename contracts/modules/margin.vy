@@ -16,6 +16,9 @@ from . import fixed_point
 _WAD: constant(uint256) = fixed_point._WAD
 _IWAD: constant(int256) = fixed_point._IWAD
 _MAX_POSITIONS: constant(uint256) = 5
+# a tranche (not a full close) is charged liquidation_penalty / 3: the
+# account was warned and is still above maintenance (docs/design.md)
+_TRANCHE_PENALTY_DIV: constant(uint256) = 3
 
 # account states
 _HEALTHY: constant(uint8) = 0
@@ -147,9 +150,9 @@ def _call_live(acct: Acct, p: RiskParams) -> bool:
 def _tranche_fraction(ev: Eval, p: RiskParams, scale: uint256) -> uint256:
     """
     @dev Smallest f with (E - pen*f*N) >= c*(1-f)*M, i.e.
-         f >= (c*M - E) / (c*M - pen*N), rounded up; capped at close_factor.
-         The bounds penalty < mmr * critical_ratio make the denominator
-         positive. The tranche's token-unit roundings (realised PnL,
+         f >= (c*M - E) / (c*M - pen*N), rounded up; capped at close_factor;
+         pen is the tranche penalty (liquidation_penalty / 3). The bounds
+         penalty < mmr * critical_ratio make the denominator positive. The tranche's token-unit roundings (realised PnL,
          penalty: each under one token unit) and per-position wei roundings
          all go against the account; E is lowered by them so the tranche
          really restores the call ratio, also with 6-decimal collateral.
@@ -157,7 +160,7 @@ def _tranche_fraction(ev: Eval, p: RiskParams, scale: uint256) -> uint256:
     equity: int256 = ev.equity - convert(2 * scale + 8 * ev.n + 8, int256)
     cm: int256 = convert(p.call_ratio * ev.maintenance, int256)
     num: int256 = cm - equity * _IWAD
-    den: int256 = cm - convert(p.liquidation_penalty * ev.notional, int256)
+    den: int256 = cm - convert(p.liquidation_penalty // _TRANCHE_PENALTY_DIV * ev.notional, int256)
     if num <= 0:
         return 0
     if den <= 0:

@@ -39,7 +39,7 @@ def _check_params(p: margin.RiskParams):
     """
     if not (p.call_ratio > _WAD and p.call_ratio <= _MAX_CALL_RATIO):
         fixed_point._fail("engine: call_ratio out of bounds")
-    if not (p.critical_ratio >= _MIN_CRITICAL_RATIO and p.critical_ratio < _WAD):
+    if not (p.critical_ratio >= _MIN_CRITICAL_RATIO and p.critical_ratio <= _WAD):
         fixed_point._fail("engine: critical_ratio out of bounds")
     if not (p.grace_period >= _MIN_GRACE and p.grace_period <= _MAX_GRACE):
         fixed_point._fail("engine: grace_period out of bounds")

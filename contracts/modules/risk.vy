@@ -104,7 +104,7 @@ def __init__(guardian: address, checker: IMarginParams):
     self._set_params(
         margin.RiskParams(
             call_ratio=125 * 10**16,
-            critical_ratio=5 * 10**17,
+            critical_ratio=10**18,
             grace_period=3_600,
             close_factor=25 * 10**16,
             tranche_interval=60,

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from margincall.constants import WAD, State
 
 MAX_UINT = 2**256 - 1
+# a tranche (not a full close) pays liquidation_penalty // TRANCHE_PENALTY_DIV (margin.vy)
+TRANCHE_PENALTY_DIV = 3
+# a window-capped tranche under 1/SLIVER_DIV of the fraction it wants is refused (liquidation.vy)
+SLIVER_DIV = 4
 
 
 def div_floor(a: int, b: int) -> int:
@@ -41,7 +45,7 @@ class RiskParams:
     """Global risk parameters, as `MarginEngine.risk_params()` returns them."""
 
     call_ratio: int = 125 * 10**16
-    critical_ratio: int = 5 * 10**17
+    critical_ratio: int = WAD
     grace_period: int = 3_600
     close_factor: int = 25 * 10**16
     tranche_interval: int = 60
@@ -122,7 +126,8 @@ def call_live(account: Account, params: RiskParams, now: int) -> bool:
 
 
 def tranche_fraction(v: Valuation, params: RiskParams, scale: int, positions: int) -> int:
-    """Smallest fraction restoring the call ratio, capped at the close factor.
+    """Smallest fraction restoring the call ratio, capped at the close factor, at the
+    tranche penalty (`liquidation_penalty // TRANCHE_PENALTY_DIV`).
 
     Equity is reduced by the worst case of the tranche's roundings against the
     account (two token units and a few wei per position), as the engine does.
@@ -130,7 +135,7 @@ def tranche_fraction(v: Valuation, params: RiskParams, scale: int, positions: in
     equity = v.equity - (2 * scale + 8 * positions + 8)
     cm = params.call_ratio * v.maintenance
     num = cm - equity * WAD
-    den = cm - params.liquidation_penalty * v.notional
+    den = cm - params.liquidation_penalty // TRANCHE_PENALTY_DIV * v.notional
     if num <= 0:
         return 0
     if den <= 0:
@@ -198,10 +203,11 @@ def plan_tranche(
     full = state >= State.CRITICAL
     f = WAD
     capped = False
+    rate = params.liquidation_penalty
     if not full:
         if account.last_tranche and now < account.last_tranche + params.tranche_interval:
             return None
-        f = tranche_fraction(v, params, scale, len(account.positions))
+        f = want = tranche_fraction(v, params, scale, len(account.positions))
         for p in account.positions:
             room = (window_room or {}).get(p.market_id)
             if room is not None:
@@ -210,8 +216,14 @@ def plan_tranche(
                 allowed = room * WAD // p.notional
                 if allowed < f:
                     f, capped = allowed, True
+        # a window-capped sliver only stamps the interval: refused (WINDOW_FULL)
+        if capped and (
+            f < want // SLIVER_DIV or v.notional * f // WAD < params.min_position_notional
+        ):
+            return None
         if f == 0:
             return None
+        rate //= TRANCHE_PENALTY_DIV
     t = Tranche(state=state, full=full, fraction=f)
     realized = maintenance = upnl = 0
     for p in account.positions:
@@ -232,12 +244,8 @@ def plan_tranche(
         t.deficit = -balance
         t.collateral_after = 0
     else:
-        penalty = min(
-            div_ceil(mul_up(t.closed_notional, params.liquidation_penalty), scale), balance
-        )
-        share = (
-            t.closed_notional * params.liquidation_penalty // WAD * params.keeper_share // WAD
-        ) // scale
+        penalty = min(div_ceil(mul_up(t.closed_notional, rate), scale), balance)
+        share = (t.closed_notional * rate // WAD * params.keeper_share // WAD) // scale
         reward = max(share, params.min_keeper_reward // scale)
         reward = min(reward, params.max_keeper_reward // scale, penalty)
         t.penalty, t.keeper_reward, t.fund_fee = penalty, reward, penalty - reward

@@ -5,6 +5,10 @@ fee leaves 996). With ETH at 1,830 its ratio is ~0.86 (LIQUIDATABLE without a ca
 capped at the 25% close factor), at 1,815 ~0.71 (two tranches needed), at 1,780 ~0.33
 (CRITICAL) and at 1,700 its equity is -204 (BANKRUPT). Every tranche is compared with the
 reference math of `margincall.math.plan_tranche`, built from on-chain state.
+
+These tests exercise the tranche mechanics below ratio 1, so every test here runs with
+`critical_ratio` 0.5 (the owner's gentler setting; the default 1 closes every account below
+ratio 1 in full, tested in tests/integration/test_fast_market_rules.py).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import ape
 import pytest
 
 from margincall.constants import WAD, PlanCode, State
-from margincall.math import div_ceil, div_floor
+from margincall.math import TRANCHE_PENALTY_DIV, div_ceil, div_floor
 from tests.utils.helpers import (
     FlowLedger,
     account_model,
@@ -56,6 +60,12 @@ def _actors_first(
     owner, guardian, keeper, rival_keeper, trader, other_trader, stranger, third_trader
 ):
     """Builds the actors before any test, so Ape's isolation never rebases."""
+
+
+@pytest.fixture(autouse=True)
+def _tranches_below_one(system):
+    """critical_ratio 0.5: accounts between 0.5 and 1 are LIQUIDATABLE (tranches)."""
+    set_risk_params(system, critical_ratio=WAD // 2)
 
 
 def open_account(system, who, collateral: float, market_id: int = ETH, size: float = 4.0):
@@ -407,9 +417,9 @@ def test_bankrupt_account_closes_fully_and_fund_covers_then_pool_socialises(
 PENALTY_CASES = {
     # name: (collateral, size, price, max_keeper_reward or None, which bound binds)
     "share": (1_000, 4.0, 1_830.123457, None),
-    "min-reward": (100, 0.4, 1_830.123457, None),
+    "min-reward": (300, 1.2, 1_830.123457, None),
     "capped-at-penalty": (2, 0.006, 1_740.123457, None),
-    "max-reward": (1_000, 4.0, 1_830.123457, 2 * WAD),
+    "max-reward": (1_000, 4.0, 1_830.123457, 3 * WAD // 2),
 }
 
 
@@ -432,7 +442,9 @@ def test_penalty_split_between_keeper_and_fund(system, chain, trader, keeper, fu
 
     liq = one(tx, engine.Liquidation)
     assert_matches_reference(liq, ref)
-    n, pen, share = liq.closed_notional, params.liquidation_penalty, params.keeper_share
+    # a tranche pays a third of liquidation_penalty, a full close all of it
+    pen = params.liquidation_penalty // (1 if liq.full_close else TRANCHE_PENALTY_DIV)
+    n, share = liq.closed_notional, params.keeper_share
     exact_share = n * pen * share  # keeper share of the penalty, in wad * WAD**2
     lo, hi = params.min_keeper_reward // scale, params.max_keeper_reward // scale
     expected = min(max(n * pen // WAD * share // WAD // scale, lo), hi, liq.penalty)
@@ -509,7 +521,7 @@ def test_window_capped_sliver_never_lowers_the_ratio(system, chain, trader, keep
     """A tranche shrunk by the window cap to a few wei of size would still pay a penalty
     rounded up to one token unit: with 6-decimal collateral that outweighs what it closes and
     the ratio would fall. Such a sliver waits for room (WINDOW_FULL) instead; with 18-decimal
-    collateral the rounding is a wei and the sliver goes through without lowering the ratio."""
+    collateral it is refused as a sliver (under a quarter of the tranche it wants)."""
     engine = system.engine
     open_account(system, trader, 1_000)
     system.set_price(ETH, 1_830)
@@ -517,21 +529,13 @@ def test_window_capped_sliver_never_lowers_the_ratio(system, chain, trader, keep
     before = engine.check_margin(trader)
     assert before.state == State.LIQUIDATABLE
     now = pin_next_tx(chain)
-    if decimals == 6:
-        assert reference_tranche(system, trader, now) is None
-        preview = system.lens.preview_liquidation(trader)
-        assert not preview.liquidatable and preview.reason == PlanCode.WINDOW_FULL
-        with ape.reverts("engine: liquidation window cap reached"):
-            engine.liquidate(trader, sender=keeper)
-        assert engine.liquidate_many([trader], sender=keeper).return_value == 0
-        assert engine.check_margin(trader) == before
-    else:
-        ref = reference_tranche(system, trader, now)
-        tx = engine.liquidate(trader, sender=keeper)
-        liq = one(tx, engine.Liquidation)
-        assert_matches_reference(liq, ref)
-        assert 0 < liq.closed_notional <= 12_000
-        assert liq.ratio_after >= before.ratio
+    assert reference_tranche(system, trader, now) is None
+    preview = system.lens.preview_liquidation(trader)
+    assert not preview.liquidatable and preview.reason == PlanCode.WINDOW_FULL
+    with ape.reverts("engine: liquidation window cap reached"):
+        engine.liquidate(trader, sender=keeper)
+    assert engine.liquidate_many([trader], sender=keeper).return_value == 0
+    assert engine.check_margin(trader) == before
 
 
 def test_batch_listing_an_account_twice_acts_once_at_the_shortest_interval(

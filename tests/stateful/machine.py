@@ -994,7 +994,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(
         call=st.integers(105, 200),
-        critical=st.integers(10, 95),
+        critical=st.integers(10, 100),
         penalty=st.integers(0, 99),
         close=st.integers(MIN_CLOSE_FACTOR // 10**16, 100),
         interval=st.sampled_from([1, 60, 600]),

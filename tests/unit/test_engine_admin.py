@@ -131,7 +131,7 @@ def test_set_market_changes_an_existing_market_without_adding_one(system, owner)
         (dict(mmr=0), "engine: mmr is zero"),
         (dict(imr=WAD + 1), "engine: imr above 100%"),
         (dict(imr=625 * PCT // 100 - 1), "engine: imr below mmr * call_ratio"),  # 5% * 1.25
-        (dict(mmr=3 * PCT), "engine: penalty not below mmr * critical_ratio"),  # 1.5% = 3% * 0.5
+        (dict(mmr=15 * PCT // 10), "engine: penalty not below mmr * critical_ratio"),  # 1.5% * 1
         (dict(fee=PCT + 1), "engine: fee above 1%"),
         (dict(window_cap=0), "engine: window cap is zero"),
         (dict(window_cap=2**104), "engine: window cap too large"),
@@ -164,7 +164,7 @@ def test_set_market_bound_reverts(system, owner, changes, reason):
     [
         dict(imr=WAD),
         dict(imr=625 * PCT // 100),  # exactly mmr * call_ratio
-        dict(mmr=3 * PCT + 10**9),  # penalty just below mmr * critical_ratio (1e-9 steps)
+        dict(mmr=15 * PCT // 10 + 10**9),  # penalty just below mmr * critical_ratio (1e-9 steps)
         dict(fee=PCT),
         dict(fee=0),
         dict(window_cap=1),
@@ -195,7 +195,7 @@ def test_set_market_caps_the_number_of_markets_at_sixteen(system, owner):
 def test_default_risk_params_match_the_protocol(system):
     p = system.engine.risk_params()
     assert p.call_ratio == 125 * WAD // 100
-    assert p.critical_ratio == WAD // 2
+    assert p.critical_ratio == WAD  # issue 14: below ratio 1 one liquidate closes all
     assert p.grace_period == 3_600
     assert p.close_factor == 25 * PCT
     assert p.tranche_interval == 60
@@ -233,7 +233,7 @@ BOUNDS = [
     ("call_ratio", WAD, "call_ratio out of bounds"),
     ("call_ratio", 3 * WAD + 1, "call_ratio out of bounds"),
     ("critical_ratio", WAD // 10 - 1, "critical_ratio out of bounds"),
-    ("critical_ratio", WAD, "critical_ratio out of bounds"),
+    ("critical_ratio", WAD + 1, "critical_ratio out of bounds"),
     ("grace_period", 299, "grace_period out of bounds"),
     ("grace_period", 7 * 86_400 + 1, "grace_period out of bounds"),
     ("close_factor", 5 * PCT - 1, "close_factor out of bounds"),
@@ -260,7 +260,7 @@ def test_set_risk_params_bound_reverts(system, owner, field, value, reason):
 EDGES = [
     dict(call_ratio=WAD + 1),
     dict(critical_ratio=WAD // 10, liquidation_penalty=WAD // 200 - 1),  # 5% * 0.1 > penalty
-    dict(critical_ratio=WAD - 1),
+    dict(critical_ratio=WAD),
     dict(grace_period=300),
     dict(grace_period=7 * 86_400),
     dict(close_factor=5 * PCT),
@@ -293,6 +293,7 @@ def test_set_risk_params_accepts_values_at_the_bounds(system, owner, changes):
 
 def test_penalty_must_stay_below_every_markets_mmr_times_critical(system, owner):
     # ETH and BTC: mmr 5% * critical 0.5 = 2.5%
+    set_params(system, owner, critical_ratio=WAD // 2)
     with ape.reverts("engine: penalty not below mmr * critical_ratio"):
         set_params(system, owner, liquidation_penalty=25 * WAD // 1_000)
     with ape.reverts("engine: penalty not below mmr * critical_ratio"):

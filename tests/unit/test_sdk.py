@@ -30,6 +30,7 @@ from tests.utils.helpers import (
     deposit,
     mint_and_approve,
     open_position,
+    set_risk_params,
     wad,
 )
 
@@ -121,6 +122,7 @@ def test_positions_match_the_engine_and_price_pnl(system, client, leveraged):
 
 
 def test_preview_equals_engine_preview(system, client, leveraged):
+    set_risk_params(system, critical_ratio=WAD // 2)  # a tranche below ratio 1
     system.set_price(ETH, LIQUIDATABLE_PRICE)
     raw = system.lens.preview_liquidation(leveraged)
     preview = client.preview_liquidation(leveraged)
@@ -255,6 +257,7 @@ def test_liquidate_healthy_account_raises_before_sending(client, leveraged, keep
 
 
 def test_liquidate_too_soon_raises_before_sending(system, client, leveraged, keeper, chain):
+    set_risk_params(system, critical_ratio=WAD // 2)  # tranches below ratio 1
     system.set_price(ETH, LIQUIDATABLE_PRICE)
     client.liquidate(leveraged, sender=keeper)
     chain.mine()

@@ -38,7 +38,7 @@ from statistics import median
 from typing import Any
 
 from margincall.constants import MAX_BATCH, WAD, State
-from margincall.math import RiskParams, div_ceil, mul_up
+from margincall.math import TRANCHE_PENALTY_DIV, RiskParams, div_ceil, mul_up
 
 # --- inputs ---------------------------------------------------------------
 
@@ -201,7 +201,8 @@ def tranche_reward_floor(s: Snapshot, model: RewardModel) -> int:
       wei times the price: under notional / 1e9 for positions of at least 1e-9 base units);
     - penalty and keeper share as the engine rounds them, the penalty capped by the
       balance after the close, which lies between the collateral and the equity (less
-      the same rounding allowance);
+      the same rounding allowance), at the tranche penalty
+      (`liquidation_penalty // TRANCHE_PENALTY_DIV`);
     - reward `min(max(share, min_keeper_reward), max_keeper_reward, penalty)`: monotone in
       share and penalty, so bounds in give a bound out.
 
@@ -215,7 +216,8 @@ def tranche_reward_floor(s: Snapshot, model: RewardModel) -> int:
     equity = s.equity - (2 * scale + 8 * k + 8)
     cm = p.call_ratio * s.maintenance
     num = cm - equity * WAD
-    den = cm - p.liquidation_penalty * notional
+    rate = p.liquidation_penalty // TRANCHE_PENALTY_DIV  # a tranche's penalty
+    den = cm - rate * notional
     if num <= 0:
         return 0
     f = p.close_factor if den <= 0 else min(div_ceil(num * WAD, den), p.close_factor)
@@ -223,9 +225,9 @@ def tranche_reward_floor(s: Snapshot, model: RewardModel) -> int:
     closed = notional * f // WAD - slack
     if closed <= 0:
         return 0
-    share = closed * p.liquidation_penalty // WAD * p.keeper_share // WAD // scale
+    share = closed * rate // WAD * p.keeper_share // WAD // scale
     balance = (min(s.collateral, s.equity) - slack - 8 * k - 8) // scale - 1
-    penalty = min(div_ceil(mul_up(closed, p.liquidation_penalty), scale), balance)
+    penalty = min(div_ceil(mul_up(closed, rate), scale), balance)
     reward = min(max(share, p.min_keeper_reward // scale), p.max_keeper_reward // scale, penalty)
     return max(reward, 0)
 
