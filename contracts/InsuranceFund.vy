@@ -2,17 +2,19 @@
 """
 @title margincall insurance fund
 @notice Holds collateral tokens that absorb bad debt, so that a bankrupt
-        trader's deficit does not fall on the LPs. Its balance is its token
-        balance: penalty shares arrive from the engine as plain token
-        transfers (recorded by the engine's `Liquidation` event), and anyone
-        may add to it with `donate`. It pays out only two things, both on
-        the engine's order: a bankrupt account's deficit into the pool
-        (`cover`), and the reward of the keeper that closed a bankrupt
-        account (`pay_keeper`). Each pays at most the fund's balance and
+        trader's deficit does not fall on the LPs. Its penalty shares accrue
+        in the engine (`engine.claimable(fund)`) and arrive as plain token
+        transfers when anyone calls `engine.claim_rewards(fund)` (the
+        engine does so itself before every deficit it asks the fund to
+        cover); `fund_balance` counts both. Anyone may add to it with
+        `donate`. It pays out on the engine's order: a bankrupt account's
+        deficit into the pool (`cover`; the deficit includes the closing
+        keeper's minimum reward) and, for engines before v2, a keeper's
+        reward (`pay_keeper`). Each pays at most the fund's balance and
         returns what it paid; the engine socialises the rest. Every
         movement is announced with the balance after it, so the fund's
-        balance history can be rebuilt from events (plus the plain
-        transfers from the engine, visible as ERC-20 `Transfer` events).
+        balance history can be rebuilt from events (plus the engine's
+        `RewardsClaimed` sweeps, visible as ERC-20 `Transfer` events).
 @custom:security Trusts the margin engine, set once by the owner, to call
         `cover` and `pay_keeper` only for real deficits and keeper rewards;
         the engine is the only caller that can move funds out, and only to
@@ -44,6 +46,10 @@ exports: (
     ownable_2step.accept_ownership,
     ownable_2step.renounce_ownership,
 )
+
+
+interface _IAccrual:
+    def claimable(owner: address) -> uint256: view
 
 
 # @dev The collateral token.
@@ -167,11 +173,16 @@ def set_engine(engine: address):
 @view
 def fund_balance() -> uint256:
     """
-    @notice The fund's assets. (Named `fund_balance` because `balance`
-            collides with the `self.balance` builtin in Vyper 0.4.)
-    @return The fund's token balance, in token units.
+    @notice The fund's assets: its token balance plus its share of the
+            penalties accrued in the engine and not yet swept
+            (`engine.claim_rewards(fund)`). (Named `fund_balance` because
+            `balance` collides with the `self.balance` builtin in Vyper 0.4.)
+    @return The fund's assets, in token units.
     """
-    return self._balance()
+    engine: address = self.engine
+    if engine == empty(address):
+        return self._balance()
+    return self._balance() + staticcall _IAccrual(engine).claimable(self)
 
 
 @internal

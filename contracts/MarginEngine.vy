@@ -87,6 +87,11 @@ ORDER_BOOK: public(immutable(address))
 # the MarginLens of this engine (views: check_margins, preview_liquidation)
 lens: public(address)
 
+# token units owed by the engine: to each keeper its liquidation and margin
+# call rewards (`claim_rewards`), to the fund its share of the penalties
+# (`claim_rewards(FUND)`, permissionless); held in the engine's token balance
+claimable: public(HashMap[address, uint256])
+
 
 event Deposit:
     account: indexed(address)
@@ -103,6 +108,12 @@ event Withdraw:
 
 event LensSet:
     lens: indexed(address)
+
+
+event RewardsClaimed:
+    keeper: indexed(address)
+    caller: indexed(address)
+    amount: uint256
 
 
 event MarginCall:
@@ -181,13 +192,7 @@ def deposit(amount: uint256, account: address = msg.sender):
     acct.collateral += amount
     if acct.deadline != 0:
         # best effort: a deposit must never fail on a bad price
-        prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])
-        ok: bool = False
-        prices, ok = risk._try_prices(acct.markets, prices, 0)
-        if ok:
-            ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
-            if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():
-                acct = ledger._clear_call(account, acct, ev)
+        acct = self._try_cure(account, acct)
     ledger._store(account, acct)
     log Deposit(account=account, sender=msg.sender, amount=amount, collateral=acct.collateral)
 
@@ -361,6 +366,25 @@ def liquidate_many(accounts: DynArray[address, _MAX_BATCH]) -> uint256:
     return self._liquidate(accounts, False)[0]
 
 
+# --- accrued rewards ---------------------------------------------------------------
+
+
+@external
+@nonreentrant
+def claim_rewards(keeper: address = msg.sender) -> uint256:
+    """
+    @notice Sends `keeper` everything it has accrued: a keeper's liquidation
+            and margin-call rewards, or the insurance fund's share of the
+            penalties (`claim_rewards(FUND)`, the fund's sweep). Anyone may
+            call it for anyone: the tokens only ever go to `keeper`. A
+            bankrupt close sweeps the fund first, so a deficit always sees
+            all of its share. A zero claim does nothing.
+    @param keeper The account whose accrued balance (`claimable`) is paid.
+    @return The amount sent, in token units.
+    """
+    return self._claim(keeper)
+
+
 # --- views ---------------------------------------------------------------
 
 
@@ -527,13 +551,7 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
     elif acct.deadline != 0:
         # a reduction always goes through; it clears the call when it cures
         # the account and every price is valid (best effort, never reverts)
-        prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])
-        ok: bool = False
-        prices, ok = risk._try_prices(acct.markets, prices, 0)
-        if ok:
-            ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
-            if fixed_point._ratio(ev.equity, ev.maintenance) >= p.call_ratio:
-                acct = ledger._clear_call(account, acct, ev)
+        acct = self._try_cure(account, acct)
     ledger._store(account, acct)
     log ledger.PositionChanged(
         account=account,
@@ -547,6 +565,22 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
         collateral=acct.collateral,
     )
     return convert(fee, int256) - realized_tok
+
+
+@internal
+def _try_cure(account: address, acct: margin.Acct) -> margin.Acct:
+    """
+    @dev Clears the account's call when it is back at call_ratio and every
+         price is valid; never reverts (deposits and reductions use it).
+    """
+    prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])
+    ok: bool = False
+    prices, ok = risk._try_prices(acct.markets, prices, 0)
+    if ok:
+        ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
+        if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():
+            return ledger._clear_call(account, acct, ev)
+    return acct
 
 
 # --- internal: margin calls ---------------------------------------------------------------
@@ -583,7 +617,7 @@ def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
         elif strict:
             fixed_point._fail("engine: account not callable")
     if total > 0:
-        self._push(msg.sender, total)
+        self.claimable[msg.sender] += total
     return count
 
 
@@ -592,9 +626,11 @@ def _margin_call(
     account: address, acct_in: margin.Acct, prices: uint256[_MAX_MARKETS]
 ) -> (bool, uint256):
     """
-    @dev Records a call on a CALLABLE account. The reward is min(call_reward,
-         floor(equity) - ceil(maintenance), collateral) in token units: it
-         never takes equity below maintenance.
+    @dev Records a call on a CALLABLE account. The reward is
+         min(clamp(notional * close_factor * penalty * keeper_share,
+         call_reward, max_keeper_reward), floor(equity) - ceil(maintenance),
+         collateral) in token units: it never takes equity below
+         maintenance.
     """
     acct: margin.Acct = acct_in
     ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
@@ -606,9 +642,18 @@ def _margin_call(
     # (CALLABLE: equity >= maintenance > 0)
     room: uint256 = convert(ev.equity, uint256) // SCALE
     need: uint256 = fixed_point._to_token_up(ev.maintenance, SCALE)
+    # the reward scales with the account: the keeper's share of the penalty
+    # of a close_factor tranche, at least call_reward, at most
+    # max_keeper_reward (wad, then token units rounded down)
+    scaled: uint256 = (
+        ev.notional * p.close_factor // _WAD * p.liquidation_penalty // _WAD * p.keeper_share // _WAD
+    )
     reward: uint256 = 0
     if room > need:
-        reward = min(min(p.call_reward // SCALE, room - need), acct.collateral)
+        reward = min(
+            min(min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE, room - need),
+            acct.collateral,
+        )
     acct.collateral -= reward
     acct.deadline = block.timestamp + p.grace_period
     acct.tranches = 0
@@ -684,20 +729,19 @@ def _execute(
 ):
     """
     @dev Writes a tranche (`liquidation._execute`); a bankrupt account's
-         deficit is covered by the fund here, which also pays the keeper
-         the minimum reward. The account's collateral follows to the pool in
-         the caller's `_settle_pool` (netted over a batch), in the same
-         transaction.
+         deficit (which includes the keeper's minimum reward, see
+         `liquidation._plan_from`) is covered by the fund here, after the
+         fund's accrued share is swept to it; the pool bears the rest. The
+         account's collateral follows to the pool in the caller's
+         `_settle_pool` (netted over a batch), in the same transaction.
     """
     liquidation._execute(account, acct, ev, plan, msg.sender, p.liquidation_window, SCALE)
     if plan.deficit > 0:
+        self._claim(FUND.address)
         paid: uint256 = extcall FUND.cover(plan.deficit, account)
         log liquidation.BadDebt(
             account=account, amount=plan.deficit, paid_by_fund=paid, socialised=plan.deficit - paid
         )
-        reward: uint256 = p.min_keeper_reward // SCALE
-        if reward > 0:
-            extcall FUND.pay_keeper(msg.sender, reward, account)
 
 
 # --- internal: tokens ---------------------------------------------------------------
@@ -728,14 +772,28 @@ def _push(receiver: address, amount: uint256):
 @internal
 def _pay_out(pool_net: int256, keeper_reward: uint256, fund_fee: uint256):
     """
-    @dev A liquidation's token moves: the pool settled (netted), then the
-         keeper's reward to the caller and the fund's share of the penalty.
+    @dev A liquidation's money flows: the pool settled (netted); the
+         keeper's reward and the fund's share of the penalty accrued, for
+         `claim_rewards` (the fund's too).
     """
     self._settle_pool(pool_net)
     if keeper_reward > 0:
-        self._push(msg.sender, keeper_reward)
+        self.claimable[msg.sender] += keeper_reward
     if fund_fee > 0:
-        self._push(FUND.address, fund_fee)
+        self.claimable[FUND.address] += fund_fee
+
+
+@internal
+def _claim(keeper: address) -> uint256:
+    """
+    @dev Pays out an accrued balance (a keeper's rewards, the fund's share).
+    """
+    amount: uint256 = self.claimable[keeper]
+    if amount > 0:
+        self.claimable[keeper] = 0
+        self._push(keeper, amount)
+        log RewardsClaimed(keeper=keeper, caller=msg.sender, amount=amount)
+    return amount
 
 
 @internal

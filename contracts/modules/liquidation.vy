@@ -115,7 +115,9 @@ def _plan_from(
          liquidation_penalty / 3, a full close all of it. Per
          position: closed size truncated toward zero, closed cost rounded
          up, realised PnL rounded down. Token flows each rounded against the
-         account: realised PnL down, penalty up, the keeper's share down.
+         account: realised PnL down, penalty up, the keeper's share down. A
+         bankrupt close pays the keeper min_keeper_reward out of the
+         deficit (its `deficit` includes the reward).
     """
     plan: Plan = empty(Plan)
     plan.state = state
@@ -190,9 +192,13 @@ def _plan_from(
     realized_tok: int256 = fixed_point._wad_to_token_signed(realized, scale)
     balance: int256 = convert(acct.collateral, int256) + realized_tok
     if balance <= 0:
-        # bankrupt: all collateral goes to the pool, the fund covers the rest
-        plan.pool_net = convert(acct.collateral, int256)
-        plan.deficit = convert(-balance, uint256)
+        # bankrupt: the keeper is still paid min_keeper_reward, as part of the
+        # deficit: the collateral goes to the pool less that reward, and the
+        # fund covers the deficit (the pool bears what the fund cannot)
+        reward: uint256 = p.min_keeper_reward // scale
+        plan.keeper_reward = reward
+        plan.pool_net = convert(acct.collateral, int256) - convert(reward, int256)
+        plan.deficit = convert(-balance, uint256) + reward
         plan.collateral_after = 0
     else:
         plan.pool_net = -realized_tok

@@ -14,6 +14,9 @@ from ..interfaces import ILiquidityPool
 # @dev Sum of |open notional|, wad; set by the tests.
 open_interest: public(uint256)
 
+# @dev Accrued balances (the fund's share of penalties), token units; set by the tests.
+claimable: public(HashMap[address, uint256])
+
 
 @external
 def set_open_interest(new_value: uint256):
@@ -22,6 +25,16 @@ def set_open_interest(new_value: uint256):
     @param new_value The open interest, wad.
     """
     self.open_interest = new_value
+
+
+@external
+def set_claimable(owner: address, amount: uint256):
+    """
+    @notice Sets an accrued balance that the fund reads in `fund_balance`.
+    @param owner The owner of the balance (the fund).
+    @param amount Token units.
+    """
+    self.claimable[owner] = amount
 
 
 @external

@@ -241,7 +241,9 @@ def plan_tranche(
     realized_tok = div_floor(realized, scale)
     balance = account.collateral + realized_tok
     if balance <= 0:
-        t.deficit = -balance
+        # bankrupt: the keeper still gets min_keeper_reward, as part of the deficit
+        t.keeper_reward = params.min_keeper_reward // scale
+        t.deficit = -balance + t.keeper_reward
         t.collateral_after = 0
     else:
         penalty = min(div_ceil(mul_up(t.closed_notional, rate), scale), balance)
@@ -257,15 +259,24 @@ def plan_tranche(
     return t
 
 
+def scaled_call_reward(notional: int, params: RiskParams) -> int:
+    """The margin-call reward before the account's cuts (wad): the keeper's share of the
+    penalty of a `close_factor` tranche of `notional`, at least `call_reward`, at most
+    `max_keeper_reward` (engine `_margin_call`)."""
+    p = params
+    scaled = notional * p.close_factor // WAD * p.liquidation_penalty // WAD * p.keeper_share // WAD
+    return min(max(scaled, p.call_reward), p.max_keeper_reward)
+
+
 def call_reward(account: Account, params: RiskParams, scale: int) -> int:
-    """What `margin_call` takes from a CALLABLE account for the caller (token units): the
-    `call_reward`, but never more than the collateral, nor so much that equity falls below
-    maintenance (a call must not make the account liquidatable)."""
+    """What `margin_call` takes from a CALLABLE account for the caller (token units):
+    `scaled_call_reward` of its notional, but never more than the collateral, nor so much
+    that equity falls below maintenance (a call must not make the account liquidatable)."""
     v = evaluate(account, scale)
     room, need = v.equity // scale, div_ceil(v.maintenance, scale)
     if room <= need:
         return 0
-    return min(params.call_reward // scale, room - need, account.collateral)
+    return min(scaled_call_reward(v.notional, params) // scale, room - need, account.collateral)
 
 
 # --- cures: what brings a called account back to the call ratio ----------------------------

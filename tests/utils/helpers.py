@@ -101,11 +101,14 @@ def open_position(system, trader, market_id: int, size: float, slippage: float =
 
 
 def assert_conserved(system, accounts) -> None:
-    """Engine's token balance equals the sum of its collateral ledgers and order escrows."""
-    held = system.token.balanceOf(system.engine.address)
-    ledger = sum(system.engine.collateral_of(a.address) for a in accounts)
-    # settlement fees of pending orders stay in the engine, escrowed for the book
+    """Engine's token balance equals the sum of its collateral ledgers, the settlement fees
+    escrowed for pending orders, and the balances accrued in it (`claimable`: the keepers'
+    rewards among `accounts`, the fund's share)."""
+    engine = system.engine
+    held = system.token.balanceOf(engine.address)
+    ledger = sum(engine.collateral_of(a.address) + engine.claimable(a.address) for a in accounts)
     ledger += sum(system.book.escrowed_of(a.address) for a in accounts)
+    ledger += engine.claimable(system.fund.address)
     assert held == ledger, f"engine holds {held}, ledgers sum to {ledger}"
 
 
@@ -250,8 +253,13 @@ class FlowLedger:
         self.accounts = list(accounts)
         pool, fund = system.pool.address, system.fund.address
         self.watched = [pool, fund, *(_addr(w) for w in watch)]
-        self.start = {a: system.token.balanceOf(a) for a in self.watched}
+        self.start = {a: self._held(a) for a in self.watched}
         self.expected = {a: 0 for a in self.watched}
+
+    def _held(self, who) -> int:
+        """Token balance plus what the engine holds for `who` (accrued rewards, the fund's
+        share): a claim moves tokens between the two, never changes the sum."""
+        return self.system.token.balanceOf(who) + self.system.engine.claimable(who)
 
     def _credit(self, who, amount: int) -> None:
         who = _addr(who)
@@ -281,9 +289,10 @@ class FlowLedger:
                 if name == "PositionChanged" and log.account not in liquidated:
                     self._credit(pool, log.fee - log.realized_pnl)
                 elif name == "Liquidation":
-                    # engine -> pool: -realised PnL (or all collateral when bankrupt)
+                    # engine -> pool: -realised PnL (or all collateral when bankrupt, less
+                    # the keeper's minimum reward, which the engine keeps for the keeper)
                     before = collateral_before[log.account]
-                    self._credit(pool, before - log.collateral - log.penalty)
+                    self._credit(pool, before - log.collateral - log.keeper_reward - log.fund_fee)
                     self._credit(fund, log.fund_fee)
                     self._credit(log.keeper, log.keeper_reward)
                 elif name == "BadDebt":
@@ -302,9 +311,8 @@ class FlowLedger:
                     self._credit(fund, log.amount)
 
     def check(self) -> None:
-        token = self.system.token
         for a in self.watched:
-            moved = token.balanceOf(a) - self.start[a]
+            moved = self._held(a) - self.start[a]
             assert moved == self.expected[a], f"{a} moved {moved}, events say {self.expected[a]}"
         assert_conserved(self.system, self.accounts)
 

@@ -38,7 +38,7 @@ from statistics import median
 from typing import Any
 
 from margincall.constants import MAX_BATCH, WAD, State
-from margincall.math import TRANCHE_PENALTY_DIV, RiskParams, div_ceil, mul_up
+from margincall.math import TRANCHE_PENALTY_DIV, RiskParams, div_ceil, mul_up, scaled_call_reward
 
 # --- inputs ---------------------------------------------------------------
 
@@ -177,12 +177,16 @@ class CostModel:
 def call_reward_floor(s: Snapshot, model: RewardModel) -> int:
     """What `margin_call` pays for the account of `s` (token units), at the snapshot's
     prices: `call_reward`, cut so that equity stays at or above maintenance and to the
-    collateral (the engine's rule, `margincall.math.call_reward`; exact, not a bound)."""
-    scale = model.scale
+    collateral (the engine's rule, `margincall.math.call_reward`). The reward scales with
+    the notional, which the snapshot does not carry: it is bounded from below by
+    `(maintenance - k) / max_mmr` as in `tranche_reward_floor` (exact for the flat part)."""
+    scale, k = model.scale, max(s.positions, 1)
     room, need = s.equity // scale, div_ceil(s.maintenance, scale)
     if room <= need:
         return 0
-    return min(model.params.call_reward // scale, room - need, s.collateral // scale)
+    notional = max(s.maintenance - k, 0) * WAD // (s.mmr or model.max_mmr)
+    reward = scaled_call_reward(notional, model.params) // scale
+    return min(reward, room - need, s.collateral // scale)
 
 
 def tranche_reward_floor(s: Snapshot, model: RewardModel) -> int:

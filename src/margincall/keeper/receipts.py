@@ -1,5 +1,5 @@
 """What the keeper reads from its mined transactions (`Receipts`, mixed into `Keeper`): calls
-and tranches made, rewards (its own and the fund's `KeeperPaid`), delays, races lost to
+and tranches made, rewards (accrued in the engine, from its events), delays, races lost to
 rival keepers, and accounts the engine held back because a market's liquidation window was
 full (until when: the step then holds them).
 """
@@ -67,13 +67,8 @@ class Receipts:
         else:
             ev = self._raw["Liquidation"]
             made = [log for log in ev.select(logs, self._engine) if self._by_me(ev, log, "keeper")]
+            # a bankrupt close's minimum reward is in its event too (paid out of the deficit)
             reward = sum(ev.field(log, "keeper_reward") for log in made)
-            paid = self._raw["KeeperPaid"]
-            reward += sum(
-                paid.field(log, "amount")
-                for log in paid.select(logs, self._fund)
-                if self._by_me(paid, log, "keeper")
-            )
             self.metrics.tranches_made += len(made)
         self.metrics.rewards_earned += reward
         accounts = [ev.field(log, "account") for log in made]
