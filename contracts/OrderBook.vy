@@ -622,9 +622,16 @@ def _compress(price: uint256, upper: bool) -> (uint256, uint256):
     mantissa: uint256 = price
     exponent: uint256 = 0
     inexact: bool = False
-    for i: uint256 in range(78):
-        if mantissa < 2**_MANTISSA_BITS:
-            break
+    # divide by the largest powers of ten that leave mantissa >= 2**48, then
+    # once more by ten if needed: the smallest exponent, in 7 steps at most
+    for k: uint256 in [32, 16, 8, 4, 2, 1]:
+        step: uint256 = 10**k
+        if mantissa >= 2**_MANTISSA_BITS * step:
+            if mantissa % step != 0:
+                inexact = True
+            mantissa = mantissa // step
+            exponent += k
+    if mantissa >= 2**_MANTISSA_BITS:
         if mantissa % 10 != 0:
             inexact = True
         mantissa = mantissa // 10
