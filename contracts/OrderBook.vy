@@ -407,6 +407,9 @@ def _settle(
     """
     engine: address = self.engine
     oracles: address[_MAX_MARKETS] = empty(address[_MAX_MARKETS])
+    # per market, the last round read in this batch: its id + 1, price, the
+    # previous round's time, its time, the heartbeat
+    spans: uint256[5][_MAX_MARKETS] = empty(uint256[5][_MAX_MARKETS])
     filled: uint256 = 0
     pool_net: int256 = 0
     fees: uint256 = 0
@@ -437,12 +440,27 @@ def _settle(
                 round_ids[k], o.commit_time, expiry
             )
         else:
-            code: uint256 = 0
-            price, code = staticcall IOracle(oracles[o.market_id]).try_round_price(
-                round_ids[k], o.commit_time, expiry
-            )
-            if code != 0:
+            span: uint256[5] = spans[o.market_id]
+            if span[0] != convert(round_ids[k], uint256) + 1:
+                code: uint256 = 0
+                span[0] = convert(round_ids[k], uint256) + 1
+                span[1], span[2], span[3], code = staticcall IOracle(
+                    oracles[o.market_id]
+                ).round_span(round_ids[k])
+                if code != 0:
+                    span[3] = 0  # no order settles at an invalid round
+                if span[4] == 0:
+                    span[4] = staticcall IOracle(oracles[o.market_id]).primary_heartbeat()
+                spans[o.market_id] = span
+            # the adapter's rules of `round_price`, on the round read once
+            if not (
+                span[2] <= o.commit_time
+                and o.commit_time < span[3]
+                and span[3] <= expiry
+                and span[3] <= o.commit_time + span[4]
+            ):
                 continue
+            price = span[1]
         delta: int256 = 0
         reason: String[64] = ""
         delta, reason = self._fill_size(engine, o, price)
@@ -604,9 +622,16 @@ def _compress(price: uint256, upper: bool) -> (uint256, uint256):
     mantissa: uint256 = price
     exponent: uint256 = 0
     inexact: bool = False
-    for i: uint256 in range(78):
-        if mantissa < 2**_MANTISSA_BITS:
-            break
+    # divide by the largest powers of ten that leave mantissa >= 2**48, then
+    # once more by ten if needed: the smallest exponent, in 7 steps at most
+    for k: uint256 in [32, 16, 8, 4, 2, 1]:
+        step: uint256 = 10**k
+        if mantissa >= 2**_MANTISSA_BITS * step:
+            if mantissa % step != 0:
+                inexact = True
+            mantissa = mantissa // step
+            exponent += k
+    if mantissa >= 2**_MANTISSA_BITS:
         if mantissa % 10 != 0:
             inexact = True
         mantissa = mantissa // 10

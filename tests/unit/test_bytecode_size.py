@@ -20,7 +20,7 @@ def _sizes(chain, contract) -> tuple[int, int]:
     return deployed, compiled
 
 
-@pytest.mark.parametrize("name", ["engine", "lens", "checker", "pool", "fund", "oracle"])
+@pytest.mark.parametrize("name", ["engine", "lens", "checker", "pool", "fund", "oracle", "book"])
 def test_deployed_code_fits_eip170(chain, system, name):
     contract = {
         "engine": system.engine,
@@ -29,6 +29,7 @@ def test_deployed_code_fits_eip170(chain, system, name):
         "pool": system.pool,
         "fund": system.fund,
         "oracle": system.oracles[0],
+        "book": system.book,
     }[name]
     deployed, compiled = _sizes(chain, contract)
     assert deployed >= compiled  # immutables come on top of the compiled runtime
@@ -37,6 +38,6 @@ def test_deployed_code_fits_eip170(chain, system, name):
 
 def test_engine_deployed_code_within_its_budget(chain, system):
     deployed, compiled = _sizes(chain, system.engine)
-    # five immutables (token, pool, fund, scale, checker), 32 bytes each
-    assert deployed == compiled + 5 * 32
+    # six immutables (token, pool, fund, scale, order book, checker), 32 bytes each
+    assert deployed == compiled + 6 * 32
     assert deployed <= ENGINE_BUDGET, f"engine: {deployed} bytes deployed"

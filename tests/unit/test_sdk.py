@@ -30,6 +30,7 @@ from tests.utils.helpers import (
     deposit,
     mint_and_approve,
     open_position,
+    publish_round,
     set_risk_params,
     wad,
 )
@@ -195,6 +196,14 @@ def test_withdraw_under_margin_call_raises_before_sending(client, called):
         client.withdraw(1, sender=called)
 
 
+def settle_pending(system, client, who):
+    """Publishes the next round and settles `who`'s pending orders through the SDK."""
+    publish_round(system, ETH)
+    ids = [o.order_id for o in client.orders.pending(who)]
+    [receipt] = client.orders.settle_many(ids, sender=who)
+    assert all(o.settled for o in client.orders.outcomes(receipt))
+
+
 def test_trade_beyond_slippage_raises_before_sending(system, client, trader):
     deposit(system, trader, 1_000)
     price = client.price(ETH)
@@ -203,6 +212,8 @@ def test_trade_beyond_slippage_raises_before_sending(system, client, trader):
     with not_sent(trader), pytest.raises(SlippageExceeded, match="below acceptable"):
         client.trade(ETH, -wad(0.1), price + 1, sender=trader)
     client.trade(ETH, wad(0.1), client.acceptable_price(ETH, wad(0.1)), sender=trader)
+    assert system.engine.position(trader, ETH)[0] == 0  # committed, not filled yet
+    settle_pending(system, client, trader)
     assert system.engine.position(trader, ETH)[0] == wad(0.1)
 
 
@@ -212,7 +223,7 @@ def test_trade_beyond_initial_margin_raises_before_sending(system, client, trade
     # 10x is the limit (imr 10%); 5 ETH at 2,000 is exactly 10x before the fee
     with not_sent(trader), pytest.raises(InsufficientMargin, match="initial margin"):
         client.trade(ETH, wad(5.0), price, sender=trader)
-    client.trade(ETH, wad(4.9), price, sender=trader)
+    client.orders.fill_now_local(ETH, wad(4.9), price, sender=trader)
     assert system.engine.position(trader, ETH)[0] == wad(4.9)
 
 
@@ -220,7 +231,8 @@ def test_new_exposure_under_margin_call_raises_but_reduction_goes_through(system
     price = client.price(ETH)
     with not_sent(called), pytest.raises(UnderMarginCall):
         client.trade(ETH, wad(0.1), price, sender=called)
-    client.trade(ETH, -wad(1.0), price, sender=called)
+    outcome = client.orders.fill_now_local(ETH, -wad(1.0), price, sender=called)
+    assert outcome.settled and outcome.size_delta == -wad(1.0)
     assert system.engine.position(called, ETH)[0] == wad(3.0)
 
 
@@ -231,6 +243,7 @@ def test_close_checks_and_closes(system, client, leveraged, stranger):
     with not_sent(leveraged), pytest.raises(SlippageExceeded):
         client.close(ETH, price + 1, sender=leveraged)
     client.close(ETH, price, sender=leveraged)
+    settle_pending(system, client, leveraged)
     assert client.positions(leveraged) == []
 
 
