@@ -13,9 +13,12 @@ from rich.console import Console
 
 from margincall.constants import State
 from margincall.keeper.audit import History, action_delays, delay_stats, read_history
+from margincall.keeper.orders import RoundSeen, percentile, settle_delays
+from margincall.keeper.settle import order_history
 from margincall.notify import EARLY_WARNING, KINDS, event_key
 from margincall.notify.webhook_sink import Delivery
 from margincall.report import kv_table
+from margincall.sdk.rounds import rounds_published
 
 console = Console(highlight=False, width=None if Console().is_terminal else 120)
 
@@ -65,8 +68,9 @@ class DemoReport:
             p.amount
             for p in self.clients.fund.keeper_payments(self.start_block, self.end_block, keeper=me)
         )
+        fees = order_history(self.book, self.start_block, self.end_block).fees.get(me.lower(), 0)
         from_chain = s["keeper_rewards"] + paid
-        grew = self.client.token_balance(me) - self.keeper_balance_start
+        grew = self.client.token_balance(me) - self.keeper_balance_start - fees
         calls, tranches = s["margin_calls"], s["tranches"] + s["full_liquidations"]
         rows = [
             ("calls made / sent (metrics)", f"{m['calls_made']} / {m['calls_sent']}"),
@@ -83,7 +87,12 @@ class DemoReport:
                 f"{self.tok2(from_chain)} = {self.tok2(s['keeper_rewards'])} from the engine"
                 f" + {self.tok2(paid)} from the fund",
             ),
-            ("keeper's token balance grew by", self.tok2(grew)),
+            ("keeper's token balance grew by (less settlement fees)", self.tok2(grew)),
+            (
+                "order settlement fees (metrics / chain)",
+                f"{self.tok2(m.get('settle_fees', 0))} / {self.tok2(fees)}"
+                f" for {m.get('orders_filled', 0)} orders",
+            ),
             ("gas spent", f"{m['gas_spent']:,}"),
         ]
         wrong = []
@@ -97,6 +106,8 @@ class DemoReport:
                 f"keeper rewards: balance grew {self.tok2(grew)}"
                 f" != chain events {self.tok2(from_chain)}"
             )
+        if m.get("settle_fees", 0) != fees:
+            wrong.append(f"settlement fees: metrics {m.get('settle_fees', 0)} != chain {fees}")
         if m["calls_made"] != calls:
             wrong.append(f"keeper calls: metrics {m['calls_made']} != chain {calls}")
         if m["tranches_made"] != tranches:
@@ -206,6 +217,31 @@ class DemoReport:
             )
         return ok
 
+    def order_rows(self, start: int, stop: int) -> list[tuple[str, str]]:
+        """Orders committed and settled in blocks start..stop, and how many blocks after the
+        first price published after its commit each was settled (p50/p99/max), all from the
+        book's and the feeds' logs."""
+        h = order_history(self.book, start, stop)
+        commits, settled, refused = h.commits, h.settled, h.refused
+        web3 = chain.provider.web3
+        rounds = [
+            RoundSeen(m, updated, block)
+            for m, market in enumerate(self.record.markets)
+            for _, updated, block in rounds_published(web3, market.feed, start, stop)
+        ]
+        delays = list(settle_delays(commits, settled, rounds).values())
+        self.order_delays = delays
+        return [
+            ("orders committed (openings and cures by reduction)", str(len(commits))),
+            ("  settled", str(len(settled))),
+            ("  refused at settlement (reason logged, fee refunded)", str(refused)),
+            (
+                "settled after the first price after the commit",
+                f"p50 {percentile(delays, 50)} · p99 {percentile(delays, 99)}"
+                f" · max {max(delays, default=0)} blocks over {len(delays)} orders",
+            ),
+        ]
+
     def report(self) -> bool:
         client = self.client
         end = self.end_block
@@ -249,12 +285,13 @@ class DemoReport:
                 ),
             ],
         )
+        orders = _table("Orders (chain history)", self.order_rows(self.start_block, end))
         notes = _table(
             "Notifications (webhook, checked against the engine's events)"
             + ("" if not note_wrong else ": SHORTFALL"),
             note_rows,
         )
-        for table in (outcome, keeper, notes):
+        for table in (outcome, keeper, orders, notes):
             console.print(table)
 
         return self._verdict(s, keeper_wrong + note_wrong)
