@@ -57,6 +57,18 @@ class SettlementClient:
                 return log, chain.provider.get_receipt(str(log.transaction_hash))
         return None
 
+    def events(self, start: int, stop: int, names: Sequence[str]) -> list[Any]:
+        """The book's events `names` of blocks start..stop, fully decoded (Ape's
+        `ContractLog`s): one `eth_getLogs` over the range."""
+        from eth_utils import keccak
+
+        abis = [getattr(self.book, name).abi for name in names]
+        topics = [["0x" + keccak(text=abi.selector).hex() for abi in abis]]
+        provider = self.book.provider
+        query = {"address": self.address, "fromBlock": hex(start), "toBlock": hex(stop)}
+        raw = provider.make_request("eth_getLogs", [{**query, "topics": topics}])
+        return list(provider.network.ecosystem.decode_logs(list(raw), *abis))
+
     def commit_call(
         self,
         market_id: int,
