@@ -15,7 +15,14 @@ from margincall.constants import State
 from margincall.keeper.audit import History, action_delays, delay_stats, read_history
 from margincall.keeper.orders import RoundSeen, percentile, settle_delays
 from margincall.keeper.settle import order_history
-from margincall.notify import EARLY_WARNING, KINDS, event_key
+from margincall.notify import (
+    EARLY_WARNING,
+    KINDS,
+    ORDER_EXPIRED,
+    ORDER_KINDS,
+    WATCHED_ORDER_EVENTS,
+    event_key,
+)
 from margincall.notify.webhook_sink import Delivery
 from margincall.report import kv_table
 from margincall.sdk.rounds import rounds_published
@@ -119,6 +126,12 @@ class DemoReport:
     ) -> tuple[list[tuple[str, str]], list[str]]:
         """The webhook's deliveries against the engine's events: one message per event."""
         expected = expected_messages(history, chain.chain_id)
+        # and one per order event of the book (settled, refused, expired)
+        for log in self.book.events(self.start_block, self.end_block, WATCHED_ORDER_EVENTS):
+            kind = ORDER_KINDS[log.event_name]
+            if log.event_name == "OrderCancelled" and str(log.reason) == "book: expired":
+                kind = ORDER_EXPIRED
+            expected[event_key(chain.chain_id, log.transaction_hash, log.log_index)] = kind
         counts = Counter(d.key for d in deliveries)
         events = [d for d in deliveries if d.body.get("kind") != EARLY_WARNING]
         got = {d.key for d in events}
@@ -128,7 +141,7 @@ class DemoReport:
         rows = [
             ("event messages", f"delivered {len(got & set(expected))} of {len(expected)} expected")
         ]
-        for kind in KINDS.values():
+        for kind in (*KINDS.values(), *ORDER_KINDS.values(), ORDER_EXPIRED):
             want = sum(1 for k in expected.values() if k == kind)
             have = sum(1 for k in got & set(expected) if expected[k] == kind)
             rows.append((f"  {kind}", f"{have} of {want}"))
