@@ -228,9 +228,9 @@ def escrow_fee(account: address, amount: int256):
     """
     @notice Moves an order's settlement fee between `account`'s collateral
             and the order book's escrow (the tokens stay in the engine):
-            a positive amount is taken (at commit; it never takes equity
-            below maintenance), a negative one refunded (order cancelled).
-            Order book only.
+            a positive amount is taken (at commit), a negative one refunded
+            (order cancelled). No margin check: the fee is bounded by the
+            book (docs/design.md, Orders). Order book only.
     @param account The trader.
     @param amount The fee, token units: positive to take, negative to refund.
     """
@@ -240,10 +240,6 @@ def escrow_fee(account: address, amount: int256):
     if not (balance >= 0):
         fixed_point._fail("engine: fee exceeds collateral")
     acct.collateral = convert(balance, uint256)
-    if amount > 0 and acct.markets != 0:
-        ev: margin.Eval = ledger._evaluate(account, acct, risk._prices(acct.markets), SCALE)
-        if not (ev.equity >= convert(ev.maintenance, int256)):
-            fixed_point._fail("engine: fee breaches maintenance")
     ledger._store(account, acct)
 
 

@@ -265,6 +265,24 @@ def try_round_price(round_id: uint80, after: uint256, until: uint256) -> (uint25
     return self._round_price(round_id, after, until)
 
 
+@view
+@external
+def round_span(round_id: uint80) -> (uint256, uint256, uint256, uint256):
+    """
+    @notice Round `round_id` of the primary feed and the span of time it is
+            the settlement round for: orders committed at t with
+            `previous updatedAt <= t < updatedAt` (and `updatedAt` within
+            their expiry and the heartbeat after t) settle at it. For
+            batched settlement (one read serves every order of a round);
+            never reverts.
+    @param round_id The round.
+    @return The price (18 decimals), the previous round's updatedAt, the
+            round's updatedAt, and a reason code (0 when the round itself is
+            valid; `reason_of` names it).
+    """
+    return self._round_span(round_id)
+
+
 @pure
 @external
 def reason_of(code: uint256) -> String[40]:
@@ -282,42 +300,64 @@ def reason_of(code: uint256) -> String[40]:
 @internal
 def _round_price(round_id: uint80, after: uint256, until: uint256) -> (uint256, uint256):
     """
-    @dev The rules of `round_price`, never reverting: (price, code). A round
-         whose id is the first of its aggregator phase (low 64 bits 1) has
-         no previous round to prove it is the first after `after`: it is
-         refused (such an order expires and is refunded).
+    @dev The rules of `round_price`, never reverting: (price, code).
+    """
+    p: uint256 = 0
+    prev_updated: uint256 = 0
+    updated_at: uint256 = 0
+    code: uint256 = 0
+    p, prev_updated, updated_at, code = self._round_span(round_id)
+    if code != _OK:
+        return 0, code
+    if updated_at <= after:
+        return 0, _ROUND_NOT_AFTER
+    if updated_at > until:
+        return 0, _ROUND_AFTER_WINDOW
+    if updated_at - after > primary_heartbeat:
+        return 0, _STALE
+    if prev_updated > after:
+        return 0, _ROUND_NOT_FIRST
+    return p, _OK
+
+
+@view
+@internal
+def _round_span(round_id: uint80) -> (uint256, uint256, uint256, uint256):
+    """
+    @dev Round `round_id` of the primary and the time span it covers, never
+         reverting: (price, previous round's updatedAt, updatedAt, code).
+         The code checks the round alone (it exists and has a previous
+         round, not dated in the future, positive, within bounds, the
+         sequencer up); the caller checks it against an order's times. A
+         round whose id is the first of its aggregator phase (low 64 bits 1)
+         has no previous round to prove it is the first after a commit: it
+         is refused (such an order expires and is refunded).
     """
     if sequencer != empty(address):
         code: uint256 = self._sequencer_code()
         if code != _OK:
-            return 0, code
+            return 0, 0, 0, code
     answer: int256 = 0
     updated_at: uint256 = 0
     ok: bool = False
     ok, answer, updated_at = self._round(round_id)
     if not ok or updated_at == 0:
-        return 0, _NO_ROUND
-    if updated_at <= after:
-        return 0, _ROUND_NOT_AFTER
+        return 0, 0, 0, _NO_ROUND
     if updated_at > block.timestamp:
-        return 0, _FUTURE
-    if updated_at > until:
-        return 0, _ROUND_AFTER_WINDOW
-    if updated_at - after > primary_heartbeat:
-        return 0, _STALE
+        return 0, 0, 0, _FUTURE
     if convert(round_id, uint256) & _ROUND_MASK <= 1:
-        return 0, _ROUND_NOT_FIRST
+        return 0, 0, 0, _ROUND_NOT_FIRST
     prev_answer: int256 = 0
     prev_updated: uint256 = 0
     ok, prev_answer, prev_updated = self._round(round_id - 1)
-    if not ok or prev_updated > after:
-        return 0, _ROUND_NOT_FIRST
+    if not ok:
+        return 0, 0, 0, _ROUND_NOT_FIRST
     if answer <= 0:
-        return 0, _NON_POSITIVE
+        return 0, 0, 0, _NON_POSITIVE
     raw: uint256 = convert(answer, uint256)
     if raw < _PRIMARY_MIN_ANSWER or raw > _PRIMARY_MAX_ANSWER:
-        return 0, _OUT_OF_BOUNDS
-    return unsafe_div(unsafe_mul(raw, _PRIMARY_MUL), _PRIMARY_DIV), _OK
+        return 0, 0, 0, _OUT_OF_BOUNDS
+    return unsafe_div(unsafe_mul(raw, _PRIMARY_MUL), _PRIMARY_DIV), prev_updated, updated_at, _OK
 
 
 @view

@@ -101,7 +101,8 @@ engine: public(address)
 # settlement fee (millionths of a token) | max_window << 32
 _config: uint256
 # commit_time | window << 40 | market << 56 | reduce_only << 60 | fee << 61
-# | price mantissa << 93 | price shift << 141 | (size + 2**106) << 149
+# | price mantissa << 93 | price exponent << 141 | (size + 2**106) << 149
+# (acceptable price = mantissa * 10**exponent)
 _orders: HashMap[address, uint256[_SLOTS]]
 
 
@@ -224,7 +225,8 @@ def commit_order(
     @param market_id The market.
     @param size_delta Signed change of the position (wad; > 0 buys).
     @param acceptable_price The highest price for a buy, the lowest for a
-           sell (wad). Stored with 48 significant bits, rounded tighter.
+           sell (wad). Stored as a 48-bit mantissa times a power of ten
+           (exact up to about 14 significant digits), rounded tighter.
     @param expiry The last second the order may settle (after this block,
            at most `max_window` away).
     @param reduce_only Fill only what reduces the position at settlement.
@@ -269,7 +271,7 @@ def commit_order(
         account=msg.sender,
         market_id=market_id,
         size_delta=size_delta,
-        acceptable_price=mantissa << exponent,
+        acceptable_price=mantissa * 10**exponent,
         expiry=expiry,
         reduce_only=reduce_only,
         fee=fee,
@@ -405,6 +407,9 @@ def _settle(
     """
     engine: address = self.engine
     oracles: address[_MAX_MARKETS] = empty(address[_MAX_MARKETS])
+    # per market, the last round read in this batch: its id + 1, price, the
+    # previous round's time, its time, the heartbeat
+    spans: uint256[5][_MAX_MARKETS] = empty(uint256[5][_MAX_MARKETS])
     filled: uint256 = 0
     pool_net: int256 = 0
     fees: uint256 = 0
@@ -435,12 +440,27 @@ def _settle(
                 round_ids[k], o.commit_time, expiry
             )
         else:
-            code: uint256 = 0
-            price, code = staticcall IOracle(oracles[o.market_id]).try_round_price(
-                round_ids[k], o.commit_time, expiry
-            )
-            if code != 0:
+            span: uint256[5] = spans[o.market_id]
+            if span[0] != convert(round_ids[k], uint256) + 1:
+                code: uint256 = 0
+                span[0] = convert(round_ids[k], uint256) + 1
+                span[1], span[2], span[3], code = staticcall IOracle(
+                    oracles[o.market_id]
+                ).round_span(round_ids[k])
+                if code != 0:
+                    span[3] = 0  # no order settles at an invalid round
+                if span[4] == 0:
+                    span[4] = staticcall IOracle(oracles[o.market_id]).primary_heartbeat()
+                spans[o.market_id] = span
+            # the adapter's rules of `round_price`, on the round read once
+            if not (
+                span[2] <= o.commit_time
+                and o.commit_time < span[3]
+                and span[3] <= expiry
+                and span[3] <= o.commit_time + span[4]
+            ):
                 continue
+            price = span[1]
         delta: int256 = 0
         reason: String[64] = ""
         delta, reason = self._fill_size(engine, o, price)
@@ -582,7 +602,7 @@ def _unpack(account: address, w: uint256) -> Order:
         account=account,
         market_id=(w >> 56) & _MASK4,
         size_delta=convert(w >> 149, int256) - _SIZE_BIAS,
-        acceptable_price=((w >> 93) & _MASK48) << ((w >> 141) & _MASK8),
+        acceptable_price=((w >> 93) & _MASK48) * 10 ** ((w >> 141) & _MASK8),
         commit_time=w & _MASK40,
         expiry=self._expiry(w),
         reduce_only=(w >> 60) & 1 == 1,
@@ -594,24 +614,26 @@ def _unpack(account: address, w: uint256) -> Order:
 @internal
 def _compress(price: uint256, upper: bool) -> (uint256, uint256):
     """
-    @dev `price` as mantissa << exponent with a 48-bit mantissa, rounded
-         tighter: down for an upper bound (a buy), up for a lower bound (a
-         sell). A lower bound that rounds past 2**256 saturates.
+    @dev `price` as mantissa * 10**exponent with a 48-bit mantissa (about 14
+         significant digits: a feed's prices and round bounds stay exact),
+         rounded tighter: down for an upper bound (a buy), up for a lower
+         bound (a sell).
     """
-    # exponent = bit length of price >> 48, so price >> exponent < 2**48
+    mantissa: uint256 = price
     exponent: uint256 = 0
-    x: uint256 = price >> _MANTISSA_BITS
-    for step: uint256 in [128, 64, 32, 16, 8, 4, 2, 1]:
-        if x >> step != 0:
-            x = x >> step
-            exponent += step
-    if x != 0:
+    inexact: bool = False
+    for i: uint256 in range(78):
+        if mantissa < 2**_MANTISSA_BITS:
+            break
+        if mantissa % 10 != 0:
+            inexact = True
+        mantissa = mantissa // 10
         exponent += 1
-    mantissa: uint256 = price >> exponent
-    if not upper and mantissa << exponent != price:
+    if not upper and inexact:
+        assert exponent < 60, "book: acceptable price out of range"
         mantissa += 1
         if mantissa == 2**_MANTISSA_BITS:
-            mantissa = mantissa >> 1
+            mantissa = 2**_MANTISSA_BITS // 10 + 1
             exponent += 1
     return mantissa, exponent
 

@@ -27,7 +27,9 @@ from tests.utils.helpers import (
     reference_tranche,
     risk_params_model,
     scale_of,
+    settle_or_raise,
     tokens,
+    trade,
     travel_to,
     tx_time,
     wad,
@@ -160,12 +162,13 @@ def test_called_account_cannot_withdraw_or_add_exposure(system, ledger, called, 
     with ape.reverts("engine: under margin call"):
         engine.withdraw(tokens(system, 1), sender=trader)
     with ape.reverts("engine: under margin call"):
-        engine.trade(ETH, wad(0.1), price * 2, sender=trader)  # increase
+        settle_or_raise(system, trade(system, trader, ETH, wad(0.1), price * 2))  # increase
     with ape.reverts("engine: under margin call"):
-        engine.trade(ETH, -wad(8), price // 2, sender=trader)  # flip to a 4 ETH short
+        # flip to a 4 ETH short
+        settle_or_raise(system, trade(system, trader, ETH, -wad(8), price // 2))
     btc = system.oracles[BTC].price()
     with ape.reverts("engine: under margin call"):
-        engine.trade(BTC, wad(0.001), btc * 2, sender=trader)  # a new market
+        settle_or_raise(system, trade(system, trader, BTC, wad(0.001), btc * 2))  # new market
     assert engine.position(trader, ETH)[0] == wad(4)
     assert engine.check_margin(trader).state == State.CALLED
     ledger.check()

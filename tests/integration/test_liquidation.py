@@ -29,7 +29,9 @@ from tests.utils.helpers import (
     scale_of,
     set_risk_params,
     set_window_cap,
+    settle_or_raise,
     tokens,
+    trade,
     travel,
     travel_to,
     tx_time,
@@ -809,7 +811,7 @@ def test_liquidation_position_changed_reports_realized_pnl_in_token_units_like_t
     open_account(system, trader, 1_000)
     system.set_price(ETH, 1_830)
     # a trade's realised PnL: token units
-    tx = engine.trade(ETH, -wad(0.4), 0, sender=trader)
+    tx = settle_or_raise(system, trade(system, trader, ETH, -wad(0.4), 0))
     assert one(tx, engine.PositionChanged).realized_pnl == tokens(system, -68)  # 0.4 * -170
     before = engine.collateral_of(trader)
     tx = engine.liquidate(trader, sender=keeper)

@@ -24,9 +24,11 @@ from margincall.deploy import DEFAULT_MARKETS, System
 from margincall.math import div_ceil, div_floor, evaluate, mul_up
 from tests.utils.helpers import (
     account_model,
+    close_position,
     pin_next_tx,
     reference_tranche,
     skip_revert_source_traceback,
+    trade_unbounded,
     travel_to,
     tx_time,
 )
@@ -36,6 +38,7 @@ MAX_UINT = 2**256 - 1
 ETH = 0
 SOL = 2  # its feed has 18 decimals: an answer of 1 is a price of 1 wei
 BIAS = 2**127
+ORDER_MAX = 2**106  # |size delta| of one order (OrderBook._SIZE_BIAS)
 MASK112 = 2**112 - 1
 MAX_PRICE = 10**12 * WAD  # the adapters' max_price (deploy.MarketSpec)
 HEARTBEAT = 30 * 86_400
@@ -79,8 +82,9 @@ def deposit(system, who, amount: int, account=None):
 
 
 def trade(system, who, size: int, market_id: int = ETH):
-    bound = MAX_UINT if size > 0 else 0
-    return system.engine.trade(market_id, size, bound, sender=who)
+    """A position change through an order (commit, next round, settle); a cancelled order
+    raises with its reason."""
+    return trade_unbounded(system, who, market_id, size)
 
 
 def one(tx, event):
@@ -117,6 +121,7 @@ def deploy_reentrant_system(project, deployer, guardian) -> System:
     token = deployer.deploy(project.MockReentrantToken, "Reentrant USD", "rUSD", 18)
     pool = deployer.deploy(project.LiquidityPool, token.address, "margincall LP", "mcLP")
     fund_ = deployer.deploy(project.InsuranceFund, token.address, pool.address)
+    book = deployer.deploy(project.OrderBook, 18, 0, 3_600)
     engine = deployer.deploy(
         project.MarginEngine,
         token.address,
@@ -124,10 +129,12 @@ def deploy_reentrant_system(project, deployer, guardian) -> System:
         fund_.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        book.address,
     )
+    book.set_engine(engine.address, sender=deployer)
     pool.set_engine(engine.address, sender=deployer)
     fund_.set_engine(engine.address, sender=deployer)
-    s = System(project, deployer, token, pool, fund_, engine, markets=(ETH_SPEC,))
+    s = System(project, deployer, token, pool, fund_, engine, book=book, markets=(ETH_SPEC,))
     feed = deployer.deploy(project.MockAggregator, 8, s.feed_answer(ETH, ETH_SPEC.price))
     oracle = deployer.deploy(
         project.OracleAdapter,
@@ -179,7 +186,8 @@ def _callback(s, name: str, other_trader):
     if name == "deposit":
         return engine.deposit.encode_input(10 * unit, s.token.address)
     if name == "trade":
-        return engine.trade.encode_input(ETH, WAD // 100, MAX_UINT)
+        # the engine's position entry point (only the order book may call it)
+        return engine.fill.encode_input(s.token.address, ETH, WAD // 100, 1_840 * WAD)
     if name == "liquidate":
         return engine.liquidate.encode_input(other_trader.address)
     raise ValueError(name)
@@ -273,7 +281,7 @@ def test_reentrant_callback_into_the_pool_inside_pool_pay_is_refused(
     assets0, wallet0 = pool.totalAssets(), token.balanceOf(token.address)
     collateral0 = engine.collateral_of(stranger.address)
 
-    tx = engine.close_position(ETH, 0, sender=stranger)  # profit 60, fee 0.95: pool.pay
+    tx = close_position(s, stranger, ETH)  # profit 60, fee 0.95: pool.pay
     log = one(tx, engine.PositionChanged)
     assert (log.realized_pnl, log.fee) == (60 * unit, 95 * unit // 100)
     assert token.attempts() == 1
@@ -594,7 +602,7 @@ def test_dust_positions_cannot_be_opened_or_left(system, trader):
     assert snapshot(system, trader) == before
     trade(system, trader, -(WAD - 5 * WAD // 1_000))  # leaving exactly the minimum
     assert engine.position(trader.address, ETH)[0] == 5 * WAD // 1_000
-    engine.close_position(ETH, 0, sender=trader)
+    close_position(system, trader, ETH)
     assert engine.position(trader.address, ETH) == (0, 0)
     assert_intact(system, [trader])
 
@@ -602,25 +610,20 @@ def test_dust_positions_cannot_be_opened_or_left(system, trader):
 # --- 5. extreme sizes and prices -------------------------------------------------------------
 
 
-def test_size_beyond_packed_range_reverts(system, owner, trader):
+def test_size_beyond_an_orders_range_is_refused_at_commit(system, owner, trader):
+    """An order's size delta is below 2**106 (it fits the order's storage word), far under the
+    engine's 2**127 packing bound, which stays behind it; int256 extremes are refused too."""
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
     before = snapshot(system, trader)
     oi = engine.open_interest()
-    # with the default fee, the fee on such a size is caught first
-    with ape.reverts("engine: loss exceeds collateral"):
-        trade(system, trader, BIAS)
-    # raw int256 overflows (size * price) revert before any state changes
-    for size in (2**255 - 1, -(2**255)):
-        with ape.reverts():
+    for size in (BIAS, -BIAS, ORDER_MAX, -ORDER_MAX, 2**255 - 1):
+        with ape.reverts("book: size out of range"):
             trade(system, trader, size)
-    # without a fee, the packing check itself refuses: size and open notional >= 2**127
-    m = engine.markets(ETH)
-    engine.set_market(ETH, m.oracle, m.imr, m.mmr, 0, m.window_cap, True, sender=owner)
-    for size in (BIAS, -BIAS, BIAS // 1_000):  # the last: size fits, open notional does not
-        with ape.reverts("engine: size out of range"):
-            trade(system, trader, size)
+    with ape.reverts():
+        trade(system, trader, -(2**255))  # abs() overflows before any state changes
     assert snapshot(system, trader) == before
+    assert system.book.pending_orders(trader) == []
     assert engine.open_interest() == oi
     assert_intact(system, [trader])
 
@@ -678,24 +681,25 @@ def test_price_at_max_bound_values_correctly(system, owner, trader):
     assert pnl == -500 * WAD
     assert st.equity == collateral * scale + pnl
     assert st.maintenance == mul_up(mul_up(size, price), 5 * WAD // 100) == 475 * WAD
-    engine.close_position(ETH, 0, sender=trader)
+    close_position(system, trader, ETH)
     assert engine.position(trader.address, ETH) == (0, 0)
     assert_intact(system, [trader])
 
 
 MIN_PRICE_CASES = {
-    # market: (market id, price of a feed answer of 1: the smallest valid price)
+    # market: (market id, price of a feed answer of 1: the smallest valid price). SOL's
+    # 18-decimal feed (price 1 wei) is gone since orders: the largest order there is worth
+    # 8e13 wei, under the minimum position notional, so no such position can open.
     "eth-8-decimal-feed": (ETH, 10**10),
-    "sol-18-decimal-feed": (SOL, 1),
 }
 
 
 @pytest.mark.parametrize("case", list(MIN_PRICE_CASES))
 def test_price_at_min_bound_with_size_at_packed_max(system, owner, trader, case):
     """At the smallest price the adapter gives (min_price is 1 wei; an 8-decimal feed cannot
-    go below 1e10 wei), a size one below 2**127 opens a correct position, valued as the
-    reference math says; one more unit (or a flip to -2**127) is refused by the packing
-    check."""
+    go below 1e10 wei), the largest order (one below 2**106: an order is one storage word)
+    opens a correct position, valued as the reference math says; a larger order (or a flip of
+    2**107) is refused at commit. (The engine's own packing check at 2**127 stays behind it.)"""
     market, price = MIN_PRICE_CASES[case]
     engine, unit = system.engine, system.unit
     oracle, feed = system.oracles[market], system.feeds[market]
@@ -707,7 +711,7 @@ def test_price_at_min_bound_with_size_at_packed_max(system, owner, trader, case)
     feed.set_answer(1, sender=owner)
     assert oracle.price() == price
 
-    size = BIAS - 1
+    size = ORDER_MAX - 1
     cfg = engine.markets(market)
     notional = mul_up(size, price)
     cost = div_ceil(size * price, WAD)
@@ -734,15 +738,15 @@ def test_price_at_min_bound_with_size_at_packed_max(system, owner, trader, case)
     feed.set_answer(1, sender=owner)
 
     info = engine.account_info(trader.address)
-    with ape.reverts("engine: size out of range"):
-        trade(system, trader, 1, market)  # size 2**127
-    with ape.reverts("engine: size out of range"):
-        trade(system, trader, -2 * BIAS + 1, market)  # flip to -2**127
+    with ape.reverts("book: size out of range"):
+        trade(system, trader, ORDER_MAX, market)
+    with ape.reverts("book: size out of range"):
+        trade(system, trader, -2 * ORDER_MAX, market)  # a flip beyond an order's range
     assert engine.account_info(trader.address) == info
     assert engine.position(trader.address, market) == (size, cost)
     assert engine.open_interest() == oi + cost
 
-    tx = engine.close_position(market, 0, sender=trader)
+    tx = close_position(system, trader, market)
     log = one(tx, engine.PositionChanged)
     realized = div_floor(div_floor(size * price, WAD) - cost, scale)
     assert (log.size, log.realized_pnl, log.fee) == (0, realized, fee)
@@ -872,6 +876,7 @@ def _false_token_engine(project, deployer, guardian):
         fund_.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        deployer.address,  # no order book: this engine never trades
     )
     return token, engine
 
@@ -1052,6 +1057,7 @@ def _fresh_pool(project, deployer, guardian):
         fund_.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        deployer.address,  # no order book: this engine never trades
     )
     pool.set_engine(engine.address, sender=deployer)
     return token, pool

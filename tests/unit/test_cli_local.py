@@ -25,7 +25,7 @@ from margincall.cli.fast import FastReader
 from margincall.cli.watch import run_watch
 from margincall.constants import WAD, State
 from margincall.deploy.record import deploy_from_config, load_config, write_record
-from tests.utils.helpers import fund_lp
+from tests.utils.helpers import fund_lp, settle_or_raise, trade
 
 ROOT = Path(__file__).resolve().parents[2]
 ETH = 0
@@ -55,7 +55,7 @@ def long_eth(deployed, trader):
     system.token.mint(trader.address, 10_000 * 10**6, sender=trader)
     system.token.approve(system.engine.address, 10_000 * 10**6, sender=trader)
     system.engine.deposit(1_000 * 10**6, sender=trader)
-    system.engine.trade(ETH, 4 * WAD, 2_100 * WAD, sender=trader)
+    settle_or_raise(system, trade(system, trader, ETH, 4 * WAD, 2_100 * WAD))
     return trader
 
 

@@ -433,15 +433,20 @@ def test_owner_may_pause_with_no_guardian(system, owner, guardian):
 
 @pytest.mark.parametrize(
     "zero, reason",
-    [(0, "engine: zero token"), (1, "engine: zero pool"), (2, "engine: zero fund")],
-    ids=["token", "pool", "fund"],
+    [
+        (0, "engine: zero token"),
+        (1, "engine: zero pool"),
+        (2, "engine: zero fund"),
+        (3, "engine: zero order book"),
+    ],
+    ids=["token", "pool", "fund", "order_book"],
 )
 def test_constructor_refuses_zero_addresses(project, system, deployer, guardian, zero, reason):
-    args = [system.token.address, system.pool.address, system.fund.address]
+    args = [system.token.address, system.pool.address, system.fund.address, system.book.address]
     args[zero] = ZERO_ADDRESS
     checker = deployer.deploy(project.MarginParams)
     with ape.reverts(reason):
-        deployer.deploy(project.MarginEngine, *args, guardian.address, checker.address)
+        deployer.deploy(project.MarginEngine, *args[:3], guardian.address, checker.address, args[3])
 
 
 def test_constructor_refuses_token_above_18_decimals(project, system, deployer, guardian):
@@ -454,6 +459,7 @@ def test_constructor_refuses_token_above_18_decimals(project, system, deployer, 
             system.fund.address,
             guardian.address,
             deployer.deploy(project.MarginParams).address,
+            system.book.address,
         )
 
 
@@ -468,8 +474,10 @@ def test_constructor_sets_owner_guardian_scale_and_defaults(project, deployer, g
         fund.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        deployer.address,
     )
     assert engine.owner() == deployer.address
+    assert engine.ORDER_BOOK() == deployer.address
     assert engine.guardian() == guardian.address
     assert engine.SCALE() == 10**12
     assert (engine.TOKEN(), engine.POOL(), engine.FUND()) == (

@@ -13,9 +13,10 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.math import div_ceil, mul_up
-from tests.utils.helpers import assert_conserved
+from tests.utils.helpers import assert_conserved, close_position, settle_or_raise
 from tests.utils.helpers import deposit_units as deposit
 from tests.utils.helpers import fund_units as fund
+from tests.utils.helpers import trade as trade_order
 from tests.utils.helpers import trade_unbounded as trade
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
@@ -147,6 +148,7 @@ def _deploy_engine_on(project, deployer, guardian, token):
         fund_.address,
         guardian.address,
         deployer.deploy(project.MarginParams).address,
+        deployer.address,  # no order book: these engines never trade
     )
     pool.set_engine(engine.address, sender=deployer)
     fund_.set_engine(engine.address, sender=deployer)
@@ -367,7 +369,8 @@ def test_close_position_clears_position_and_returns_net_pnl(system, trader):
     trade(system, trader, ETH, WAD)
     system.set_price(ETH, 1_900)
 
-    tx = engine.close_position(ETH, 1_900 * WAD, sender=trader)
+    before = engine.collateral_of(trader.address)
+    tx = close_position(system, trader, ETH, 1_900 * WAD)
     fee = unit * 95 // 100
     log = one(tx, engine.PositionChanged)
     assert_fields(
@@ -380,17 +383,18 @@ def test_close_position_clears_position_and_returns_net_pnl(system, trader):
         fee=fee,
         collateral=999 * unit - 100 * unit - fee,
     )
-    # the return value is the change of collateral: realised PnL net of the fee
-    assert tx.return_value == -100 * unit - fee
+    # the change of collateral: realised PnL net of the fee
+    assert engine.collateral_of(trader.address) - before == -100 * unit - fee
     assert engine.position(trader.address, ETH) == (0, 0)
     assert engine.account_info(trader.address)[1] == 0
     assert engine.open_interest() == 0
     assert_conserved(system, [trader])
 
 
-def test_close_position_without_position_reverts(system, trader):
-    with ape.reverts("engine: no position"):
-        system.engine.close_position(ETH, 0, sender=trader)
+def test_reduce_only_close_without_position_is_cancelled(system, trader):
+    deposit(system, trader, 1_000 * system.unit)
+    with ape.reverts("book: nothing to reduce"):
+        settle_or_raise(system, trade_order(system, trader, ETH, -WAD, 0, reduce_only=True))
 
 
 # --- trade: input checks ---------------------------------------------------------------------
@@ -398,38 +402,39 @@ def test_close_position_without_position_reverts(system, trader):
 
 def test_buy_above_acceptable_price_reverts(system, trader):
     deposit(system, trader, 1_000 * system.unit)
-    with ape.reverts("engine: price above acceptable"):
-        system.engine.trade(ETH, WAD, 2_000 * WAD - 1, sender=trader)
-    system.engine.trade(ETH, WAD, 2_000 * WAD, sender=trader)  # the bound itself is fine
+    with ape.reverts("book: price above acceptable"):
+        settle_or_raise(system, trade_order(system, trader, ETH, WAD, 2_000 * WAD - 1))
+    # the bound itself is fine
+    settle_or_raise(system, trade_order(system, trader, ETH, WAD, 2_000 * WAD))
 
 
 def test_sell_below_acceptable_price_reverts(system, trader):
     deposit(system, trader, 1_000 * system.unit)
-    with ape.reverts("engine: price below acceptable"):
-        system.engine.trade(ETH, -WAD, 2_000 * WAD + 1, sender=trader)
-    system.engine.trade(ETH, -WAD, 2_000 * WAD, sender=trader)
+    with ape.reverts("book: price below acceptable"):
+        settle_or_raise(system, trade_order(system, trader, ETH, -WAD, 2_000 * WAD + 1))
+    settle_or_raise(system, trade_order(system, trader, ETH, -WAD, 2_000 * WAD))
 
 
 def test_close_position_checks_slippage_on_the_closing_side(system, trader):
     deposit(system, trader, 1_000 * system.unit)
     trade(system, trader, ETH, WAD)  # closing a long sells
-    with ape.reverts("engine: price below acceptable"):
-        system.engine.close_position(ETH, 2_000 * WAD + 1, sender=trader)
+    with ape.reverts("book: price below acceptable"):
+        close_position(system, trader, ETH, 2_000 * WAD + 1)
     trade(system, trader, BTC, -(10**16))  # closing a short buys
-    with ape.reverts("engine: price above acceptable"):
-        system.engine.close_position(BTC, 60_000 * WAD - 1, sender=trader)
+    with ape.reverts("book: price above acceptable"):
+        close_position(system, trader, BTC, 60_000 * WAD - 1)
 
 
 def test_zero_size_reverts(system, trader):
     deposit(system, trader, 1_000 * system.unit)
-    with ape.reverts("engine: zero size"):
-        system.engine.trade(ETH, 0, MAX_UINT, sender=trader)
+    with ape.reverts("book: zero size"):
+        trade_order(system, trader, ETH, 0, MAX_UINT)
 
 
 def test_unknown_market_reverts(system, trader):
     deposit(system, trader, 1_000 * system.unit)
-    with ape.reverts("engine: unknown market"):
-        system.engine.trade(3, WAD, MAX_UINT, sender=trader)
+    with ape.reverts("book: unknown market"):
+        trade_order(system, trader, 3, WAD, MAX_UINT)
 
 
 def test_open_needs_initial_margin_after_fee(system, trader, other_trader):
@@ -470,7 +475,7 @@ def test_max_positions_per_account(system, owner, trader):
     with ape.reverts("engine: too many positions"):
         trade(system, trader, 5, WAD)
     trade(system, trader, 4, WAD)  # increasing an existing position is fine
-    engine.close_position(4, 0, sender=trader)
+    close_position(system, trader, 4)
     trade(system, trader, 5, WAD)  # a slot freed by a close can be reused
     assert engine.account_info(trader.address)[1] == 0b101111
 
@@ -505,7 +510,7 @@ def test_pause_allows_reductions_deposits_and_withdrawals(system, guardian, trad
     assert one(tx, engine.Withdraw).amount == 50 * unit
     tx = trade(system, trader, ETH, -WAD)
     assert one(tx, engine.PositionChanged).size == WAD
-    tx = engine.close_position(ETH, 0, sender=trader)
+    tx = close_position(system, trader, ETH)
     assert one(tx, engine.PositionChanged).size == 0
     assert_conserved(system, [trader])
 
@@ -523,7 +528,7 @@ def test_inactive_market_blocks_new_exposure_but_not_reductions(system, owner, t
         trade(system, trader, ETH, -3 * WAD)  # a flip is new exposure
     tx = trade(system, trader, ETH, -WAD)
     assert one(tx, engine.PositionChanged).size == WAD
-    engine.close_position(ETH, 0, sender=trader)
+    close_position(system, trader, ETH)
     assert engine.position(trader.address, ETH) == (0, 0)
     trade(system, trader, BTC, WAD // 100)  # other markets still trade
 
@@ -607,7 +612,7 @@ def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
     assert_fields(
         one(tx, engine.MarginCallCleared),
         account=trader.address,
-        caller=trader.address,
+        caller=system.book.address,  # the fill's caller
         equity=equity,
         maintenance=maintenance,
         ratio=equity * WAD // maintenance,
@@ -676,7 +681,7 @@ def test_reduction_with_loss_above_collateral_reverts(system, trader):
     system.set_price(ETH, 1_700)  # loss 150
 
     with ape.reverts("engine: loss exceeds collateral"):
-        system.engine.close_position(ETH, 0, sender=trader)
+        close_position(system, trader, ETH)
     with ape.reverts("engine: loss exceeds collateral"):
         trade(system, trader, ETH, -(WAD * 4 // 10))  # realises 120
     assert system.engine.position(trader.address, ETH) == (WAD // 2, 1_000 * WAD)
@@ -733,7 +738,7 @@ def test_lifecycle_conserves_tokens(system, trader, other_trader, stranger):
         for market_id in (ETH, BTC, SOL):
             size = engine.position(who.address, market_id)[0]
             if size != 0:
-                engine.close_position(market_id, MAX_UINT if size < 0 else 0, sender=who)
+                close_position(system, who, market_id)
         engine.withdraw(engine.collateral_of(who.address), sender=who)
     assert_conserved(system, actors)
     assert system.token.balanceOf(engine.address) == 0

@@ -12,6 +12,7 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.math import Account, Position, RiskParams, classify, div_ceil, evaluate, ratio
+from tests.utils.helpers import trade_unbounded
 
 MAX_UINT = 2**256 - 1
 ETH, BTC, SOL = 0, 1, 2
@@ -27,8 +28,8 @@ def deposit(system, who, amount: int):
 
 
 def trade(system, who, market_id: int, size: int):
-    bound = MAX_UINT if size > 0 else 0
-    return system.engine.trade(market_id, size, bound, sender=who)
+    """A position change through an order (commit, next round, settle)."""
+    return trade_unbounded(system, who, market_id, size)
 
 
 def scale(system) -> int:
@@ -254,8 +255,9 @@ def test_check_margins_marks_unpriced_accounts_instead_of_reverting(
 FUNCTIONS = [
     "deposit",
     "withdraw",
-    "trade",
-    "close_position",
+    "fill",
+    "escrow_fee",
+    "pay_fills",
     "check_margin",
     "margin_call",
     "clear_margin_call",

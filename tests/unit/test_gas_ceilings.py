@@ -18,7 +18,8 @@ from margincall.constants import State
 
 # Issue 15's targets (85,000 a tranche, 20,000 check_margin, 29,000 per account in a batch of
 # 50) are not met yet: docs/benchmarks.md ("Issue 15 targets") says by how much and why.
-from tests.utils.helpers import mint_and_approve, wad
+from tests.utils.helpers import mint_and_approve, settle_or_raise, wad
+from tests.utils.helpers import trade as order_trade
 
 CEILING_DEPOSIT = 50_200  # measured 48,721 (48,664 before the module cut)
 CEILING_WITHDRAW = 63_900  # one open position; measured 62,331 (61,994 before)
@@ -38,7 +39,7 @@ def trade(system, who, market_id, size):
     price = system.oracles[market_id].price()
     delta = wad(size)
     bound = price * 105 // 100 if delta > 0 else price * 95 // 100
-    return system.engine.trade(market_id, delta, bound, sender=who)
+    return settle_or_raise(system, order_trade(system, who, market_id, delta, bound))
 
 
 def move_all(system, factor):

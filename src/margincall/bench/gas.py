@@ -34,6 +34,7 @@ from eth_utils import keccak
 from margincall.bench.gas_report import (
     ANCHOR_BATCH,
     ANCHOR_LIQUIDATE,
+    ANCHOR_ORDERS,
     ANCHOR_SUPPLY,
     ANCHOR_VIEW,
     ANCHOR_WITHDRAW,
@@ -42,8 +43,10 @@ from margincall.bench.gas_report import (
     MAX_UINT,
     ROOT,
     TARGET_CHECK_MARGIN,
+    TARGET_COMMIT,
     TARGET_DEPOSIT,
     TARGET_LIQUIDATE,
+    TARGET_SETTLE_BATCH,
     TARGET_WITHDRAW,
     Breakdown,
     Row,
@@ -80,6 +83,7 @@ class Bench:
         self.decimals = decimals
         self.s = deploy_system(project, self.owner, self.guardian, decimals=decimals)
         self.engine = self.s.engine
+        self.book = self.s.book
         self.token = self.s.token
         self.unit = 10**decimals
         self.rows: list[Row] = []
@@ -97,6 +101,7 @@ class Bench:
         book = {}
         named = [
             ("engine", self.engine),
+            ("book", self.s.book),
             ("token", self.token),
             ("pool", self.s.pool),
             ("fund", self.s.fund),
@@ -146,11 +151,31 @@ class Bench:
         for m, spec in enumerate(self.s.markets):
             self.set_price(m, spec.price * factor)
 
-    def trade(self, who, market_id: int, size: float | str):
+    def commit(self, who, market_id: int, size: float | str, expiry: int | None = None):
+        """Commits an order with a 5% slippage bound; returns (order id, receipt)."""
         p = self.s.oracles[market_id].price()
         delta = whole(size)
         bound = p * 105 // 100 if delta > 0 else p * 95 // 100
-        return self.engine.trade(market_id, delta, bound, sender=who)
+        if expiry is None:
+            expiry = int(chain.blocks.head.timestamp) + int(self.book.max_window())
+        r = self.book.commit_order(market_id, delta, bound, expiry, False, sender=who)
+        return int(self.book.OrderCommitted.from_receipt(r)[0].order_id), r
+
+    def next_round(self, market_id: int) -> int:
+        """Publishes the market's next round at its current answer, a second after the head
+        (a round in the commit's own second is not after it); returns its id."""
+        feed = self.s.feeds[market_id]
+        chain.pending_timestamp = int(chain.blocks.head.timestamp) + 1
+        feed.set_answer(int(feed.latestRoundData()[1]), sender=self.owner)
+        return int(feed.latestRoundData()[0])
+
+    def trade(self, who, market_id: int, size: float | str):
+        """A position change: commit, the next round, settle (by the keeper); returns the
+        settlement receipt."""
+        order_id, _ = self.commit(who, market_id, size)
+        r = self.book.settle_order(order_id, self.next_round(market_id), sender=self.keeper)
+        assert self.book.OrderSettled.from_receipt(r), "order not filled"
+        return r
 
     def open_three(self, who) -> None:
         """2 ETH (4,000), 0.1 BTC (6,000), 20 SOL (3,000): initial margin 1,600."""
@@ -359,14 +384,46 @@ class Bench:
         e, t = self.engine, self.trader
         with isolated():
             e.deposit(self.amount(5_000), sender=t)
-            self.record("trade, open (new position)", self.trade(t, 0, 2).gas_used)
-            self.record("trade, increase", self.trade(t, 0, 1).gas_used)
-            self.record("trade, reduce", self.trade(t, 0, -1).gas_used)
-            self.record("trade, close (to zero)", self.trade(t, 0, -2).gas_used)
-            self.trade(t, 0, 2)
-            p = self.s.oracles[0].price()
-            r = e.close_position(0, p * 95 // 100, sender=t)
-            self.record("close_position", r.gas_used)
+            self.record("settle_order, open (new position)", self.trade(t, 0, 2).gas_used)
+            self.record("settle_order, increase", self.trade(t, 0, 1).gas_used)
+            self.record("settle_order, reduce", self.trade(t, 0, -1).gas_used)
+            self.record("settle_order, close (to zero)", self.trade(t, 0, -2).gas_used)
+
+    def orders(self) -> None:
+        """commit (a fresh slot), settle alone, settle in batches, cancel after expiry."""
+        e, t, k = self.engine, self.trader, self.keeper
+        with isolated():
+            e.deposit(self.amount(5_000), sender=t)
+            order_id, r = self.commit(t, 0, 2)
+            self.record("commit_order, open (fresh slot)", r.gas_used, TARGET_COMMIT, ANCHOR_ORDERS)
+            r = self.book.settle_order(order_id, self.next_round(0), sender=k)
+            self.record("settle_order alone, open", r.gas_used, None, ANCHOR_ORDERS)
+            order_id, r = self.commit(t, 0, -1)
+            self.record(
+                "commit_order, reduce (one position)", r.gas_used, TARGET_COMMIT, ANCHOR_ORDERS
+            )
+            self.book.settle_order(order_id, self.next_round(0), sender=k)
+            expiry = int(chain.blocks.head.timestamp) + 60
+            order_id, _ = self.commit(t, 0, 1, expiry)
+            chain.pending_timestamp = expiry + 1
+            r = self.book.cancel_order(order_id, sender=t)
+            self.record("cancel_order (expired, refund)", r.gas_used, None, ANCHOR_ORDERS)
+        for n in BATCH_SIZES:
+            with isolated():
+                ids = []
+                for who in self.traders[:n]:
+                    e.deposit(self.amount(1_000), who.address, sender=self.owner)
+                    ids.append(self.commit(who, 0, 2)[0])
+                round_id = self.next_round(0)
+                r = self.book.settle_orders(ids, [round_id] * n, sender=k)
+                done = len(self.book.OrderSettled.from_receipt(r))
+                assert done == n, f"settle_orders filled {done} of {n}"
+                self.record(
+                    f"settle_orders, {n} opens: per order (total {r.gas_used:,})",
+                    r.gas_used // n,
+                    TARGET_SETTLE_BATCH if n == 10 else None,
+                    ANCHOR_ORDERS,
+                )
 
     def margin_call(self) -> None:
         e, t = self.engine, self.trader
@@ -503,6 +560,7 @@ class Bench:
         self.deposit_withdraw(full)
         if full:
             self.trades()
+            self.orders()
             self.margin_call()
         self.liquidations(full)
         if full:

@@ -27,11 +27,14 @@ TARGET_LIQUIDATE = 90_000
 TARGET_CHECK_MARGIN = 15_000
 TARGET_DEPOSIT = 60_000
 TARGET_WITHDRAW = 80_000
+TARGET_COMMIT = 70_000  # issue 11
+TARGET_SETTLE_BATCH = 60_000  # issue 11: per order, in a batch of 10
 ANCHOR_LIQUIDATE = "Aave V3 partial liquidationCall 383,994; Liquity batched 54-83k per trove"
 ANCHOR_BATCH = "Liquity batched 54-83k per trove"
 ANCHOR_VIEW = "Aave getUserAccountData 35,053 (one supply)"
 ANCHOR_SUPPLY = "Comet supply < 124k"
 ANCHOR_WITHDRAW = "Comet withdraw < 106k"
+ANCHOR_ORDERS = "GMX v2: several hundred thousand per order (issue 11)"
 
 BATCH_SIZES = (10, 50)
 
