@@ -36,6 +36,7 @@ from margincall.notify import (
     export_prometheus,
 )
 from margincall.sdk import Clients
+from margincall.sdk.settlement import SettlementClient
 
 bot = SilverbackBot()
 _notifier: list[Notifier] = []  # set at startup
@@ -83,8 +84,9 @@ def _setup() -> Notifier:
         + (f"under {policy.warn_ratio / 1e18:g}" if policy else "off")
         + f"; {config.confirmations} confirmations; events notified from block {notify_from}"
     )
+    engine = Clients.from_record(record, project).engine
     return Notifier(
-        ApeSource(Clients.from_record(record, project).engine),
+        ApeSource(engine, SettlementClient(engine.orders.book)),  # engine and order events
         outbox,
         ctx,
         start_block=record.block,

@@ -193,6 +193,55 @@ def test_liquidation_and_bad_debt_values_are_exact_and_signed():
     assert "23.45 socialised" in b["text"]
 
 
+ORDER_ID = (int(TRADER, 16) << 96) | (1_700_000_000 << 8) | 2
+
+
+def order_settled(size_delta=4 * WAD) -> EngineEvent:
+    return ev(
+        "OrderSettled",
+        20,
+        1,
+        order_id=ORDER_ID,
+        account=TRADER,
+        settler=KEEPER,
+        market_id=0,
+        size_delta=size_delta,
+        price=2_010 * WAD,
+        round_id=7,
+        fee=100_000,
+    )
+
+
+def order_cancelled(reason: str) -> EngineEvent:
+    return ev(
+        "OrderCancelled",
+        21,
+        0,
+        order_id=ORDER_ID,
+        account=TRADER,
+        caller=KEEPER,
+        reason=reason,
+        refund=100_000,
+    )
+
+
+def test_order_settled_refused_and_expired_tell_the_trader_the_price_or_the_reason():
+    filled = event_message(order_settled(), CTX)
+    assert (filled.kind, filled.account) == ("order_settled", TRADER)
+    p = filled.payload
+    assert p["args"]["order_id"] == str(ORDER_ID) and p["values"]["order_id"] == hex(ORDER_ID)
+    assert p["values"]["price"] == "2010" and p["values"]["fee"] == "0.1"
+    assert "bought 4.0000" in filled.text and "at 2,010.00" in filled.text
+    assert "first price published after the commit" in filled.text
+    assert "sold 1.0000" in event_message(order_settled(-WAD), CTX).text
+    refused = event_message(order_cancelled("engine: insufficient margin"), CTX)
+    assert refused.kind == "order_refused" and refused.payload["values"]["refund"] == "0.1"
+    assert "refused at settlement: engine: insufficient margin" in refused.text
+    expired = event_message(order_cancelled("book: expired"), CTX)
+    assert expired.kind == "order_expired" and "expired and was cancelled" in expired.text
+    assert len({filled.key, refused.key}) == 2
+
+
 def test_event_from_ape_style_log_normalises_the_hash():
     e = EngineEvent.from_log(
         {

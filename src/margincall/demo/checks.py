@@ -13,9 +13,19 @@ from rich.console import Console
 
 from margincall.constants import State
 from margincall.keeper.audit import History, action_delays, delay_stats, read_history
-from margincall.notify import EARLY_WARNING, KINDS, event_key
+from margincall.keeper.orders import RoundSeen, percentile, settle_delays
+from margincall.keeper.settle import order_history
+from margincall.notify import (
+    EARLY_WARNING,
+    KINDS,
+    ORDER_EXPIRED,
+    ORDER_KINDS,
+    WATCHED_ORDER_EVENTS,
+    event_key,
+)
 from margincall.notify.webhook_sink import Delivery
 from margincall.report import kv_table
+from margincall.sdk.rounds import rounds_published
 
 console = Console(highlight=False, width=None if Console().is_terminal else 120)
 
@@ -65,8 +75,9 @@ class DemoReport:
             p.amount
             for p in self.clients.fund.keeper_payments(self.start_block, self.end_block, keeper=me)
         )
+        fees = order_history(self.book, self.start_block, self.end_block).fees.get(me.lower(), 0)
         from_chain = s["keeper_rewards"] + paid
-        grew = self.client.token_balance(me) - self.keeper_balance_start
+        grew = self.client.token_balance(me) - self.keeper_balance_start - fees
         calls, tranches = s["margin_calls"], s["tranches"] + s["full_liquidations"]
         rows = [
             ("calls made / sent (metrics)", f"{m['calls_made']} / {m['calls_sent']}"),
@@ -83,7 +94,12 @@ class DemoReport:
                 f"{self.tok2(from_chain)} = {self.tok2(s['keeper_rewards'])} from the engine"
                 f" + {self.tok2(paid)} from the fund",
             ),
-            ("keeper's token balance grew by", self.tok2(grew)),
+            ("keeper's token balance grew by (less settlement fees)", self.tok2(grew)),
+            (
+                "order settlement fees (metrics / chain)",
+                f"{self.tok2(m.get('settle_fees', 0))} / {self.tok2(fees)}"
+                f" for {m.get('orders_filled', 0)} orders",
+            ),
             ("gas spent", f"{m['gas_spent']:,}"),
         ]
         wrong = []
@@ -97,6 +113,8 @@ class DemoReport:
                 f"keeper rewards: balance grew {self.tok2(grew)}"
                 f" != chain events {self.tok2(from_chain)}"
             )
+        if m.get("settle_fees", 0) != fees:
+            wrong.append(f"settlement fees: metrics {m.get('settle_fees', 0)} != chain {fees}")
         if m["calls_made"] != calls:
             wrong.append(f"keeper calls: metrics {m['calls_made']} != chain {calls}")
         if m["tranches_made"] != tranches:
@@ -108,6 +126,12 @@ class DemoReport:
     ) -> tuple[list[tuple[str, str]], list[str]]:
         """The webhook's deliveries against the engine's events: one message per event."""
         expected = expected_messages(history, chain.chain_id)
+        # and one per order event of the book (settled, refused, expired)
+        for log in self.book.events(self.start_block, self.end_block, WATCHED_ORDER_EVENTS):
+            kind = ORDER_KINDS[log.event_name]
+            if log.event_name == "OrderCancelled" and str(log.reason) == "book: expired":
+                kind = ORDER_EXPIRED
+            expected[event_key(chain.chain_id, log.transaction_hash, log.log_index)] = kind
         counts = Counter(d.key for d in deliveries)
         events = [d for d in deliveries if d.body.get("kind") != EARLY_WARNING]
         got = {d.key for d in events}
@@ -117,7 +141,7 @@ class DemoReport:
         rows = [
             ("event messages", f"delivered {len(got & set(expected))} of {len(expected)} expected")
         ]
-        for kind in KINDS.values():
+        for kind in (*KINDS.values(), *ORDER_KINDS.values(), ORDER_EXPIRED):
             want = sum(1 for k in expected.values() if k == kind)
             have = sum(1 for k in got & set(expected) if expected[k] == kind)
             rows.append((f"  {kind}", f"{have} of {want}"))
@@ -206,6 +230,31 @@ class DemoReport:
             )
         return ok
 
+    def order_rows(self, start: int, stop: int) -> list[tuple[str, str]]:
+        """Orders committed and settled in blocks start..stop, and how many blocks after the
+        first price published after its commit each was settled (p50/p99/max), all from the
+        book's and the feeds' logs."""
+        h = order_history(self.book, start, stop)
+        commits, settled, refused = h.commits, h.settled, h.refused
+        web3 = chain.provider.web3
+        rounds = [
+            RoundSeen(m, updated, block)
+            for m, market in enumerate(self.record.markets)
+            for _, updated, block in rounds_published(web3, market.feed, start, stop)
+        ]
+        delays = list(settle_delays(commits, settled, rounds).values())
+        self.order_delays = delays
+        return [
+            ("orders committed (openings and cures by reduction)", str(len(commits))),
+            ("  settled", str(len(settled))),
+            ("  refused at settlement (reason logged, fee refunded)", str(refused)),
+            (
+                "settled after the first price after the commit",
+                f"p50 {percentile(delays, 50)} · p99 {percentile(delays, 99)}"
+                f" · max {max(delays, default=0)} blocks over {len(delays)} orders",
+            ),
+        ]
+
     def report(self) -> bool:
         client = self.client
         end = self.end_block
@@ -249,12 +298,13 @@ class DemoReport:
                 ),
             ],
         )
+        orders = _table("Orders (chain history)", self.order_rows(self.start_block, end))
         notes = _table(
             "Notifications (webhook, checked against the engine's events)"
             + ("" if not note_wrong else ": SHORTFALL"),
             note_rows,
         )
-        for table in (outcome, keeper, notes):
+        for table in (outcome, keeper, orders, notes):
             console.print(table)
 
         return self._verdict(s, keeper_wrong + note_wrong)

@@ -69,6 +69,7 @@ from margincall.keeper.tx import TxSender
 from margincall.notify.webhook_sink import WebhookServer
 from margincall.report import fmt_tokens
 from margincall.sdk import Clients, MarginCallError
+from margincall.sdk.settlement import SettlementClient
 from margincall.sim.crowd import crash_path, open_crowd, plan_crowd, publish_round
 from margincall.web.process import DashboardProcess
 
@@ -85,6 +86,8 @@ BLOCK_SECONDS = 100
 BLOCKS_PER_STEP = 3
 STEP_SECONDS = BLOCK_SECONDS * BLOCKS_PER_STEP  # chain time per price step
 CURE_PROBABILITY = 0.5
+REDUCE_SHARE = 0.5  # of the curing traders, those who cure by a reduce-only order
+SETTLEMENT_FEE_MICRO = 1_000_000  # the book's settlement fee in the demo: 1 token
 LP_DEPOSIT = 2_500_000  # whole tokens, per LP
 FUND_SEED = 150_000
 WORKDIR = Path(".margincall/demo")
@@ -145,6 +148,8 @@ class CrashDemo(DemoReport):
         self.webhook = WebhookServer()
         self.cured: set[str] = set()
         self.called_seen: set[str] = set()
+        self.reduced: set[str] = set()  # cured by a reduce-only order
+        self.last_prices: tuple[float, float] = (0.0, 0.0)
         self.end_block = 0
         self.keeper_metrics: dict[str, Any] = {}
         self.keeper_balance_start = 0
@@ -217,6 +222,11 @@ class CrashDemo(DemoReport):
         fund.approve(seed, sender=self.owner)
         fund.donate(seed, sender=self.owner)
         self.fund_before = fund.balance()
+        # a settlement fee that pays the keeper's profit rule at Anvil's 1 gwei tip (57,050
+        # gas per order, x1.2, at the keeper's 0.0004 ETH per token: 1 token covers up to
+        # ~5.8 gwei; the deployer's default 0.1 token does not)
+        self.book = SettlementClient(self.client.orders.book)
+        self.book.configure(SETTLEMENT_FEE_MICRO, self.client.orders.max_window(), self.owner)
         console.print(
             f"  deployed: engine {self.record.engine}, {len(self.record.markets)} markets;"
             f" pool {self.tok(pool.total_assets())}, fund {self.tok(self.fund_before)}"
@@ -326,6 +336,9 @@ class CrashDemo(DemoReport):
             if self.rng.random() >= CURE_PROBABILITY:
                 continue
             trader = next(t for t in self.traders if t.address == who)
+            if self.rng.random() < REDUCE_SHARE:
+                sent += self.cure_by_order(trader)
+                continue
             status = self.client.status(who)
             call_ratio = int(self.record.risk_params["call_ratio"])
             need_wad = status.maintenance * call_ratio * 13 // (10 * WAD) - status.equity
@@ -343,6 +356,34 @@ class CrashDemo(DemoReport):
             sent += 1
             self.settle(sender)
         return sent
+
+    def cure_by_order(self, trader: Any) -> int:
+        """A called trader cures by a reduce-only order for half its position, which the
+        keeper settles at the next round (sent without waiting: interval mining)."""
+        who = trader.address
+        m = self.plans[who].market_id
+        size = int(self.client.position(who, m)[0])
+        if size == 0:
+            return 0
+        delta = -size // 2
+        bound = self.client.acceptable_price(m, delta, 300)
+        expiry = self.client.now + self.client.orders.max_window()
+        try:
+            self.client.orders.check_commit(m, delta, bound, expiry, who, reduce_only=True)
+        except MarginCallError as err:  # e.g. equity under maintenance already
+            console.print(f"  the reduction of {who} was refused before sending: {err}")
+            return 0
+        sender = TxSender(trader, chain.provider)
+        call = self.book.commit_call(m, delta, bound, expiry, reduce_only=True)
+        try:  # its gas estimate runs the commit: the chain may refuse what the checks allowed
+            sender.send_call(call, (), "cure", (), chain.blocks.head.number)
+        except Exception as err:  # noqa: BLE001 - a refused cure is part of the story
+            console.print(f"  the reduction of {who} was refused: {err}")
+            return 0
+        self.cured.add(who)
+        self.reduced.add(who)
+        self.settle(sender)
+        return 1
 
     def crash(self) -> None:
         eth = crash_path(2_000.0, fall=0.45, steps=STEPS, seed=SEED)
@@ -365,6 +406,7 @@ class CrashDemo(DemoReport):
                 owner.send_call(self.system.price_call(0, p_eth), (), "price", (), head)
                 owner.send_call(self.system.price_call(1, p_btc), (), "price", (), head)
                 self.settle(owner)
+                self.last_prices = (p_eth, p_btc)
                 now = self.wait_blocks(BLOCKS_PER_STEP - 1)
                 # only the new blocks are read: the machine's two cores are the bots' too
                 new = read_history(self.client, mark, now)
@@ -389,8 +431,15 @@ class CrashDemo(DemoReport):
         quiet = 0
         rounds = 0
         mark = chain.blocks.head.number
+        owner = TxSender(self.owner, chain.provider)
         while rounds < max_rounds:
             rounds += 1
+            # the feeds' heartbeat: a round at the last prices (orders committed since the
+            # last one settle at it)
+            head = chain.blocks.head.number
+            for market, price in enumerate(self.last_prices):
+                owner.send_call(self.system.price_call(market, price), (), "heartbeat", (), head)
+            self.settle(owner)
             now = self.wait_blocks(BLOCKS_PER_STEP)
             new = read_history(self.client, mark, now)
             self.cure_calls(new)

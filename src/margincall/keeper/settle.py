@@ -12,6 +12,7 @@ module does the I/O around it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ape.logging import logger
@@ -193,6 +194,49 @@ class OrderDesk:
         }
 
 
+@dataclass
+class OrderHistory:
+    """The book's orders in a block range, from its logs: commits, the block each settled
+    order was settled in, how many were refused (cancelled at settlement or expired), and
+    the settlement fees earned by each settler (lower-case address -> token units)."""
+
+    commits: list[PendingOrder] = field(default_factory=list)
+    settled: dict[int, int] = field(default_factory=dict)
+    refused: int = 0
+    fees: dict[str, int] = field(default_factory=dict)
+
+
+def order_history(book: Any, start: int, stop: int) -> OrderHistory:
+    """`OrderHistory` of blocks start..stop (`book`: the SDK's `SettlementClient`)."""
+    raw = {name: book.raw_event(name) for name in ORDER_EVENTS}
+    committed, settled, cancelled = (raw[n] for n in ORDER_EVENTS)
+    out = OrderHistory()
+    for log in book.logs(start, stop, [["0x" + raw[n].topic0.hex() for n in ORDER_EVENTS]]):
+        oid = committed.field(log, "order_id") if log["topics"] else 0
+        if committed.matches(log):
+            out.commits.append(
+                PendingOrder(
+                    order_id=oid,
+                    account=committed.field(log, "account"),
+                    market_id=committed.field(log, "market_id"),
+                    size_delta=committed.field(log, "size_delta"),
+                    acceptable_price=committed.field(log, "acceptable_price"),
+                    committed_at=commit_time_of(oid),
+                    expiry=committed.field(log, "expiry"),
+                    fee=committed.field(log, "fee"),
+                    reduce_only=committed.field(log, "reduce_only"),
+                    block=_int(log["blockNumber"]),
+                )
+            )
+        elif settled.matches(log):
+            out.settled[oid] = _int(log["blockNumber"])
+            who = str(settled.field(log, "settler")).lower()
+            out.fees[who] = out.fees.get(who, 0) + settled.field(log, "fee")
+        elif cancelled.matches(log):
+            out.refused += 1
+    return out
+
+
 def _round(r: Any) -> Round | None:
     return None if r is None else Round(int(r.round_id), int(r.updated_at))
 
@@ -205,4 +249,6 @@ __all__ = [
     "FILL_HEADROOM",
     "ORDER_EVENTS",
     "OrderDesk",
+    "OrderHistory",
+    "order_history",
 ]

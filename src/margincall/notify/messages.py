@@ -31,9 +31,19 @@ KINDS: dict[str, str] = {
     "Liquidation": "liquidation",
     "BadDebt": "bad_debt",
 }
+#: The order book's events that become messages (PROTOCOL.md section 5b): an order filled at
+#: its settlement price, or cancelled (refused at settlement with the engine's reason, or
+#: expired); the kind of a cancel says which.
+ORDER_KINDS: dict[str, str] = {
+    "OrderSettled": "order_settled",
+    "OrderCancelled": "order_refused",
+}
+ORDER_EXPIRED = "order_expired"  # an OrderCancelled whose reason is the expiry
 EARLY_WARNING = "early_warning"
-#: Every event the notifier reads: the message events and the position book's.
+#: Every engine event the notifier reads: the message events and the position book's.
 WATCHED_EVENTS: tuple[str, ...] = (*KINDS, "PositionChanged")
+#: Every order book event the notifier reads.
+WATCHED_ORDER_EVENTS: tuple[str, ...] = tuple(ORDER_KINDS)
 
 # Units of the message fields (docs/design.md "Events"):
 #   token        token units of the collateral (divide by 10**collateral_decimals)
@@ -41,7 +51,9 @@ WATCHED_EVENTS: tuple[str, ...] = (*KINDS, "PositionChanged")
 #   ratio        wad; 2**256 - 1 means "no position" (infinite)
 #   unix_time    seconds since the epoch
 #   state        the engine's account state (0 HEALTHY ... 5 BANKRUPT)
-#   integer, bool, address: as they are
+#   id           an order id (account << 96 | commit time << 8 | slot): decimal string raw,
+#                hex for people
+#   integer, bool, address, text: as they are
 UNITS: dict[str, dict[str, str]] = {
     "MarginCall": {
         "account": "address",
@@ -81,6 +93,23 @@ UNITS: dict[str, dict[str, str]] = {
         "paid_by_fund": "token",
         "socialised": "token",
     },
+    "OrderSettled": {
+        "order_id": "id",
+        "account": "address",
+        "settler": "address",
+        "market_id": "integer",
+        "size_delta": "wad",
+        "price": "wad",
+        "round_id": "integer",
+        "fee": "token",
+    },
+    "OrderCancelled": {
+        "order_id": "id",
+        "account": "address",
+        "caller": "address",
+        "reason": "text",
+        "refund": "token",
+    },
     EARLY_WARNING: {
         "account": "address",
         "ratio": "ratio",
@@ -117,6 +146,8 @@ def human_value(value: Any, unit: str, decimals: int) -> Any:
         return State(int(value)).name
     if unit == "integer":
         return int(value)
+    if unit == "id":
+        return f"{int(value):#x}"
     if unit == "bool":
         return bool(value)
     return str(value)
@@ -125,6 +156,8 @@ def human_value(value: Any, unit: str, decimals: int) -> Any:
 def raw_value(value: Any, unit: str) -> Any:
     """A field's raw value for JSON: integers as decimal strings (exact in any language)."""
     if unit in ("token", "wad", "ratio", "unix_time"):
+        return str(int(value))
+    if unit == "id":  # an order id passes 2**53: a decimal string, exact in any language
         return str(int(value))
     if unit in ("state", "integer"):
         return int(value)
@@ -288,6 +321,20 @@ def event_text(name: str, a: Mapping[str, Any], decimals: int) -> str:
             f"{_tok(a['penalty'], decimals)}; collateral left {_tok(a['collateral'], decimals)}, "
             f"ratio after {_ratio(a['ratio_after'])}."
         )
+    if name == "OrderSettled":
+        side = "bought" if int(a["size_delta"]) > 0 else "sold"
+        return (
+            f"Order {int(a['order_id']):#x} of {who} settled: {side}"
+            f" {fmt_fixed(abs(int(a['size_delta'])), 18, 4)} (market {int(a['market_id'])}) at"
+            f" {_wad(a['price'])}, the first price published after the commit (round"
+            f" {int(a['round_id'])}); settlement fee {_tok(a['fee'], decimals)}."
+        )
+    if name == "OrderCancelled":
+        what = "expired and was cancelled" if _expired(a) else "was refused at settlement"
+        return (
+            f"Order {int(a['order_id']):#x} of {who} {what}: {a['reason']}."
+            f" Fee refunded to the collateral: {_tok(a['refund'], decimals)}."
+        )
     if name == "BadDebt":
         return (
             f"Bad debt on {who}: deficit {_tok(a['amount'], decimals)}, "
@@ -297,12 +344,18 @@ def event_text(name: str, a: Mapping[str, Any], decimals: int) -> str:
     raise ValueError(f"no message for event {name!r}")
 
 
+def _expired(args: Mapping[str, Any]) -> bool:
+    return str(args["reason"]) == "book: expired"
+
+
 def event_message(event: EngineEvent, ctx: Context) -> Message | None:
-    """The message of a `MarginCall`, `MarginCallCleared`, `Liquidation` or `BadDebt` event;
-    `None` for any other event."""
-    kind = KINDS.get(event.name)
+    """The message of a `MarginCall`, `MarginCallCleared`, `Liquidation` or `BadDebt` event,
+    or of the book's `OrderSettled` / `OrderCancelled`; `None` for any other event."""
+    kind = KINDS.get(event.name) or ORDER_KINDS.get(event.name)
     if kind is None:
         return None
+    if event.name == "OrderCancelled" and _expired(event.args):
+        kind = ORDER_EXPIRED
     raw, units, human = _fields(event.name, event.args, ctx.collateral_decimals)
     key = event_key(ctx.chain_id, event.tx_hash, event.log_index)
     payload = {

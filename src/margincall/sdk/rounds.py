@@ -15,6 +15,7 @@ from typing import Any
 from eth_utils import keccak
 
 _LATEST = keccak(text="latestRoundData()")[:4]
+_ANSWER_UPDATED = "0x" + keccak(text="AnswerUpdated(int256,uint256,uint256)").hex()
 _ROUND = keccak(text="getRoundData(uint80)")[:4]
 
 
@@ -62,4 +63,17 @@ class FeedRounds:
         return self._call(_ROUND + int(round_id).to_bytes(32, "big"), block_id)
 
 
-__all__ = ["FeedRound", "FeedRounds"]
+def rounds_published(web3: Any, feed: str, start: int, stop: int) -> list[tuple[int, int, int]]:
+    """`(round id, updatedAt, block)` of every round a feed published in blocks start..stop,
+    from its `AnswerUpdated` logs (Chainlink's aggregator event; the project's mock logs it)."""
+    from margincall.sdk.events import get_logs
+
+    out = []
+    for log in get_logs(web3, feed, start, stop, [_ANSWER_UPDATED]):
+        round_id = int.from_bytes(bytes(log["topics"][2]), "big")
+        updated = int.from_bytes(bytes(log["data"])[:32], "big")
+        out.append((round_id, updated, int(log["blockNumber"])))
+    return out
+
+
+__all__ = ["FeedRound", "FeedRounds", "rounds_published"]

@@ -57,6 +57,38 @@ class SettlementClient:
                 return log, chain.provider.get_receipt(str(log.transaction_hash))
         return None
 
+    def events(self, start: int, stop: int, names: Sequence[str]) -> list[Any]:
+        """The book's events `names` of blocks start..stop, fully decoded (Ape's
+        `ContractLog`s): one `eth_getLogs` over the range."""
+        from eth_utils import keccak
+
+        abis = [getattr(self.book, name).abi for name in names]
+        topics = [["0x" + keccak(text=abi.selector).hex() for abi in abis]]
+        provider = self.book.provider
+        query = {"address": self.address, "fromBlock": hex(start), "toBlock": hex(stop)}
+        raw = provider.make_request("eth_getLogs", [{**query, "topics": topics}])
+        return list(provider.network.ecosystem.decode_logs(list(raw), *abis))
+
+    def commit_call(
+        self,
+        market_id: int,
+        size_delta: int,
+        acceptable_price: int,
+        expiry: int,
+        reduce_only: bool = False,
+    ) -> Call:
+        """`commit_order(...)` for a sender that does not wait for its receipt (a trader
+        under interval mining, `TxSender.send_call`); `OrderBookClient.check_commit` first."""
+        data = self.book.commit_order.encode_input(
+            int(market_id), int(size_delta), int(acceptable_price), int(expiry), bool(reduce_only)
+        )
+        return Call(self.address, bytes(data), "commit_order")
+
+    def configure(self, settlement_fee_micro: int, max_window: int, owner: Any) -> Any:
+        """`set_config`: the settlement fee of new orders (millionths of a token, at most 100
+        tokens) and their longest window (seconds). The book's owner only."""
+        return self.book.set_config(int(settlement_fee_micro), int(max_window), sender=owner)
+
     def build_settle(self, order_ids: Sequence[int], round_ids: Sequence[int]) -> Call:
         """`settle_orders(order_ids, round_ids)` for a bot to sign and send."""
         if len(order_ids) != len(round_ids):

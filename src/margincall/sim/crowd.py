@@ -19,6 +19,8 @@ from typing import Any
 
 from margincall.constants import WAD
 
+SETTLE_GAS = 25_000_000  # a batch of 50 settlements uses ~2.7M, plus 500k kept per fill
+
 
 @dataclass(frozen=True)
 class TraderPlan:
@@ -98,7 +100,10 @@ def open_crowd(
     for m in sorted({p.market_id for p in plans}):
         publish(m)
     refused = []
-    for receipt in client.orders.settle_many(orders, sender=settler or traders[0]):
+    # a gas limit given, not estimated: the book stops a batch early when less than its fill
+    # gas is left, so an estimate settles fewer orders (or starves a fill mid-way)
+    settler = settler or traders[0]
+    for receipt in client.orders.settle_many(orders, sender=settler, gas_limit=SETTLE_GAS):
         refused += [o for o in client.orders.outcomes(receipt) if not o.settled]
     left = [o for o in orders if client.orders.order(o) is not None]
     if refused or left:
