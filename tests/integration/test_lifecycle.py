@@ -27,6 +27,7 @@ from tests.utils.helpers import (
     reference_tranche,
     risk_params_model,
     scale_of,
+    set_risk_params,
     settle_or_raise,
     tokens,
     trade,
@@ -365,6 +366,7 @@ def test_cross_margin_tranche_closes_same_fraction_of_every_position(
     system, chain, ledger, trader, keeper
 ):
     engine = system.engine
+    set_risk_params(system, critical_ratio=WAD // 2)  # a tranche below ratio 1
     ledger.send(deposit, system, trader, 1_500)
     ledger.send(open_position, system, trader, ETH, 4.0)  # long 8,000
     ledger.send(open_position, system, trader, BTC, -0.1)  # short 6,000
@@ -405,8 +407,10 @@ def test_cross_margin_tranche_closes_same_fraction_of_every_position(
 def test_lifecycle_called_then_tranches_then_full_close_conserves_tokens(
     system, chain, ledger, called, trader, other_trader, keeper, rival_keeper
 ):
-    """A call left uncured, a partial tranche, a further crash and a critical full close."""
+    """A call left uncured, a partial tranche, a further crash and a critical full close
+    (critical_ratio 0.5: the tranche below ratio 1 is the owner's gentler setting)."""
     engine = system.engine
+    set_risk_params(system, critical_ratio=WAD // 2)
     # a second, healthy account shares the engine and must be untouched
     ledger.send(deposit, system, other_trader, 500)
     travel_to(chain, called)
@@ -416,7 +420,7 @@ def test_lifecycle_called_then_tranches_then_full_close_conserves_tokens(
     assert liq.fraction == engine.risk_params().close_factor and not liq.full_close
     assert engine.account_info(trader)[2] == called  # not restored: call stays
 
-    system.set_price(ETH, 1_775)
+    system.set_price(ETH, 1_765)  # ratio ~0.42: CRITICAL
     now = pin_next_tx(chain)
     assert engine.check_margin(trader).state == State.CRITICAL
     ref = reference_tranche(system, trader, now)
