@@ -86,9 +86,10 @@ SCALE: public(immutable(uint256))
 # the MarginLens of this engine (views: check_margins, preview_liquidation)
 lens: public(address)
 
-# token units owed by the engine: to each keeper its liquidation and margin
-# call rewards (`claim_rewards`), to the fund its share of the penalties
-# (`claim_rewards(FUND)`, permissionless); held in the engine's token balance
+# token units the engine holds for others: each keeper's liquidation and
+# margin-call rewards, the fund's share of the penalties, the pool's lazily
+# settled trader losses and fees (its credit); paid with `claim_rewards`
+# (permissionless for the fund and the pool)
 claimable: public(HashMap[address, uint256])
 
 
@@ -184,7 +185,7 @@ def deposit(amount: uint256, account: address = msg.sender):
     acct.collateral += amount
     if acct.deadline != 0:
         # best effort: a deposit must never fail on a bad price
-        acct = self._try_cure(account, acct)
+        acct = self._cure(account, acct, False)
     ledger._store(account, acct)
     log Deposit(account=account, sender=msg.sender, amount=amount, collateral=acct.collateral)
 
@@ -250,9 +251,9 @@ def close_position(market_id: uint256, acceptable_price: uint256) -> int256:
     pos: margin.Pos = ledger._load_pos(msg.sender, market_id)
     if not (pos.size != 0):
         fixed_point._fail("engine: no position")
-    before: uint256 = ledger._load(msg.sender).collateral
+    before: uint256 = ledger._account[msg.sender] >> 144
     self._trade(msg.sender, market_id, -pos.size, acceptable_price)
-    return convert(ledger._load(msg.sender).collateral, int256) - convert(before, int256)
+    return convert(ledger._account[msg.sender] >> 144, int256) - convert(before, int256)
 
 
 # --- margin calls ---------------------------------------------------------------
@@ -295,10 +296,9 @@ def clear_margin_call(account: address):
     acct: margin.Acct = ledger._load(account)
     if not (acct.deadline != 0):
         fixed_point._fail("engine: no margin call")
-    ev: margin.Eval = ledger._evaluate(account, acct, risk._prices(acct.markets), SCALE)
-    if not (fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio()):
+    acct = self._cure(account, acct, True)
+    if not (acct.deadline == 0):
         fixed_point._fail("engine: still under-margined")
-    acct = ledger._clear_call(account, acct, ev)
     ledger._store(account, acct)
 
 
@@ -338,7 +338,7 @@ def liquidate_many(accounts: DynArray[address, _MAX_BATCH]) -> uint256:
 
 @external
 @nonreentrant
-def claim_rewards(keeper: address = msg.sender) -> uint256:
+def claim_rewards(keeper: address) -> uint256:
     """
     @notice Sends `keeper` everything it has accrued: a keeper's liquidation
             and margin-call rewards, or the insurance fund's share of the
@@ -521,7 +521,7 @@ def _trade(
     elif acct.deadline != 0:
         # a reduction always goes through; it clears the call when it cures
         # the account and every price is valid (best effort, never reverts)
-        acct = self._try_cure(account, acct)
+        acct = self._cure(account, acct, False)
     ledger._store(account, acct)
     self._settle_pool(convert(fee, int256) - realized_tok)
     log ledger.PositionChanged(
@@ -539,14 +539,18 @@ def _trade(
 
 
 @internal
-def _try_cure(account: address, acct: margin.Acct) -> margin.Acct:
+def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
     """
-    @dev Clears the account's call when it is back at call_ratio and every
-         price is valid; never reverts (deposits and reductions use it).
+    @dev Clears the account's call when it is back at call_ratio. Not
+         `strict` (deposits and reductions): never reverts, does nothing
+         on an invalid price; `strict` reverts with the oracle's reason.
     """
     prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])
-    ok: bool = False
-    prices, ok = risk._try_prices(acct.markets, prices, 0)
+    ok: bool = True
+    if strict:
+        prices = risk._prices(acct.markets)
+    else:
+        prices, ok = risk._try_prices(acct.markets, prices, 0)
     if ok:
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():
@@ -762,7 +766,24 @@ def _claim(keeper: address) -> uint256:
 
 @internal
 def _settle_pool(net: int256):
+    """
+    @dev Lazy settlement with the pool: what the engine owes it accrues in
+         `claimable[POOL]` (the pool's totalAssets counts it; the pool
+         collects it with `claim_rewards(POOL)` when a withdrawal needs it);
+         trader profit comes out of that credit first, the rest from
+         `POOL.pay` (the credit zeroed before the call).
+    """
+    if net == 0:
+        return
+    credit: uint256 = self.claimable[POOL.address]
+    owed: uint256 = 0
     if net > 0:
-        self._push(POOL.address, convert(net, uint256))
-    elif net < 0:
-        extcall POOL.pay(self, convert(-net, uint256))
+        credit += convert(net, uint256)
+    else:
+        owed = convert(-net, uint256)
+        paid: uint256 = min(owed, credit)
+        credit -= paid
+        owed -= paid
+    self.claimable[POOL.address] = credit
+    if owed > 0:
+        extcall POOL.pay(self, owed)

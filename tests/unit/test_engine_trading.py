@@ -13,7 +13,7 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.math import div_ceil, mul_up
-from tests.utils.helpers import assert_conserved
+from tests.utils.helpers import assert_conserved, held
 from tests.utils.helpers import deposit_units as deposit
 from tests.utils.helpers import fund_units as fund
 from tests.utils.helpers import trade_unbounded as trade
@@ -243,7 +243,7 @@ def test_withdraw_with_position_and_reverting_feed_bubbles_oracle_reason(system,
 def test_open_position_records_size_cost_fee_and_event(system, trader, side):
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
-    pool_before = system.token.balanceOf(system.pool.address)
+    pool_before = held(system, system.pool)
 
     tx = trade(system, trader, ETH, side * WAD)
     fee = unit  # 5 bps of 2,000
@@ -262,7 +262,7 @@ def test_open_position_records_size_cost_fee_and_event(system, trader, side):
     assert engine.position(trader.address, ETH) == (side * WAD, side * 2_000 * WAD)
     assert engine.account_info(trader.address)[1] == 1 << ETH
     assert engine.collateral_of(trader.address) == 999 * unit
-    assert system.token.balanceOf(system.pool.address) - pool_before == fee
+    assert held(system, system.pool) - pool_before == fee
     assert engine.open_interest() == 2_000 * WAD
     assert_conserved(system, [trader])
 
@@ -270,7 +270,7 @@ def test_open_position_records_size_cost_fee_and_event(system, trader, side):
 def test_trading_fee_goes_to_the_pool_rounded_up(system, trader):
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
-    pool_before = system.token.balanceOf(system.pool.address)
+    pool_before = held(system, system.pool)
 
     size = WAD + 10**11  # 1.0000001 ETH: 2,000.0002 notional, fee 1.0000001 tokens
     tx = trade(system, trader, ETH, size)
@@ -279,7 +279,7 @@ def test_trading_fee_goes_to_the_pool_rounded_up(system, trader):
     fee = one(tx, engine.PositionChanged).fee
     assert fee == fee_units(system, mul_up(size, 2_000 * WAD))
     assert 0 <= fee * scale - fee_wad < scale  # rounded up, by less than one unit
-    assert system.token.balanceOf(system.pool.address) - pool_before == fee
+    assert held(system, system.pool) - pool_before == fee
     assert engine.collateral_of(trader.address) == 1_000 * unit - fee
 
 
@@ -313,7 +313,7 @@ def test_reduce_realises_pnl_into_collateral(system, trader, other_trader, side)
     deposit(system, trader, 1_000 * unit)
     trade(system, trader, ETH, side * 2 * WAD)  # at 2,000, fee 2
     system.set_price(ETH, 2_100)  # long +100 per unit, short -100
-    pool_before = system.token.balanceOf(system.pool.address)
+    pool_before = held(system, system.pool)
 
     tx = trade(system, trader, ETH, -side * WAD)
     pnl = side * 100 * unit
@@ -332,7 +332,7 @@ def test_reduce_realises_pnl_into_collateral(system, trader, other_trader, side)
         collateral=collateral,
     )
     assert engine.collateral_of(trader.address) == collateral
-    assert system.token.balanceOf(system.pool.address) - pool_before == fee - pnl
+    assert held(system, system.pool) - pool_before == fee - pnl
     assert engine.open_interest() == 2_000 * WAD
     assert_conserved(system, [trader, other_trader])
 

@@ -36,11 +36,12 @@ def open_position(system, trader, market_id: int, size: float, slippage: float =
 
 def assert_conserved(system, accounts) -> None:
     """Engine's token balance equals the sum of its collateral ledgers and of the balances
-    accrued in it (`claimable`: the keepers' rewards among `accounts`, the fund's share)."""
+    accrued in it (`claimable`: the keepers' rewards among `accounts`, the fund's share, the
+    pool's credit)."""
     engine = system.engine
     held = system.token.balanceOf(engine.address)
     ledger = sum(engine.collateral_of(a.address) + engine.claimable(a.address) for a in accounts)
-    ledger += engine.claimable(system.fund.address)
+    ledger += engine.claimable(system.fund.address) + engine.claimable(system.pool.address)
     assert held == ledger, f"engine holds {held}, ledgers sum to {ledger}"
 
 
@@ -276,3 +277,10 @@ def trade_unbounded(system, who, market_id: int, size: int):
     """Trades `size` (wad, signed) with no slippage bound."""
     bound = 2**256 - 1 if size > 0 else 0
     return system.engine.trade(market_id, size, bound, sender=who)
+
+
+def held(system, who) -> int:
+    """`who`'s tokens: its wallet plus what the engine holds for it (`claimable`: a keeper's
+    accrued rewards, the fund's share, the pool's credit), which a claim moves to the wallet."""
+    address = _addr(who)
+    return int(system.token.balanceOf(address)) + int(system.engine.claimable(address))
