@@ -613,7 +613,10 @@ def _to_shares(assets: uint256, roundup: bool) -> uint256:
     @dev snekmate's conversion (virtual shares, decimals offset) on `_total`.
     """
     return math._mul_div(
-        assets, erc4626.erc20.totalSupply + 10**convert(DECIMALS_OFFSET, uint256), self._total() + 1, roundup
+        assets,
+        erc4626.erc20.totalSupply + 10**convert(DECIMALS_OFFSET, uint256),
+        self._total() + 1,
+        roundup,
     )
 
 
@@ -624,7 +627,10 @@ def _to_assets(shares: uint256, roundup: bool) -> uint256:
     @dev snekmate's conversion (virtual shares, decimals offset) on `_total`.
     """
     return math._mul_div(
-        shares, self._total() + 1, erc4626.erc20.totalSupply + 10**convert(DECIMALS_OFFSET, uint256), roundup
+        shares,
+        self._total() + 1,
+        erc4626.erc20.totalSupply + 10**convert(DECIMALS_OFFSET, uint256),
+        roundup,
     )
 
 

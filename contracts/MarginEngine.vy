@@ -621,7 +621,10 @@ def _margin_call(
     # of a close_factor tranche, at least call_reward, at most
     # max_keeper_reward (wad, then token units rounded down)
     scaled: uint256 = (
-        ev.notional * p.close_factor // _WAD * p.liquidation_penalty // _WAD * p.keeper_share // _WAD
+        ev.notional
+        * p.close_factor // _WAD
+        * p.liquidation_penalty // _WAD
+        * p.keeper_share // _WAD
     )
     reward: uint256 = 0
     if room > need:

@@ -562,21 +562,33 @@ def test_margin_call_blocks_new_exposure_but_not_reductions(system, trader, keep
     assert_conserved(system, [trader, keeper])
 
 
+# the call reward on 7,400 of notional: 0.075% (close_factor x penalty x keeper share)
+CALL_REWARD_7400 = 5_550  # thousandths of a token
+
+
 def _called_long_eth(system, trader, keeper):
     """Long 4 ETH at 2,000 on 1,000 tokens, ETH down to 1,850 and a recorded call: collateral
-    995 after the fee (4) and the call reward (1), equity 395, maintenance 370, ratio 1.07."""
+    990.45 after the fee (4) and the call reward (5.55, scaled with the 7,400 of notional),
+    equity 390.45, maintenance 370, ratio 1.055."""
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
     trade(system, trader, ETH, 4 * WAD)
     system.set_price(ETH, 1_850)
     tx = engine.margin_call(trader.address, sender=keeper)
     called = one(tx, engine.MarginCall)
-    assert (called.equity, called.maintenance) == (395 * WAD, 370 * WAD)
-    assert engine.collateral_of(trader.address) == 995 * unit
+    assert called.reward == CALL_REWARD_7400 * unit // 1_000
+    assert (called.equity, called.maintenance) == (
+        395 * WAD - CALL_REWARD_7400 * WAD // 1_000,
+        370 * WAD,
+    )
+    assert engine.collateral_of(trader.address) == _CALLED_COLLATERAL * unit // 1_000
     status = engine.check_margin(trader.address)
     assert status.state == State.CALLED
     assert status.call_deadline == called.deadline == engine.account_info(trader.address)[2]
     return called.deadline
+
+
+_CALLED_COLLATERAL = 996_000 - CALL_REWARD_7400  # thousandths of a token
 
 
 def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
@@ -588,7 +600,7 @@ def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
     tx = trade(system, trader, ETH, -5 * WAD)  # long 4 -> short 1 at 1,850
     fee = fee_units(system, 9_250 * WAD)
     assert fee == unit * 4_625 // 1_000
-    collateral = 995 * unit - 600 * unit - fee  # realises -600 on the long
+    collateral = _CALLED_COLLATERAL * unit // 1_000 - 600 * unit - fee  # realises -600
     assert_fields(
         one(tx, engine.PositionChanged),
         account=trader.address,
@@ -601,7 +613,7 @@ def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
         fee=fee,
         collateral=collateral,
     )
-    # equity 390.375, maintenance 92.5 (5% of 1,850): ratio 4.22 >= 1.25
+    # equity 385.825, maintenance 92.5 (5% of 1,850): ratio 4.17 >= 1.25
     equity = collateral * 10 ** (18 - system.decimals)
     maintenance = 1_850 * WAD * 5 // 100
     assert_fields(
@@ -630,11 +642,11 @@ def test_flip_under_margin_call_that_does_not_cure_reverts(system, trader, keepe
     deadline = _called_long_eth(system, trader, keeper)
     open_interest = engine.open_interest()
 
-    # short 3.5 at 1,850: equity 395 - 6.9375 (fee) = 388.06, maintenance 323.75: ratio 1.199
+    # short 3.5 at 1,850: equity 390.45 - 6.9375 (fee) = 383.51, maintenance 323.75: ratio 1.18
     with ape.reverts("engine: under margin call"):
         trade(system, trader, ETH, -7 * WAD - WAD // 2)
     assert engine.position(trader.address, ETH) == (4 * WAD, 8_000 * WAD)
-    assert engine.collateral_of(trader.address) == 995 * unit
+    assert engine.collateral_of(trader.address) == _CALLED_COLLATERAL * unit // 1_000
     assert engine.account_info(trader.address)[2] == deadline
     assert engine.open_interest() == open_interest
     status = engine.check_margin(trader.address)
@@ -736,5 +748,9 @@ def test_lifecycle_conserves_tokens(system, trader, other_trader, stranger):
                 engine.close_position(market_id, MAX_UINT if size < 0 else 0, sender=who)
         engine.withdraw(engine.collateral_of(who.address), sender=who)
     assert_conserved(system, actors)
+    # what is left is the pool's lazily settled credit; anyone hands it over
+    credit = engine.claimable(system.pool.address)
+    assert system.token.balanceOf(engine.address) == credit
+    engine.claim_rewards(system.pool.address, sender=stranger)
     assert system.token.balanceOf(engine.address) == 0
     assert engine.open_interest() == 0
