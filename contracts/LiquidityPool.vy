@@ -97,19 +97,13 @@ exports: (
     erc4626.nonces,
     erc4626.DOMAIN_SEPARATOR,
     erc4626.eip712Domain,
-    # ERC-4626 views and conversions. `deposit`, `mint`, `withdraw`,
-    # `redeem`, `maxWithdraw` and `maxRedeem` are defined below: the first
-    # two to make them nonreentrant, the last four to keep the reserve.
+    # ERC-4626 views. `totalAssets`, the conversions and previews are
+    # defined below (they count what the engine owes the pool), and so are
+    # `deposit`, `mint`, `withdraw`, `redeem`, `maxWithdraw` and `maxRedeem`
+    # (nonreentrant; the reserve).
     erc4626.asset,
-    erc4626.totalAssets,
-    erc4626.convertToShares,
-    erc4626.convertToAssets,
     erc4626.maxDeposit,
-    erc4626.previewDeposit,
     erc4626.maxMint,
-    erc4626.previewMint,
-    erc4626.previewWithdraw,
-    erc4626.previewRedeem,
     # Two-step ownership.
     ownable_2step.owner,
     ownable_2step.pending_owner,
@@ -216,7 +210,7 @@ def deposit(assets: uint256, receiver: address) -> uint256:
     @param receiver The receiver of the shares.
     @return The shares minted.
     """
-    shares: uint256 = erc4626._preview_deposit(assets)
+    shares: uint256 = self._to_shares(assets, False)
     assert shares > 0, "pool: zero shares"
     erc4626._deposit(msg.sender, receiver, assets, shares)
     self._lock(receiver, shares)
@@ -235,7 +229,7 @@ def mint(shares: uint256, receiver: address) -> uint256:
     @return The tokens taken from the caller.
     """
     assert shares > 0, "pool: zero shares"
-    assets: uint256 = erc4626._preview_mint(shares)
+    assets: uint256 = self._to_assets(shares, True)
     erc4626._deposit(msg.sender, receiver, assets, shares)
     self._lock(receiver, shares)
     return assets
@@ -283,7 +277,7 @@ def maxWithdraw(owner: address) -> uint256:
     @return The maximum `withdraw` amount, in token units.
     """
     unlocked: uint256 = erc4626.erc20.balanceOf[owner] - self._locked_now(owner)
-    return min(erc4626._convert_to_assets(unlocked, False), self._free_assets())
+    return min(self._to_assets(unlocked, False), self._free_assets())
 
 
 @external
@@ -298,7 +292,7 @@ def maxRedeem(owner: address) -> uint256:
     @return The maximum `redeem` amount, in shares.
     """
     unlocked: uint256 = erc4626.erc20.balanceOf[owner] - self._locked_now(owner)
-    return min(unlocked, erc4626._convert_to_shares(self._free_assets(), False))
+    return min(unlocked, self._to_shares(self._free_assets(), False))
 
 
 @external
@@ -315,10 +309,13 @@ def withdraw(assets: uint256, receiver: address, owner: address) -> uint256:
            spends its share allowance.
     @return The shares burned.
     """
-    shares: uint256 = erc4626._preview_withdraw(assets)
+    shares: uint256 = self._to_shares(assets, True)
     self._check_unlocked(owner, shares)
-    assert assets <= erc4626._max_withdraw(owner), "pool: withdraw more than balance"
+    assert assets <= self._to_assets(
+        erc4626.erc20.balanceOf[owner], False
+    ), "pool: withdraw more than balance"
     assert assets <= self._free_assets(), "pool: reserve for open interest"
+    self._collect(assets)
     erc4626._withdraw(msg.sender, receiver, owner, assets, shares)
     return shares
 
@@ -339,8 +336,9 @@ def redeem(shares: uint256, receiver: address, owner: address) -> uint256:
     """
     self._check_unlocked(owner, shares)
     assert shares <= erc4626._max_redeem(owner), "pool: redeem more than balance"
-    assets: uint256 = erc4626._preview_redeem(shares)
+    assets: uint256 = self._to_assets(shares, False)
     assert assets <= self._free_assets(), "pool: reserve for open interest"
+    self._collect(assets)
     erc4626._withdraw(msg.sender, receiver, owner, assets, shares)
     return assets
 
@@ -360,11 +358,91 @@ def pay(receiver: address, amount: uint256):
     assert msg.sender == self.engine, "pool: only engine"
     if amount == 0:
         return
-    assert amount <= erc4626._total_assets(), "pool: insufficient liquidity"
+    # the engine pays out of what it owes the pool first: here it owes nothing
+    assert amount <= self._total(), "pool: insufficient liquidity"
     assert extcall IERC20(erc4626.asset).transfer(
         receiver, amount, default_return_value=True
     ), "pool: token transfer failed"
-    log ProfitPaid(receiver=receiver, amount=amount, total_assets_after=erc4626._total_assets())
+    log ProfitPaid(receiver=receiver, amount=amount, total_assets_after=self._total())
+
+
+@external
+@view
+def totalAssets() -> uint256:
+    """
+    @notice The pool's assets: its token balance plus what the margin
+            engine owes it (trader losses and fees it settled lazily,
+            `engine.claimable(pool)`), so that share prices count both.
+    @return The total assets, in token units.
+    """
+    return self._total()
+
+
+@external
+@view
+def convertToShares(assets: uint256) -> uint256:
+    """
+    @notice The shares `assets` buy at the current price (rounded down).
+    @param assets Token units.
+    @return The shares.
+    """
+    return self._to_shares(assets, False)
+
+
+@external
+@view
+def convertToAssets(shares: uint256) -> uint256:
+    """
+    @notice The assets `shares` are worth at the current price (rounded
+            down).
+    @param shares The shares.
+    @return Token units.
+    """
+    return self._to_assets(shares, False)
+
+
+@external
+@view
+def previewDeposit(assets: uint256) -> uint256:
+    """
+    @notice The shares `deposit(assets)` would mint now (rounded down).
+    @param assets Token units.
+    @return The shares.
+    """
+    return self._to_shares(assets, False)
+
+
+@external
+@view
+def previewMint(shares: uint256) -> uint256:
+    """
+    @notice The assets `mint(shares)` would take now (rounded up).
+    @param shares The shares.
+    @return Token units.
+    """
+    return self._to_assets(shares, True)
+
+
+@external
+@view
+def previewWithdraw(assets: uint256) -> uint256:
+    """
+    @notice The shares `withdraw(assets)` would burn now (rounded up).
+    @param assets Token units.
+    @return The shares.
+    """
+    return self._to_shares(assets, True)
+
+
+@external
+@view
+def previewRedeem(shares: uint256) -> uint256:
+    """
+    @notice The assets `redeem(shares)` would send now (rounded down).
+    @param shares The shares.
+    @return Token units.
+    """
+    return self._to_assets(shares, False)
 
 
 @external
@@ -508,8 +586,59 @@ def _free_assets() -> uint256:
     """
     @dev totalAssets minus the reserve, floored at 0.
     """
-    total: uint256 = erc4626._total_assets()
+    total: uint256 = self._total()
     reserved: uint256 = self._reserve()
     if total <= reserved:
         return 0
     return total - reserved
+
+
+@internal
+@view
+def _total() -> uint256:
+    """
+    @dev The token balance plus the engine's lazily settled debt to the pool.
+    """
+    total: uint256 = staticcall IERC20(erc4626.asset).balanceOf(self)
+    engine: address = self.engine
+    if engine != empty(address):
+        total += staticcall IMarginEngine(engine).claimable(self)
+    return total
+
+
+@internal
+@view
+def _to_shares(assets: uint256, roundup: bool) -> uint256:
+    """
+    @dev snekmate's conversion (virtual shares, decimals offset) on `_total`.
+    """
+    return math._mul_div(
+        assets,
+        erc4626.erc20.totalSupply + 10**convert(DECIMALS_OFFSET, uint256),
+        self._total() + 1,
+        roundup,
+    )
+
+
+@internal
+@view
+def _to_assets(shares: uint256, roundup: bool) -> uint256:
+    """
+    @dev snekmate's conversion (virtual shares, decimals offset) on `_total`.
+    """
+    return math._mul_div(
+        shares,
+        self._total() + 1,
+        erc4626.erc20.totalSupply + 10**convert(DECIMALS_OFFSET, uint256),
+        roundup,
+    )
+
+
+@internal
+def _collect(assets: uint256):
+    """
+    @dev Before `assets` leave: collects what the engine owes the pool when
+         the token balance alone does not cover them.
+    """
+    if staticcall IERC20(erc4626.asset).balanceOf(self) < assets:
+        extcall IMarginEngine(self.engine).claim_rewards(self)

@@ -87,9 +87,10 @@ ORDER_BOOK: public(immutable(address))
 # the MarginLens of this engine (views: check_margins, preview_liquidation)
 lens: public(address)
 
-# token units owed by the engine: to each keeper its liquidation and margin
-# call rewards (`claim_rewards`), to the fund its share of the penalties
-# (`claim_rewards(FUND)`, permissionless); held in the engine's token balance
+# token units the engine holds for others: each keeper's liquidation and
+# margin-call rewards, the fund's share of the penalties, the pool's lazily
+# settled trader losses and fees (its credit); paid with `claim_rewards`
+# (permissionless for the fund and the pool)
 claimable: public(HashMap[address, uint256])
 
 
@@ -192,7 +193,7 @@ def deposit(amount: uint256, account: address = msg.sender):
     acct.collateral += amount
     if acct.deadline != 0:
         # best effort: a deposit must never fail on a bad price
-        acct = self._try_cure(account, acct)
+        acct = self._cure(account, acct, False)
     ledger._store(account, acct)
     log Deposit(account=account, sender=msg.sender, amount=amount, collateral=acct.collateral)
 
@@ -324,10 +325,9 @@ def clear_margin_call(account: address):
     acct: margin.Acct = ledger._load(account)
     if not (acct.deadline != 0):
         fixed_point._fail("engine: no margin call")
-    ev: margin.Eval = ledger._evaluate(account, acct, risk._prices(acct.markets), SCALE)
-    if not (fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio()):
+    acct = self._cure(account, acct, True)
+    if not (acct.deadline == 0):
         fixed_point._fail("engine: still under-margined")
-    acct = ledger._clear_call(account, acct, ev)
     ledger._store(account, acct)
 
 
@@ -367,7 +367,7 @@ def liquidate_many(accounts: DynArray[address, _MAX_BATCH]) -> uint256:
 
 @external
 @nonreentrant
-def claim_rewards(keeper: address = msg.sender) -> uint256:
+def claim_rewards(keeper: address) -> uint256:
     """
     @notice Sends `keeper` everything it has accrued: a keeper's liquidation
             and margin-call rewards, or the insurance fund's share of the
@@ -547,7 +547,7 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
     elif acct.deadline != 0:
         # a reduction always goes through; it clears the call when it cures
         # the account and every price is valid (best effort, never reverts)
-        acct = self._try_cure(account, acct)
+        acct = self._cure(account, acct, False)
     ledger._store(account, acct)
     log ledger.PositionChanged(
         account=account,
@@ -564,14 +564,18 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
 
 
 @internal
-def _try_cure(account: address, acct: margin.Acct) -> margin.Acct:
+def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
     """
-    @dev Clears the account's call when it is back at call_ratio and every
-         price is valid; never reverts (deposits and reductions use it).
+    @dev Clears the account's call when it is back at call_ratio. Not
+         `strict` (deposits and reductions): never reverts, does nothing
+         on an invalid price; `strict` reverts with the oracle's reason.
     """
     prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])
-    ok: bool = False
-    prices, ok = risk._try_prices(acct.markets, prices, 0)
+    ok: bool = True
+    if strict:
+        prices = risk._prices(acct.markets)
+    else:
+        prices, ok = risk._try_prices(acct.markets, prices, 0)
     if ok:
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():
@@ -642,7 +646,10 @@ def _margin_call(
     # of a close_factor tranche, at least call_reward, at most
     # max_keeper_reward (wad, then token units rounded down)
     scaled: uint256 = (
-        ev.notional * p.close_factor // _WAD * p.liquidation_penalty // _WAD * p.keeper_share // _WAD
+        ev.notional
+        * p.close_factor // _WAD
+        * p.liquidation_penalty // _WAD
+        * p.keeper_share // _WAD
     )
     reward: uint256 = 0
     if room > need:
@@ -794,7 +801,24 @@ def _claim(keeper: address) -> uint256:
 
 @internal
 def _settle_pool(net: int256):
+    """
+    @dev Lazy settlement with the pool: what the engine owes it accrues in
+         `claimable[POOL]` (the pool's totalAssets counts it; the pool
+         collects it with `claim_rewards(POOL)` when a withdrawal needs it);
+         trader profit comes out of that credit first, the rest from
+         `POOL.pay` (the credit zeroed before the call).
+    """
+    if net == 0:
+        return
+    credit: uint256 = self.claimable[POOL.address]
+    owed: uint256 = 0
     if net > 0:
-        self._push(POOL.address, convert(net, uint256))
-    elif net < 0:
-        extcall POOL.pay(self, convert(-net, uint256))
+        credit += convert(net, uint256)
+    else:
+        owed = convert(-net, uint256)
+        paid: uint256 = min(owed, credit)
+        credit -= paid
+        owed -= paid
+    self.claimable[POOL.address] = credit
+    if owed > 0:
+        extcall POOL.pay(self, owed)

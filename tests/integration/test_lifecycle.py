@@ -15,11 +15,13 @@ import ape
 import pytest
 
 from margincall.constants import WAD, PlanCode, State
+from margincall.math import call_reward as ref_call_reward
 from margincall.math import ratio as ref_ratio
 from tests.utils.helpers import (
     FlowLedger,
     account_model,
     deposit,
+    held,
     mint_and_approve,
     open_position,
     pin_next_tx,
@@ -100,8 +102,8 @@ def test_price_fall_makes_account_callable_and_margin_call_records_deadline(
     assert st.call_deadline == 0
 
     params = risk_params_model(engine)
-    reward = params.call_reward // scale_of(system)
-    keeper_before = system.token.balanceOf(keeper)
+    reward = ref_call_reward(account_model(system, leveraged), params, scale_of(system))
+    keeper_before = held(system, keeper)
     tx = ledger.send(engine.margin_call, leveraged, sender=keeper)
 
     deadline = tx_time(chain, tx) + params.grace_period
@@ -119,7 +121,7 @@ def test_price_fall_makes_account_callable_and_margin_call_records_deadline(
         == engine.collateral_of(leveraged)
         == st.collateral // scale_of(system) - reward
     )
-    assert system.token.balanceOf(keeper) - keeper_before == reward
+    assert held(system, keeper) - keeper_before == reward
 
     st = assert_status_matches_reference(system, leveraged, tx_time(chain, tx))
     assert st.state == State.CALLED
@@ -292,8 +294,8 @@ def test_uncured_call_is_liquidatable_only_from_its_deadline(
     assert st.ratio >= WAD  # liquidatable because of the call, not the ratio
     ref = reference_tranche(system, trader, now)
     before = account_model(system, trader)
-    keeper_before = system.token.balanceOf(keeper)
-    fund_before = system.token.balanceOf(fund)
+    keeper_before = held(system, keeper)
+    fund_before = held(system, fund)
 
     tx = ledger.send(engine.liquidate, trader, sender=keeper)
 
@@ -321,8 +323,8 @@ def test_uncured_call_is_liquidatable_only_from_its_deadline(
     assert pc.size == before.positions[0].size - closed == engine.position(trader, ETH)[0]
     assert pc.price == system.oracles[ETH].price()
 
-    assert system.token.balanceOf(keeper) - keeper_before == liq.keeper_reward > 0
-    assert system.token.balanceOf(fund) - fund_before == liq.fund_fee > 0
+    assert held(system, keeper) - keeper_before == liq.keeper_reward > 0
+    assert held(system, fund) - fund_before == liq.fund_fee > 0
     assert liq.penalty == liq.keeper_reward + liq.fund_fee
     # the tranche aimed at call_ratio; the call is cleared exactly when it got there
     # (test_liquidation.py::test_restoring_tranche_reaches_call_ratio_and_clears_call)

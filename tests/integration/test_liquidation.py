@@ -20,11 +20,13 @@ import pytest
 
 from margincall.constants import WAD, PlanCode, State
 from margincall.math import TRANCHE_PENALTY_DIV, div_ceil, div_floor
+from margincall.math import call_reward as ref_call_reward
 from tests.utils.helpers import (
     FlowLedger,
     account_model,
     deposit,
     donate_to_fund,
+    held,
     open_position,
     pin_next_tx,
     reference_status,
@@ -113,8 +115,8 @@ def test_ratio_below_one_liquidates_at_once_without_a_call(system, chain, trader
     with ape.reverts("engine: account not callable"):
         engine.margin_call(trader, sender=keeper)
     ref = reference_tranche(system, trader, now)
-    keeper_before = system.token.balanceOf(keeper)
-    fund_before = system.token.balanceOf(fund)
+    keeper_before = held(system, keeper)
+    fund_before = held(system, fund)
 
     tx = engine.liquidate(trader, sender=keeper)
 
@@ -123,8 +125,8 @@ def test_ratio_below_one_liquidates_at_once_without_a_call(system, chain, trader
     assert liq.account == trader.address and liq.keeper == keeper.address and liq.tranche == 1
     assert liq.state == State.LIQUIDATABLE and not liq.full_close
     assert closed_sizes(tx, engine) == {ETH: ref.closed_sizes[0]}
-    assert system.token.balanceOf(keeper) - keeper_before == liq.keeper_reward > 0
-    assert system.token.balanceOf(fund) - fund_before == liq.fund_fee > 0
+    assert held(system, keeper) - keeper_before == liq.keeper_reward > 0
+    assert held(system, fund) - fund_before == liq.fund_fee > 0
     assert tx.decode_logs(engine.MarginCall) == []
     assert engine.account_info(trader)[3] == tx_time(chain, tx)  # last tranche time
 
@@ -295,7 +297,7 @@ def test_critical_account_closes_fully_even_right_after_a_tranche(system, chain,
     st = engine.check_margin(trader)
     assert st.state == State.CRITICAL and 0 < st.ratio < engine.risk_params().critical_ratio
     ref = reference_tranche(system, trader, now)
-    keeper_before = system.token.balanceOf(keeper)
+    keeper_before = held(system, keeper)
 
     tx = engine.liquidate(trader, sender=keeper)
 
@@ -307,7 +309,7 @@ def test_critical_account_closes_fully_even_right_after_a_tranche(system, chain,
     assert engine.position(trader, ETH) == (0, 0)
     info = engine.account_info(trader)
     assert info[0] == liq.collateral > 0 and info[1] == 0
-    assert system.token.balanceOf(keeper) - keeper_before == liq.keeper_reward
+    assert held(system, keeper) - keeper_before == liq.keeper_reward
     assert tx.decode_logs(engine.BadDebt) == []
     with ape.reverts("engine: account not liquidatable"):
         engine.liquidate(trader, sender=keeper)
@@ -364,9 +366,12 @@ def test_tranche_that_would_leave_dust_closes_everything(system, chain, trader, 
 
 
 @pytest.mark.parametrize("donation", [1_000, 100, 0], ids=["funded", "part-funded", "empty"])
-def test_bankrupt_account_closes_fully_and_fund_covers_then_pool_socialises(
+def test_bankrupt_close_pays_the_keeper_its_minimum_reward_fund_first_then_pool(
     system, chain, trader, keeper, stranger, pool, fund, donation
 ):
+    """Issue 14: closing a BANKRUPT account pays the keeper `min_keeper_reward` whatever the
+    fund holds. The reward is part of the deficit: the engine keeps it out of the collateral
+    it owes the pool, the fund covers the deficit as far as it can, the pool bears the rest."""
     engine = system.engine
     ledger = FlowLedger(system, [trader], watch=[keeper])
     ledger.send(deposit, system, trader, 1_000)
@@ -378,37 +383,44 @@ def test_bankrupt_account_closes_fully_and_fund_covers_then_pool_socialises(
     st = engine.check_margin(trader)
     assert st.state == State.BANKRUPT and st.equity < 0
     ref = reference_tranche(system, trader, now)
-    deficit = -st.equity // scale_of(system)  # whole here: prices are round
-    assert ref.deficit == deficit == tokens(system, 204)
+    loss = -st.equity // scale_of(system)  # whole here: prices are round
+    reward = risk_params_model(engine).min_keeper_reward // scale_of(system)
+    assert loss == tokens(system, 204) and reward == tokens(system, 1)
+    deficit = loss + reward
+    assert (ref.deficit, ref.keeper_reward) == (deficit, reward)
     preview = system.lens.preview_liquidation(trader)
     assert preview.full_close and preview.deficit == deficit and preview.penalty == 0
+    assert preview.keeper_reward == reward
     collateral = engine.collateral_of(trader)
-    pool_before, fund_before = (system.token.balanceOf(x) for x in (pool, fund))
-    keeper_before = system.token.balanceOf(keeper)
+    pool_before, fund_before = held(system, pool), held(system, fund)
+    keeper_before = held(system, keeper)
 
     tx = ledger.send(engine.liquidate, trader, sender=keeper)
 
     liq = one(tx, engine.Liquidation)
     assert_matches_reference(liq, ref)
     assert liq.state == State.BANKRUPT and liq.full_close
-    assert (liq.penalty, liq.keeper_reward, liq.fund_fee, liq.collateral) == (0, 0, 0, 0)
+    assert (liq.penalty, liq.keeper_reward, liq.fund_fee, liq.collateral) == (0, reward, 0, 0)
     paid = min(deficit, tokens(system, donation))
     bad = one(tx, engine.BadDebt)
     assert bad.account == trader.address
     assert (bad.amount, bad.paid_by_fund, bad.socialised) == (deficit, paid, deficit - paid)
-    keeper_pay = min(
-        risk_params_model(engine).min_keeper_reward // scale_of(system),
-        tokens(system, donation) - paid,
-    )
-    assert system.token.balanceOf(keeper) - keeper_before == keeper_pay
-    assert fund_before - system.token.balanceOf(fund) == paid + keeper_pay
-    # the pool got all the collateral and what the fund paid: the trader's whole loss
-    # (1,200) less what was socialised
-    assert system.token.balanceOf(pool) - pool_before == collateral + paid
-    assert collateral + paid + bad.socialised == tokens(system, 1_200)
+    # the keeper is paid in full, also by an empty fund (accrued, claimed later)
+    assert held(system, keeper) - keeper_before == engine.claimable(keeper) == reward > 0
+    assert fund_before - held(system, fund) == paid
+    # the pool got the collateral less the keeper's reward, and what the fund paid: the
+    # trader's whole loss (1,200) plus the keeper's reward, less what was socialised
+    assert held(system, pool) - pool_before == collateral - reward + paid
+    assert collateral + paid + bad.socialised == tokens(system, 1_200) + reward
     assert engine.account_info(trader)[:2] == (0, 0)
     assert engine.position(trader, ETH) == (0, 0)
     ledger.check()
+    # and the keeper claims it
+    before = system.token.balanceOf(keeper)
+    claim = engine.claim_rewards(keeper, sender=keeper)
+    [ev] = claim.decode_logs(engine.RewardsClaimed)
+    assert (ev.keeper, ev.caller, ev.amount) == (keeper.address, keeper.address, reward)
+    assert system.token.balanceOf(keeper) - before == reward and engine.claimable(keeper) == 0
 
 
 # --- penalty split -----------------------------------------------------------------------------
@@ -435,8 +447,8 @@ def test_penalty_split_between_keeper_and_fund(system, chain, trader, keeper, fu
     system.set_price(ETH, price)
     ref = reference_tranche(system, trader, pin_next_tx(chain))
     before = account_model(system, trader)
-    keeper_before = system.token.balanceOf(keeper)
-    fund_before = system.token.balanceOf(fund)
+    keeper_before = held(system, keeper)
+    fund_before = held(system, fund)
 
     tx = engine.liquidate(trader, sender=keeper)
 
@@ -470,8 +482,8 @@ def test_penalty_split_between_keeper_and_fund(system, chain, trader, keeper, fu
     )
     assert realized_wad < 0
     assert before.collateral - liq.collateral == liq.penalty + div_ceil(-realized_wad, scale)
-    assert system.token.balanceOf(keeper) - keeper_before == liq.keeper_reward
-    assert system.token.balanceOf(fund) - fund_before == liq.fund_fee
+    assert held(system, keeper) - keeper_before == liq.keeper_reward
+    assert held(system, fund) - fund_before == liq.fund_fee
 
 
 # --- races and batches -------------------------------------------------------------------------
@@ -663,7 +675,12 @@ def test_margin_call_many_calls_the_callable_and_skips_the_rest(
     }
     batch = [trader, other_trader, third_trader, stranger, fourth_trader, trader, keeper]
     assert engine.margin_call_many.call(batch, sender=keeper) == 2
-    keeper_before = system.token.balanceOf(keeper)
+    keeper_before = held(system, keeper)
+    params, scale = risk_params_model(engine), scale_of(system)
+    expected = {
+        a.address: ref_call_reward(account_model(system, a), params, scale)
+        for a in (trader, fourth_trader)
+    }
 
     tx = engine.margin_call_many(batch, sender=keeper)
 
@@ -672,11 +689,12 @@ def test_margin_call_many_calls_the_callable_and_skips_the_rest(
     assert [c.account for c in calls] == [trader.address, fourth_trader.address]
     deadline = tx_time(chain, tx) + engine.risk_params().grace_period
     assert all(c.caller == keeper.address and c.deadline == deadline for c in calls)
+    assert {c.account: c.reward for c in calls} == expected  # scaled with each notional
     reward = sum(c.reward for c in calls)
-    assert reward == 2 * (engine.risk_params().call_reward // scale_of(system))
-    assert system.token.balanceOf(keeper) - keeper_before == reward
+    assert held(system, keeper) - keeper_before == reward
     payouts = [t for t in tx.decode_logs(system.token.Transfer) if t.receiver == keeper.address]
-    assert len(payouts) == 1  # paid once, at the end
+    assert payouts == []  # accrued in the engine, claimed later
+    assert engine.claimable(keeper) >= reward
     assert engine.account_info(third_trader)[2] == third_deadline
     assert engine.account_info(other_trader)[2] == 0
     assert engine.account_info(stranger)[2] == 0
@@ -719,6 +737,7 @@ def test_liquidate_many_liquidates_the_eligible_and_skips_the_rest(
     ledger = FlowLedger(
         system, [trader, other_trader, third_trader, fourth_trader, stranger], watch=[keeper]
     )
+    keeper_accrued, fund_accrued = engine.claimable(keeper), engine.claimable(fund)
 
     tx = ledger.send(engine.liquidate_many, batch, sender=keeper)
 
@@ -730,12 +749,11 @@ def test_liquidate_many_liquidates_the_eligible_and_skips_the_rest(
         assert_matches_reference(liq, refs[liq.account])
     assert liqs[0].tranche == 1 and not liqs[0].full_close
     assert liqs[1].full_close
-    # netted: one payment to the keeper, one to the fund
+    # accrued, netted: no token transfer; one write each for the keeper and the fund
     transfers = tx.decode_logs(system.token.Transfer)
-    to_keeper = [t.value for t in transfers if t.receiver == keeper.address]
-    to_fund = [t.value for t in transfers if t.receiver == fund.address]
-    assert to_keeper == [sum(liq.keeper_reward for liq in liqs)]
-    assert to_fund == [sum(liq.fund_fee for liq in liqs)]
+    assert [t for t in transfers if t.receiver in (keeper.address, fund.address)] == []
+    assert engine.claimable(keeper) - keeper_accrued == sum(liq.keeper_reward for liq in liqs)
+    assert engine.claimable(fund) - fund_accrued == sum(liq.fund_fee for liq in liqs)
     assert engine.position(third_trader, ETH) == third_position
     assert engine.position(trader, ETH)[0] == wad(3)
     assert engine.position(fourth_trader, ETH) == (0, 0)

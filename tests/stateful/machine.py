@@ -7,9 +7,12 @@ small budget on Anvil through Ape. It reaches the chain only through a `Driver`.
 After every step it checks, against `margincall.math` (the reference the SDK and bots use)
 and a model of the parts the reference does not cover (feeds and adapters, pause, markets):
 
-- token conservation: the engine holds exactly the sum of its collateral ledgers, and every
-  other balance (pool, fund, traders, keepers, LPs, donor) equals what the model says moved,
-  and the two LPs own every pool share;
+- token conservation: the engine's token balance is exactly the sum of its collateral ledgers
+  plus what it holds for others (`claimable`: the keepers' accrued rewards, the fund's share
+  of the penalties, the pool's lazily settled credit), and every other holding (token balance
+  plus claimable: pool, fund, keepers; token balance: traders, LPs, donor) equals what the
+  model says moved; a claim moves tokens and changes no holding; the two LPs own every pool
+  share;
 - `check_margins`, `check_margin` and `preview_liquidation` equal `evaluate`, `classify` and
   `plan_tranche` at the model's prices; every adapter's `try_price`/`reason` equal the model;
 - each action succeeds exactly when the model says it may, with the predicted effect, and
@@ -141,7 +144,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.keepers = list(a.keepers)
         self.holders = [d.engine.address, d.pool.address, d.fund.address, *a.lps, a.donor]
         self.holders += self.keepers + self.traders
-        self.expected = {h: d.balance(h) for h in self.holders}
+        # the engine holds tokens for these (`claimable`): rewards, the fund's share, credit
+        self.owed_to = [d.pool.address, d.fund.address, *self.keepers]
+        self.expected = {h: self.held(h) for h in self.holders}
         self.stats: Counter = Counter()
         self.checks = 0
         # the model of what the chain does not tell the reference math
@@ -186,6 +191,16 @@ class EngineMachine(RuleBasedStateMachine):
     @property
     def a(self):
         return self.d.actors
+
+    def held(self, who: str) -> int:
+        """What `who` owns in tokens: its balance plus what the engine holds for it; for the
+        engine, its balance less what it holds for others (the collateral ledgers)."""
+        d = self.d
+        if who == d.engine.address:
+            return d.balance(who) - sum(int(d.engine.claimable(h)) for h in self.owed_to)
+        if who in self.owed_to:
+            return d.balance(who) + int(d.engine.claimable(who))
+        return d.balance(who)
 
     def move(self, src: str, dst: str, amount: int) -> None:
         assert amount >= 0
@@ -444,7 +459,7 @@ class EngineMachine(RuleBasedStateMachine):
             if increases and v.equity < v.initial:
                 return "engine: insufficient margin", None
         pool_pays = realized_tok - fee
-        if pool_pays > d.balance(d.pool.address):
+        if pool_pays > self.held(d.pool.address):
             return "pool: insufficient liquidity", None
         return None, (nsize, ncost, balance, deadline, increases)
 
@@ -527,6 +542,25 @@ class EngineMachine(RuleBasedStateMachine):
             self.move(d.engine.address, d.pool.address, -diff)
         (ev,) = sent.of(d.engine, "PositionChanged")
         assert ev.realized_pnl - ev.fee == diff
+
+    @rule(k=st.integers(0, 1), who=st.integers(0, 3))
+    def claim_accrued(self, k, who):
+        """A keeper claims what the engine holds for someone (itself, the other keeper, the
+        fund or the pool: anyone may, the tokens go to the owner): `RewardsClaimed` with the
+        whole claimable, moved to the owner's wallet; no holding changes."""
+        d, keeper = self.d, self.keepers[k]
+        owner = [*self.keepers, d.fund.address, d.pool.address][who]
+        before, wallet = int(d.engine.claimable(owner)), d.balance(owner)
+        sent = self.must(d.engine, "claim_rewards", owner, sender=keeper)
+        events = sent.of(d.engine, "RewardsClaimed")
+        if before == 0:
+            assert events == []
+            return
+        (ev,) = events
+        assert (ev.keeper, ev.caller, ev.amount) == (owner, keeper, before)
+        assert int(d.engine.claimable(owner)) == 0
+        assert d.balance(owner) == wallet + before
+        self.note("claim_accrued")
 
     # --- market ---------------------------------------------------------------
 
@@ -773,13 +807,18 @@ class EngineMachine(RuleBasedStateMachine):
         if plan is None:
             return None, fund_balance
         if plan.deficit:
+            # the deficit includes the keeper's minimum reward: the fund covers what it can,
+            # the engine keeps the reward out of the collateral (the pool pays any rest)
             paid = min(plan.deficit, fund_balance)
             fund_balance -= paid
-            reward = min(p.min_keeper_reward // d.scale, fund_balance)
-            fund_balance -= reward
-            self.move(d.engine.address, d.pool.address, acct.collateral)
+            pool_net = acct.collateral - plan.keeper_reward
+            if pool_net >= 0:
+                self.move(d.engine.address, d.pool.address, pool_net)
+            else:
+                self.move(d.pool.address, d.engine.address, -pool_net)
             self.move(d.fund.address, d.pool.address, paid)
-            self.move(d.fund.address, keeper, reward)
+            self.move(d.engine.address, keeper, plan.keeper_reward)
+            assert plan.keeper_reward == p.min_keeper_reward // d.scale
             plan.bad_debt = (plan.deficit, paid)
         else:
             pool_net = acct.collateral - plan.collateral_after - plan.penalty
@@ -836,7 +875,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         state = self.state(acct, p)
         reason = self.expected_reason(acct, p)
-        fund_before = d.balance(d.fund.address)
+        fund_before = self.held(d.fund.address)
         room = d.window_room(self.now, p)
         plan, _ = self._expect_liquidation(t, keeper, fund_before, room)
         sent = self.send(d.engine, "liquidate", t, sender=keeper)
@@ -863,7 +902,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.window_changed = True
         p = d.risk_params()
         room = d.window_room(self.now, p)
-        fund = d.balance(d.fund.address)
+        fund = self.held(d.fund.address)
         plans, fund_seen = [], []
         for t in batch:
             if self.account(t)[1]:
@@ -1120,9 +1159,10 @@ class EngineMachine(RuleBasedStateMachine):
             return
         self.sent_seen = d.sent
         for h in self.holders:
-            assert d.balance(h) == self.expected[h], h
+            assert self.held(h) == self.expected[h], h
         ledger = sum(d.raw_account(t).collateral for t in self.traders)
-        assert d.balance(d.engine.address) == ledger
+        accrued = sum(int(d.engine.claimable(h)) for h in self.owed_to)
+        assert d.balance(d.engine.address) == ledger + accrued
         shares = [int(d.pool.balanceOf(lp)) for lp in self.a.lps]
         assert sum(shares) == int(d.pool.totalSupply())  # the LPs own every share
         assert shares == [self.lp_shares[lp] for lp in self.a.lps]  # as the model priced them

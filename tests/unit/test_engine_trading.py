@@ -13,7 +13,7 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.math import div_ceil, mul_up
-from tests.utils.helpers import assert_conserved, close_position, settle_or_raise
+from tests.utils.helpers import assert_conserved, close_position, held, settle_or_raise
 from tests.utils.helpers import deposit_units as deposit
 from tests.utils.helpers import fund_units as fund
 from tests.utils.helpers import trade as trade_order
@@ -245,7 +245,7 @@ def test_withdraw_with_position_and_reverting_feed_bubbles_oracle_reason(system,
 def test_open_position_records_size_cost_fee_and_event(system, trader, side):
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
-    pool_before = system.token.balanceOf(system.pool.address)
+    pool_before = held(system, system.pool)
 
     tx = trade(system, trader, ETH, side * WAD)
     fee = unit  # 5 bps of 2,000
@@ -264,7 +264,7 @@ def test_open_position_records_size_cost_fee_and_event(system, trader, side):
     assert engine.position(trader.address, ETH) == (side * WAD, side * 2_000 * WAD)
     assert engine.account_info(trader.address)[1] == 1 << ETH
     assert engine.collateral_of(trader.address) == 999 * unit
-    assert system.token.balanceOf(system.pool.address) - pool_before == fee
+    assert held(system, system.pool) - pool_before == fee
     assert engine.open_interest() == 2_000 * WAD
     assert_conserved(system, [trader])
 
@@ -272,7 +272,7 @@ def test_open_position_records_size_cost_fee_and_event(system, trader, side):
 def test_trading_fee_goes_to_the_pool_rounded_up(system, trader):
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
-    pool_before = system.token.balanceOf(system.pool.address)
+    pool_before = held(system, system.pool)
 
     size = WAD + 10**11  # 1.0000001 ETH: 2,000.0002 notional, fee 1.0000001 tokens
     tx = trade(system, trader, ETH, size)
@@ -281,7 +281,7 @@ def test_trading_fee_goes_to_the_pool_rounded_up(system, trader):
     fee = one(tx, engine.PositionChanged).fee
     assert fee == fee_units(system, mul_up(size, 2_000 * WAD))
     assert 0 <= fee * scale - fee_wad < scale  # rounded up, by less than one unit
-    assert system.token.balanceOf(system.pool.address) - pool_before == fee
+    assert held(system, system.pool) - pool_before == fee
     assert engine.collateral_of(trader.address) == 1_000 * unit - fee
 
 
@@ -315,7 +315,7 @@ def test_reduce_realises_pnl_into_collateral(system, trader, other_trader, side)
     deposit(system, trader, 1_000 * unit)
     trade(system, trader, ETH, side * 2 * WAD)  # at 2,000, fee 2
     system.set_price(ETH, 2_100)  # long +100 per unit, short -100
-    pool_before = system.token.balanceOf(system.pool.address)
+    pool_before = held(system, system.pool)
 
     tx = trade(system, trader, ETH, -side * WAD)
     pnl = side * 100 * unit
@@ -334,7 +334,7 @@ def test_reduce_realises_pnl_into_collateral(system, trader, other_trader, side)
         collateral=collateral,
     )
     assert engine.collateral_of(trader.address) == collateral
-    assert system.token.balanceOf(system.pool.address) - pool_before == fee - pnl
+    assert held(system, system.pool) - pool_before == fee - pnl
     assert engine.open_interest() == 2_000 * WAD
     assert_conserved(system, [trader, other_trader])
 
@@ -567,21 +567,33 @@ def test_margin_call_blocks_new_exposure_but_not_reductions(system, trader, keep
     assert_conserved(system, [trader, keeper])
 
 
+# the call reward on 7,400 of notional: 0.075% (close_factor x penalty x keeper share)
+CALL_REWARD_7400 = 5_550  # thousandths of a token
+
+
 def _called_long_eth(system, trader, keeper):
     """Long 4 ETH at 2,000 on 1,000 tokens, ETH down to 1,850 and a recorded call: collateral
-    995 after the fee (4) and the call reward (1), equity 395, maintenance 370, ratio 1.07."""
+    990.45 after the fee (4) and the call reward (5.55, scaled with the 7,400 of notional),
+    equity 390.45, maintenance 370, ratio 1.055."""
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
     trade(system, trader, ETH, 4 * WAD)
     system.set_price(ETH, 1_850)
     tx = engine.margin_call(trader.address, sender=keeper)
     called = one(tx, engine.MarginCall)
-    assert (called.equity, called.maintenance) == (395 * WAD, 370 * WAD)
-    assert engine.collateral_of(trader.address) == 995 * unit
+    assert called.reward == CALL_REWARD_7400 * unit // 1_000
+    assert (called.equity, called.maintenance) == (
+        395 * WAD - CALL_REWARD_7400 * WAD // 1_000,
+        370 * WAD,
+    )
+    assert engine.collateral_of(trader.address) == _CALLED_COLLATERAL * unit // 1_000
     status = engine.check_margin(trader.address)
     assert status.state == State.CALLED
     assert status.call_deadline == called.deadline == engine.account_info(trader.address)[2]
     return called.deadline
+
+
+_CALLED_COLLATERAL = 996_000 - CALL_REWARD_7400  # thousandths of a token
 
 
 def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
@@ -593,7 +605,7 @@ def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
     tx = trade(system, trader, ETH, -5 * WAD)  # long 4 -> short 1 at 1,850
     fee = fee_units(system, 9_250 * WAD)
     assert fee == unit * 4_625 // 1_000
-    collateral = 995 * unit - 600 * unit - fee  # realises -600 on the long
+    collateral = _CALLED_COLLATERAL * unit // 1_000 - 600 * unit - fee  # realises -600
     assert_fields(
         one(tx, engine.PositionChanged),
         account=trader.address,
@@ -606,7 +618,7 @@ def test_curing_flip_under_margin_call_clears_the_call(system, trader, keeper):
         fee=fee,
         collateral=collateral,
     )
-    # equity 390.375, maintenance 92.5 (5% of 1,850): ratio 4.22 >= 1.25
+    # equity 385.825, maintenance 92.5 (5% of 1,850): ratio 4.17 >= 1.25
     equity = collateral * 10 ** (18 - system.decimals)
     maintenance = 1_850 * WAD * 5 // 100
     assert_fields(
@@ -635,11 +647,11 @@ def test_flip_under_margin_call_that_does_not_cure_reverts(system, trader, keepe
     deadline = _called_long_eth(system, trader, keeper)
     open_interest = engine.open_interest()
 
-    # short 3.5 at 1,850: equity 395 - 6.9375 (fee) = 388.06, maintenance 323.75: ratio 1.199
+    # short 3.5 at 1,850: equity 390.45 - 6.9375 (fee) = 383.51, maintenance 323.75: ratio 1.18
     with ape.reverts("engine: under margin call"):
         trade(system, trader, ETH, -7 * WAD - WAD // 2)
     assert engine.position(trader.address, ETH) == (4 * WAD, 8_000 * WAD)
-    assert engine.collateral_of(trader.address) == 995 * unit
+    assert engine.collateral_of(trader.address) == _CALLED_COLLATERAL * unit // 1_000
     assert engine.account_info(trader.address)[2] == deadline
     assert engine.open_interest() == open_interest
     status = engine.check_margin(trader.address)
@@ -741,5 +753,9 @@ def test_lifecycle_conserves_tokens(system, trader, other_trader, stranger):
                 close_position(system, who, market_id)
         engine.withdraw(engine.collateral_of(who.address), sender=who)
     assert_conserved(system, actors)
+    # what is left is the pool's lazily settled credit; anyone hands it over
+    credit = engine.claimable(system.pool.address)
+    assert system.token.balanceOf(engine.address) == credit
+    engine.claim_rewards(system.pool.address, sender=stranger)
     assert system.token.balanceOf(engine.address) == 0
     assert engine.open_interest() == 0

@@ -103,12 +103,13 @@ def open_position(system, trader, market_id: int, size: float, slippage: float =
 def assert_conserved(system, accounts) -> None:
     """Engine's token balance equals the sum of its collateral ledgers, the settlement fees
     escrowed for pending orders, and the balances accrued in it (`claimable`: the keepers'
-    rewards among `accounts`, the fund's share)."""
+    rewards among `accounts`, the fund's share, the pool's credit)."""
     engine = system.engine
     held = system.token.balanceOf(engine.address)
-    ledger = sum(engine.collateral_of(a.address) + engine.claimable(a.address) for a in accounts)
-    ledger += sum(system.book.escrowed_of(a.address) for a in accounts)
-    ledger += engine.claimable(system.fund.address)
+    owners = {_addr(a) for a in accounts}
+    ledger = sum(engine.collateral_of(a) + engine.claimable(a) for a in owners)
+    ledger += sum(system.book.escrowed_of(a) for a in owners)
+    ledger += engine.claimable(system.fund.address) + engine.claimable(system.pool.address)
     assert held == ledger, f"engine holds {held}, ledgers sum to {ledger}"
 
 
@@ -254,6 +255,7 @@ class FlowLedger:
         pool, fund = system.pool.address, system.fund.address
         self.watched = [pool, fund, *(_addr(w) for w in watch)]
         self.start = {a: self._held(a) for a in self.watched}
+        self.keepers: set[str] = set()
         self.expected = {a: 0 for a in self.watched}
 
     def _held(self, who) -> int:
@@ -289,6 +291,7 @@ class FlowLedger:
                 if name == "PositionChanged" and log.account not in liquidated:
                     self._credit(pool, log.fee - log.realized_pnl)
                 elif name == "Liquidation":
+                    self.keepers.add(log.keeper)
                     # engine -> pool: -realised PnL (or all collateral when bankrupt, less
                     # the keeper's minimum reward, which the engine keeps for the keeper)
                     before = collateral_before[log.account]
@@ -299,6 +302,7 @@ class FlowLedger:
                     self._credit(pool, log.paid_by_fund)
                     self._credit(fund, -log.paid_by_fund)
                 elif name == "MarginCall":
+                    self.keepers.add(log.caller)
                     self._credit(log.caller, log.reward)
             elif log.contract_address == self.system.book.address:
                 if name == "OrderSettled":
@@ -314,7 +318,8 @@ class FlowLedger:
         for a in self.watched:
             moved = self._held(a) - self.start[a]
             assert moved == self.expected[a], f"{a} moved {moved}, events say {self.expected[a]}"
-        assert_conserved(self.system, self.accounts)
+        # the rewards of every keeper seen in the events are held by the engine too
+        assert_conserved(self.system, [*self.accounts, *self.keepers])
 
 
 def skip_revert_source_traceback(monkeypatch) -> None:
@@ -404,3 +409,10 @@ def poison_the_pool(
     if crash:
         system.set_price(0, 1.02 * p0)
     return poisoned, crowd, 1.02 * p0
+
+
+def held(system, who) -> int:
+    """`who`'s tokens: its wallet plus what the engine holds for it (`claimable`: a keeper's
+    accrued rewards, the fund's share, the pool's credit), which a claim moves to the wallet."""
+    address = _addr(who)
+    return int(system.token.balanceOf(address)) + int(system.engine.claimable(address))

@@ -60,6 +60,10 @@ from margincall.bench.gas_report import (
 from margincall.constants import MAX_MARKETS, State
 from margincall.deploy import deploy_system
 
+# tranches per claim of each accrued balance, for the amortised row: the keeper bot claims
+# at MARGINCALL_CLAIM_AT = 100 tokens and earns at least min_keeper_reward = 1 token a tranche
+CLAIM_EVERY = 100
+
 
 @contextmanager
 def isolated() -> Iterator[None]:
@@ -451,6 +455,27 @@ class Bench:
             )
             if full:
                 self.breakdown("liquidate, one tranche, one market", receipt=r)
+                # what the tranche accrued leaves later, once per CLAIM_EVERY tranches: the
+                # keeper's claim, the fund's sweep and the pool's collection (anyone may send
+                # the last two; the engine sweeps before a cover, the pool collects before a
+                # withdrawal that needs it)
+                claims = 0
+                for label, owner in (
+                    ("claim_rewards(keeper) (the keeper's accrued rewards)", k.address),
+                    ("claim_rewards(fund) (the fund's sweep)", self.s.fund.address),
+                    ("claim_rewards(pool) (the pool's collection)", self.s.pool.address),
+                ):
+                    c = e.claim_rewards(owner, sender=k)
+                    assert e.RewardsClaimed.from_receipt(c), f"{label}: nothing claimed"
+                    self.record(label, c.gas_used)
+                    claims += c.gas_used
+                self.record(
+                    f"liquidate, one tranche, one market, with its claims amortised"
+                    f" (one claim of each per {CLAIM_EVERY} tranches)",
+                    r.gas_used + claims // CLAIM_EVERY,
+                    TARGET_LIQUIDATE,
+                    ANCHOR_LIQUIDATE,
+                )
         if not full:
             return
         with isolated():

@@ -77,7 +77,9 @@ class DemoReport:
         )
         fees = order_history(self.book, self.start_block, self.end_block).fees.get(me.lower(), 0)
         from_chain = s["keeper_rewards"] + paid
-        grew = self.client.token_balance(me) - self.keeper_balance_start - fees
+        # rewards accrue in the engine: what the keeper holds is its wallet plus its claimable
+        claimable = self.client.claimable(me)
+        grew = self.client.token_balance(me) + claimable - self.keeper_balance_start - fees
         calls, tranches = s["margin_calls"], s["tranches"] + s["full_liquidations"]
         rows = [
             ("calls made / sent (metrics)", f"{m['calls_made']} / {m['calls_sent']}"),
@@ -94,7 +96,8 @@ class DemoReport:
                 f"{self.tok2(from_chain)} = {self.tok2(s['keeper_rewards'])} from the engine"
                 f" + {self.tok2(paid)} from the fund",
             ),
-            ("keeper's token balance grew by (less settlement fees)", self.tok2(grew)),
+            ("keeper's balance + claimable grew by (less settlement fees)", self.tok2(grew)),
+            ("  of which still claimable in the engine", self.tok2(claimable)),
             (
                 "order settlement fees (metrics / chain)",
                 f"{self.tok2(m.get('settle_fees', 0))} / {self.tok2(fees)}"
@@ -110,7 +113,7 @@ class DemoReport:
             )
         if grew != from_chain:
             wrong.append(
-                f"keeper rewards: balance grew {self.tok2(grew)}"
+                f"keeper rewards: balance + claimable grew {self.tok2(grew)}"
                 f" != chain events {self.tok2(from_chain)}"
             )
         if m.get("settle_fees", 0) != fees:
@@ -210,13 +213,20 @@ class DemoReport:
             ok = False
         held = self.client.token_balance(self.client.address)
         ledgers = sum(self.client.collateral(t.address) for t in self.traders)
-        if held != ledgers:
-            console.print(f"[red]conservation broken: engine holds {held}, ledgers {ledgers}[/]")
+        # and what it holds for the keeper, the fund and the pool (accrued, claimed later)
+        owners = (self.keeper.address, self.clients.fund.address, self.clients.pool.pool.address)
+        accrued = sum(self.client.claimable(a) for a in owners)
+        if held != ledgers + accrued:
+            console.print(
+                f"[red]conservation broken: engine holds {held},"
+                f" ledgers {ledgers} + accrued {accrued}[/]"
+            )
             ok = False
         else:
             console.print(
                 f"  conservation: engine holds {self.tok(held)}"
-                f" = sum of {len(self.traders)} ledgers"
+                f" = sum of {len(self.traders)} ledgers + {self.tok(accrued)} accrued"
+                " (keeper rewards, fund share, pool credit)"
             )
         if s["margin_calls"] == 0 or s["tranches"] + s["full_liquidations"] == 0:
             console.print(
@@ -225,7 +235,7 @@ class DemoReport:
             ok = False
         if ok:
             console.print(
-                "  checked: keeper rewards = chain events = its balance;"
+                "  checked: keeper rewards = chain events = its balance + claimable;"
                 " one message per engine event"
             )
         return ok

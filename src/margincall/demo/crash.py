@@ -294,7 +294,10 @@ class CrashDemo(DemoReport):
                 },
             ),
         ]
-        self.keeper_balance_start = self.client.token_balance(self.keeper)
+        # its wallet plus its rewards accrued in the engine (claimed later)
+        self.keeper_balance_start = self.client.token_balance(self.keeper) + self.client.claimable(
+            self.keeper
+        )
         for bot in self.bots:
             bot.start()
         if os.environ.get("MARGINCALL_DEMO_DASHBOARD"):  # a port: the dashboard, live all along

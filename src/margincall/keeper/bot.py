@@ -95,6 +95,8 @@ class KeeperState:
     gas_spent: int = 0
     clears_sent: int = 0
     clears_made: int = 0
+    claims_sent: int = 0  # claim_rewards transactions (accrued rewards to the wallet)
+    last_claim: int = -1  # block of the last claim sent
     too_large: int = 0  # single accounts whose tranche does not fit in one transaction
     reverted: int = 0  # single accounts whose own call or tranche reverted (backed off)
     held_window: int = 0  # accounts held back this block: their market's window is full
@@ -350,6 +352,8 @@ class Keeper(Receipts, OrderDesk):
             self._collect(number, mined)
         if plan.clears:
             self._clear_recovered(plan.clears, number, gas_limit)
+        if not decision.calls and not decision.liquidated:  # a quiet block: claim then
+            self._claim_rewards(number, gas_limit)
         self.sender.unstick(number, self._still_useful, mined)
         state.last_scanned = number
         if decision.calls or decision.liquidated or number % self.config.log_every == 0:
@@ -554,6 +558,27 @@ class Keeper(Receipts, OrderDesk):
                 continue
             self.state.clears_sent += 1
 
+    def _claim_rewards(self, number: int, gas_limit: int | None) -> None:
+        """`claim_rewards` once the keeper's rewards accrued in the engine reach
+        `claim_at` whole tokens: one claim (about 30k gas) pays for many actions, and
+        waiting for a block without action keeps it out of a crash's way."""
+        if self.config.claim_at <= 0:
+            return
+        last = self.state.last_claim
+        if 0 <= last and number - last <= self.config.replace_after:
+            return  # the last claim may still be pending
+        claimable = self.client.claimable(self._me)
+        if claimable < self.client.tokens(self.config.claim_at):
+            return
+        call = self.client.build("claim_rewards", (self._me,))
+        [tx] = self.sender.send_many([call], number, gas_budget=gas_limit)
+        if isinstance(tx, Exception):
+            logger.warning(f"block {number}: claim_rewards not sent: {tx}")
+            return
+        self.state.claims_sent += 1
+        self.state.last_claim = number
+        logger.info(f"block {number}: claiming {claimable} token units of rewards")
+
     # --- reporting ---
 
     def snapshot(self) -> dict[str, Any]:
@@ -571,6 +596,7 @@ class Keeper(Receipts, OrderDesk):
             cancels=self.sender.cancels,
             rpc_errors=self.state.rpc_errors,
             clears_sent=self.state.clears_sent,
+            claims_sent=self.state.claims_sent,
             clears_made=self.state.clears_made,
             too_large=self.state.too_large,
             reverted=self.state.reverted,

@@ -77,6 +77,8 @@ class KeeperConfig:
     block_time: int | None = None  # seconds; None: measured from the heads (BlockClock)
     replace_after: int = 3  # blocks before an unmined transaction is re-sent with more fee
     max_clears: int = 20  # clear_margin_call transactions per block at most
+    # claim the accrued rewards once they reach this many whole tokens (0: never)
+    claim_at: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KeeperConfig:
@@ -120,6 +122,7 @@ class KeeperConfig:
             block_time=_int(env, "MARGINCALL_BLOCK_TIME", 0, 0) or None,
             replace_after=_int(env, "MARGINCALL_REPLACE_BLOCKS", 3, 1),
             max_clears=_int(env, "MARGINCALL_MAX_CLEARS", 20, 0),
+            claim_at=_int(env, "MARGINCALL_CLAIM_AT", 100, 0),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -141,6 +144,7 @@ class KeeperConfig:
             "MARGINCALL_BLOCK_TIME": str(self.block_time or 0),
             "MARGINCALL_REPLACE_BLOCKS": str(self.replace_after),
             "MARGINCALL_MAX_CLEARS": str(self.max_clears),
+            "MARGINCALL_CLAIM_AT": str(self.claim_at),
         }
         if self.metrics_path is not None:
             env["MARGINCALL_KEEPER_METRICS"] = str(self.metrics_path)

@@ -210,12 +210,17 @@ def tranche_reward_floor(s: Snapshot, model: RewardModel) -> int:
     - reward `min(max(share, min_keeper_reward), max_keeper_reward, penalty)`: monotone in
       share and penalty, so bounds in give a bound out.
 
+    A BANKRUPT account (equity <= 0) pays exactly `min_keeper_reward`, whatever the fund
+    holds (the pool pays what the fund cannot).
+
     Not modelled: a market whose liquidation window has room for only part of the
     tranche (the engine then closes less; `held_by_window` holds full windows back), and
     prices that move between the scan and the block."""
     p, scale, k = model.params, model.scale, max(s.positions, 1)
-    if s.maintenance <= 0 or s.equity <= 0:
+    if s.maintenance <= 0:
         return 0
+    if s.equity <= 0:  # BANKRUPT: the engine pays min_keeper_reward out of the deficit
+        return p.min_keeper_reward // scale
     notional = max(s.maintenance - k, 0) * WAD // (s.mmr or model.max_mmr)
     equity = s.equity - (2 * scale + 8 * k + 8)
     cm = p.call_ratio * s.maintenance

@@ -436,6 +436,29 @@ class MarginEngineClient:
         self.check_liquidate(account)
         return self.engine.liquidate(_addr(account), sender=sender, **txn)
 
+    # --- accrued balances (keeper rewards, the fund's share, the pool's credit) ---
+
+    def claimable(self, owner: Any) -> int:
+        """What the engine holds for `owner` (token units): a keeper's accrued liquidation
+        and margin-call rewards, the fund's share of the penalties not yet swept, or the
+        pool's lazily settled trader losses and fees (counted in its `totalAssets`)."""
+        return int(self.engine.claimable(_addr(owner)))
+
+    def claim_rewards(self, sender: Any, owner: Any = None, **txn: Any) -> Any:
+        """Sends `owner` (default: the sender) what the engine holds for it
+        (`claim_rewards`); anyone may send it for anyone, the tokens go to `owner`."""
+        owner = sender if owner is None else owner
+        return self.engine.claim_rewards(_addr(owner), sender=sender, **txn)
+
+    def sweep_fund(self, sender: Any, **txn: Any) -> Any:
+        """Moves the fund's accrued share of the penalties to the fund (permissionless)."""
+        return self.claim_rewards(sender, owner=self.engine.FUND(), **txn)
+
+    def collect_pool(self, sender: Any, **txn: Any) -> Any:
+        """Moves the pool's lazily settled credit to the pool (permissionless; the pool
+        does it itself when a withdrawal needs it)."""
+        return self.claim_rewards(sender, owner=self.engine.POOL(), **txn)
+
     def callable_accounts(self, accounts: Sequence[Any]) -> list[str]:
         return [
             s.account for s in self.statuses(accounts) if s.priced and s.state == State.CALLABLE
@@ -535,15 +558,16 @@ class MarginEngineClient:
 
     def build(self, function: str, accounts: Sequence[Any]) -> Call:
         """The transaction of a keeper action for a bot to sign and send: `liquidate_many` or
-        `margin_call_many` of a batch, or `clear_margin_call` of one account."""
+        `margin_call_many` of a batch, `clear_margin_call` of one account, or
+        `claim_rewards` of one owner (the keeper's own accrued rewards)."""
         if function in ("liquidate_many", "margin_call_many"):
             batch = tuple(_addr(a) for a in accounts)
             if not 0 < len(batch) <= MAX_BATCH:
                 raise InvalidRequest(f"{function}: 1 to {MAX_BATCH} accounts, not {len(batch)}")
             args: tuple = (list(batch),)
-        elif function == "clear_margin_call":
+        elif function in ("clear_margin_call", "claim_rewards"):
             if len(accounts) != 1:
-                raise InvalidRequest("clear_margin_call: one account")
+                raise InvalidRequest(f"{function}: one account")
             batch = (_addr(accounts[0]),)
             args = batch
         else:

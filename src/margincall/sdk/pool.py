@@ -61,7 +61,17 @@ class PoolClient:
     # --- reads ---
 
     def total_assets(self) -> int:
+        """Token balance plus what the engine owes the pool (`engine_credit`)."""
         return int(self.pool.totalAssets())
+
+    def token_balance(self) -> int:
+        """The pool's own token balance (token units), without the engine's credit."""
+        return int(self.token.balanceOf(self.pool.address))
+
+    def engine_credit(self) -> int:
+        """Trader losses and fees the engine settled lazily and still holds for the pool
+        (token units): `totalAssets - token balance`."""
+        return self.total_assets() - self.token_balance()
 
     def reserve(self) -> int:
         return int(self.pool.reserve())
