@@ -23,6 +23,7 @@ from margincall.math import call_reward as ref_call_reward
 from margincall.math import scaled_call_reward
 from tests.utils.helpers import (
     account_model,
+    close_position,
     deposit,
     held,
     open_position,
@@ -33,6 +34,13 @@ from tests.utils.helpers import (
 
 ETH = 0
 GWEI = 10**9
+
+
+def _net(system, tx) -> int:
+    """A settlement's change of the trader's collateral (token units): realised PnL less
+    the trading fee, from its PositionChanged event (what `close_position` used to return)."""
+    (changed,) = tx.decode_logs(system.engine.PositionChanged)
+    return int(changed.realized_pnl) - int(changed.fee)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,8 +103,8 @@ def test_pool_is_settled_lazily_and_counts_its_credit_in_total_assets(
     fee = engine.claimable(pool)
     assert fee > 0  # the opening fee
     system.set_price(ETH, 1_900)
-    close = engine.close_position(ETH, 1_800 * WAD, sender=trader)
-    loss = -close.return_value
+    close = close_position(system, trader, ETH, 1_800 * WAD)
+    loss = -_net(system, close)
     assert loss > 0
     assert token.balanceOf(pool) == balance  # no token moved
     credit = engine.claimable(pool)
@@ -108,8 +116,8 @@ def test_pool_is_settled_lazily_and_counts_its_credit_in_total_assets(
     open_position(system, other_trader, ETH, 0.1)
     opened_credit = engine.claimable(pool)
     system.set_price(ETH, 1_950)
-    win = engine.close_position(ETH, 1_900 * WAD, sender=other_trader)
-    gain = win.return_value
+    win = close_position(system, other_trader, ETH, 1_900 * WAD)
+    gain = _net(system, win)
     assert gain > 0
     assert win.decode_logs(pool.ProfitPaid) == []
     assert engine.claimable(pool) == opened_credit - gain
@@ -199,7 +207,7 @@ def test_lp_redemption_collects_the_pool_credit_it_needs(system, chain, trader, 
     deposit(system, trader, 1_000)
     open_position(system, trader, ETH, 2.0)
     system.set_price(ETH, 1_900)
-    engine.close_position(ETH, 1_800 * WAD, sender=trader)
+    close_position(system, trader, ETH, 1_800 * WAD)
     credit = engine.claimable(pool)
     assert credit > 0
     chain.pending_timestamp += 1_000  # past the LP's deposit cooldown

@@ -19,7 +19,7 @@ from margincall.constants import State
 # Issue 15's targets (85,000 a tranche, 20,000 check_margin, 29,000 per account in a batch of
 # 50) are not met yet: docs/benchmarks.md ("Issue 15 targets") says by how much and why.
 from margincall.deploy.system import DEFAULT_SETTLEMENT_FEE_MICRO
-from tests.utils.helpers import commit, mint_and_approve, settle_or_raise, wad
+from tests.utils.helpers import commit, mint_and_approve, set_risk_params, settle_or_raise, wad
 from tests.utils.helpers import trade as order_trade
 
 # measured by `make bench-gas` with the accrued rewards and the lazily settled pool
@@ -116,6 +116,8 @@ def test_margin_call(steady, system, trader, keeper):
 
 
 def test_liquidate_one_tranche_one_market(steady, system, trader, keeper):
+    # a tranche below ratio 1 (critical_ratio lowered from its default 1, which closes fully)
+    set_risk_params(system, critical_ratio=wad(0.5))
     system.engine.deposit(1_000 * system.unit, sender=trader)
     trade(system, trader, 0, 4)
     system.set_price(0, 1_800)

@@ -306,8 +306,10 @@ def test_reduce_only_order_is_clamped_to_what_is_left(system, trader, keeper):
 
 def test_liquidation_since_the_commit_shrinks_a_reduce_only_order(system, trader, keeper):
     book, engine = system.book, system.engine
-    from tests.utils.helpers import open_position
+    from tests.utils.helpers import open_position, set_risk_params
 
+    # a partial tranche below ratio 1 (the default critical_ratio 1 closes fully)
+    set_risk_params(system, critical_ratio=wad(0.5))
     deposit(system, trader, 1_000)
     open_position(system, trader, ETH, 4)
     order_id, _ = commit(system, trader, ETH, -wad(4), 0, reduce_only=True)

@@ -385,6 +385,7 @@ def poison_the_pool(
     Returns (the poisoned trader, the others, the crash price), all traders fresh accounts;
     with `crash=False` the price is left at 1.1 p0 (the caller posts the crash price)."""
     fund_lp(system, lp, lp_tokens)
+    set_risk_params(system, critical_ratio=wad(0.5))  # the crowd's tranches below ratio 1
     oracle = system.oracles[0]
     p0 = oracle.price() / 10**18
 
