@@ -261,8 +261,27 @@ def run_trade(session: Session, market: str, size: str, sender: Any, slippage_bp
             f" (`margincall deposit AMOUNT --account ...`)"
         )
     bound = client.acceptable_price(market_id, delta, _slippage(slippage_bps))
-    receipt = client.trade(market_id, delta, bound, sender)
-    _position_line(session, receipt, "bought" if delta > 0 else "sold")
+    return _order(session, market_id, delta, bound, sender, "bought" if delta > 0 else "sold")
+
+
+def _order(
+    session: Session, market_id: int, delta: int, bound: int, sender: Any, verb: str, reduce=False
+) -> Any:
+    """Commits an order. On a local chain with mock feeds it is settled at once (the next
+    round of the mock feed is published: a dev convenience); elsewhere it fills when a
+    keeper settles it at the first oracle round after the commit."""
+    from margincall.sdk.orders import raise_for
+
+    orders = session.client.orders
+    if orders.is_local():
+        outcome, receipt = orders.fill_now_local_receipt(
+            market_id, delta, bound, sender, reduce_only=reduce
+        )
+        raise_for(outcome)
+        _position_line(session, receipt, verb)
+        return receipt
+    order_id, receipt = orders.commit(market_id, delta, bound, sender, reduce_only=reduce)
+    session.say(f"order {order_id} committed: it fills at the first oracle round after it")
     return receipt
 
 
@@ -271,9 +290,11 @@ def run_close(session: Session, market: str, sender: Any, slippage_bps: int = 50
     market_id = session.market_id(market)
     size = client.position(sender, market_id)[0]
     bound = client.acceptable_price(market_id, -size or 1, _slippage(slippage_bps))
-    receipt = client.close(market_id, bound, sender)
-    _position_line(session, receipt, "closed")
-    return receipt
+    if size == 0:
+        from margincall.sdk import InvalidRequest
+
+        raise InvalidRequest(f"close: no position in market {market_id}")
+    return _order(session, market_id, -int(size), bound, sender, "closed", reduce=True)
 
 
 # --- click -------------------------------------------------------------------
