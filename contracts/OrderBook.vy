@@ -58,7 +58,9 @@ interface IEngine:
     def market_count() -> uint256: view
     def position(account: address, market_id: uint256) -> (int256, int256): view
     def escrow_fee(account: address, amount: int256): nonpayable
-    def fill(account: address, market_id: uint256, size_delta: int256, price: uint256) -> int256: nonpayable
+    def fill(
+        account: address, market_id: uint256, size_delta: int256, price: uint256
+    ) -> int256: nonpayable
     def pay_fills(pool_net: int256, settler: address, fees: uint256): nonpayable
 
 
@@ -602,7 +604,7 @@ def _unpack(account: address, w: uint256) -> Order:
         account=account,
         market_id=(w >> 56) & _MASK4,
         size_delta=convert(w >> 149, int256) - _SIZE_BIAS,
-        acceptable_price=((w >> 93) & _MASK48) * 10 ** ((w >> 141) & _MASK8),
+        acceptable_price=((w >> 93) & _MASK48) * 10**((w >> 141) & _MASK8),
         commit_time=w & _MASK40,
         expiry=self._expiry(w),
         reduce_only=(w >> 60) & 1 == 1,
@@ -651,7 +653,9 @@ def _reason(response: Bytes[196]) -> String[64]:
     """
     @dev The reason string of an `Error(string)` revert, or a generic one.
     """
-    if len(response) < 68 or convert(slice(response, 0, 4), bytes4) != method_id("Error(string)", output_type=bytes4):
+    if len(response) < 68 or convert(slice(response, 0, 4), bytes4) != method_id(
+        "Error(string)", output_type=bytes4
+    ):
         return "book: fill reverted"
     length: uint256 = extract32(response, 36, output_type=uint256)
     if length > 64 or len(response) < 68 + length:

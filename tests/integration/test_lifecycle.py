@@ -182,7 +182,7 @@ def test_called_account_may_reduce_and_the_call_stays_while_not_cured(
 ):
     engine = system.engine
     price = system.oracles[ETH].price()
-    tx = ledger.send(engine.trade, ETH, -wad(0.1), price // 2, sender=trader)
+    tx = ledger.send(trade, system, trader, ETH, -wad(0.1), price // 2)
     [ev] = tx.decode_logs(engine.PositionChanged)
     assert ev.size == wad(3.9) and ev.size_delta == -wad(0.1)
     assert ev.realized_pnl == tokens(system, -14)  # 0.1 * (1,860 - 2,000)
@@ -230,12 +230,12 @@ def test_deposit_cures_call_and_anyone_may_deposit_for_the_trader(
 def test_reduction_cures_call(system, chain, ledger, called, trader):
     engine = system.engine
     price = system.oracles[ETH].price()
-    tx = ledger.send(engine.trade, ETH, -wad(0.5), price // 2, sender=trader)
+    tx = ledger.send(trade, system, trader, ETH, -wad(0.5), price // 2)
     [pc] = tx.decode_logs(engine.PositionChanged)
     assert pc.size == wad(3.5)
     [cleared] = tx.decode_logs(engine.MarginCallCleared)
     st = assert_status_matches_reference(system, trader, tx_time(chain, tx))
-    assert cleared.caller == trader.address
+    assert cleared.caller == system.book.address  # the fill is the book's call
     assert cleared.equity == st.equity and cleared.ratio == st.ratio
     assert st.ratio >= engine.risk_params().call_ratio
     assert st.state == State.HEALTHY

@@ -112,7 +112,8 @@ def test_every_state_command_prints_parseable_json(deployed, record_file, trader
     trade = json.loads(invoke("trade", "ETH-USD", "2", *acct, *rec).output)
     assert (trade["size"], trade["price"], trade["fee"]) == ("2", "2000", "2")
     status = json.loads(invoke("status", "TEST::5", *rec).output)
-    assert status["state"] == "HEALTHY" and status["collateral"] == "998"
+    # 1,000 - the fee 2 - the settlement fee 0.1 (the trader settled: it is in the wallet)
+    assert status["state"] == "HEALTHY" and status["collateral"] == "997.9"
     assert status["positions"][0]["market"] == "ETH-USD"
     positions = json.loads(invoke("positions", "TEST::5", *rec).output)
     assert positions == status["positions"]
