@@ -587,7 +587,9 @@ class EngineMachine(RuleBasedStateMachine):
     def drive_to_state(self, i, goal, where):
         """Moves the price of a trader's largest position so that its ratio lands `where`%
         of the way through the band of state `goal` (at the current risk parameters). Walks
-        accounts into every state, LIQUIDATABLE most often (partial tranches live there)."""
+        accounts into every state, LIQUIDATABLE most often (partial tranches live there: below
+        ratio 1 only when critical_ratio < 1, as the machine's owner may set it; at the
+        default critical_ratio 1 in the call band, where a call past its deadline makes them)."""
         d = self.d
         acct, _ = self.account(self.traders[i])
         if not acct.positions:
@@ -597,7 +599,8 @@ class EngineMachine(RuleBasedStateMachine):
         lo, hi = {
             State.HEALTHY: (call, call * 1.5),
             State.CALLABLE: (1.0, call),
-            State.LIQUIDATABLE: (crit, 1.0),
+            # below 1 when critical_ratio < 1, else the call band (a call past its deadline)
+            State.LIQUIDATABLE: (crit, 1.0) if crit < 1.0 else (1.0, call),
             State.CRITICAL: (0.0, crit),
             State.BANKRUPT: (-0.3, 0.0),
         }[goal]
