@@ -332,6 +332,13 @@ def test_reduce_and_close_show_the_sdk_refusal_before_signing_and_close_through_
     page.get_by_test_id("sign").click()
     assert "close: success" in _wait_text(page, "result", r"close: (success|reverted)|Error")
     assert len(page.sent) == 1
+    # the close is a reduce-only order: it fills when settled at the next oracle round
+    (order,) = client.orders.pending(trader)
+    assert order.size_delta == -client.positions(trader)[0].size
+    if chain.pending_timestamp <= chain.blocks.head.timestamp:
+        chain.pending_timestamp = chain.blocks.head.timestamp + 1
+    deployed.set_price(2_000)
+    client.orders.settle(order.order_id, sender=stranger)
     assert client.record(trader).market_ids == ()
     _wait_text(page, "positions", "no open positions")
     page.close()

@@ -581,8 +581,11 @@ class MarginEngineClient:
         """An unsigned call for an external wallet to sign (the dashboard's EIP-1193 signer):
         the contract's address, the ABI entry of `function` with `len(args)` inputs (Vyper's
         default arguments make overloads), the arguments as decimal strings and a label.
-        `on`: "engine" or "token" (the collateral, for an `approve`)."""
-        contract = {"engine": self.engine, "token": self.token}[on]
+        `on`: "engine", "token" (the collateral, for an `approve`) or "book" (the order book:
+        positions change only through orders)."""
+        contract = (
+            self.orders.book if on == "book" else {"engine": self.engine, "token": self.token}[on]
+        )
         for entry in contract.contract_type.abi:
             if entry.type == "function" and entry.name == function:
                 if len(entry.inputs) == len(args):

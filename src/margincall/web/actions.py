@@ -118,16 +118,20 @@ def _reduce(view, client, account: str, action: str, body) -> dict[str, Any]:
     delta = -reduce if position.size > 0 else reduce
     acceptable = client.acceptable_price(market_id, delta, SLIPPAGE_BPS)
     client.check_trade(market_id, delta, acceptable, account)
-    if action == "close":
-        call = client.wallet_call("close_position", [market_id, acceptable], label="close")
-    else:
-        call = client.wallet_call("trade", [market_id, delta, acceptable], label="reduce")
+    # a reduce-only order: a keeper settles it at the first oracle round after the commit
+    orders = client.orders
+    expiry = client.now + orders.max_window()
+    orders.check_commit(market_id, delta, acceptable, expiry, account, True)
+    call = client.wallet_call(
+        "commit_order", [market_id, delta, acceptable, expiry, True], on="book", label=action
+    )
     fee = client.market(market_id).fee
     after = ref.after_reduction(client.model(account), market_id, reduce, fee, client.scale)
     checks = [
         f"{action} market {market_id} by {reduce / WAD:g} at the oracle price "
         f"{position.price / WAD:,.2f}, slippage bound {acceptable / WAD:,.2f} "
-        f"({SLIPPAGE_BPS} bps): the engine accepts it"
+        f"({SLIPPAGE_BPS} bps): the engine accepts it; a reduce-only order, settled by a keeper at "
+        "the first oracle round after its commit"
     ]
     return {"ok": True, "checks": checks, "calls": [call], **_after(view, after)}
 
