@@ -26,6 +26,7 @@ from tests.utils.helpers import (
     account_model,
     pin_next_tx,
     reference_tranche,
+    set_risk_params,
     skip_revert_source_traceback,
     travel_to,
     tx_time,
@@ -97,7 +98,10 @@ def assert_intact(system, holders) -> None:
 
 
 def distressed(system, who):
-    """1,000 tokens, long 4 ETH at 2,000: CALLABLE at 1,850, LIQUIDATABLE at 1,840."""
+    """1,000 tokens, long 4 ETH at 2,000: CALLABLE at 1,850, LIQUIDATABLE at 1,840 (with
+    critical_ratio 0.5, set here: the default 1 would close it in full below ratio 1)."""
+    if system.engine.risk_params().critical_ratio != WAD // 2:
+        set_risk_params(system, critical_ratio=WAD // 2)
     deposit(system, who, 1_000 * system.unit)
     trade(system, who, 4 * WAD)
 
