@@ -372,6 +372,7 @@ def test_self_liquidation_of_a_small_account_is_at_best_free(system, trader):
     self-liquidator gets back at most what it paid (without the cap it would pocket 1 token)."""
     engine, token = system.engine, system.token
     scale = 10 ** (18 - system.decimals)
+    set_risk_params(system, critical_ratio=WAD // 2)  # a tranche below ratio 1
     deposit(system, trader, 21 * system.unit // 2)
     trade(system, trader, 5 * WAD // 100)  # 100 tokens of notional, fee 0.05
     system.set_price(ETH, 1_880)  # equity 4.45, maintenance 4.7: ratio 0.95
