@@ -27,6 +27,7 @@ from tests.utils.helpers import (
     close_position,
     pin_next_tx,
     reference_tranche,
+    set_risk_params,
     skip_revert_source_traceback,
     trade_unbounded,
     travel_to,
@@ -101,7 +102,10 @@ def assert_intact(system, holders) -> None:
 
 
 def distressed(system, who):
-    """1,000 tokens, long 4 ETH at 2,000: CALLABLE at 1,850, LIQUIDATABLE at 1,840."""
+    """1,000 tokens, long 4 ETH at 2,000: CALLABLE at 1,850, LIQUIDATABLE at 1,840 (with
+    critical_ratio 0.5, set here: the default 1 would close it in full below ratio 1)."""
+    if system.engine.risk_params().critical_ratio != WAD // 2:
+        set_risk_params(system, critical_ratio=WAD // 2)
     deposit(system, who, 1_000 * system.unit)
     trade(system, who, 4 * WAD)
 
@@ -381,6 +385,7 @@ def test_self_liquidation_of_a_small_account_is_at_best_free(system, trader):
     self-liquidator gets back at most what it paid (without the cap it would pocket 1 token)."""
     engine, token = system.engine, system.token
     scale = 10 ** (18 - system.decimals)
+    set_risk_params(system, critical_ratio=WAD // 2)  # a tranche below ratio 1
     deposit(system, trader, 21 * system.unit // 2)
     trade(system, trader, 5 * WAD // 100)  # 100 tokens of notional, fee 0.05
     system.set_price(ETH, 1_880)  # equity 4.45, maintenance 4.7: ratio 0.95
