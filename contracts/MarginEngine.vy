@@ -84,9 +84,6 @@ SCALE: public(immutable(uint256))
 # the OrderBook: the only source of position changes (`fill`)
 ORDER_BOOK: public(immutable(address))
 
-# the MarginLens of this engine (views: check_margins, preview_liquidation)
-lens: public(address)
-
 # token units the engine holds for others: each keeper's liquidation and
 # margin-call rewards, the fund's share of the penalties, the pool's lazily
 # settled trader losses and fees (its credit); paid with `claim_rewards`
@@ -105,10 +102,6 @@ event Withdraw:
     account: indexed(address)
     amount: uint256
     collateral: uint256
-
-
-event LensSet:
-    lens: indexed(address)
 
 
 event RewardsClaimed:
@@ -441,18 +434,6 @@ def collateral_of(account: address) -> uint256:
     @return The balance.
     """
     return ledger._account[account] >> 144
-
-
-@external
-def set_lens(lens: address):
-    """
-    @notice Points tools at this engine's MarginLens (read-only views; the
-            engine never calls it).
-    @param lens The lens.
-    """
-    ownable._check_owner()
-    self.lens = lens
-    log LensSet(lens=lens)
 
 
 # --- internal: trading ---------------------------------------------------------------

@@ -137,7 +137,6 @@ def deploy_boa_system(
             token.address, pool.address, fund.address, actors.guardian, checker.address
         )
         lens = _deployer("MarginLens.vy").deploy(engine.address)
-        engine.set_lens(lens.address)
         pool.set_engine(engine.address)
         fund.set_engine(engine.address)
     d = BoaDriver(actors, token, pool, fund, engine, markets, decimals)

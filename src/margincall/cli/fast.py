@@ -59,7 +59,6 @@ class FastReader:
     def __init__(self, url: str, record: DeploymentRecord):
         self.url = url
         self.record = record
-        self._lens: str | None = None
         chain_id = probe(url)
         if chain_id != record.chain_id:
             raise RecordError(
@@ -84,11 +83,10 @@ class FastReader:
             raise RecordError(f"{signature} on {to}: {err}") from None
 
     def lens(self) -> str:
-        """The engine's MarginLens (`engine.lens()`), where `check_margins` lives."""
-        if self._lens is None:
-            word = _words(self.call(self.record.engine, "lens()"))[0]
-            self._lens = "0x" + f"{word:040x}"
-        return self._lens
+        """The deployment's MarginLens (the record's `lens`), where `check_margins` lives."""
+        if int(self.record.lens, 16) == 0:
+            raise RecordError("the deployment record names no MarginLens: deploy again")
+        return self.record.lens
 
     def status(self, account: str) -> RawStatus:
         # check_margins(address[]): offset, length 1, the address; out: offset, length, 11 words

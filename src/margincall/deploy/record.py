@@ -99,6 +99,7 @@ class DeploymentRecord:
     version: int = RECORD_VERSION
     pending_owner: str = ZERO  # set when the deploy started an ownership hand-over
     order_book: str = ZERO  # the OrderBook (ZERO in records written before orders)
+    lens: str = ZERO  # the MarginLens: check_margins, preview_liquidation (tools find it here)
 
     # --- lookups ---
 
@@ -127,6 +128,7 @@ class DeploymentRecord:
             "fund": project.InsuranceFund.at(self.fund),
             "engine": project.MarginEngine.at(self.engine),
             "book": project.OrderBook.at(self.order_book) if self.order_book != ZERO else None,
+            "lens": project.MarginLens.at(self.lens) if self.lens != ZERO else None,
             "oracles": [project.OracleAdapter.at(m.oracle) for m in self.markets],
         }
 
@@ -135,7 +137,7 @@ class DeploymentRecord:
         from margincall.sdk import MarginEngineClient
 
         c = self.contracts(project)
-        return MarginEngineClient(c["engine"], c["token"], c["oracles"])
+        return MarginEngineClient(c["engine"], c["token"], c["oracles"], c["lens"])
 
     # --- json ---
 
@@ -333,6 +335,7 @@ def record_of(
         config=config,
         pending_owner=str(engine.pending_owner()),
         order_book=str(system.book.address) if system.book is not None else ZERO,
+        lens=str(system.lens.address) if system.lens is not None else ZERO,
     )
 
 

@@ -136,7 +136,6 @@ def deploy_system(
     )
     book.set_engine(engine.address, sender=owner)
     lens = owner.deploy(project.MarginLens, engine.address)
-    engine.set_lens(lens.address, sender=owner)
     pool.set_engine(engine.address, sender=owner)
     fund.set_engine(engine.address, sender=owner)
     system = System(

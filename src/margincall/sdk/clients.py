@@ -30,10 +30,16 @@ class Clients:
 
     @classmethod
     def from_contracts(
-        cls, engine: Any, token: Any, pool: Any, fund: Any, oracles: Sequence[Any]
+        cls,
+        engine: Any,
+        token: Any,
+        pool: Any,
+        fund: Any,
+        oracles: Sequence[Any],
+        lens: Any = None,
     ) -> Clients:
         return cls(
-            MarginEngineClient(engine, token, oracles),
+            MarginEngineClient(engine, token, oracles, lens),
             PoolClient(pool, token),
             FundClient(fund, token),
             tuple(OracleClient(o, m) for m, o in enumerate(oracles)),
@@ -43,14 +49,16 @@ class Clients:
     def from_system(cls, system: Any) -> Clients:
         """From a `margincall.deploy.System`."""
         return cls.from_contracts(
-            system.engine, system.token, system.pool, system.fund, system.oracles
+            system.engine, system.token, system.pool, system.fund, system.oracles, system.lens
         )
 
     @classmethod
     def from_record(cls, record: Any, project: Any) -> Clients:
         """From a `margincall.deploy.record.DeploymentRecord` and the Ape project's types."""
         c = record.contracts(project)
-        return cls.from_contracts(c["engine"], c["token"], c["pool"], c["fund"], c["oracles"])
+        return cls.from_contracts(
+            c["engine"], c["token"], c["pool"], c["fund"], c["oracles"], c["lens"]
+        )
 
     def oracle(self, market_id: int) -> OracleClient:
         if not 0 <= market_id < len(self.oracles):

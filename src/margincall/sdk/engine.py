@@ -56,10 +56,13 @@ from margincall.sdk.types import (
 
 
 def lens_of(engine: Any) -> Any:
-    """The MarginLens the engine names (`engine.lens()`), as an Ape contract."""
-    from ape import project
-
-    return project.MarginLens.at(str(engine.lens()))
+    """No lens is known for `engine`: the engine does not name its MarginLens (its code is
+    kept for the protocol); the deployment record (`DeploymentRecord.lens`) and
+    `margincall.deploy.System.lens` do. Raises `InvalidRequest` saying so."""
+    raise InvalidRequest(
+        f"no MarginLens known for the engine {engine.address}: build the client from the "
+        "deployment record or the deployed System (they name the lens)"
+    )
 
 
 class MarginEngineClient:
@@ -83,7 +86,7 @@ class MarginEngineClient:
 
     @property
     def lens(self) -> Any:
-        """The engine's MarginLens (the batched and preview views), as the engine names it."""
+        """The engine's MarginLens (the batched and preview views), as the deployment names it."""
         if self._lens is None:
             self._lens = lens_of(self.engine)
         return self._lens
