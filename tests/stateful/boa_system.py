@@ -133,13 +133,15 @@ def deploy_boa_system(
         pool = _deployer("LiquidityPool.vy").deploy(token.address, "margincall LP", "mcLP")
         fund = _deployer("InsuranceFund.vy").deploy(token.address, pool.address)
         checker = _deployer("MarginParams.vy").deploy()
+        book = boa.env.generate_address("order_book")  # fills come from here (see Driver.fill)
         engine = _deployer("MarginEngine.vy").deploy(
-            token.address, pool.address, fund.address, actors.guardian, checker.address
+            token.address, pool.address, fund.address, actors.guardian, checker.address, book
         )
         lens = _deployer("MarginLens.vy").deploy(engine.address)
         pool.set_engine(engine.address)
         fund.set_engine(engine.address)
     d = BoaDriver(actors, token, pool, fund, engine, markets, decimals)
+    d.book = book
     d.lens = lens
     for market_id, spec in enumerate(markets):
         with boa.env.prank(owner):

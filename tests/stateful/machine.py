@@ -500,8 +500,14 @@ class EngineMachine(RuleBasedStateMachine):
             return
         called = fault is None and self.state(acct, p) == State.CALLED
         reason, outcome = self._predict_trade(acct, p, market, delta)
-        bound = price * 2 if delta > 0 else price // 2
-        sent = self.send(d.engine, "trade", market, delta, bound, sender=t)
+        if reason is not None and (
+            self.price_reason(market) or reason == "pool: insufficient liquidity"
+        ):
+            # the book settles no order of a market without a valid round, and a settlement
+            # whose pool payout fails reverts whole (pay_fills in the same transaction)
+            self.note("refused:oracle" if self.price_reason(market) else "refused:pool")
+            return
+        sent = d.fill(t, market, delta, price)
         assert sent.ok == (reason is None), (reason, sent.reason)
         if not sent.ok:
             assert sent.reason == reason, (reason, sent.reason)
