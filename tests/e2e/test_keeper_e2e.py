@@ -47,7 +47,9 @@ GRACE_BLOCKS = 300 // BLOCK_SECONDS  # the grace period, in blocks
 
 KEEPER_CONFIG = {
     "collateral": {"mock": True, "decimals": 6},
-    "risk": {"grace_period": 300, "tranche_interval": 60},
+    # critical_ratio 0.5 (the default 1 closes every account below ratio 1 at once): the crash
+    # then has tranches below ratio 1 as well as full closes, for the keeper to act on
+    "risk": {"grace_period": 300, "tranche_interval": 60, "critical_ratio": "0.5"},
     "markets": [
         {
             "name": "ETH-USD",
