@@ -299,7 +299,7 @@ def test_crash_every_eligible_account_is_acted_on_in_the_next_block(
 
     delays = action_delays(crash.client, crash.provider, history.actions)
     late = {f"{a.kind} {a.account} @{a.block}": d for a, d in delays.items() if d > 1}
-    assert late == {}, f"acted more than one block after eligibility: {late}"
+    assert late == {}, f"acted more than one block after eligibility: {late}\n{keeper.tail(80)}"
     crash.assert_attended(start)
     assert crash.actionable() == []
 

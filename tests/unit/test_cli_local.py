@@ -109,8 +109,20 @@ def test_every_state_command_prints_parseable_json(deployed, record_file, trader
     acct = ["--account", "TEST::5"]
     dep = json.loads(invoke("deposit", "1000", *acct, *rec).output)
     assert (dep["action"], dep["amount"], dep["collateral"]) == ("deposit", "1000", "1000")
-    trade = json.loads(invoke("trade", "ETH-USD", "2", *acct, *rec).output)
-    assert (trade["size"], trade["price"], trade["fee"]) == ("2", "2000", "2")
+    dev = ["--deployment", str(record_file)]
+
+    def settle(size: str) -> None:  # the next round, then the trader settles its own order
+        assert invoke("dev", "price", "ETH-USD", "2000", *dev).exit_code == 0
+        done = json.loads(invoke("orders", "TEST::5", "--settle", *acct, *rec).output)
+        assert [(o["settled"], o["price"], o["size_delta"]) for o in done] == [
+            (True, "2000", size)
+        ]
+
+    trade = json.loads(invoke("trade", "ETH-USD", "2", "--no-wait", *acct, *rec).output)
+    assert (trade["action"], trade["size_delta"], trade["reduce_only"]) == ("commit", "2", False)
+    listed = json.loads(invoke("orders", "TEST::5", *rec).output)
+    assert [o["order_id"] for o in listed] == [trade["order_id"]]
+    settle("2")
     status = json.loads(invoke("status", "TEST::5", *rec).output)
     # 1,000 - the fee 2 - the settlement fee 0.1 (the trader settled: it is in the wallet)
     assert status["state"] == "HEALTHY" and status["collateral"] == "997.9"
@@ -119,8 +131,11 @@ def test_every_state_command_prints_parseable_json(deployed, record_file, trader
     assert positions == status["positions"]
     watched = [json.loads(x) for x in invoke("watch", "TEST::5", "--once", *rec).output.split()]
     assert watched[-1]["type"] == "status" and watched[-1]["state"] == "HEALTHY"
-    closed = json.loads(invoke("close", "ETH-USD", *acct, *rec).output)
-    assert closed["size"] == "0"
+    closing = json.loads(invoke("close", "ETH-USD", "--no-wait", *acct, *rec).output)
+    assert (closing["size_delta"], closing["reduce_only"]) == ("-2", True)
+    settle("-2")
+    closed = json.loads(invoke("status", "TEST::5", *rec).output)
+    assert closed["positions"] == []
     everything = json.loads(invoke("withdraw", "all", *acct, *rec).output)
     assert everything["collateral"] == "0" and everything["amount"] == closed["collateral"]
 

@@ -577,7 +577,8 @@ class Keeper(Receipts, OrderDesk):
             return
         self.state.claims_sent += 1
         self.state.last_claim = number
-        logger.info(f"block {number}: claiming {claimable} token units of rewards")
+        amount = fmt_tokens(claimable, self.client.decimals, 6)
+        logger.info(f"block {number}: claiming {amount} tokens of accrued rewards")
 
     # --- reporting ---
 

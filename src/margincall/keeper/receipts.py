@@ -47,6 +47,10 @@ class Receipts:
         if tx.label == "settle_orders":
             self._settled_receipt(mined)
             return
+        if tx.label == "claim_rewards":  # no account acted on: not a call or a tranche
+            if not mined.ok:
+                logger.error(f"claim_rewards {tx.txn_hash} reverted in block {mined.block}")
+            return
         if tx.label == "clear_margin_call":
             if mined.ok:
                 self.state.clears_made += 1

@@ -43,6 +43,11 @@ from margincall.keeper.gas import block_fees
 
 NONCE_ERRORS = ("nonce too low", "already known", "replacement transaction underpriced", "nonce")
 TRANSFER_GAS = 21_000
+# The gas limit over the measured `gasUsed`: that figure is net of refunds, and EIP-3529 lets
+# refunds reach a fifth of the gas a transaction burns, so the execution itself can need up to
+# 1.25x it; a bankrupt close (zeroed positions and accruals, the reentrancy locks) comes close.
+# Another 8% covers the 1/64 each external call keeps back and a price moved by the block.
+GAS_BUFFER_BPS = 13_500
 MIN_BUMP_BPS = 11_250  # +12.5%: more than any common node asks of a replacement
 RECEIPT_POLLS = 3  # polls a mined nonce may go without a receipt before it is forgotten
 
@@ -188,7 +193,7 @@ class TxSender:
         self,
         account: Any,
         provider: Any,
-        gas_buffer_bps: int = 11_000,
+        gas_buffer_bps: int = GAS_BUFFER_BPS,
         stale_blocks: int = 20,
         priority_fee: int | None = None,
         replace_after: int = 3,
@@ -351,7 +356,8 @@ class TxSender:
     def gas_of(self, to: str, data: Any) -> int:
         """The gas the call uses at the head. `eth_createAccessList` runs it once and
         reports `gasUsed`; `eth_estimateGas` searches (a dozen runs of a 100-account batch,
-        a second on Anvil), so it is only the fallback. The send adds `gas_buffer_bps`."""
+        a second on Anvil), so it is only the fallback. The send adds `gas_buffer_bps`
+        (`GAS_BUFFER_BPS`: `gasUsed` is net of refunds, which the limit must carry)."""
         call = {"from": self.address, "to": to, "data": _hex(data)}
         error = None
         try:
