@@ -114,9 +114,7 @@ def test_every_state_command_prints_parseable_json(deployed, record_file, trader
     def settle(size: str) -> None:  # the next round, then the trader settles its own order
         assert invoke("dev", "price", "ETH-USD", "2000", *dev).exit_code == 0
         done = json.loads(invoke("orders", "TEST::5", "--settle", *acct, *rec).output)
-        assert [(o["settled"], o["price"], o["size_delta"]) for o in done] == [
-            (True, "2000", size)
-        ]
+        assert [(o["settled"], o["price"], o["size_delta"]) for o in done] == [(True, "2000", size)]
 
     trade = json.loads(invoke("trade", "ETH-USD", "2", "--no-wait", *acct, *rec).output)
     assert (trade["action"], trade["size_delta"], trade["reduce_only"]) == ("commit", "2", False)
