@@ -583,7 +583,8 @@ class MarginEngineClient:
     ) -> dict[str, Any]:
         """An unsigned call for an external wallet to sign (the dashboard's EIP-1193 signer):
         the contract's address, the ABI entry of `function` with `len(args)` inputs (Vyper's
-        default arguments make overloads), the arguments as decimal strings and a label.
+        default arguments make overloads), the arguments as decimal strings (booleans as
+        JSON booleans: viem refuses "True") and a label.
         `on`: "engine", "token" (the collateral, for an `approve`) or "book" (the order book:
         positions change only through orders)."""
         contract = (
@@ -597,7 +598,7 @@ class MarginEngineClient:
                         "to": str(contract.address),
                         "abi": entry.model_dump(mode="json", by_alias=True),
                         "function": function,
-                        "args": [str(a) for a in args],
+                        "args": [a if isinstance(a, bool) else str(a) for a in args],
                     }
         raise InvalidRequest(f"the {on} has no {function} with {len(args)} arguments")
 
