@@ -734,9 +734,9 @@ def test_liquidate_many_liquidates_the_eligible_and_skips_the_rest(
     ]
     now = pin_next_tx(chain)
     refs = {who.address: reference_tranche(system, who, now) for who in (trader, fourth_trader)}
-    ledger = FlowLedger(
-        system, [trader, other_trader, third_trader, fourth_trader, stranger], watch=[keeper]
-    )
+    # the rival's reward for third_trader's tranche is held by the engine too
+    everyone = [trader, other_trader, third_trader, fourth_trader, stranger, rival_keeper]
+    ledger = FlowLedger(system, everyone, watch=[keeper])
     keeper_accrued, fund_accrued = engine.claimable(keeper), engine.claimable(fund)
 
     tx = ledger.send(engine.liquidate_many, batch, sender=keeper)

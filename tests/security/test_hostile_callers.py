@@ -1011,27 +1011,32 @@ def test_donations_to_the_fund_move_nothing_else_and_cover_bad_debt(
     assert st.state == State.BANKRUPT and st.equity == -204 * WAD
     collateral = engine.collateral_of(trader.address)
     assert collateral == 996 * unit
-    pool_balance0, keeper_wallet = token.balanceOf(pool.address), token.balanceOf(keeper.address)
+    pool_balance0, keeper_accrued = token.balanceOf(pool.address), engine.claimable(keeper)
+    pool_credit0 = engine.claimable(pool.address)
     supply = pool.totalSupply()
+    assert engine.claimable(fund_.address) == 0  # nothing of the fund's to sweep first
 
     tx = engine.liquidate(trader.address, sender=keeper)
     liq = one(tx, engine.Liquidation)
     assert (liq.state, liq.full_close, liq.collateral) == (State.BANKRUPT, True, 0)
+    # the deficit is the negative equity plus the keeper's min_keeper_reward (1 token)
+    assert liq.keeper_reward == unit
     bad = one(tx, engine.BadDebt)
-    assert (bad.amount, bad.paid_by_fund, bad.socialised) == (204 * unit, 204 * unit, 0)
+    assert (bad.amount, bad.paid_by_fund, bad.socialised) == (205 * unit, 205 * unit, 0)
     covered = one(tx, fund_.DeficitCovered)
     assert (covered.account, covered.requested, covered.paid, covered.balance_after) == (
         trader.address,
-        204 * unit,
-        204 * unit,
-        46 * unit,
+        205 * unit,
+        205 * unit,
+        45 * unit,
     )
-    paid = one(tx, fund_.KeeperPaid)  # min_keeper_reward, 1 token
-    assert (paid.keeper, paid.amount, paid.balance_after) == (keeper.address, unit, 45 * unit)
+    assert tx.decode_logs(fund_.KeeperPaid) == []  # the engine pays the keeper
     assert fund_.fund_balance() == 45 * unit
-    assert token.balanceOf(keeper.address) == keeper_wallet + unit
-    # the pool got the whole loss (996 + 204): the LPs lose nothing to the bad debt
-    assert token.balanceOf(pool.address) == pool_balance0 + 1_200 * unit
+    assert engine.claimable(keeper) == keeper_accrued + unit
+    # the pool got the whole loss (996 + 204): the fund's 205 in tokens, the collateral less
+    # the keeper's reward (995) as the engine's credit; the LPs lose nothing to the bad debt
+    assert token.balanceOf(pool.address) == pool_balance0 + 205 * unit
+    assert engine.claimable(pool.address) == pool_credit0 + 995 * unit
     assert pool.totalSupply() == supply
     assert pool.convertToAssets(one_share) == one_share * (assets0 + 1_200 * unit + 1) // (
         supply + 10**6

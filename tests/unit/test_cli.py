@@ -46,9 +46,6 @@ def deployed(project, chain, owner, lp, tmp_path_factory):
     path.write_text(yaml.safe_dump(data))
     d = deploy_from_config(project, owner, load_config(path), chain.provider.network_choice, chain)
     fund_lp(d.system, lp, 1_000_000)
-    # no settlement fee: the collateral figures below are the trades' own (the fee is tested
-    # in tests/unit/test_orders.py)
-    d.system.book.set_config(0, int(d.system.book.max_window()), sender=owner)
     return d
 
 

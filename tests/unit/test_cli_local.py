@@ -24,6 +24,7 @@ from margincall.cli.fast import FastReader
 from margincall.cli.watch import run_watch
 from margincall.constants import WAD, State
 from margincall.deploy.record import deploy_from_config, load_config, write_record
+from margincall.math import scaled_call_reward
 from margincall.ports import free_port, listening
 from tests.utils.helpers import fund_lp, settle_or_raise, trade
 
@@ -172,7 +173,11 @@ def test_watch_reports_every_event_of_blocks_it_did_not_poll(
     assert events == ["Deposit", "MarginCall", "MarginCallCleared", "Deposit"]
     assert lines[-1]["type"] == "status" and lines[-1]["state"] == "HEALTHY"
     call = next(x for x in lines if x.get("event") == "MarginCall")
-    assert call["reward"] == "1" and call["caller"] == keeper.address
+    # the reward scales with the account: the keeper's share of a close_factor tranche's
+    # penalty on 4 ETH at 1,860 (0.25 * 1.5% * 20% of 7,440)
+    reward = scaled_call_reward(4 * 1_860 * WAD, session.client.risk_params()) // 10**12
+    assert call["reward"] == session.tokens(reward) == "5.58"
+    assert call["caller"] == keeper.address
 
 
 def test_dev_helpers_drive_the_local_chain(deployed, record_file, stranger, chain):

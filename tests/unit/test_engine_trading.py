@@ -583,7 +583,7 @@ def _called_long_eth(system, trader, keeper):
     called = one(tx, engine.MarginCall)
     assert called.reward == CALL_REWARD_7400 * unit // 1_000
     assert (called.equity, called.maintenance) == (
-        395 * WAD - CALL_REWARD_7400 * WAD // 1_000,
+        396 * WAD - CALL_REWARD_7400 * WAD // 1_000,
         370 * WAD,
     )
     assert engine.collateral_of(trader.address) == _CALLED_COLLATERAL * unit // 1_000

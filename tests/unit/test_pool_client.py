@@ -17,7 +17,6 @@ from margincall.sdk import (
     FundClient,
     InsufficientFunds,
     InvalidRequest,
-    KeeperPayment,
     LpPosition,
     MarginEngineClient,
     OracleClient,
@@ -331,7 +330,12 @@ def test_fund_donate_checks_then_donates(system, fund, stranger):
     assert ev.amount == amount and ev.balance_after == fund.balance()
 
 
-def test_fund_keeper_payments_read_keeper_paid(system, clients, trader, keeper, owner, chain):
+def test_a_bankrupt_close_pays_its_keeper_in_the_engine_not_through_the_fund(
+    system, clients, trader, keeper, owner, chain
+):
+    """Engine v2: a bankrupt close's `min_keeper_reward` is part of the deficit and accrues
+    in the engine (`claimable`); the fund only covers the deficit, so `keeper_payments` (its
+    `KeeperPaid` events) has nothing for this keeper."""
     mint_and_approve(system, owner, 10_000, spender=system.fund)
     clients.fund.donate(10_000 * system.unit, sender=owner)
     deposit(system, trader, 1_000)
@@ -339,16 +343,16 @@ def test_fund_keeper_payments_read_keeper_paid(system, clients, trader, keeper, 
     start = chain.blocks.head.number
     system.set_price(ETH, 1_700.0)  # equity 1,000 - 4 - 1,200 < 0
     assert clients.engine.status(trader).state == State.BANKRUPT
+    accrued = clients.engine.claimable(keeper)
     receipt = clients.engine.liquidate(trader, sender=keeper)
-    paid = receipt.decode_logs(system.fund.KeeperPaid)
-    assert paid, "a bankrupt account's keeper is paid by the fund"
-    got = clients.fund.keeper_payments(start, chain.blocks.head.number)
-    block = receipt.block_number
-    assert got == [
-        KeeperPayment(keeper.address, trader.address, p.amount, p.balance_after, block)
-        for p in paid
-    ]
-    assert clients.fund.keeper_payments(start, chain.blocks.head.number, keeper=owner) == []
+    assert receipt.decode_logs(system.fund.KeeperPaid) == []
+    [liq] = receipt.decode_logs(system.engine.Liquidation)
+    reward = clients.engine.risk_params().min_keeper_reward // 10 ** (18 - system.decimals)
+    assert liq.full_close and liq.keeper_reward == reward > 0
+    assert clients.engine.claimable(keeper) - accrued == reward
+    [bad] = receipt.decode_logs(system.engine.BadDebt)
+    assert bad.paid_by_fund == bad.amount  # the fund covered the deficit, reward included
+    assert clients.fund.keeper_payments(start, chain.blocks.head.number) == []
 
 
 # --- OracleClient ------------------------------------------------------------------------------

@@ -345,7 +345,11 @@ def test_send_many_adds_the_extra_gas_of_tranches_due_at_the_next_block():
     )
     calls = [(method, ([],), "liquidate_many", ("a",)), (method, ([],), "liquidate_many", ("b",))]
     out = sender.send_many(calls, node.block, extra_gas=[250_000, 0])
-    assert [tx.gas_limit for tx in out] == [(100_000 + 250_000) * 11 // 10, 100_000 * 11 // 10]
+    bps = sender.gas_buffer_bps
+    assert [tx.gas_limit for tx in out] == [
+        (100_000 + 250_000) * bps // 10_000,
+        100_000 * bps // 10_000,
+    ]
     with pytest.raises(ValueError, match="one value per call"):
         sender.send_many(calls, node.block, extra_gas=[1])
 

@@ -45,7 +45,6 @@ from typing import Any
 
 from ape.logging import logger
 
-from margincall.constants import State
 from margincall.keeper.config import KeeperConfig
 from margincall.keeper.gas import gas_price
 from margincall.keeper.logic import (
@@ -72,7 +71,8 @@ from margincall.keeper.step import (
     plan_block,
     split_reverted,
 )
-from margincall.keeper.tx import Deferred, PendingTx, Reverted, TooLarge, TxSender
+from margincall.keeper.tx import Deferred, Reverted, TooLarge, TxSender
+from margincall.keeper.upkeep import Upkeep
 from margincall.report import fmt_tokens
 from margincall.sdk.book import (
     PositionBook,
@@ -124,7 +124,7 @@ TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction
 ENGINE_EVENTS = ("PositionChanged", "MarginCall", "Liquidation", "MarketSet", "RiskParamsSet")
 
 
-class Keeper(Receipts, OrderDesk):
+class Keeper(Receipts, OrderDesk, Upkeep):
     """One keeper (or one shard of it) over a deployed system."""
 
     def __init__(
@@ -296,12 +296,7 @@ class Keeper(Receipts, OrderDesk):
         seen = _head_seen(number)
         self.clock.observe(number, timestamp)
         now = self.clock.next_timestamp(timestamp)  # what the transactions will carry
-        if base_fee is None or gas_limit is None:
-            block = self.provider.web3.eth.get_block(number)
-            base_fee = int(block.get("baseFeePerGas", 0) or 0)
-            gas_limit = int(block["gasLimit"])
-        _, tip = self.sender.begin_block(number, base_fee)
-        self.costs = replace(self.costs, gas_price=gas_price(base_fee, tip))
+        gas_limit = self._begin_block(number, base_fee, gas_limit)
 
         # the three reads the decision needs, at once, all at block `number`
         known = self._mine(state.book.accounts)
@@ -361,6 +356,18 @@ class Keeper(Receipts, OrderDesk):
         self.write_metrics()
         return decision
 
+    def _begin_block(self, number: int, base_fee: int | None, gas_limit: int | None) -> int:
+        """Fixes the fees of block `number`'s transactions and the profit rule's gas price
+        from its `base_fee`; returns its `gas_limit` (both read from the node when not
+        given)."""
+        if base_fee is None or gas_limit is None:
+            block = self.provider.web3.eth.get_block(number)
+            base_fee = int(block.get("baseFeePerGas", 0) or 0)
+            gas_limit = int(block["gasLimit"])
+        _, tip = self.sender.begin_block(number, base_fee)
+        self.costs = replace(self.costs, gas_price=gas_price(base_fee, tip))
+        return gas_limit
+
     def plan(
         self,
         statuses: list[Any],
@@ -416,32 +423,6 @@ class Keeper(Receipts, OrderDesk):
         for a in [a for a in self.state.worth_since if a not in self._actionable]:
             if a not in in_flight:
                 del self.state.worth_since[a]
-
-    def _worth_sending(self, snaps: list[Snapshot], now: int) -> set[str]:
-        """Accounts a transaction in the next block could act on (ignoring profit): used to
-        decide whether a stuck transaction is re-sent or cancelled."""
-        free = replace(self.costs, gas_price=0)
-        out = {
-            _lower(s.account)
-            for s in snaps
-            if can_liquidate(s, now, free)
-            or can_call(s, free)
-            or (
-                s.priced
-                and s.state == State.HEALTHY
-                and s.call_deadline
-                and s.ratio >= self.call_ratio
-            )
-        }
-        return out
-
-    def _still_useful(self, tx: PendingTx) -> bool:
-        """A stuck transaction is re-sent if it still acts on an account worth it, or on an
-        order still pending."""
-        pending = self.state.orders.pending
-        return any(_lower(a) in self._wanted for a in tx.accounts) or any(
-            oid in pending for oid in settling(tx.accounts)
-        )
 
     def _send(
         self,
@@ -543,42 +524,6 @@ class Keeper(Receipts, OrderDesk):
             return int(self.provider.web3.eth.get_block(number)["gasLimit"])
         except Exception:  # noqa: BLE001 - no budget rather than no keeper
             return None
-
-    def _clear_recovered(self, todo: tuple[str, ...], number: int, gas_limit: int | None) -> None:
-        """`clear_margin_call` for recovered accounts (HEALTHY with a call still recorded;
-        the step caps them at `max_clears` per block), estimated at once and sent after the
-        batches."""
-        calls = [self.client.build("clear_margin_call", (a,)) for a in todo]
-        results = self.sender.send_many(
-            calls, number, gas_budget=gas_limit, tx_gas_cap=self.config.tx_gas_cap
-        )
-        for account, tx in zip(todo, results, strict=True):
-            if isinstance(tx, Exception):  # e.g. the price moved since the scan; next block
-                logger.warning(f"block {number}: clear_margin_call({account}) not sent: {tx}")
-                continue
-            self.state.clears_sent += 1
-
-    def _claim_rewards(self, number: int, gas_limit: int | None) -> None:
-        """`claim_rewards` once the keeper's rewards accrued in the engine reach
-        `claim_at` whole tokens: one claim (about 30k gas) pays for many actions, and
-        waiting for a block without action keeps it out of a crash's way."""
-        if self.config.claim_at <= 0:
-            return
-        last = self.state.last_claim
-        if 0 <= last and number - last <= self.config.replace_after:
-            return  # the last claim may still be pending
-        claimable = self.client.claimable(self._me)
-        if claimable < self.client.tokens(self.config.claim_at):
-            return
-        call = self.client.build("claim_rewards", (self._me,))
-        [tx] = self.sender.send_many([call], number, gas_budget=gas_limit)
-        if isinstance(tx, Exception):
-            logger.warning(f"block {number}: claim_rewards not sent: {tx}")
-            return
-        self.state.claims_sent += 1
-        self.state.last_claim = number
-        amount = fmt_tokens(claimable, self.client.decimals, 6)
-        logger.info(f"block {number}: claiming {amount} tokens of accrued rewards")
 
     # --- reporting ---
 

@@ -39,7 +39,7 @@ from typing import Any
 from ape.logging import logger
 from web3.exceptions import ContractLogicError
 
-from margincall.keeper.gas import block_fees
+from margincall.keeper.gas import block_fees, bumped
 
 NONCE_ERRORS = ("nonce too low", "already known", "replacement transaction underpriced", "nonce")
 TRANSFER_GAS = 21_000
@@ -69,12 +69,6 @@ def _hash(txn_hash: Any) -> str:
     if isinstance(txn_hash, bytes):
         return "0x" + txn_hash.hex()
     return str(txn_hash)
-
-
-def bumped(old: int, current: int, bump_bps: int) -> int:
-    """A replacement's fee: `old` raised by `bump_bps` (rounded up, and at least by 1 wei),
-    or `current` if that is higher."""
-    return max(-(-old * bump_bps // 10_000), old + 1, current)
 
 
 class Deferred(Exception):
@@ -532,9 +526,10 @@ class TxSender:
         return sorted(out, key=lambda tx: tx.nonce)
 
     def replace(self, tx: PendingTx, head_block: int, cancel: bool = False) -> PendingTx:
-        """Re-sends `tx` at its nonce with both fees bumped (`bumped`): the same call, or
-        with `cancel` (or once cancelled) a zero-value transfer to itself. Raises the
-        node's refusal (e.g. "nonce too low": it was mined meanwhile; `poll` sees it)."""
+        """Re-sends `tx` at its nonce with both fees bumped (`margincall.keeper.gas.bumped`):
+        the same call, or with `cancel` (or once cancelled) a zero-value transfer to itself.
+        Raises the node's refusal (e.g. "nonce too low": it was mined meanwhile; `poll` sees
+        it)."""
         cur_max, cur_tip = self._fees()
         tip = bumped(tx.tip, cur_tip, self.bump_bps)
         max_fee = max(bumped(tx.max_fee, cur_max, self.bump_bps), tip)
