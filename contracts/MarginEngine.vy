@@ -608,7 +608,7 @@ def _margin_call(
 ) -> (bool, uint256):
     """
     @dev Records a call on a CALLABLE account. The reward is
-         min(clamp(notional * close_factor * penalty * keeper_share,
+         min(clamp(notional * close_factor * penalty / 3 * keeper_share,
          call_reward, max_keeper_reward), floor(equity) - ceil(maintenance),
          collateral) in token units: it never takes equity below
          maintenance.
@@ -624,12 +624,13 @@ def _margin_call(
     room: uint256 = convert(ev.equity, uint256) // SCALE
     need: uint256 = fixed_point._to_token_up(ev.maintenance, SCALE)
     # the reward scales with the account: the keeper's share of the penalty
-    # of a close_factor tranche, at least call_reward, at most
+    # of the close_factor tranche the call stands in for (at the tranche
+    # rate, liquidation_penalty // 3), at least call_reward, at most
     # max_keeper_reward (wad, then token units rounded down)
     scaled: uint256 = (
         ev.notional
         * p.close_factor // _WAD
-        * p.liquidation_penalty // _WAD
+        * (p.liquidation_penalty // margin._TRANCHE_PENALTY_DIV) // _WAD
         * p.keeper_share // _WAD
     )
     reward: uint256 = 0

@@ -261,10 +261,12 @@ def plan_tranche(
 
 def scaled_call_reward(notional: int, params: RiskParams) -> int:
     """The margin-call reward before the account's cuts (wad): the keeper's share of the
-    penalty of a `close_factor` tranche of `notional`, at least `call_reward`, at most
-    `max_keeper_reward` (engine `_margin_call`)."""
+    penalty of the `close_factor` tranche of `notional` that the call stands in for (at the
+    tranche rate, `liquidation_penalty // TRANCHE_PENALTY_DIV`), at least `call_reward`, at
+    most `max_keeper_reward` (engine `_margin_call`)."""
     p = params
-    scaled = notional * p.close_factor // WAD * p.liquidation_penalty // WAD * p.keeper_share // WAD
+    rate = p.liquidation_penalty // TRANCHE_PENALTY_DIV
+    scaled = notional * p.close_factor // WAD * rate // WAD * p.keeper_share // WAD
     return min(max(scaled, p.call_reward), p.max_keeper_reward)
 
 

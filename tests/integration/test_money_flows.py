@@ -19,8 +19,8 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.keeper.config import KeeperConfig
+from margincall.math import TRANCHE_PENALTY_DIV, scaled_call_reward
 from margincall.math import call_reward as ref_call_reward
-from margincall.math import scaled_call_reward
 from tests.utils.helpers import (
     account_model,
     close_position,
@@ -136,8 +136,9 @@ def test_margin_call_reward_scales_with_notional_and_pays_its_gas_at_50_gwei(
     system, chain, trader, other_trader, keeper
 ):
     """Issue 14: a margin call is worth sending at 50 gwei on a large account. The reward is
-    the keeper's share of the penalty of a close_factor tranche (0.25 x 1.5% x 20% = 0.075%
-    of the notional at the defaults), at least `call_reward`, at most `max_keeper_reward`.
+    the keeper's share of the penalty of the close_factor tranche it stands in for, at the
+    tranche rate (a third of liquidation_penalty: 0.25 x 0.5% x 20% = 0.025% of the notional
+    at the defaults), at least `call_reward`, at most `max_keeper_reward`.
     The gas is priced as the keeper bot prices it (`MARGINCALL_NATIVE_PER_TOKEN`, default
     0.0004 native coin per token: ETH at 2,500 tokens)."""
     engine = system.engine
@@ -174,8 +175,9 @@ def test_margin_call_reward_scales_with_notional_and_pays_its_gas_at_50_gwei(
     # default 20% margin
     assert rewards[0] < cost(gas[0])
     assert rewards[1] * 10_000 >= cost(gas[1]) * KeeperConfig.margin_bps
-    # the notional from which a call pays its gas: cost / 0.075%
-    share = params.close_factor * params.liquidation_penalty * params.keeper_share // WAD**2
+    # the notional from which a call pays its gas: cost / 0.025%
+    rate = params.liquidation_penalty // TRANCHE_PENALTY_DIV
+    share = params.close_factor * rate * params.keeper_share // WAD**2
     break_even = cost(gas[1]) * scale * WAD // share
     assert break_even < notional
 

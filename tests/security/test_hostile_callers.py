@@ -24,6 +24,7 @@ from margincall.deploy import DEFAULT_MARKETS, System
 from margincall.math import div_ceil, div_floor, evaluate, mul_up
 from tests.utils.helpers import (
     account_model,
+    assert_conserved,
     close_position,
     pin_next_tx,
     reference_tranche,
@@ -95,10 +96,10 @@ def one(tx, event):
 
 
 def assert_intact(system, holders) -> None:
-    """Nothing lost: the engine holds exactly the sum of the listed accounts' collateral."""
-    held = system.token.balanceOf(system.engine.address)
-    ledger = sum(system.engine.collateral_of(_addr(h)) for h in holders)
-    assert held == ledger, f"engine holds {held}, ledgers sum to {ledger}"
+    """Nothing lost: the engine holds exactly the listed accounts' collateral, what it keeps for
+    them (their accrued rewards, `claimable`, and their pending orders' escrowed fees) and the
+    fund's and the pool's accrued balances (`claimable(fund)`, `claimable(pool)`)."""
+    assert_conserved(system, holders)
 
 
 def distressed(system, who):

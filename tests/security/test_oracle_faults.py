@@ -17,7 +17,7 @@ import ape
 import pytest
 
 from margincall.constants import WAD, State
-from tests.utils.helpers import commit, pin_next_tx
+from tests.utils.helpers import assert_conserved, commit, pin_next_tx
 from tests.utils.helpers import deposit_units as deposit
 from tests.utils.helpers import fund_units as fund
 from tests.utils.helpers import trade_unbounded as trade
@@ -40,6 +40,17 @@ REASONS = {
     "future": "oracle: future timestamp",
     "sequencer_down": "oracle: sequencer down",
     "sequencer_grace": "oracle: sequencer grace period",
+}
+# Why an order committed under the fault cannot settle at the first round of the primary feed
+# after the commit (OracleAdapter.round_price; docs/design.md, Orders). The round's own faults
+# carry the price's reason: a round published after the commit with a non-positive or
+# out-of-bounds answer, the future-dated round itself, any round while the sequencer is down
+# or in grace. A stale feed publishes no round after the commit (its latest is before it); a
+# reverting feed has no readable round.
+SETTLE_REASONS = {
+    **REASONS,
+    "stale": "oracle: round not after commit",
+    "reverting": "oracle: no such round",
 }
 
 
@@ -171,6 +182,23 @@ def inject(fault: str, rig, owner, chain) -> None:
         raise AssertionError(fault)
 
 
+def publish_fault_round(fault: str, rig, owner, chain, last_round: int) -> int:
+    """The round a settler names for orders committed under `fault`: the first one published
+    after the commits, carrying the fault (strictly later: the next block gets a later second),
+    or the feed's last round when the fault publishes none."""
+    if chain.pending_timestamp <= head(chain):
+        chain.pending_timestamp = head(chain) + 1
+    if fault in ("zero", "negative", "above_max", "below_min"):
+        rig.feed.set_answer(rig.feed.latestRoundData()[1], sender=owner)  # the same bad answer
+    elif fault.startswith("sequencer"):
+        rig.feed.set_answer(1_500 * E8, sender=owner)  # a good answer; the sequencer blocks it
+    elif fault == "reverting":
+        return last_round + 1  # the id the next round would get; unreadable while it reverts
+    # "stale": none published (the latest is before the commits); "future": the fault's round
+    # itself is dated after them
+    return int(rig.feed.latestRoundData()[0])
+
+
 def recover(fault: str, rig, owner, chain, answer: int) -> None:
     if fault == "reverting":
         rig.feed.set_reverting(False, sender=owner)
@@ -188,6 +216,9 @@ def test_every_operation_under_oracle_fault(
     side = -1 if fault == "above_max" else 1  # the fault price must hurt the position
     rig.feed.set_answer(2_000 * E8, sender=owner)
     point_market(system, ETH, rig.faulty)
+    # the default settlement fee, 0.1 token (conftest's system has none): the escrow shows
+    book = system.book
+    book.set_config(100_000, book.max_window(), sender=system.owner)
 
     deposit(system, trader, 1_000 * unit)
     trade(system, trader, ETH, side * 4 * WAD)
@@ -207,6 +238,7 @@ def test_every_operation_under_oracle_fault(
     eth_pos = engine.position(trader.address, ETH)
     assert info[2] != 0  # call deadline
 
+    last_round = int(rig.feed.latestRoundData()[0])
     inject(fault, rig, owner, chain)
     assert rig.faulty.reason() == reason
     assert rig.faulty.try_price() == (0, False)
@@ -222,12 +254,30 @@ def test_every_operation_under_oracle_fault(
     with ape.reverts(reason):
         engine.withdraw(1, sender=trader)
 
-    # trading in the faulty market: an order (increase or reduction) commits but cannot
-    # settle: the faulty feed has no valid round after the commit
+    # trading in the faulty market: an order (increase or reduction) commits (no price needed:
+    # the settlement fee is escrowed from collateral, docs/design.md "Fee and escrow") but
+    # cannot settle: the first round after the commit is not a valid one
+    fee = system.unit // 10  # 100_000 millionths of a token
+    assert book.settlement_fee() == fee
+    collateral = engine.collateral_of(trader.address)
+    orders = []
     for delta in (side * WAD // 10, -side * WAD):
-        order_id, _ = commit(system, trader, ETH, delta, MAX_UINT if delta > 0 else 0)
-        with ape.reverts():
-            system.book.settle_order(order_id, rig.feed.latestRoundData()[0], sender=keeper)
+        order_id, tx = commit(system, trader, ETH, delta, MAX_UINT if delta > 0 else 0)
+        assert one(tx, system.book.OrderCommitted).fee == fee
+        orders.append(order_id)
+    assert engine.collateral_of(trader.address) == collateral - 2 * fee
+    settle_round = publish_fault_round(fault, rig, owner, chain, last_round)
+    for order_id in orders:
+        with ape.reverts(SETTLE_REASONS[fault]):
+            system.book.settle_order(order_id, settle_round, sender=keeper)
+    # a batch skips them (no fill, no cancel: the orders wait, their fees stay escrowed)
+    rounds = [settle_round] * len(orders)
+    assert system.book.settle_orders.call(orders, rounds, sender=keeper) == 0
+    tx = system.book.settle_orders(orders, rounds, sender=keeper)
+    assert not tx.decode_logs(system.book.OrderSettled)
+    assert not tx.decode_logs(system.book.OrderCancelled)
+    assert list(system.book.pending_orders(trader.address)) == orders
+    assert system.book.escrowed_of(trader.address) == 2 * fee
     assert engine.position(trader.address, ETH) == eth_pos
     # new exposure in the healthy market needs every price of the account
     with ape.reverts(reason):
@@ -285,14 +335,26 @@ def test_every_operation_under_oracle_fault(
     # the fault cleared, the same account is liquidated at the recovered price
     recover(fault, rig, owner, chain, (1_500 if side > 0 else 2_500) * E8)
     assert rig.faulty.reason() == ""
+    # the recovery round is the orders' settlement round only if no round was published after
+    # their commit (stale, reverting): a round published under the fault was their one round
+    # (docs/design.md: a settlement at round r is unique), so they wait for their expiry
+    recovery_round = int(rig.feed.latestRoundData()[0])
+    for order_id in orders:
+        o = system.book.order(order_id)
+        expected = (
+            (1_500 if side > 0 else 2_500) * WAD if fault in ("stale", "reverting") else 0,
+            0 if fault in ("stale", "reverting") else 12,  # 12: round not first after commit
+        )
+        assert rig.faulty.try_round_price(recovery_round, o.commit_time, o.expiry) == expected
+    assert rig.faulty.reason_of(12) == "oracle: round not first after commit"
     tx = engine.liquidate(trader.address, sender=keeper)
     assert one(tx, engine.Liquidation).account == trader.address
     assert engine.position(trader.address, ETH)[0] == 0
 
-    held = system.token.balanceOf(engine.address)
-    assert held == sum(
-        engine.collateral_of(a.address) for a in (trader, other_trader, stranger, victim)
-    )
+    # the engine holds the collateral, the pending orders' escrowed fees and what accrued in
+    # it (the keeper's rewards, the fund's share, the pool's credit: docs/design.md "Money flows")
+    assert system.book.escrowed_of(trader.address) == 2 * fee
+    assert_conserved(system, [trader, other_trader, stranger, victim, keeper])
 
 
 # --- decimals, jumps, fallback ---------------------------------------------------------------

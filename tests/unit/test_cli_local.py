@@ -174,9 +174,9 @@ def test_watch_reports_every_event_of_blocks_it_did_not_poll(
     assert lines[-1]["type"] == "status" and lines[-1]["state"] == "HEALTHY"
     call = next(x for x in lines if x.get("event") == "MarginCall")
     # the reward scales with the account: the keeper's share of a close_factor tranche's
-    # penalty on 4 ETH at 1,860 (0.25 * 1.5% * 20% of 7,440)
+    # penalty (a third of liquidation_penalty) on 4 ETH at 1,860 (0.25 * 0.5% * 20% of 7,440)
     reward = scaled_call_reward(4 * 1_860 * WAD, session.client.risk_params()) // 10**12
-    assert call["reward"] == session.tokens(reward) == "5.58"
+    assert call["reward"] == session.tokens(reward) == "1.86"
     assert call["caller"] == keeper.address
 
 

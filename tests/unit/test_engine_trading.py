@@ -567,14 +567,15 @@ def test_margin_call_blocks_new_exposure_but_not_reductions(system, trader, keep
     assert_conserved(system, [trader, keeper])
 
 
-# the call reward on 7,400 of notional: 0.075% (close_factor x penalty x keeper share)
-CALL_REWARD_7400 = 5_550  # thousandths of a token
+# the call reward on 7,400 of notional: 0.025% (close_factor x the tranche penalty, a third
+# of liquidation_penalty, x keeper share: 0.25 x 0.5% x 20%)
+CALL_REWARD_7400 = 1_850  # thousandths of a token
 
 
 def _called_long_eth(system, trader, keeper):
     """Long 4 ETH at 2,000 on 1,000 tokens, ETH down to 1,850 and a recorded call: collateral
-    990.45 after the fee (4) and the call reward (5.55, scaled with the 7,400 of notional),
-    equity 390.45, maintenance 370, ratio 1.055."""
+    994.15 after the fee (4) and the call reward (1.85, scaled with the 7,400 of notional),
+    equity 394.15, maintenance 370, ratio 1.065."""
     engine, unit = system.engine, system.unit
     deposit(system, trader, 1_000 * unit)
     trade(system, trader, ETH, 4 * WAD)
@@ -647,7 +648,7 @@ def test_flip_under_margin_call_that_does_not_cure_reverts(system, trader, keepe
     deadline = _called_long_eth(system, trader, keeper)
     open_interest = engine.open_interest()
 
-    # short 3.5 at 1,850: equity 390.45 - 6.9375 (fee) = 383.51, maintenance 323.75: ratio 1.18
+    # short 3.5 at 1,850: equity 394.15 - 6.9375 (fee) = 387.21, maintenance 323.75: ratio 1.196
     with ape.reverts("engine: under margin call"):
         trade(system, trader, ETH, -7 * WAD - WAD // 2)
     assert engine.position(trader.address, ETH) == (4 * WAD, 8_000 * WAD)

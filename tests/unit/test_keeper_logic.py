@@ -505,26 +505,24 @@ def replace_gas(costs: CostModel, **kw) -> CostModel:
 
 
 def test_a_call_is_valued_at_what_the_engine_pays_for_it():
-    # 2,000 tokens of notional at ratio 1.2: equity 120, maintenance 100; the full reward,
-    # scaled to the notional: 0.25 * 1.5% * 20% of 2,000 = 1.5 tokens (the snapshot bounds
-    # the notional from below, by a few wei)
+    # 2,000 tokens of notional at ratio 1.2: equity 120, maintenance 100; the full reward
     callable_ = margined(1, State.CALLABLE, 2_000, 120)
-    assert TOKEN * 3 // 2 - 100 <= call_reward_floor(callable_, REWARDS) <= TOKEN * 3 // 2
+    assert call_reward_floor(callable_, REWARDS) == TOKEN
     # at ratio 1.005 of a 100-token maintenance, the engine pays 0.5 token, not 1
     brink = margined(2, State.CALLABLE, 2_000, 100)
     brink = Snapshot(**{**brink.__dict__, "equity": brink.maintenance + TOKEN // 2})
     assert call_reward_floor(brink, REWARDS) == TOKEN // 2
     at_maintenance = margined(3, State.CALLABLE, 2_000, 100)
     assert call_reward_floor(at_maintenance, REWARDS) == 0
-    # 1.5 tokens = 6e14 wei pay 23.7k gas at 10 gwei (2.8e14 with the margin), half a token
-    # does not; at 50 gwei (1.4e15 with the margin) 1.5 tokens do not either
+    # 1 token = 4e14 wei pays 23.7k gas at 10 gwei (2.8e14 with the margin), not half a token
     at_10 = replace_gas(AT_50_GWEI, gas_price=10 * GWEI)
     assert decide([callable_, brink, at_maintenance], NOW, at_10).calls == [addr(1)]
-    assert decide([callable_], NOW, AT_50_GWEI).calls == []
-    # the reward scales with the notional (0.075% at the defaults): a large account's call
-    # pays 50 gwei (issue 14)
+    assert decide([callable_], NOW, AT_50_GWEI).calls == []  # 1 token does not pay 50 gwei
+    # the reward scales with the notional (0.025% at the defaults: the keeper's share of
+    # the penalty of the close_factor tranche the call stands in for, 0.25 x 0.5% x 20%):
+    # a large account's call pays 50 gwei (issue 14)
     large = margined(4, State.CALLABLE, 100_000, 120, mmr=MMR)
-    assert call_reward_floor(large, REWARDS) >= 74 * TOKEN
+    assert call_reward_floor(large, REWARDS) >= 24 * TOKEN
     assert decide([callable_, large], NOW, AT_50_GWEI).calls == [addr(4)]
 
 

@@ -360,15 +360,19 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
 
     # --- scan, keeper ---
 
-    def _balances(self) -> tuple[int, int]:
+    def _fund_and_pool_calls(self) -> list[Any]:
+        """The fund's holdings (its balance plus its share accrued in the engine, which a
+        bankrupt close sweeps to it) and the pool's totalAssets (its credit included)."""
         sim = self.sim
-        fund, pool = sim.rpc.batch(
-            [
-                sim.eth_call(sim.token, sim.token_abi.encode("balanceOf", sim.fund)),
-                sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
-            ]
-        )
-        return hexint(fund), hexint(pool)
+        return [
+            sim.eth_call(sim.token, sim.token_abi.encode("balanceOf", sim.fund)),
+            sim.eth_call(sim.engine, sim.engine_abi.encode("claimable", sim.fund)),
+            sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
+        ]
+
+    def _balances(self) -> tuple[int, int]:
+        fund, accrued, pool = self.sim.rpc.batch(self._fund_and_pool_calls())
+        return hexint(fund) + hexint(accrued), hexint(pool)
 
     def _scan_calls(self) -> list[tuple[str, list]]:
         """The views read after every block: the open accounts, the fund and the pool."""
@@ -379,17 +383,14 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
                 sim.lens_abi.encode("check_margins", part) for part in chunks(self.open, MAX_SCAN)
             ]
         calls = [sim.eth_call(sim.lens, data) for data in self._scan_data]
-        return calls + [
-            sim.eth_call(sim.token, sim.token_abi.encode("balanceOf", sim.fund)),
-            sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
-        ]
+        return calls + self._fund_and_pool_calls()
 
     def _scan(self, slot: int, t: int, out: list[Any]) -> None:
         sim, rec = self.sim, self.record
         statuses: list[MarginStatus] = []
-        for data in out[:-2]:
+        for data in out[:-3]:
             statuses.extend(decode_statuses(data, sim.names))
-        fund, pool = hexint(out[-2]), hexint(out[-1])
+        fund, pool = hexint(out[-3]) + hexint(out[-2]), hexint(out[-1])
         open_now = [s for s in statuses if s.positions > 0]
         self.open = [s.account for s in open_now]
         for s in statuses:
@@ -472,6 +473,9 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
         ]
         # the settlement fees of pending orders stay in the engine, escrowed for the book
         calls += [sim.eth_call(sim.book, sim.book_abi.encode("escrowed_of", a)) for a in traders]
+        # and so do the accruals: the keeper's rewards, the fund's share, the pool's credit
+        owners = (sim.population.keeper, sim.fund, sim.pool)
+        calls += [sim.eth_call(sim.engine, sim.engine_abi.encode("claimable", a)) for a in owners]
         out = sim.rpc.batch(calls)
         held = hexint(out[0])
         ledger = sum(hexint(x) for x in out[1:])
