@@ -220,8 +220,8 @@ def commit_order(
 ) -> uint256:
     """
     @notice Commits an order for the caller's account; escrows the
-            settlement fee from its collateral (the fee may not take equity
-            below maintenance). It fills at the first valid round published
+            settlement fee from its collateral (no margin check: the fee is
+            bounded, docs/design.md "Fee and escrow"). It fills at the first valid round published
             after this block, if `acceptable_price` admits it and the margin
             rules hold then; a CALLED account may commit reductions.
     @param market_id The market.
