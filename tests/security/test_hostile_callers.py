@@ -3,7 +3,10 @@
 Each test is built so that it fails if the protection it covers were removed: the callbacks of
 the reentrant token are proven valid on their own (`fire()` succeeds once the engine's lock is
 free), the dust and range checks are probed on both sides of their bound, and every scenario
-ends with the engine holding exactly the sum of its collateral ledgers.
+ends with the engine holding exactly the sum of its collateral ledgers and of what it holds for
+others (keepers' accrued rewards, the fund's share, the pool's credit, escrowed order fees).
+Keepers' rewards accrue in the engine (`claimable`), so a keeper's gain is read as its wallet
+plus its accrued balance (`held`).
 
 Markets of the shared `system` (collateral decimals 6 and 18): 0 ETH-USD at 2,000 (imr 10%,
 mmr 5%, 8-decimal feed) and 2 SOL-USD (imr 20%, mmr 10%, 18-decimal feed), fee 5 bps, dust
@@ -21,13 +24,23 @@ import pytest
 
 from margincall.constants import WAD, State
 from margincall.deploy import DEFAULT_MARKETS, System
-from margincall.math import div_ceil, div_floor, evaluate, mul_up
+from margincall.math import (
+    call_reward,
+    div_ceil,
+    div_floor,
+    evaluate,
+    mul_up,
+    scaled_call_reward,
+)
 from tests.utils.helpers import (
     account_model,
     assert_conserved,
     close_position,
+    held,
     pin_next_tx,
     reference_tranche,
+    risk_params_model,
+    scale_of,
     set_risk_params,
     skip_revert_source_traceback,
     trade_unbounded,
@@ -165,8 +178,9 @@ def deploy_reentrant_system(project, deployer, guardian) -> System:
 def rsys(project, deployer, guardian, lp, trader, other_trader, stranger):
     """Reentrant-token system: two LIQUIDATABLE traders (at 1,840); the token contract itself
     holds 100 tokens of engine collateral, 1,000 tokens of its own and an engine allowance, so
-    each callback (withdraw, deposit, trade, liquidate) would succeed on its own; the stranger
-    holds 500 tokens of collateral. The hook is disarmed during this setup."""
+    each callback (withdraw, deposit, liquidate; not `fill`, the book's alone) would succeed
+    on its own; the stranger holds 500 tokens of collateral. The hook is disarmed during this
+    setup."""
     s = deploy_reentrant_system(project, deployer, guardian)
     unit, token, engine = s.unit, s.token, s.engine
     token.mint(lp.address, 1_000_000 * unit, sender=lp)
@@ -205,11 +219,15 @@ REENTRY_CASES = [
     ("deposit", "liquidate"),
     ("withdraw", "withdraw"),
     ("withdraw", "liquidate"),
+    # a bankrupt close: the hook fires on the fund's accrued share, swept to it first
     ("liquidate", "withdraw"),
     ("liquidate", "deposit"),
     ("liquidate", "liquidate"),
-    ("trade", "withdraw"),  # the hook fires on the trading fee sent to the pool
-    ("margin_call", "withdraw"),  # ... on the call reward sent to the caller
+    # a tranche, a fill's trading fee and a margin call move no tokens (the keeper's reward, the
+    # fund's share and the pool's credit accrue in the engine), so the outer calls below are the
+    # ones that still send tokens: the hook fires on the first transfer of each
+    ("trade", "withdraw"),  # ... on the settlement fee paid to the settler (`pay_fills`)
+    ("claim_rewards", "withdraw"),  # ... on the accrued call reward paid to the keeper
 ]
 
 
@@ -219,6 +237,28 @@ def test_reentrant_token_callback_is_refused(
 ):
     s, token, engine, unit = rsys, rsys.token, rsys.engine, rsys.unit
     holders = [trader, other_trader, stranger, keeper, token]
+    # the setup of each outer call, while the hook is disarmed
+    fee = 0
+    if outer == "liquidate":
+        # a first tranche of the trader accrues the fund's share of its penalty in the engine;
+        # at 1,700 the trader (what is left of it) and the victim are bankrupt, and the close
+        # sweeps that share to the fund before the fund covers the deficit
+        first = one(engine.liquidate(trader.address, sender=keeper), engine.Liquidation)
+        assert first.fund_fee > 0 and engine.claimable(s.fund.address) == first.fund_fee
+        s.set_price(ETH, 1_700)
+        assert engine.check_margin(trader.address).state == State.BANKRUPT
+        assert engine.check_margin(other_trader.address).state == State.BANKRUPT
+    elif outer == "trade":
+        fee = unit // 10  # a settlement fee of 0.1 token (the book's config is in millionths)
+        s.book.set_config(100_000, s.book.max_window(), sender=s.owner)
+    elif outer == "claim_rewards":
+        s.set_price(ETH, 1_850)  # CALLABLE (no token moves)
+        # the reward scales with the notional (4 ETH at 1,850: 1.85 tokens), under the room
+        # above maintenance (equity 396 - maintenance 370)
+        reward = call_reward(account_model(s, trader), risk_params_model(engine), scale_of(s))
+        assert reward == 185 * unit // 100
+        call = one(engine.margin_call(trader.address, sender=keeper), engine.MarginCall)
+        assert call.reward == reward and engine.claimable(keeper.address) == reward
     hook = ON_TRANSFER_FROM if outer == "deposit" else ON_TRANSFER
     token.set_callback(engine.address, _callback(s, inner, other_trader), hook, sender=stranger)
     token_before = snapshot(s, token)
@@ -233,15 +273,19 @@ def test_reentrant_token_callback_is_refused(
         tx = engine.withdraw(10 * unit, sender=stranger)
         one(tx, engine.Withdraw)
     elif outer == "trade":
-        tx = trade(s, stranger, WAD)  # opens 1 ETH: one transfer, the fee to the pool
+        # opens 1 ETH: the trading fee accrues to the pool, the one transfer is the settlement
+        # fee to the settler (here the trader itself), from the engine's `pay_fills`
+        tx = trade(s, stranger, WAD)
         assert one(tx, engine.PositionChanged).fee == 92 * unit // 100
-    elif outer == "margin_call":
-        s.set_price(ETH, 1_850)  # CALLABLE (no token moves)
-        tx = engine.margin_call(trader.address, sender=keeper)
-        assert one(tx, engine.MarginCall).reward == unit
+        assert one(tx, s.book.OrderSettled).fee == fee
+    elif outer == "claim_rewards":
+        tx = engine.claim_rewards(keeper.address, sender=stranger)
+        assert one(tx, engine.RewardsClaimed).amount == reward
+        assert engine.claimable(keeper.address) == 0
     else:
         tx = engine.liquidate(trader.address, sender=keeper)
-        one(tx, engine.Liquidation)
+        assert one(tx, engine.Liquidation).state == State.BANKRUPT
+        assert one(tx, engine.RewardsClaimed).keeper == s.fund.address
 
     # the hook ran inside the outer call, and the engine's lock refused the reentry: Vyper's
     # @nonreentrant reverts with no reason (empty returndata)
@@ -290,10 +334,16 @@ def test_reentrant_callback_into_the_pool_inside_pool_pay_is_refused(
     )
     assets0, wallet0 = pool.totalAssets(), token.balanceOf(token.address)
     collateral0 = engine.collateral_of(stranger.address)
+    # what the engine owes the pool (the fees of the three opens: 4 + 4 + 0.92) pays the
+    # profit first; `pool.pay` the rest
+    credit0 = engine.claimable(pool.address)
+    assert credit0 == 892 * unit // 100
 
-    tx = close_position(s, stranger, ETH)  # profit 60, fee 0.95: pool.pay
+    tx = close_position(s, stranger, ETH)  # profit 60, fee 0.95: the credit, then pool.pay
     log = one(tx, engine.PositionChanged)
     assert (log.realized_pnl, log.fee) == (60 * unit, 95 * unit // 100)
+    assert one(tx, pool.ProfitPaid).amount == 60 * unit - 95 * unit // 100 - credit0
+    assert engine.claimable(pool.address) == 0
     assert token.attempts() == 1
     assert token.callback_ok() is False
     assert bytes(token.callback_return()) == b""  # @nonreentrant: no reason
@@ -315,11 +365,15 @@ def test_reentrant_callback_into_the_pool_inside_pool_pay_is_refused(
 def test_reentrant_callback_into_the_pool_during_a_liquidation_sees_final_state(
     rsys, keeper, trader, other_trader, stranger
 ):
-    """The engine's transfer to the pool is not inside any pool function, so a callback into
-    `pool.redeem` from it runs (the pool's lock is free and the engine's does not cover the
-    pool). It is harmless: by then the liquidation's loss has reached the pool and the open
-    interest is updated, so the redeemer gets exactly what its shares are worth after the
-    whole transaction, and the engine's own accounting is untouched."""
+    """A callback into `pool.redeem` during a liquidation runs (the pool's lock is free and the
+    engine's does not cover the pool), and gains nothing. A tranche moves no tokens at all now
+    (the pool's share accrues in the engine), so the only transfers of a liquidation are a
+    bankrupt close's: the fund's `cover` pays the pool before the account's collateral is
+    credited to the pool (`claimable(pool)`, at the end of the transaction). A redeem from
+    inside the fund's transfer is priced on the pool's assets with the fund's payment but
+    without that collateral: the redeemer gets less than its shares are worth after the
+    transaction, never more (the remaining LPs keep the difference), and the engine's own
+    accounting is untouched (SECURITY.md, Reentrancy)."""
     s, token, engine, pool, unit = rsys, rsys.token, rsys.engine, rsys.pool, rsys.unit
     holders = [trader, other_trader, stranger, keeper, token]
     token.mint(stranger.address, 100 * unit, sender=stranger)
@@ -327,29 +381,44 @@ def test_reentrant_callback_into_the_pool_during_a_liquidation_sees_final_state(
     pool.deposit(100 * unit, token.address, sender=stranger)
     travel_to(ape.chain, pool.unlock_time(token.address))  # past the deposit cooldown
     shares = pool.balanceOf(token.address)
+    token.mint(s.fund.address, 300 * unit, sender=stranger)  # the fund's balance (a donation)
+    s.set_price(ETH, 1_700)  # bankrupt: equity 996 - 1,200 = -204
+    st = engine.check_margin(trader.address)
+    assert st.state == State.BANKRUPT and st.equity == -204 * WAD
+    assert engine.claimable(s.fund.address) == 0  # no sweep: the fund's cover is the transfer
     token.set_callback(
         pool.address,
         pool.redeem.encode_input(shares, token.address, token.address),
         ON_TRANSFER,
         sender=stranger,
     )
-    pool_balance0 = token.balanceOf(pool.address)
+    pool_balance0, credit0 = token.balanceOf(pool.address), engine.claimable(pool.address)
     supply0 = pool.totalSupply()
     wallet0 = token.balanceOf(token.address)
     collateral0 = engine.collateral_of(trader.address)
+    assert collateral0 == 996 * unit
 
     tx = engine.liquidate(trader.address, sender=keeper)
     liq = one(tx, engine.Liquidation)
-    # the trader's realised loss, sent by the engine to the pool, is the first transfer
-    to_pool = collateral0 - liq.collateral - liq.penalty
-    assert to_pool > 0
+    assert (liq.state, liq.collateral, liq.keeper_reward) == (State.BANKRUPT, 0, unit)
+    # the deficit: the negative equity plus the keeper's min_keeper_reward, all from the fund
+    bad = one(tx, engine.BadDebt)
+    assert (bad.amount, bad.paid_by_fund, bad.socialised) == (205 * unit, 205 * unit, 0)
     assert token.attempts() == 1
     assert token.callback_ok() is True
     redeemed = token.balanceOf(token.address) - wallet0
     assert pool.balanceOf(token.address) == 0
-    assert token.balanceOf(pool.address) == pool_balance0 + to_pool - redeemed
-    # priced on the pool's assets after the loss arrived (erc4626: virtual share offset 6)
-    assert redeemed == shares * (pool_balance0 + to_pool + 1) // (supply0 + 10**6)
+    assert token.balanceOf(pool.address) == pool_balance0 + 205 * unit - redeemed
+    # the collateral less the keeper's reward reached the pool as the engine's credit, after
+    # the callback
+    to_pool = collateral0 - unit
+    assert engine.claimable(pool.address) == credit0 + to_pool
+    # priced with the fund's 205 but before the credit (erc4626: virtual share offset 6) ...
+    assert redeemed == shares * (pool_balance0 + credit0 + 205 * unit + 1) // (supply0 + 10**6)
+    # ... so below what the shares are worth once the whole liquidation has landed
+    final = shares * (pool_balance0 + credit0 + 205 * unit + to_pool + 1) // (supply0 + 10**6)
+    assert redeemed < final
+    assert engine.claimable(keeper.address) == unit
     assert_intact(s, holders)
 
 
@@ -358,24 +427,27 @@ def test_reentrant_callback_into_the_pool_during_a_liquidation_sees_final_state(
 
 def test_self_liquidation_costs_more_than_the_reward(system, trader):
     """A trader that keeps its own keeper reward still pays the whole penalty: no profit."""
-    engine, token = system.engine, system.token
+    engine = system.engine
     scale = 10 ** (18 - system.decimals)
     distressed(system, trader)
     system.set_price(ETH, 1_840)
     before = engine.check_margin(trader.address)
     assert before.state == State.LIQUIDATABLE
-    wallet0 = token.balanceOf(trader.address)
+    # the trader's tokens outside its account: its wallet and what the engine holds for it
+    # (a keeper's reward accrues in `claimable`, paid by `claim_rewards`)
+    held0 = held(system, trader)
 
     tx = engine.liquidate(trader.address, sender=trader)
     log = one(tx, engine.Liquidation)
     assert log.keeper == trader.address
     assert 0 < log.keeper_reward < log.penalty
     after = engine.check_margin(trader.address)
-    wallet1 = token.balanceOf(trader.address)
-    assert wallet1 - wallet0 == log.keeper_reward
+    held1 = held(system, trader)
+    assert held1 - held0 == log.keeper_reward
+    assert engine.claimable(trader.address) == log.keeper_reward
 
-    # wealth = wallet + equity (wad): it drops by at least penalty - reward
-    gained = (wallet1 - wallet0) * scale + after.equity - before.equity
+    # wealth = wallet + accrued + equity (wad): it drops by at least penalty - reward
+    gained = (held1 - held0) * scale + after.equity - before.equity
     assert gained <= -(log.penalty - log.keeper_reward) * scale
     assert gained < 0
     assert_intact(system, [trader])
@@ -384,7 +456,7 @@ def test_self_liquidation_costs_more_than_the_reward(system, trader):
 def test_self_liquidation_of_a_small_account_is_at_best_free(system, trader):
     """When the penalty is below min_keeper_reward, the reward is capped at the penalty: the
     self-liquidator gets back at most what it paid (without the cap it would pocket 1 token)."""
-    engine, token = system.engine, system.token
+    engine = system.engine
     scale = 10 ** (18 - system.decimals)
     set_risk_params(system, critical_ratio=WAD // 2)  # a tranche below ratio 1
     deposit(system, trader, 21 * system.unit // 2)
@@ -392,55 +464,77 @@ def test_self_liquidation_of_a_small_account_is_at_best_free(system, trader):
     system.set_price(ETH, 1_880)  # equity 4.45, maintenance 4.7: ratio 0.95
     before = engine.check_margin(trader.address)
     assert before.state == State.LIQUIDATABLE
-    wallet0 = token.balanceOf(trader.address)
+    held0 = held(system, trader)  # wallet + accrued rewards
 
     log = one(engine.liquidate(trader.address, sender=trader), engine.Liquidation)
     assert not log.full_close
     assert 0 < log.penalty < engine.risk_params().min_keeper_reward // scale
     assert log.keeper_reward == log.penalty
+    assert engine.claimable(trader.address) == log.keeper_reward  # accrued, not sent
     after = engine.check_margin(trader.address)
-    gained = (token.balanceOf(trader.address) - wallet0) * scale + after.equity - before.equity
+    gained = (held(system, trader) - held0) * scale + after.equity - before.equity
     assert -2 * scale <= gained <= 0
     assert_intact(system, [trader])
 
 
 def test_self_margin_call_is_zero_sum(system, trader):
-    """Calling oneself moves the call reward from one's collateral to one's wallet: no gain."""
+    """Calling oneself moves the call reward from one's collateral to one's accrued rewards
+    (then, by `claim_rewards`, to one's wallet): no gain."""
     engine, token = system.engine, system.token
     distressed(system, trader)
     system.set_price(ETH, 1_850)
     collateral0, wallet0 = engine.collateral_of(trader.address), token.balanceOf(trader.address)
+    # the reward scales with the notional: 4 ETH at 1,850, 1.85 tokens (room above maintenance 26)
+    expected = call_reward(
+        account_model(system, trader), risk_params_model(engine), scale_of(system)
+    )
+    assert expected == 185 * system.unit // 100
     tx = engine.margin_call(trader.address, sender=trader)
     reward = one(tx, engine.MarginCall).reward
-    assert reward > 0
+    assert reward == expected
     assert engine.collateral_of(trader.address) == collateral0 - reward
-    assert token.balanceOf(trader.address) == wallet0 + reward
+    assert engine.claimable(trader.address) == reward
+    assert token.balanceOf(trader.address) == wallet0
     assert engine.account_info(trader.address)[2] != 0  # and the call is now on record
+    assert_intact(system, [trader])
+    engine.claim_rewards(trader.address, sender=trader)
+    assert engine.claimable(trader.address) == 0
+    assert token.balanceOf(trader.address) == wallet0 + reward
+    assert engine.collateral_of(trader.address) + token.balanceOf(trader.address) == (
+        collateral0 + wallet0
+    )
     assert_intact(system, [trader])
 
 
 def test_margin_call_reward_never_makes_the_account_liquidatable(
     system, chain, trader, stranger, keeper
 ):
-    """An account just above maintenance (equity 368.5, maintenance 368): the full 1-token call
-    reward would take it below ratio 1, LIQUIDATABLE at once, and a keeper could call and
-    liquidate in one block. The reward is cut to what keeps equity at maintenance (0.5): the
-    account is CALLED, with its whole grace period, and no tranche goes through."""
-    engine, token, unit = system.engine, system.token, system.unit
+    """An account just above maintenance (equity 368.5, maintenance 368): the full call reward
+    (scaled with the notional: 1.84 tokens for 4 ETH at 1,840) would take it below ratio 1,
+    LIQUIDATABLE at once, and a keeper could call and liquidate in one block. The reward is
+    cut to what keeps equity at maintenance (0.5): the account is CALLED, with its whole grace
+    period, and no tranche goes through."""
+    engine, unit = system.engine, system.unit
     distressed(system, trader)
     system.set_price(ETH, 1_840)
     deposit(system, stranger, 25 * unit // 2, account=trader)  # equity 368.5 / maintenance 368
     st = engine.check_margin(trader.address)
     assert (st.equity, st.maintenance) == (3_685 * WAD // 10, 368 * WAD)
     assert st.state == State.CALLABLE
-    wallet = token.balanceOf(keeper.address)
-    assert engine.risk_params().call_reward == WAD  # what an uncapped call would take
+    accrued = engine.claimable(keeper.address)
+    # what an uncapped call would take: the keeper's share of a close_factor tranche's penalty
+    # of the 7,360 notional (7,360 * 0.25 * 0.005 * 0.2 = 1.84 tokens), above the 0.5 of room
+    notional = evaluate(account_model(system, trader), scale_of(system)).notional
+    assert notional == 7_360 * WAD
+    uncapped = scaled_call_reward(notional, risk_params_model(engine))
+    assert uncapped == 184 * WAD // 100
+    assert uncapped > st.equity - st.maintenance
 
     tx = engine.margin_call(trader.address, sender=keeper)
     call = one(tx, engine.MarginCall)
     assert call.reward == unit // 2
     assert (call.equity, call.ratio) == (368 * WAD, WAD)
-    assert token.balanceOf(keeper.address) == wallet + unit // 2
+    assert engine.claimable(keeper.address) == accrued + unit // 2  # accrued for the keeper
     after = engine.check_margin(trader.address)
     assert after.state == State.CALLED and after.ratio == WAD
     with ape.reverts("engine: account not liquidatable"):
@@ -482,7 +576,7 @@ def test_deposit_lifting_ratio_above_one_forces_a_call_then_the_tranche(
     ratio from 0.967 to just above 1 (below call_ratio 1.25), makes it CALLABLE: the tranche
     reverts and the keeper must call it; once the grace period has passed, the tranche goes
     through (the front-run buys the trader one grace period, not an escape)."""
-    engine, token, unit = system.engine, system.token, system.unit
+    engine, unit = system.engine, system.unit
     holders = [trader, stranger, keeper]
     distressed(system, trader)
     system.set_price(ETH, 1_840)
@@ -493,18 +587,26 @@ def test_deposit_lifting_ratio_above_one_forces_a_call_then_the_tranche(
     assert st.ratio == 369 * WAD // 368 and WAD < st.ratio < 125 * WAD // 100
     assert st.state == State.CALLABLE and st.call_deadline == 0
     before = snapshot(system, trader)
-    keeper_wallet = token.balanceOf(keeper.address)
+    keeper_held = held(system, keeper)  # wallet + accrued rewards
+    keeper_accrued = engine.claimable(keeper.address)
     with ape.reverts("engine: account not liquidatable"):
         engine.liquidate(trader.address, sender=keeper)
     assert engine.liquidate_many([trader.address], sender=keeper).return_value == 0
     assert snapshot(system, trader) == before
-    assert token.balanceOf(keeper.address) == keeper_wallet
+    assert held(system, keeper) == keeper_held
 
+    # the call reward: the scaled reward (1.84 tokens for 7,360 of notional) cut to the room
+    # above maintenance (369 - 368 = 1 token), as the reference math says
+    expected = call_reward(
+        account_model(system, trader), risk_params_model(engine), scale_of(system)
+    )
+    assert expected == unit
     tx = engine.margin_call(trader.address, sender=keeper)
     call = one(tx, engine.MarginCall)
     deadline = tx_time(chain, tx) + 3_600
     assert (call.deadline, call.reward, call.equity, call.ratio) == (deadline, unit, 368 * WAD, WAD)
-    assert token.balanceOf(keeper.address) == keeper_wallet + unit
+    assert held(system, keeper) == keeper_held + unit
+    assert engine.claimable(keeper.address) == keeper_accrued + unit  # accrued, not sent
     assert engine.account_info(trader.address)[2] == deadline
     # during the grace period (ratio exactly 1: still CALLED), no tranche
     travel_to(chain, deadline - 1)
@@ -532,7 +634,7 @@ def test_deposit_lifting_ratio_above_one_forces_a_call_then_the_tranche(
         ref.ratio_after,
     )
     assert liq.closed_notional > 0 and liq.keeper_reward > 0
-    assert token.balanceOf(keeper.address) == keeper_wallet + unit + liq.keeper_reward
+    assert held(system, keeper) == keeper_held + unit + liq.keeper_reward
     assert_intact(system, holders)
 
 
@@ -557,38 +659,41 @@ def test_deposit_short_of_call_ratio_does_not_block_an_overdue_call(
 
 
 def test_deposit_that_restores_call_ratio_blocks_the_tranche(system, trader, stranger, keeper):
-    engine, token, unit = system.engine, system.token, system.unit
+    engine, unit = system.engine, system.unit
     distressed(system, trader)
     system.set_price(ETH, 1_840)
     deposit(system, stranger, 110 * unit, account=trader)  # equity 466 >= 1.25 * 368 = 460
     assert engine.check_margin(trader.address).state == State.HEALTHY
     before = snapshot(system, trader)
-    keeper_wallet = token.balanceOf(keeper.address)
+    keeper_held = held(system, keeper)  # wallet + accrued rewards: no reward either way
     with ape.reverts("engine: account not liquidatable"):
         engine.liquidate(trader.address, sender=keeper)
     assert engine.liquidate_many([trader.address], sender=keeper).return_value == 0
     assert snapshot(system, trader) == before
-    assert token.balanceOf(keeper.address) == keeper_wallet
+    assert held(system, keeper) == keeper_held
     assert_intact(system, [trader, stranger, keeper])
 
 
 def test_batches_with_repeated_accounts_act_once(system, trader, other_trader, keeper):
-    """A keeper repeating an account in a batch gets one call / one tranche and one reward."""
-    engine, token = system.engine, system.token
+    """A keeper repeating an account in a batch gets one call / one tranche and one reward
+    (accrued in the engine: `claimable`)."""
+    engine = system.engine
     distressed(system, trader)
     distressed(system, other_trader)
     system.set_price(ETH, 1_850)
-    wallet0 = token.balanceOf(keeper.address)
+    accrued0 = engine.claimable(keeper.address)
     tx = engine.margin_call_many([other_trader.address] * 10, sender=keeper)
     assert tx.return_value == 1
     reward = one(tx, engine.MarginCall).reward
-    assert token.balanceOf(keeper.address) == wallet0 + reward
+    # the scaled reward of 4 ETH at 1,850: 1.85 tokens, once
+    assert reward == 185 * system.unit // 100
+    assert engine.claimable(keeper.address) == accrued0 + reward
 
     system.set_price(ETH, 1_840)
     tx = engine.liquidate_many([trader.address] * 10, sender=keeper)
     assert tx.return_value == 1
     log = one(tx, engine.Liquidation)
-    assert token.balanceOf(keeper.address) == wallet0 + reward + log.keeper_reward
+    assert engine.claimable(keeper.address) == accrued0 + reward + log.keeper_reward
     assert_intact(system, [trader, other_trader, keeper])
 
 
