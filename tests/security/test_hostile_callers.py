@@ -362,7 +362,7 @@ def test_reentrant_callback_into_the_pool_inside_pool_pay_is_refused(
     assert_intact(s, holders)
 
 
-def test_reentrant_callback_into_the_pool_during_a_liquidation_sees_final_state(
+def test_reentrant_callback_into_the_pool_during_a_bankrupt_close_gets_less_never_more(
     rsys, keeper, trader, other_trader, stranger
 ):
     """A callback into `pool.redeem` during a liquidation runs (the pool's lock is free and the
