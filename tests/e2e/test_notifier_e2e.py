@@ -1,5 +1,6 @@
 """The notifier bot as a real process (`silverback run notifier` on ResilientRunner) against
-the test session's Anvil, with a local webhook: a trader goes through an early warning, a
+the test session's Anvil, with a local webhook: a trader's order is settled (and another
+trader's, whose only message that is), then the trader goes through an early warning, a
 margin call, its cure, a liquidation tranche and a bankrupt close with bad debt; every
 message arrives exactly once (counted by `Idempotency-Key` and raw), in order per trader,
 while the webhook is up, while it is down, and across a crash and restart of the notifier.
@@ -16,15 +17,32 @@ from collections import Counter
 import pytest
 
 from margincall.constants import State
+from margincall.deploy.record import DeployConfig, deploy_from_config, write_record
 from margincall.notify import (
     EARLY_WARNING,
     KINDS,
+    ORDER_KINDS,
     EngineEvent,
     event_key,
     notifier_env,
 )
+from tests.e2e.conftest import E2E_CONFIG, Deployed
+from tests.utils.helpers import fund_lp
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def deployed(project, chain, owner, lp, tmp_path_factory) -> Deployed:
+    """The e2e deployment with `critical_ratio` 0.5: the story's tranche is at ratio 0.82,
+    where the default 1 would close the whole account (CRITICAL) and leave no bankruptcy."""
+    raw = {**E2E_CONFIG, "risk": {"critical_ratio": "0.5"}}
+    config = DeployConfig.parse(raw, source="tests/e2e/test_notifier_e2e.py")
+    result = deploy_from_config(project, owner, config, chain.provider.network_choice, chain)
+    fund_lp(result.system, lp, 1_000_000)
+    path = write_record(result.record, tmp_path_factory.mktemp("deployment") / "record.json")
+    return Deployed(result.record, path, result.system, result.record.client(project))
+
 
 # prices of ETH-USD along the story (trader: 996 collateral, long 4 ETH from 2,000)
 WARN_PRICE = 1_885  # ratio ~1.42: under the 1.5 warning level, still HEALTHY
@@ -32,6 +50,7 @@ CALL_PRICE = 1_855  # ratio ~1.12: CALLABLE
 LIQUIDATION_PRICE = 1_800  # ratio ~0.82 after the cure: LIQUIDATABLE
 CRASH_PRICE = 1_400  # equity < 0: BANKRUPT
 STORY = [
+    "order_settled",
     EARLY_WARNING,
     "margin_call",
     "margin_call_cleared",
@@ -54,11 +73,12 @@ def notifier_settings(deployed, webhook, tmp_path) -> dict[str, str]:
 
 
 def event_keys(chain, *txs) -> set[str]:
-    """The keys of the notified events (MarginCall, ..., BadDebt) the transactions logged."""
+    """The keys of the notified events (MarginCall, ..., BadDebt, the order book's
+    OrderSettled, ...) the transactions logged."""
     keys = set()
     for tx in txs:
         for log in tx.decode_logs():
-            if log.event_name in KINDS:
+            if log.event_name in KINDS or log.event_name in ORDER_KINDS:
                 e = EngineEvent.from_log(log)
                 keys.add(event_key(chain.chain_id, e.tx_hash, e.log_index))
     return keys
@@ -78,9 +98,10 @@ class Story:
 
     def open_positions(self) -> None:
         self.d.deposit(self.trader, 1_000)
-        self.d.open(self.trader, 4)  # 8,000 notional: ratio ~2.5
+        self.txs.append(self.d.open(self.trader, 4))  # 8,000 notional: ratio ~2.5
         self.d.deposit(self.other, 10_000)
-        self.d.open(self.other, 1)  # stays healthy all along: never notified
+        # stays healthy all along: notified only of its order's settlement
+        self.txs.append(self.d.open(self.other, 1))
 
     def fall_under_warning(self) -> None:
         self.d.set_price(WARN_PRICE)
@@ -120,10 +141,13 @@ def assert_exactly_once(webhook, story: Story) -> None:
     assert len(got) == len(by_key)  # raw count: nothing sent twice
     events = story.keys()
     warnings = {d.key for d in got if d.body["kind"] == EARLY_WARNING}
-    assert len(events) == 5 and len(warnings) == 1
+    assert len(events) == 7 and len(warnings) == 1
     assert set(by_key) == events | warnings  # nothing lost, nothing extra
-    assert {d.body["account"] for d in got} == {story.trader.address}
-    assert [d.body["kind"] for d in got] == STORY  # the trader's messages in order
+    others = [d.body["kind"] for d in got if d.body["account"] == story.other.address]
+    assert others == ["order_settled"]
+    mine = [d.body["kind"] for d in got if d.body["account"] == story.trader.address]
+    assert mine == STORY  # the trader's messages in order
+    assert len(mine) + len(others) == len(got)
     for d in got:
         assert d.body["key"] == d.key and d.body["text"]
     bad_debt = next(d.body for d in got if d.body["kind"] == "bad_debt")
@@ -142,10 +166,11 @@ def test_every_message_arrives_exactly_once_across_a_webhook_outage_and_a_crash(
     story = Story(deployed, chain, trader, other_trader, keeper)
     story.open_positions()
 
-    # live: the early warning arrives while everything is up
+    # live: the two settlements, then the early warning, arrive while everything is up
     story.fall_under_warning()
-    [warning] = webhook.wait_for(lambda got: len(got) >= 1, what="warning", on_timeout=bot.tail)
-    assert warning.body["kind"] == EARLY_WARNING and warning.body["account"] == trader.address
+    live = webhook.wait_for(lambda got: len(got) >= 3, what="warning", on_timeout=bot.tail)
+    assert [d.body["kind"] for d in live] == ["order_settled", "order_settled", EARLY_WARNING]
+    assert live[-1].body["account"] == trader.address
 
     # the webhook goes down: the call and its cure are read and kept, deliveries retried
     webhook.stop()
@@ -160,11 +185,11 @@ def test_every_message_arrives_exactly_once_across_a_webhook_outage_and_a_crash(
     bot = bot_factory("notifier", **settings)  # restarts on the same outbox
     bot.wait_ready()
     bot.wait_for(r"notify \[liquidation\]", timeout=30)  # read from the outbox's cursor
-    assert len(webhook.received()) == 1
+    assert len(webhook.received()) == 3
 
     # the webhook comes back on the same port: the backlog goes out in order, no block needed
     webhook.start()
-    webhook.wait_for(lambda got: len(got) >= 4, what="the backlog", on_timeout=bot.tail)
+    webhook.wait_for(lambda got: len(got) >= 6, what="the backlog", on_timeout=bot.tail)
 
     # live again: the bankrupt close and its bad debt
     story.bankrupt()

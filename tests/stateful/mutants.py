@@ -47,10 +47,6 @@ PAUSED = '            fixed_point._fail("engine: paused")\n'
 PAUSE_BLOCK = "    if increases:\n        if risk.paused:\n" + PAUSED
 ACTIVE = "        if not (risk._m_active(mword)):"
 ORACLE = "staticcall IOracle(self._m_oracle(self._market[m]))"
-DEPOSIT_CLEAR = (  # the deposit's best-effort call clearing (the trade's uses p.call_ratio)
-    "        if ok:\n            ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)\n"
-    "            if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():"
-)
 # name -> (what the machine must notice, file under contracts/, source replaced, replacement)
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "pause_ignored": ("new exposure while paused", ENGINE, PAUSED, "            pass\n"),
@@ -90,17 +86,22 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         f"            prices[m] = {ORACLE}.price()",
         f"            prices[m] = ({ORACLE}.try_price())[0]",
     ),
-    "trade_price_unchecked": (
-        "a trade at an invalid price",
+    # the fill's own price is the order book's (the first valid round after the commit: the
+    # book and the adapter check it, tests/unit/test_orders.py); the other legs are the engine's
+    "fill_other_prices_unchecked": (
+        "new exposure valued with another market's invalid price",
         ENGINE,
-        "    price: uint256 = staticcall IOracle(risk._m_oracle(mword)).price()",
-        "    price: uint256 = (staticcall IOracle(risk._m_oracle(mword)).try_price())[0]",
+        "        prices: uint256[_MAX_MARKETS] = risk._prices(acct.markets & ~bit)",
+        "        prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])\n"
+        "        ok: bool = True\n"
+        "        prices, ok = risk._try_prices(acct.markets & ~bit, prices, 0)",
     ),
     "deposit_needs_prices": (
         "a deposit refused on an invalid price",
         ENGINE,
-        "        prices, ok = risk._try_prices(acct.markets, prices, 0)\n" + DEPOSIT_CLEAR,
-        "        prices = risk._prices(acct.markets)\n        ok = True\n" + DEPOSIT_CLEAR,
+        "        # best effort: a deposit must never fail on a bad price\n"
+        "        acct = self._cure(account, acct, False)",
+        "        acct = self._cure(account, acct, True)",
     ),
     # the core invariants (I2, I5, the tranche interval)
     "healthy_callable": (
@@ -134,9 +135,10 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     # I1: token conservation
     "fund_fee_kept": (
-        "the fund's share of a penalty kept in the engine (tokens not where the ledgers say)",
+        "the fund's share of a penalty kept in the engine, owed to nobody (tokens not where the"
+        " ledgers say)",
         ENGINE,
-        "    if fund_fee > 0:\n        self._push(FUND.address, fund_fee)",
+        "    if fund_fee > 0:\n        self.claimable[FUND.address] += fund_fee",
         "    pass",
     ),
     # I4: a tranche never lowers the ratio (6-decimal collateral: see MUTANT_DECIMALS)
@@ -165,8 +167,9 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "call_reward_uncapped": (
         "a call reward that takes equity below maintenance",
         ENGINE,
-        "        reward = min(min(p.call_reward // SCALE, room - need), acct.collateral)",
-        "        reward = min(p.call_reward // SCALE, acct.collateral)",
+        "            min(min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE,"
+        " room - need),",
+        "            min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE,",
     ),
 }
 # collateral decimals per mutant (default 18): token-unit roundings show with 6 decimals
