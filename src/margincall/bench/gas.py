@@ -21,6 +21,7 @@ nonzero and 4 per zero calldata byte).
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -55,8 +56,9 @@ from margincall.bench.gas_report import (
     whole,
     write_doc,
 )
-from margincall.constants import State
+from margincall.constants import WAD, State
 from margincall.deploy import deploy_system
+from margincall.sdk import MarginEngineClient
 
 # tranches per claim of each accrued balance, for the amortised row: the keeper bot claims
 # at MARGINCALL_CLAIM_AT = 100 tokens and earns at least min_keeper_reward = 1 token a tranche
@@ -132,6 +134,10 @@ class Bench(Breakdowns):
         s.token.approve(s.fund.address, MAX_UINT, sender=o)
         s.fund.donate(100_000 * u, sender=o)
         s.token.approve(self.engine.address, MAX_UINT, sender=o)  # deposits on behalf
+        # critical_ratio 0.5 (the default 1 closes every account below ratio 1 whole): the
+        # scenarios below take tranches at ratio 0.56, the same code path as in the call band
+        params = MarginEngineClient.from_system(s).risk_params()
+        self.engine.set_risk_params(replace(params, critical_ratio=WAD // 2).as_tuple(), sender=o)
         s.token.mint(self.keeper.address, 10 * u, sender=self.keeper)
         s.token.mint(self.trader.address, 1_000_000 * u, sender=self.trader)
         s.token.approve(self.engine.address, MAX_UINT, sender=self.trader)
