@@ -307,19 +307,6 @@ class OrderBookClient:
         """Dev convenience for a local chain with mock feeds: commits, publishes the next
         round of the market's mock feed at its current answer, settles. Refused on any
         other chain (a real feed's rounds are not ours to publish)."""
-        return self.fill_now_local_receipt(
-            market_id, size_delta, acceptable_price, sender, reduce_only
-        )[0]
-
-    def fill_now_local_receipt(
-        self,
-        market_id: int,
-        size_delta: int,
-        acceptable_price: int,
-        sender: Any,
-        reduce_only: bool = False,
-    ) -> tuple[OrderOutcome, Any]:
-        """`fill_now_local`, with the settlement receipt."""
         from ape import chain
 
         if int(chain.chain_id) not in LOCAL_CHAIN_IDS:
@@ -333,7 +320,7 @@ class OrderBookClient:
         feed.set_answer(int(feed.latestRoundData()[1]), sender=sender)
         receipt = self.settle(order_id, sender)
         (outcome,) = [o for o in self.outcomes(receipt) if o.order_id == order_id]
-        return outcome, receipt
+        return outcome
 
     @staticmethod
     def is_local() -> bool:
