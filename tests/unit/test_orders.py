@@ -11,6 +11,8 @@ import ape
 import pytest
 
 from margincall.constants import WAD, State
+from margincall.keeper.settle import order_history
+from margincall.sdk.settlement import SettlementClient
 from tests.utils.helpers import (
     assert_conserved,
     commit,
@@ -285,15 +287,16 @@ def test_called_trader_cures_by_committing_a_reduction(system, trader, keeper):
     assert status.state == State.HEALTHY and status.ratio >= 125 * 10**16
 
 
-def test_reduce_only_order_is_clamped_to_what_is_left(system, trader, keeper):
+def test_reduce_only_order_is_clamped_to_what_is_left(chain, system, trader, keeper):
     book, engine = system.book, system.engine
     from tests.utils.helpers import open_position
 
     deposit(system, trader, 1_000)
     open_position(system, trader, ETH, 1)
-    order_id, _ = commit(system, trader, ETH, -wad(3), 0, reduce_only=True)
+    start = chain.blocks.head.number + 1
+    clamped, _ = commit(system, trader, ETH, -wad(3), 0, reduce_only=True)
     round_id = publish_round(system, ETH)
-    tx = book.settle_order(order_id, round_id, sender=keeper)
+    tx = book.settle_order(clamped, round_id, sender=keeper)
     assert one(tx, book.OrderSettled).size_delta == -wad(1)
     assert engine.position(trader, ETH)[0] == 0
 
@@ -302,6 +305,13 @@ def test_reduce_only_order_is_clamped_to_what_is_left(system, trader, keeper):
     tx = book.settle_order(order_id, round_id, sender=keeper)
     log = one(tx, book.OrderCancelled)
     assert log.reason == "book: nothing to reduce" and log.refund == fee_units(system)
+
+    # the book's history, as the demo's report and the e2e tests read it
+    h = order_history(SettlementClient(book), start, chain.blocks.head.number)
+    assert [o.order_id for o in h.commits] == [clamped, order_id]
+    assert h.settled_by == {clamped: keeper.address.lower()}
+    assert h.fees == {keeper.address.lower(): fee_units(system)}
+    assert h.refused == 1 and h.reasons == {"book: nothing to reduce": 1}
 
 
 def test_liquidation_since_the_commit_shrinks_a_reduce_only_order(system, trader, keeper):

@@ -27,6 +27,9 @@ from margincall.notify.webhook_sink import Delivery
 from margincall.report import kv_table
 from margincall.sdk.rounds import rounds_published
 
+# PROTOCOL.md 5b: an order is settled within 2 blocks of the first price after its commit
+ORDER_P99_BLOCKS = 2
+
 console = Console(highlight=False, width=None if Console().is_terminal else 120)
 
 
@@ -252,14 +255,21 @@ class DemoReport:
             for m, market in enumerate(self.record.markets)
             for _, updated, block in rounds_published(web3, market.feed, start, stop)
         ]
-        delays = list(settle_delays(commits, settled, rounds).values())
+        by_order = settle_delays(commits, settled, rounds)
+        me = self.keeper.address.lower()
+        delays = [d for oid, d in by_order.items() if h.settled_by.get(oid) == me]
+        others = len(settled) - sum(1 for oid in settled if h.settled_by.get(oid) == me)
         self.order_delays = delays
         return [
             ("orders committed (openings and cures by reduction)", str(len(commits))),
-            ("  settled", str(len(settled))),
-            ("  refused at settlement (reason logged, fee refunded)", str(refused)),
+            ("  settled by the keeper process", str(len(settled) - others)),
+            ("  settled by anyone else", str(others)),
             (
-                "settled after the first price after the commit",
+                "  refused at settlement or expired (fee refunded)",
+                f"{refused}" + "".join(f" · {n} {why!r}" for why, n in sorted(h.reasons.items())),
+            ),
+            (
+                "keeper's settlements, blocks after the first price after the commit",
                 f"p50 {percentile(delays, 50)} · p99 {percentile(delays, 99)}"
                 f" · max {max(delays, default=0)} blocks over {len(delays)} orders",
             ),
@@ -317,6 +327,15 @@ class DemoReport:
         for table in (outcome, keeper, orders, notes):
             console.print(table)
 
-        return self._verdict(s, keeper_wrong + note_wrong)
+        late = percentile(self.order_delays, 99)
+        order_wrong = []
+        if late > ORDER_P99_BLOCKS:
+            order_wrong.append(
+                f"the keeper settled orders p99 {late} blocks after their price"
+                f" (target {ORDER_P99_BLOCKS})"
+            )
+        if not self.order_delays:
+            order_wrong.append("the keeper settled no order: the order story did not happen")
+        return self._verdict(s, keeper_wrong + note_wrong + order_wrong)
 
     # --- run ---

@@ -5,9 +5,10 @@ the demo then
 
 1. deploys the system from config/deploy-local.yaml (deployment record under
    .margincall/demo/), funds two LPs and seeds the insurance fund;
-2. opens ~50 traders at 2x-9.9x, long and short, on ETH and BTC (seeded);
-3. starts the keeper and the notifier as real Silverback processes (`silverback run`,
+2. starts the keeper and the notifier as real Silverback processes (`silverback run`,
    logs in .margincall/demo/), with a local webhook receiving the notifier's messages;
+3. opens ~50 traders at 2x-9.9x, long and short, on ETH and BTC (seeded): each commits
+   an order, a round is published, and the keeper process settles them;
 4. switches Anvil to interval mining (one block a second, many transactions per block);
 5. replays a crash: ETH -45% and BTC -35% over 30 steps of 5 minutes of chain time,
    with rebounds; traders who get a margin call cure it with a deposit half of the
@@ -65,6 +66,7 @@ from margincall.demo.checks import (
 from margincall.deploy.record import DeployConfig, deploy_from_config, write_record
 from margincall.keeper.audit import History, read_history
 from margincall.keeper.procs import BotProcess
+from margincall.keeper.settle import order_history
 from margincall.keeper.tx import TxSender
 from margincall.notify.webhook_sink import WebhookServer
 from margincall.report import fmt_tokens
@@ -252,6 +254,7 @@ class CrashDemo(DemoReport):
                 plans,
                 lambda m: publish_round(self.system, chain, self.client, m),
                 progress=lambda i: bar.update(task, completed=i),
+                settle=self.keeper_settles,
             )
         # every trader keeps a reserve to cure a call with one deposit transaction
         for trader, plan in zip(self.traders, plans, strict=True):
@@ -265,6 +268,23 @@ class CrashDemo(DemoReport):
             f"  {len(plans)} traders, leverage {lev[0]:.1f}x..{lev[-1]:.1f}x"
             f" (median {lev[len(lev) // 2]:.1f}x), {longs} long / {len(plans) - longs} short"
         )
+
+    def keeper_settles(self, orders: list[int], timeout: float = 60.0) -> list[str]:
+        """Waits until the keeper process has settled (or refused) every order of `orders`
+        (automine: its batch lands as soon as it is sent); the reasons of those refused."""
+        first = chain.blocks.head.number
+        deadline = time.monotonic() + timeout
+        while any(self.client.orders.order(o) is not None for o in orders):
+            self.check_bots()
+            if time.monotonic() > deadline:
+                left = sum(self.client.orders.order(o) is not None for o in orders)
+                raise DemoFailure(
+                    f"the keeper left {left} of {len(orders)} opening orders unsettled for"
+                    f" {timeout:.0f} s after their round (see {WORKDIR}/keeper.log)"
+                )
+            time.sleep(0.25)
+        h = order_history(self.book, first, chain.blocks.head.number)
+        return [f"{h.refused} refused at settlement"] if h.refused else []
 
     def start_bots(self) -> None:
         self.webhook.start()
@@ -516,11 +536,15 @@ class CrashDemo(DemoReport):
     def run(self) -> bool:
         console.rule("[bold]1 · deploy[/]", style="cyan")
         self.deploy()
-        console.rule("[bold]2 · traders[/]", style="cyan")
-        self.open_traders()
-        console.rule("[bold]3 · bots[/]", style="cyan")
         try:
+            console.rule("[bold]2 · bots[/]", style="cyan")
             self.start_bots()
+            console.rule(
+                "[bold]3 · traders[/] (each commits an order; the keeper settles them at the"
+                " next round)",
+                style="cyan",
+            )
+            self.open_traders()
             self.interval_mining(True)
             console.rule(
                 f"[bold]4 · crash[/] (interval mining: 1 block/s, {BLOCK_SECONDS} s of chain"

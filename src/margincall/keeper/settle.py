@@ -198,12 +198,15 @@ class OrderDesk:
 class OrderHistory:
     """The book's orders in a block range, from its logs: commits, the block each settled
     order was settled in, how many were refused (cancelled at settlement or expired), and
-    the settlement fees earned by each settler (lower-case address -> token units)."""
+    the settlement fees earned by each settler (lower-case address -> token units) and who
+    settled each order (order id -> lower-case address)."""
 
     commits: list[PendingOrder] = field(default_factory=list)
     settled: dict[int, int] = field(default_factory=dict)
     refused: int = 0
     fees: dict[str, int] = field(default_factory=dict)
+    settled_by: dict[int, str] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # refusals by reason
 
 
 def order_history(book: Any, start: int, stop: int) -> OrderHistory:
@@ -231,9 +234,12 @@ def order_history(book: Any, start: int, stop: int) -> OrderHistory:
         elif settled.matches(log):
             out.settled[oid] = _int(log["blockNumber"])
             who = str(settled.field(log, "settler")).lower()
+            out.settled_by[oid] = who
             out.fees[who] = out.fees.get(who, 0) + settled.field(log, "fee")
         elif cancelled.matches(log):
             out.refused += 1
+            why = str(cancelled.field(log, "reason"))
+            out.reasons[why] = out.reasons.get(why, 0) + 1
     return out
 
 

@@ -74,13 +74,15 @@ def open_crowd(
     publish: Callable[[int], Any],
     slippage_bps: int = 100,
     progress: Callable[[int], None] | None = None,
-    settler: Any = None,
+    settle: Callable[[list[int]], list[str]] | None = None,
 ) -> list[int]:
     """Funds each trader with its deposit (mock token) and opens its position through an
     order: every trader commits, then `publish(market_id)` posts the next round of each
     market used (at its current price, in a later block than the commits: on a local chain,
-    `publish_round`), then `settler` (default: the first trader) settles every order at it.
-    Returns the order ids; raises if one of them was refused."""
+    `publish_round`), then `settle(order_ids)` sees every order settled at it and returns
+    the reasons of those refused (default: the first trader settles them, `settle_as`; the
+    demo waits for its keeper process instead). Returns the order ids; raises if one of them
+    was refused or is still pending."""
     if len(traders) < len(plans):
         raise ValueError(f"{len(plans)} plans but only {len(traders)} trader accounts")
     orders = []
@@ -99,17 +101,25 @@ def open_crowd(
         return orders
     for m in sorted({p.market_id for p in plans}):
         publish(m)
+    if settle is None:
+        refused = settle_as(client, orders, traders[0])
+    else:
+        refused = settle(orders)
+    left = [o for o in orders if client.orders.order(o) is not None]
+    if refused or left:
+        why = refused[0] if refused else "not settled"
+        raise RuntimeError(f"open_crowd: {len(refused) + len(left)} orders not filled ({why})")
+    return orders
+
+
+def settle_as(client: Any, orders: list[int], settler: Any) -> list[str]:
+    """Settles `orders` in batches sent by `settler`; the reasons of those refused."""
     refused = []
     # a gas limit given, not estimated: the book stops a batch early when less than its fill
     # gas is left, so an estimate settles fewer orders (or starves a fill mid-way)
-    settler = settler or traders[0]
     for receipt in client.orders.settle_many(orders, sender=settler, gas_limit=SETTLE_GAS):
-        refused += [o for o in client.orders.outcomes(receipt) if not o.settled]
-    left = [o for o in orders if client.orders.order(o) is not None]
-    if refused or left:
-        why = refused[0].reason if refused else "not settled"
-        raise RuntimeError(f"open_crowd: {len(refused) + len(left)} orders not filled ({why})")
-    return orders
+        refused += [o.reason for o in client.orders.outcomes(receipt) if not o.settled]
+    return refused
 
 
 def publish_round(system: Any, chain: Any, client: Any, market_id: int) -> Any:
@@ -151,4 +161,4 @@ def crash_path(
     return path
 
 
-__all__ = ["TraderPlan", "crash_path", "open_crowd", "plan_crowd", "publish_round"]
+__all__ = ["TraderPlan", "crash_path", "open_crowd", "plan_crowd", "publish_round", "settle_as"]

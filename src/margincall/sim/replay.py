@@ -361,18 +361,17 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
     # --- scan, keeper ---
 
     def _fund_and_pool_calls(self) -> list[Any]:
-        """The fund's holdings (its balance plus its share accrued in the engine, which a
-        bankrupt close sweeps to it) and the pool's totalAssets (its credit included)."""
+        """The fund's holdings (`fund_balance`: its balance plus its share accrued in the
+        engine) and the pool's totalAssets (its credit included)."""
         sim = self.sim
         return [
-            sim.eth_call(sim.token, sim.token_abi.encode("balanceOf", sim.fund)),
-            sim.eth_call(sim.engine, sim.engine_abi.encode("claimable", sim.fund)),
+            sim.eth_call(sim.fund, sim.fund_abi.encode("fund_balance")),
             sim.eth_call(sim.pool, sim.pool_abi.encode("totalAssets")),
         ]
 
     def _balances(self) -> tuple[int, int]:
-        fund, accrued, pool = self.sim.rpc.batch(self._fund_and_pool_calls())
-        return hexint(fund) + hexint(accrued), hexint(pool)
+        fund, pool = self.sim.rpc.batch(self._fund_and_pool_calls())
+        return hexint(fund), hexint(pool)
 
     def _scan_calls(self) -> list[tuple[str, list]]:
         """The views read after every block: the open accounts, the fund and the pool."""
@@ -388,9 +387,9 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
     def _scan(self, slot: int, t: int, out: list[Any]) -> None:
         sim, rec = self.sim, self.record
         statuses: list[MarginStatus] = []
-        for data in out[:-3]:
+        for data in out[:-2]:
             statuses.extend(decode_statuses(data, sim.names))
-        fund, pool = hexint(out[-3]) + hexint(out[-2]), hexint(out[-1])
+        fund, pool = hexint(out[-2]), hexint(out[-1])
         open_now = [s for s in statuses if s.positions > 0]
         self.open = [s.account for s in open_now]
         for s in statuses:
