@@ -221,9 +221,10 @@ def commit_order(
     """
     @notice Commits an order for the caller's account; escrows the
             settlement fee from its collateral (no margin check: the fee is
-            bounded, docs/design.md "Fee and escrow"). It fills at the first valid round published
-            after this block, if `acceptable_price` admits it and the margin
-            rules hold then; a CALLED account may commit reductions.
+            bounded, docs/design.md "Fee and escrow"). It fills at the first
+            valid round published after this block, if `acceptable_price`
+            admits it and the margin rules hold then; a CALLED account may
+            commit reductions.
     @param market_id The market.
     @param size_delta Signed change of the position (wad; > 0 buys).
     @param acceptable_price The highest price for a buy, the lowest for a
