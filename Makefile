@@ -42,7 +42,26 @@ browser:
 
 setup: $(VENV)/.installed node_modules/.installed $(WALLET_BUNDLE) browser
 
+# The suite in two processes, one per core: ALONGSIDE (the end-to-end tests, which mostly wait on
+# blocks and on the bots as real processes; the CLI as new processes; the state machines, so
+# that the two halves take about as long) beside everything else.
+# Each process starts its own Anvil (`host: auto`) and has its own pytest temp dir (two
+# sessions sharing /tmp/pytest-of-$$USER delete each other's). The second's output is printed
+# when it is done; the target fails if either fails. `make test-serial` runs them one by one.
+ALONGSIDE ?= tests/e2e tests/stateful tests/unit/test_cli_local.py
 test: setup lint
+	@tmp=$$(mktemp -d); \
+	echo "ape test $(ALONGSIDE), in the background: $$tmp/alongside.log"; \
+	ape test $(ALONGSIDE) -q -p no:cacheprovider --basetemp=$$tmp/alongside \
+		> $$tmp/alongside.log 2>&1 & pid=$$!; \
+	ape test tests -q $(foreach t,$(ALONGSIDE),--ignore=$(t)) --basetemp=$$tmp/rest; rc=$$?; \
+	echo "waiting for ape test $(ALONGSIDE) (pid $$pid)"; \
+	wait $$pid; rc2=$$?; \
+	echo "--- ape test $(ALONGSIDE) (exit $$rc2) ---"; cat $$tmp/alongside.log; rm -rf $$tmp; \
+	test $$rc -eq 0 && test $$rc2 -eq 0
+
+.PHONY: test-serial
+test-serial: setup lint
 	ape test tests -q
 
 # a crash with ~50 traders, the keeper and the notifier as real processes, and the report
