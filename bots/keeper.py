@@ -48,7 +48,7 @@ def start(startup_state):
         replace_after=config.replace_after,
     )
     book = SettlementClient(clients.engine.orders.book)  # the keeper settles orders too
-    keeper = Keeper(clients.engine, record, sender, config, chain.provider, clients.fund, book)
+    keeper = Keeper(clients.engine, record, sender, config, chain.provider, book)
     keeper.start()
     bot.state.keeper = keeper
     export_prometheus(keeper.snapshot, record.collateral_decimals)  # /metrics, /health

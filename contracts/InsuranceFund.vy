@@ -7,18 +7,18 @@
         transfers when anyone calls `engine.claim_rewards(fund)` (the
         engine does so itself before every deficit it asks the fund to
         cover); `fund_balance` counts both. Anyone may add to it with
-        `donate`. It pays out on the engine's order: a bankrupt account's
-        deficit into the pool (`cover`; the deficit includes the closing
-        keeper's minimum reward) and, for engines before v2, a keeper's
-        reward (`pay_keeper`). Each pays at most the fund's balance and
-        returns what it paid; the engine socialises the rest. Every
+        `donate`. It pays out only on the engine's order, and only into the
+        pool: a bankrupt account's deficit (`cover`; the deficit includes
+        the closing keeper's minimum reward, which the engine pays). It
+        pays at most the fund's balance and returns what it paid; the
+        engine socialises the rest. Every
         movement is announced with the balance after it, so the fund's
         balance history can be rebuilt from events (plus the engine's
         `RewardsClaimed` sweeps, visible as ERC-20 `Transfer` events).
 @custom:security Trusts the margin engine, set once by the owner, to call
-        `cover` and `pay_keeper` only for real deficits and keeper rewards;
-        the engine is the only caller that can move funds out, and only to
-        the pool (fixed at deployment) or to a keeper. The owner can NOT
+        `cover` only for real deficits; the engine is the only caller that
+        can move funds out, and only to the pool (fixed at deployment).
+        The owner can NOT
         withdraw the fund's assets: its only power is setting the engine,
         once. Ownership is snekmate's two-step transfer. Trusts the
         collateral token to be a plain ERC-20; `donate` rejects a token
@@ -72,13 +72,6 @@ event DeficitCovered:
     account: indexed(address)
     requested: uint256
     paid: uint256
-    balance_after: uint256
-
-
-event KeeperPaid:
-    keeper: indexed(address)
-    account: indexed(address)
-    amount: uint256
     balance_after: uint256
 
 
@@ -136,23 +129,6 @@ def cover(amount: uint256, account: address) -> uint256:
     assert msg.sender == self.engine, "fund: only engine"
     paid: uint256 = self._send(pool, amount)
     log DeficitCovered(account=account, requested=amount, paid=paid, balance_after=self._balance())
-    return paid
-
-
-@external
-@nonreentrant
-def pay_keeper(keeper: address, amount: uint256, account: address) -> uint256:
-    """
-    @notice Pays up to `amount` tokens to the keeper that closed the
-            bankrupt `account`. Only the engine may call it.
-    @param keeper The keeper to reward.
-    @param amount The reward, in token units.
-    @param account The bankrupt account (for the record).
-    @return The amount paid: min(amount, the fund's balance).
-    """
-    assert msg.sender == self.engine, "fund: only engine"
-    paid: uint256 = self._send(keeper, amount)
-    log KeeperPaid(keeper=keeper, account=account, amount=paid, balance_after=self._balance())
     return paid
 
 

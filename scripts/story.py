@@ -1,4 +1,4 @@
-"""The scripted walk-through of one margin call, cure, tranches and a bankruptcy (`ape run
+"""The scripted walk-through of margin calls, a cure, a tranche and a bankruptcy (`ape run
 story`, `make story`): a shell over `margincall.demo.story`."""
 
 from margincall.demo.story import main

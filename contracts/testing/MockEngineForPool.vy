@@ -58,16 +58,3 @@ def cover(fund: address, amount: uint256, account: address) -> uint256:
     @return What the fund paid.
     """
     return extcall IInsuranceFund(fund).cover(amount, account)
-
-
-@external
-def pay_keeper(fund: address, keeper: address, amount: uint256, account: address) -> uint256:
-    """
-    @notice Calls `fund.pay_keeper(keeper, amount, account)` as the engine.
-    @param fund The insurance fund.
-    @param keeper The keeper to reward.
-    @param amount The reward, in token units.
-    @param account The bankrupt account.
-    @return What the fund paid.
-    """
-    return extcall IInsuranceFund(fund).pay_keeper(keeper, amount, account)

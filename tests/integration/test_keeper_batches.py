@@ -17,7 +17,6 @@ from margincall.keeper.config import KeeperConfig
 from margincall.keeper.logic import Decision
 from margincall.keeper.step import REVERT_BACKOFF
 from margincall.keeper.tx import Reverted, TooLarge, TxSender
-from margincall.sdk import FundClient
 from tests.conftest import TEST_MARKETS
 from tests.utils.helpers import deposit, open_position, poison_the_pool
 
@@ -54,7 +53,7 @@ def test_a_batch_over_the_transaction_gas_cap_is_split_and_all_are_liquidated(
     )
     cap = whole * sender.gas_buffer_bps // 10_000 // 2  # the whole batch does not fit
     config = KeeperConfig(deployment=tmp_path / "rec.json", tx_gas_cap=cap)
-    bot = Keeper(client, record, sender, config, chain.provider, FundClient.from_system(system))
+    bot = Keeper(client, record, sender, config, chain.provider)
 
     bot._send(Decision(liquidations=(tuple(underwater),)), int(chain.blocks.head.number))
 
@@ -116,7 +115,7 @@ def test_a_batch_jammed_by_one_account_is_bisected_and_every_other_account_liqui
     [jammed] = sender.send_many([call], head)
     assert isinstance(jammed, Reverted) and "pool: insufficient liquidity" in str(jammed)
     config = KeeperConfig(deployment=tmp_path / "rec.json")
-    bot = Keeper(client, record, sender, config, chain.provider, FundClient.from_system(system))
+    bot = Keeper(client, record, sender, config, chain.provider)
 
     bot._send(Decision(liquidations=(batch,)), head)
 

@@ -1,7 +1,7 @@
 """Unit tests of the LiquidityPool (ERC-4626 counterparty vault) and the InsuranceFund.
 
 The engine is `MockEngineForPool`: a settable `open_interest` and forwarders, so the tests
-can call `pay`, `cover` and `pay_keeper` as "the engine". Token decimals are parametrised
+can call `pay` and `cover` as "the engine". Token decimals are parametrised
 over 6 and 18; amounts are written in whole tokens times `unit`.
 """
 
@@ -543,7 +543,6 @@ def test_owner_has_no_way_to_withdraw_fund_assets(fund):
     assert mutating == {
         "donate",
         "cover",
-        "pay_keeper",
         "set_engine",
         "transfer_ownership",
         "accept_ownership",
@@ -639,80 +638,41 @@ def test_cover_from_an_empty_fund_pays_nothing(token, pool, fund, engine, trader
     assert token.balanceOf(pool) == 0
 
 
-# --- fund: keeper rewards -------------------------------------------------------------------
-
-
-def test_pay_keeper_pays_the_reward_and_emits_keeper_paid(
-    token, fund, engine, donor, keeper, trader, unit
-):
-    _fill_fund(token, fund, donor, 100 * unit)
-
-    assert engine.pay_keeper.call(fund, keeper, 3 * unit, trader) == 3 * unit
-    tx = engine.pay_keeper(fund, keeper, 3 * unit, trader, sender=keeper)
-
-    [log] = tx.decode_logs(fund.KeeperPaid)
-    assert log.keeper == keeper.address
-    assert log.account == trader.address
-    assert log.amount == 3 * unit
-    assert log.balance_after == 97 * unit
-    assert token.balanceOf(keeper) == 3 * unit
-    assert token.balanceOf(fund) == 97 * unit
-
-
-def test_pay_keeper_beyond_the_balance_pays_what_the_fund_holds(
-    token, fund, engine, donor, keeper, trader, unit
-):
-    _fill_fund(token, fund, donor, 2 * unit)
-
-    assert engine.pay_keeper.call(fund, keeper, 5 * unit, trader) == 2 * unit
-    tx = engine.pay_keeper(fund, keeper, 5 * unit, trader, sender=keeper)
-
-    [log] = tx.decode_logs(fund.KeeperPaid)
-    assert log.amount == 2 * unit
-    assert log.balance_after == 0
-    assert token.balanceOf(keeper) == 2 * unit
-    assert token.balanceOf(fund) == 0
-
-
 @pytest.mark.parametrize("caller", ["owner", "keeper", "trader"])
 def test_fund_payouts_by_anyone_but_the_engine_revert(
-    request, token, fund, donor, keeper, trader, unit, caller
+    request, token, fund, donor, trader, unit, caller
 ):
     _fill_fund(token, fund, donor, 10 * unit)
     sender = request.getfixturevalue(caller)
     with ape.reverts("fund: only engine"):
         fund.cover(unit, trader, sender=sender)
-    with ape.reverts("fund: only engine"):
-        fund.pay_keeper(keeper, unit, trader, sender=sender)
     assert token.balanceOf(fund) == 10 * unit
 
 
-def test_fund_payouts_before_an_engine_is_set_revert(fresh_fund, keeper, trader):
+def test_fund_payouts_before_an_engine_is_set_revert(fresh_fund, trader):
     with ape.reverts("fund: only engine"):
         fresh_fund.cover(1, trader, sender=trader)
-    with ape.reverts("fund: only engine"):
-        fresh_fund.pay_keeper(keeper, 1, trader, sender=keeper)
 
 
 # --- conservation across pool and fund ------------------------------------------------------
 
 
 def test_tokens_are_conserved_through_a_bankruptcy_round(
-    token, pool, fund, engine, lp, donor, trader, keeper, unit
+    token, pool, fund, engine, lp, donor, trader, unit
 ):
-    """LP deposit, a donation, a trader profit, a covered deficit and a keeper reward."""
+    """LP deposit, a donation, a trader profit and a covered deficit (more than the fund
+    holds: it pays what it has)."""
     _deposit(token, pool, lp, 1_000 * unit)
     _fill_fund(token, fund, donor, 100 * unit)
 
     engine.pay(pool, trader, 300 * unit, sender=trader)
-    engine.cover(fund, 80 * unit, trader, sender=trader)
-    engine.pay_keeper(fund, keeper, 30 * unit, trader, sender=keeper)
+    assert engine.cover.call(fund, 130 * unit, trader) == 100 * unit
+    engine.cover(fund, 130 * unit, trader, sender=trader)
 
     assert token.balanceOf(trader) == 300 * unit
-    assert token.balanceOf(keeper) == 20 * unit
     assert token.balanceOf(fund) == 0
-    assert token.balanceOf(pool) == 780 * unit == pool.totalAssets()
-    holders = (pool, fund, engine, lp, donor, trader, keeper)
+    assert token.balanceOf(pool) == 800 * unit == pool.totalAssets()
+    holders = (pool, fund, engine, lp, donor, trader)
     assert sum(token.balanceOf(h) for h in holders) == token.totalSupply() == 1_100 * unit
 
 

@@ -102,7 +102,6 @@ def record(mode: str = "phased") -> RunRecord:
         {"slot": 2, "t": 24, "account": "c", "by_trader": True, "how": "deposit"},
         {"slot": 2, "t": 24, "account": "a", "by_trader": False, "how": ""},
     ]
-    r.keeper_paid.append({"slot": 1, "t": 12, "amount": UNIT})
     r.delays = [1, 1, 2, 1]
     r.keeper_gas = 1_000_000
     r.keeper_fee_tokens = 2.0
@@ -131,8 +130,8 @@ def test_summary_adds_up_the_events():
     assert m["accounts_cured_by_deposit"] == 1 and m["accounts_cured_by_reduce"] == 0
     assert (m["delay_p50"], m["delay_p99"], m["delay_max"]) == (1, 2, 2)
     assert m["fund_drawdown"] == 500 and m["fund_min"] == 700
-    assert m["keeper_rewards"] == 6 + 2 + 1  # tranche shares, call rewards, bankrupt pay
-    assert m["keeper_profit"] == pytest.approx(7)
+    assert m["keeper_rewards"] == 6 + 2  # tranche shares (a bankrupt close's too), call rewards
+    assert m["keeper_profit"] == pytest.approx(6)
     assert m["lp_pnl"] == 1_000 and m["conserved"] is True
 
 

@@ -308,10 +308,7 @@ class FlowLedger:
                 if name == "OrderSettled":
                     self._credit(log.settler, log.fee)
             elif log.contract_address == fund:
-                if name == "KeeperPaid":
-                    self._credit(fund, -log.amount)
-                    self._credit(log.keeper, log.amount)
-                elif name == "Donation":
+                if name == "Donation":
                     self._credit(fund, log.amount)
 
     def check(self) -> None:

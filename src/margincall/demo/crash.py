@@ -20,8 +20,8 @@ the demo then
    delay measured from the chain's history, and the notifications delivered.
 
 The report checks its figures against the chain: the keeper's rewards (its metrics
-file) against the `MarginCall`/`Liquidation` events it caused plus the fund's
-`KeeperPaid` payments to it and its token balance; the webhook's deliveries against
+file) against the `MarginCall`/`Liquidation` events it caused and its token balance plus
+what it has accrued in the engine; the webhook's deliveries against
 the engine's events (exactly one message per `MarginCall`, `MarginCallCleared`,
 `Liquidation` and `BadDebt`). It fails (exit code 1) when one of them does not match,
 tokens are not conserved, or a bot dies.

@@ -11,8 +11,10 @@ system, plays the story below and stops Anvil again.
 3. ETH slides in steps, BTC creeps up; status of every trader after each;
 4. a keeper margin-calls the CALLABLE accounts (B and C);
 5. C cures with a deposit; B cannot withdraw nor be liquidated yet;
-6. B does not cure: past the deadline the keeper liquidates B tranche by
-   tranche, 60 s apart, while ETH keeps sliding; B then closes the rest;
+6. B does not cure: past the deadline the keeper liquidates one tranche, the
+   smallest fraction that restores call_ratio (under the close factor: in the
+   call band a tranche pays a third of the penalty), which clears the call;
+   B then closes the rest;
 7. D buys the dip at 9.5x; a crash makes D CRITICAL, then BANKRUPT before
    a keeper acts: one liquidation closes everything, the fund pays the debt;
 8. final report and conservation check.
@@ -93,7 +95,6 @@ class Demo:
         self.prices = {ETH: 2_000, BTC: 60_000}
         self.liquidations: list = []
         self.calls: list = []
-        self.fund_payouts: list = []
         self.bad_debts: list = []
         self.settle_fees = 0  # the orders' settlement fees paid to the keeper
 
@@ -278,7 +279,10 @@ class Demo:
         )
         expect(pool.total_assets() == units(LP_DEPOSIT, self.decimals), "pool not funded")
         self.pool_start = pool.total_assets()
-        self.keeper_start = s.token.balanceOf(self.keeper.address)
+        # the keeper's wallet plus its rewards accrued in the engine (claimed when it likes)
+        self.keeper_start = s.token.balanceOf(self.keeper.address) + s.engine.claimable(
+            self.keeper.address
+        )
 
     def step2_open(self) -> None:
         self.header(2, "traders deposit and open leveraged positions")
@@ -373,7 +377,7 @@ class Demo:
         return receipt, ev
 
     def step6_liquidate(self) -> None:
-        self.header(6, "B does not cure: past the deadline, phased liquidation")
+        self.header(6, "B does not cure: past the deadline, a tranche")
         params = self.engine.risk_params()
         chain.pending_timestamp += GRACE_SKIP
         self.set_prices()  # fresh rounds at the same prices, mined past the deadline
@@ -383,45 +387,32 @@ class Demo:
         self.expect_states(states, {"B": State.LIQUIDATABLE}, "after the deadline")
         expect(status.ratio >= WAD, "B should be liquidatable by its deadline, not by ratio < 1")
 
-        # tranche 1 at the same prices: capped at the close factor
-        _, ev = self.liquidate("B")
-        expect(ev.fraction == params.close_factor, "first tranche should hit the close factor")
+        # one tranche at the same prices: the smallest fraction that restores call_ratio. In
+        # the call band (ratio >= critical_ratio) a tranche pays a third of the full penalty,
+        # so from any ratio >= 1 it takes less than the close factor at the defaults.
+        receipt, ev = self.liquidate("B")
+        expect(not ev.full_close, "B should not be closed in one go (it is not CRITICAL)")
+        expect(
+            0 < ev.fraction <= params.close_factor,
+            "the tranche should close at most the close factor",
+        )
+        expect(
+            ev.ratio_after >= params.call_ratio,
+            "the tranche should restore call_ratio (the smallest fraction that does)",
+        )
+        cleared = receipt.decode_logs(self.engine.MarginCallCleared)
+        expect(len(cleared) == 1, "B's tranche did not clear the margin call")
+        self.say(
+            f"[green]MarginCallCleared[/] on B by the tranche: ratio {fmt_ratio(cleared[0].ratio)}"
+            f" ({fmt_pct(ev.fraction)} closed; the close factor caps a tranche at"
+            f" {fmt_pct(params.close_factor)})"
+        )
         msg = self.expect_revert(
-            "tranche interval", self.engine.liquidate, self.traders["B"].address, sender=self.keeper
+            "not liquidatable", self.engine.liquidate, self.traders["B"].address, sender=self.keeper
         )
         self.say(f"a second tranche right away would revert cleanly ({msg})")
-
-        # the market keeps sliding during the pause
-        slide = {2: (1_815, 62_000)}
-        receipt = None
-        for tranche in range(2, 7):
-            chain.pending_timestamp += int(params.tranche_interval)
-            if tranche in slide:
-                self.set_prices(*slide[tranche])
-                self.say(f"{params.tranche_interval} s later, ETH slides to {self.prices[ETH]:,}")
-            else:
-                self.set_prices()
-                self.say(f"{params.tranche_interval} s later, prices unchanged")
-            states = self.show(f"Before tranche {tranche}")
-            if states["B"] != State.LIQUIDATABLE:
-                break
-            receipt, ev = self.liquidate("B")
-        tranches = [e for e in self.liquidations if e.account == self.traders["B"].address]
-        expect(len(tranches) >= 3, f"B took {len(tranches)} tranches, the story needs 3 or more")
-        expect(
-            all(not e.full_close for e in tranches), "B should never be closed in one go (CRITICAL)"
-        )
-        expect(
-            tranches[-1].fraction < params.close_factor,
-            "the last tranche should be the smallest fraction restoring call_ratio",
-        )
-        cleared = receipt.decode_logs(self.engine.MarginCallCleared) if receipt else []
-        expect(len(cleared) == 1, "B's last tranche did not clear the margin call")
-        self.say(
-            "[green]MarginCallCleared[/] on B by the last tranche:"
-            f" ratio {fmt_ratio(cleared[0].ratio)}"
-        )
-        self.expect_states(states, {"B": State.HEALTHY}, "after B's tranches")
+        states = self.show("After B's tranche")
+        self.expect_states(states, {"B": State.HEALTHY}, "after B's tranche")
 
         b = self.traders["B"]
         left = int(self.client.position(b, ETH)[0])
@@ -438,12 +429,12 @@ class Demo:
         states = self.show("D opens")
         self.expect_states(states, {"D": State.HEALTHY}, "after D opens")
 
-        self.set_prices(1_650, 58_000)
-        states = self.show("Crash: ETH 1,650")
+        self.set_prices(1_680, 58_000)
+        states = self.show("Crash: ETH 1,680")
         self.expect_states(
             states,
             {"A": State.HEALTHY, "C": State.HEALTHY, "D": State.CRITICAL},
-            "at ETH 1,650",
+            "at ETH 1,680",
         )
         self.set_prices(1_590, 57_500)
         self.say("the next oracle round lands before any keeper transaction")
@@ -454,7 +445,6 @@ class Demo:
             "at ETH 1,590",
         )
 
-        fund = self.system.fund
         before = self.clients.fund.balance()
         receipt, ev = self.liquidate("D")
         expect(ev.full_close, "a BANKRUPT account must close in one liquidation")
@@ -462,22 +452,16 @@ class Demo:
         expect(len(bad) == 1, "D's liquidation emitted no BadDebt")
         debt = bad[0]
         self.bad_debts.append(debt)
-        paid = receipt.decode_logs(fund.KeeperPaid)
-        self.fund_payouts.extend(paid)
         after = self.clients.fund.balance()
         self.say(
             f"[magenta]BadDebt[/] of D: {self.tok(debt.amount)},"
             f" paid by the fund {self.tok(debt.paid_by_fund)},"
             f" socialised {self.tok(debt.socialised)}"
         )
-        for p in paid:
-            self.say(
-                f"the fund pays the keeper {self.tok(p.amount)} for closing a bankrupt account"
-            )
         self.say(f"insurance fund: {self.tok(before)} -> {self.tok(after)}")
         expect(debt.socialised == 0, "the fund should cover D's deficit in full")
         expect(
-            before - after == debt.paid_by_fund + sum(p.amount for p in paid),
+            before - after == debt.paid_by_fund,
             "fund balance change does not match its payments",
         )
         expect(self.engine.collateral_of(self.traders["D"].address) == 0, "D keeps collateral")
@@ -487,11 +471,14 @@ class Demo:
     def step8_report(self) -> bool:
         self.header(8, "final report")
         s = self.system
-        keeper_earned = s.token.balanceOf(self.keeper.address) - self.keeper_start
+        keeper_earned = (
+            s.token.balanceOf(self.keeper.address)
+            + s.engine.claimable(self.keeper.address)
+            - self.keeper_start
+        )
         from_events = (
             sum(e.reward for e in self.calls)
             + sum(e.keeper_reward for e in self.liquidations)
-            + sum(p.amount for p in self.fund_payouts)
             + self.settle_fees
         )
         penalties = sum(e.penalty for e in self.liquidations)
@@ -499,13 +486,17 @@ class Demo:
         pool_assets = self.clients.pool.total_assets()
         held = s.token.balanceOf(s.engine.address)
         ledgers = sum(s.engine.collateral_of(t.address) for t in self.traders.values())
-        conserved = held == ledgers
+        # what the engine holds for others: accrued rewards (keeper), the fund's share, the
+        # pool's credit; and the settlement fees escrowed for pending orders
+        owners = (self.keeper.address, s.fund.address, s.pool.address)
+        accrued = sum(s.engine.claimable(a) for a in owners)
+        escrowed = sum(s.book.escrowed_of(t.address) for t in self.traders.values())
+        conserved = held == ledgers + accrued + escrowed
         rows = [
             ("insurance fund balance", self.tok(self.clients.fund.balance())),
             ("  donation", self.tok(units(DONATION, self.decimals))),
             ("  + liquidation fees", self.tok(fund_fees)),
             ("  - bad debt paid", self.tok(sum(d.paid_by_fund for d in self.bad_debts))),
-            ("  - keeper paid by the fund", self.tok(sum(p.amount for p in self.fund_payouts))),
             ("pool assets", self.tok(pool_assets)),
             ("  change since the LP deposit", self.tok(pool_assets - self.pool_start)),
             ("socialised loss", self.tok(sum(d.socialised for d in self.bad_debts))),
@@ -516,15 +507,21 @@ class Demo:
             ("  of which order settlement fees", self.tok(self.settle_fees)),
             ("engine token balance", self.tok(held)),
             ("sum of collateral_of(traders)", self.tok(ledgers)),
+            ("  + accrued (keeper, fund, pool)", self.tok(accrued)),
+            ("  + escrowed order fees", self.tok(escrowed)),
         ]
         console.print(kv_table(rows, title="Totals"))
         expect(keeper_earned == from_events, "keeper earnings differ from the events' rewards")
         if conserved:
-            console.print("[bold green]conservation check OK[/]: engine balance == sum of ledgers")
+            console.print(
+                "[bold green]conservation check OK[/]: engine balance == ledgers + accrued"
+                " + escrowed"
+            )
         else:
             console.print(
                 "[bold red]conservation check FAILED[/]:"
-                f" engine holds {held}, ledgers sum to {ledgers}"
+                f" engine holds {held}, ledgers {ledgers} + accrued {accrued}"
+                f" + escrowed {escrowed}"
             )
         return conserved
 

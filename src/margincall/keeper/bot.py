@@ -77,7 +77,6 @@ from margincall.report import fmt_tokens
 from margincall.sdk.book import (
     PositionBook,
 )
-from margincall.sdk.fund import FundClient
 
 # --- keeper -------------------------------------------------------------------
 
@@ -134,14 +133,11 @@ class Keeper(Receipts, OrderDesk, Upkeep):
         sender: TxSender,
         config: KeeperConfig,
         provider: Any,
-        fund: FundClient,
         book: Any = None,
     ):
-        """`client`: the engine's SDK client; `fund`: the insurance fund's (its
-        `KeeperPaid` logs count in the keeper's rewards); `book`: the order book's (the
-        keeper settles its orders; None: no orders)."""
+        """`client`: the engine's SDK client; `book`: the order book's (the keeper settles
+        its orders; None: no orders)."""
         self.client = client
-        self.fund = fund
         self.record = record
         self.sender = sender
         self.config = config
@@ -171,9 +167,7 @@ class Keeper(Receipts, OrderDesk, Upkeep):
                 "RiskParamsSet",
             )
         }
-        self._raw["KeeperPaid"] = fund.raw_event("KeeperPaid")
         self._engine = client.address
-        self._fund = fund.address
         self._me = _lower(sender.address)
         self._init_orders(book)
 

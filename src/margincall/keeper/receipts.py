@@ -27,7 +27,7 @@ def _lower(address: Any) -> str:
 
 class Receipts:
     """The keeper's receipts side (its `sender`, `client`, `state`, `metrics`, `clock`, raw
-    event readers `_raw` and addresses `_engine`, `_fund`, `_me`)."""
+    event readers `_raw` and addresses `_engine`, `_me`)."""
 
     # --- receipts ---
 

@@ -50,7 +50,6 @@ from margincall.sdk.events import RawEvent, decode_statuses, get_logs
 from margincall.sdk.fund import (
     FundClient,
     FundState,
-    KeeperPayment,
 )
 from margincall.sdk.oracle import (
     FeedSettings,
@@ -87,7 +86,6 @@ __all__ = [
     "InsufficientFunds",
     "InsufficientMargin",
     "InvalidRequest",
-    "KeeperPayment",
     "LiquidationPreview",
     "LpPosition",
     "MarginCallError",

@@ -22,17 +22,6 @@ class FundState:
     engine: str
 
 
-@dataclass(frozen=True)
-class KeeperPayment:
-    """A `KeeperPaid` event: the fund rewarded a keeper for closing a bankrupt account."""
-
-    keeper: str
-    account: str
-    amount: int  # token units
-    balance_after: int
-    block: int
-
-
 class FundClient:
     """The insurance fund and its token."""
 
@@ -50,7 +39,7 @@ class FundClient:
         return str(self.fund.address)
 
     def raw_event(self, name: str) -> RawEvent:
-        """A fast reader of the fund's event `name` (e.g. `KeeperPaid`)."""
+        """A fast reader of the fund's event `name` (e.g. `DeficitCovered`)."""
         return RawEvent(getattr(self.fund, name).abi)
 
     # --- reads ---
@@ -66,38 +55,6 @@ class FundClient:
             pool=str(self.fund.pool()),
             engine=str(self.fund.engine()),
         )
-
-    def keeper_payments(
-        self, start: int, stop: int, keeper: Any = None, chunk: int = 5_000
-    ) -> list[KeeperPayment]:
-        """The fund's `KeeperPaid` events of blocks `start..stop` (only `keeper`'s if given)."""
-        from ape import chain
-
-        provider = chain.provider
-        abi = self.fund.KeeperPaid.abi
-        want = None if keeper is None else _addr(keeper).lower()
-        out: list[KeeperPayment] = []
-        for lo in range(start, stop + 1, chunk):
-            raw = provider.web3.eth.get_logs(
-                {
-                    "address": _addr(self.fund),
-                    "fromBlock": lo,
-                    "toBlock": min(stop, lo + chunk - 1),
-                }
-            )
-            for log in provider.network.ecosystem.decode_logs(raw, abi) if raw else ():
-                if want is not None and str(log.keeper).lower() != want:
-                    continue
-                out.append(
-                    KeeperPayment(
-                        str(log.keeper),
-                        str(log.account),
-                        int(log.amount),
-                        int(log.balance_after),
-                        int(log.block_number),
-                    )
-                )
-        return out
 
     # --- checks and senders ---
 

@@ -146,8 +146,7 @@ def summarize(record: RunRecord) -> dict[str, Any]:
     fund_series, drawdown, fund_min = _fund_path(record)
     penalties = sum(e["penalty"] for e in liq)
     call_rewards = sum(e["reward"] for e in record.calls)
-    paid = sum(e["amount"] for e in record.keeper_paid)  # the fund's KeeperPaid
-    keeper_rewards = sum(e["keeper_reward"] for e in liq) + call_rewards + paid
+    keeper_rewards = sum(e["keeper_reward"] for e in liq) + call_rewards
     cured = {e["account"] for e in record.clears if e["by_trader"]}
     cured_by = {
         how: {e["account"] for e in record.clears if e["by_trader"] and e.get("how") == how}

@@ -348,8 +348,6 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
                     else "",
                 }
             )
-        elif name == "KeeperPaid":
-            rec.keeper_paid.append({"slot": slot, "t": t, "amount": int(ev["amount"])})
         return acted
 
     def _name(self, raw: Any) -> str:

@@ -175,7 +175,6 @@ class RunRecord:
     bad_debts: list[dict[str, Any]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     clears: list[dict[str, Any]] = field(default_factory=list)
-    keeper_paid: list[dict[str, Any]] = field(default_factory=list)
     # blocks from the first block where it was possible (1 = that block), per tranche or
     # full close, and per margin call
     delays: list[int] = field(default_factory=list)
