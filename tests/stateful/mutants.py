@@ -107,7 +107,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "healthy_callable": (
         "a margin call on a HEALTHY or CALLED account",
         ENGINE,
-        "        if margin._classify(ev, acct, p, SCALE) != margin._CALLABLE:\n            if strict:",
+        "        if margin._classify(ev, acct, p, SCALE) != margin._CALLABLE:\n"
+        "            if strict:",
         "        if margin._classify(ev, acct, p, SCALE) > margin._CALLED:\n            if strict:",
     ),
     "withdraw_below_initial": (
