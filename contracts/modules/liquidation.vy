@@ -3,10 +3,10 @@
 @title margincall liquidation: the tranche plan and its execution
 @custom:contract-name liquidation
 @notice `_plan_from` works out one tranche in memory from its inputs
-        alone (the engine and the lens share it); `_plan` feeds it from the
-        engine's storage; `_execute` writes a plan: positions, the markets'
-        rolling windows, the open interest and the account, with one
-        PositionChanged per position and one Liquidation event.
+        alone (the engine and the lens share it; the engine's `_liquidate`
+        feeds it from storage); `_execute` writes a plan: positions, the
+        markets' rolling windows, the open interest and the account, with
+        one PositionChanged per position and one Liquidation event.
 @custom:security Internal only; keepers are untrusted: the plan is computed
         here from storage and prices, never taken from the caller.
 """
