@@ -211,7 +211,7 @@ def withdraw(amount: uint256):
         if acct.deadline != 0:
             ev_before: int256 = ev.equity + convert(amount * SCALE, int256)
             if fixed_point._ratio(ev_before, ev.maintenance) >= risk._p_call_ratio():
-                acct = ledger._clear_call(msg.sender, acct, ev)
+                acct = ledger._clear_call(msg.sender, acct, ev.equity, ev.maintenance)
             else:
                 fixed_point._fail("engine: under margin call")
         if not (ev.equity >= convert(ev.initial, int256)):
@@ -461,31 +461,35 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
     pos: margin.Pos = ledger._load_pos(account, market_id)
     iprice: int256 = convert(price, int256)
 
-    new: margin.Pos = pos
+    new: margin.Pos = margin.Pos(size=pos.size + size_delta, cost=pos.cost)
     realized: int256 = 0
-    increases: bool = False
-    if pos.size == 0 or (pos.size > 0) == (size_delta > 0):
-        increases = True
-        new.size = pos.size + size_delta
-        new.cost = pos.cost + fixed_point._div_ceil(size_delta * iprice, fixed_point._IWAD)
-    elif abs(size_delta) <= abs(pos.size):
-        closed_cost: int256 = fixed_point._div_ceil(pos.cost * (-size_delta), pos.size)
-        realized = fixed_point._div_floor(-size_delta * iprice, fixed_point._IWAD) - closed_cost
-        new.size = pos.size + size_delta
-        new.cost = pos.cost - closed_cost
-    else:
-        increases = True
-        realized = fixed_point._div_floor(pos.size * iprice, fixed_point._IWAD) - pos.cost
-        new.size = pos.size + size_delta
-        new.cost = fixed_point._div_ceil(new.size * iprice, fixed_point._IWAD)
+    # |size_delta|, written as fixed_point's docstring explains (like
+    # `convert(abs(x), uint256)`, 43 bytes shorter and cheaper)
+    traded_size: uint256 = convert(max(size_delta, unsafe_sub(0, size_delta)), uint256)
+    # the part of `size_delta` that opens exposure (all of it unless it
+    # reduces the position: then what is left after closing, on a flip)
+    opened: int256 = size_delta
+    if pos.size != 0 and (pos.size > 0) != (size_delta > 0):
+        # the part of the old position closed (signed like it)
+        closed: int256 = pos.size
+        if traded_size <= convert(max(pos.size, unsafe_sub(0, pos.size)), uint256):
+            closed = -size_delta
+        closed_cost: int256 = fixed_point._div_ceil(pos.cost * closed, pos.size)
+        realized = fixed_point._div_floor(closed * iprice, fixed_point._IWAD) - closed_cost
+        new.cost -= closed_cost
+        opened = size_delta + closed
+    increases: bool = opened != 0
+    if increases:
+        new.cost += fixed_point._div_ceil(opened * iprice, fixed_point._IWAD)
     # dust: a position is either closed or worth at least the minimum
     p: margin.RiskParams = risk._params_without_rewards()
     if new.size != 0:
-        assert (
-            fixed_point._mul_up(convert(abs(new.size), uint256), price) >= p.min_position_notional
-        ), "engine: position below minimum"
-
-    traded: uint256 = fixed_point._mul_up(convert(abs(size_delta), uint256), price)
+        if not (
+            fixed_point._mul_up(convert(max(new.size, unsafe_sub(0, new.size)), uint256), price)
+            >= p.min_position_notional
+        ):
+            fixed_point._fail("engine: position below minimum")
+    traded: uint256 = fixed_point._mul_up(traded_size, price)
     fee: uint256 = fixed_point._to_token_up(fixed_point._mul_up(traded, risk._m_fee(mword)), SCALE)
     realized_tok: int256 = fixed_point._wad_to_token_signed(realized, SCALE)
     balance: int256 = convert(acct.collateral, int256) + realized_tok - convert(fee, int256)
@@ -503,7 +507,9 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
             fixed_point._fail("engine: too many positions")
         acct.markets |= bit
     ledger.open_interest = (
-        ledger.open_interest + convert(abs(new.cost), uint256) - convert(abs(pos.cost), uint256)
+        ledger.open_interest
+        + convert(max(new.cost, unsafe_sub(0, new.cost)), uint256)
+        - convert(max(pos.cost, unsafe_sub(0, pos.cost)), uint256)
     )
     ledger._store_pos(account, market_id, new)
 
@@ -520,7 +526,7 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if acct.deadline != 0:
             if fixed_point._ratio(ev.equity, ev.maintenance) >= p.call_ratio:
-                acct = ledger._clear_call(account, acct, ev)
+                acct = ledger._clear_call(account, acct, ev.equity, ev.maintenance)
             else:
                 fixed_point._fail("engine: under margin call")
         if not (ev.equity >= convert(ev.initial, int256)):
@@ -560,7 +566,7 @@ def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
     if ok:
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():
-            return ledger._clear_call(account, acct, ev)
+            return ledger._clear_call(account, acct, ev.equity, ev.maintenance)
     return acct
 
 
@@ -570,11 +576,16 @@ def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
 @internal
 def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
     """
-    @dev Calls every CALLABLE account of the list; rewards paid once.
-         `strict` (a single `margin_call`) reverts instead of skipping, and
-         with the oracle's reason on an invalid price.
+    @dev Records a call on every CALLABLE account of the list; rewards paid
+         once. `strict` (a single `margin_call`) reverts instead of
+         skipping, and with the oracle's reason on an invalid price. The
+         reward is min(clamp(notional * close_factor * penalty / 3 *
+         keeper_share, call_reward, max_keeper_reward), floor(equity) -
+         ceil(maintenance), collateral) in token units: it never takes
+         equity below maintenance.
     @return The number of accounts called.
     """
+    p: margin.RiskParams = risk._unpack_params(risk._params)
     prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])
     have: uint256 = 0
     total: uint256 = 0
@@ -589,72 +600,52 @@ def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
             if not ok:
                 continue
             have |= acct.markets
+        ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
+        if margin._classify(ev, acct, p, SCALE) != margin._CALLABLE:
+            if strict:
+                fixed_point._fail("engine: account not callable")
+            continue
+        # the reward never takes equity below maintenance: a call is a notice,
+        # it must not itself make the account liquidatable (rounded down)
+        # (CALLABLE: equity >= maintenance > 0)
+        room: uint256 = convert(ev.equity, uint256) // SCALE
+        need: uint256 = fixed_point._to_token_up(ev.maintenance, SCALE)
+        # the reward scales with the account: the keeper's share of the
+        # penalty of the close_factor tranche the call stands in for (at the
+        # tranche rate, liquidation_penalty // 3), at least call_reward, at
+        # most max_keeper_reward (wad, then token units rounded down)
+        scaled: uint256 = (
+            ev.notional
+            * p.close_factor // _WAD
+            * (p.liquidation_penalty // margin._TRANCHE_PENALTY_DIV) // _WAD
+            * p.keeper_share // _WAD
+        )
         reward: uint256 = 0
-        called: bool = False
-        called, reward = self._margin_call(account, acct, prices)
-        if called:
-            total += reward
-            count += 1
-        elif strict:
-            fixed_point._fail("engine: account not callable")
+        if room > need:
+            reward = min(
+                min(min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE, room - need),
+                acct.collateral,
+            )
+        acct.collateral -= reward
+        acct.deadline = block.timestamp + p.grace_period
+        acct.tranches = 0
+        ledger._store(account, acct)
+        equity: int256 = ev.equity - convert(reward * SCALE, int256)
+        log MarginCall(
+            account=account,
+            caller=msg.sender,
+            deadline=acct.deadline,
+            equity=equity,
+            maintenance=ev.maintenance,
+            ratio=fixed_point._ratio(equity, ev.maintenance),
+            reward=reward,
+            collateral=acct.collateral,
+        )
+        total += reward
+        count += 1
     if total > 0:
         self.claimable[msg.sender] += total
     return count
-
-
-@internal
-def _margin_call(
-    account: address, acct_in: margin.Acct, prices: uint256[_MAX_MARKETS]
-) -> (bool, uint256):
-    """
-    @dev Records a call on a CALLABLE account. The reward is
-         min(clamp(notional * close_factor * penalty / 3 * keeper_share,
-         call_reward, max_keeper_reward), floor(equity) - ceil(maintenance),
-         collateral) in token units: it never takes equity below
-         maintenance.
-    """
-    acct: margin.Acct = acct_in
-    ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
-    p: margin.RiskParams = risk._unpack_params(risk._params)
-    if margin._classify(ev, acct, p, SCALE) != margin._CALLABLE:
-        return False, 0
-    # the reward never takes equity below maintenance: a call is a notice,
-    # it must not itself make the account liquidatable (rounded down)
-    # (CALLABLE: equity >= maintenance > 0)
-    room: uint256 = convert(ev.equity, uint256) // SCALE
-    need: uint256 = fixed_point._to_token_up(ev.maintenance, SCALE)
-    # the reward scales with the account: the keeper's share of the penalty
-    # of the close_factor tranche the call stands in for (at the tranche
-    # rate, liquidation_penalty // 3), at least call_reward, at most
-    # max_keeper_reward (wad, then token units rounded down)
-    scaled: uint256 = (
-        ev.notional
-        * p.close_factor // _WAD
-        * (p.liquidation_penalty // margin._TRANCHE_PENALTY_DIV) // _WAD
-        * p.keeper_share // _WAD
-    )
-    reward: uint256 = 0
-    if room > need:
-        reward = min(
-            min(min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE, room - need),
-            acct.collateral,
-        )
-    acct.collateral -= reward
-    acct.deadline = block.timestamp + p.grace_period
-    acct.tranches = 0
-    ledger._store(account, acct)
-    equity: int256 = ev.equity - convert(reward * SCALE, int256)
-    log MarginCall(
-        account=account,
-        caller=msg.sender,
-        deadline=acct.deadline,
-        equity=equity,
-        maintenance=ev.maintenance,
-        ratio=fixed_point._ratio(equity, ev.maintenance),
-        reward=reward,
-        collateral=acct.collateral,
-    )
-    return True, reward
 
 
 @internal
@@ -685,7 +676,15 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
                 continue
             have |= acct.markets
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
-        plan: liquidation.Plan = liquidation._plan(acct, ev, p, SCALE)
+        # the windows of the account's markets are read only when they can cap it
+        state: uint8 = margin._classify(ev, acct, p, SCALE)
+        windows: uint256[margin._MAX_POSITIONS] = empty(uint256[margin._MAX_POSITIONS])
+        if state == margin._LIQUIDATABLE:
+            for i: uint256 in range(margin._MAX_POSITIONS):
+                if i == ev.n:
+                    break
+                windows[i] = risk._window[ev.mids[i]]
+        plan: liquidation.Plan = liquidation._plan_from(acct, ev, p, state, windows, SCALE)
         if plan.code != liquidation._OK:
             if not strict:
                 continue
@@ -694,7 +693,21 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
             elif plan.code == liquidation._TOO_SOON:
                 fixed_point._fail("engine: tranche interval not elapsed")
             fixed_point._fail("engine: liquidation window cap reached")
-        self._execute(account, acct, ev, plan, p)
+        liquidation._execute(account, acct, ev, plan, msg.sender, p.liquidation_window, SCALE)
+        if plan.deficit > 0:
+            # a bankrupt account's deficit (which includes the keeper's
+            # minimum reward, see `liquidation._plan_from`) is covered by the
+            # fund, after the fund's accrued share is swept to it; the pool
+            # bears the rest. The account's collateral follows to the pool in
+            # `_settle_pool` (netted over the batch), in this transaction.
+            self._claim(FUND.address)
+            paid: uint256 = extcall FUND.cover(plan.deficit, account)
+            log liquidation.BadDebt(
+                account=account,
+                amount=plan.deficit,
+                paid_by_fund=paid,
+                socialised=plan.deficit - paid,
+            )
         pool_net += plan.pool_net
         reward += plan.keeper_reward
         fund_fee += plan.fund_fee
@@ -702,31 +715,6 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
         count += 1
     self._pay_out(pool_net, reward, fund_fee)
     return count, closed
-
-
-@internal
-def _execute(
-    account: address,
-    acct: margin.Acct,
-    ev: margin.Eval,
-    plan: liquidation.Plan,
-    p: margin.RiskParams,
-):
-    """
-    @dev Writes a tranche (`liquidation._execute`); a bankrupt account's
-         deficit (which includes the keeper's minimum reward, see
-         `liquidation._plan_from`) is covered by the fund here, after the
-         fund's accrued share is swept to it; the pool bears the rest. The
-         account's collateral follows to the pool in the caller's
-         `_settle_pool` (netted over a batch), in the same transaction.
-    """
-    liquidation._execute(account, acct, ev, plan, msg.sender, p.liquidation_window, SCALE)
-    if plan.deficit > 0:
-        self._claim(FUND.address)
-        paid: uint256 = extcall FUND.cover(plan.deficit, account)
-        log liquidation.BadDebt(
-            account=account, amount=plan.deficit, paid_by_fund=paid, socialised=plan.deficit - paid
-        )
 
 
 # --- internal: tokens ---------------------------------------------------------------

@@ -8,6 +8,13 @@
         `scale = 10**(18 - decimals)`. Each function states its rounding;
         the callers pick the direction that goes against the account and
         the keeper, never against the pool or the fund.
+        The engine and its modules write the magnitude of a signed value
+        as `convert(max(x, unsafe_sub(0, x)), uint256)`: the same result
+        as `convert(abs(x), uint256)`, and the same revert on
+        min_value(int256) (there `unsafe_sub(0, x)` is x again and the
+        conversion of a negative value reverts), without the 32-byte push
+        of -1 and the branch that Vyper emits for `abs`: 43 bytes of code
+        less per site, and less gas.
 @custom:security Pure: no state, no calls.
 """
 
@@ -32,8 +39,9 @@ def _div_floor(a: int256, b: int256) -> int256:
     @dev a / b rounded toward minus infinity; b > 0.
     """
     q: int256 = a // b
-    if a < 0 and q * b != a:
-        q -= 1
+    # |q * b| <= |a|: no overflow; q > min_value(int256) when rounded
+    if a < 0 and unsafe_mul(q, b) != a:
+        q = unsafe_sub(q, 1)
     return q
 
 
@@ -44,8 +52,9 @@ def _div_ceil(a: int256, b: int256) -> int256:
     @dev a / b rounded toward plus infinity; b != 0.
     """
     q: int256 = a // b
-    if q * b != a and ((a > 0) == (b > 0)):
-        q += 1
+    # |q * b| <= |a|: no overflow; q < max_value(int256) when rounded
+    if unsafe_mul(q, b) != a and ((a > 0) == (b > 0)):
+        q = unsafe_add(q, 1)
     return q
 
 
@@ -92,7 +101,7 @@ def _popcount(bits: uint256) -> uint256:
     for m: uint256 in range(_MAX_MARKETS):
         if bits >> m == 0:
             break
-        n += (bits >> m) & 1
+        n = unsafe_add(n, (bits >> m) & 1)
     return n
 
 

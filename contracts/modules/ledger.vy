@@ -96,8 +96,10 @@ def _load_pos(account: address, market_id: uint256) -> margin.Pos:
     w: uint256 = self._position[account][market_id]
     if w == 0:
         return empty(margin.Pos)
+    # both fields are under 2**128: unbiased they fit int128
     return margin.Pos(
-        size=convert(w >> 128, int256) - _BIAS, cost=convert(w & _MASK128, int256) - _BIAS
+        size=unsafe_sub(convert(w >> 128, int256), _BIAS),
+        cost=unsafe_sub(convert(w & _MASK128, int256), _BIAS),
     )
 
 
@@ -106,11 +108,12 @@ def _store_pos(account: address, market_id: uint256, pos: margin.Pos):
     """
     @dev Packs a position word; |size| and |open notional| stay under 2**127.
     """
-    if not (abs(pos.size) < _BIAS and abs(pos.cost) < _BIAS):
+    if not (pos.size < _BIAS and pos.size > -_BIAS and pos.cost < _BIAS and pos.cost > -_BIAS):
         fixed_point._fail("engine: size out of range")
-    self._position[account][market_id] = (convert(pos.size + _BIAS, uint256) << 128) | convert(
-        pos.cost + _BIAS, uint256
-    )
+    # in range: biased, both fields are positive and under 2**128
+    self._position[account][market_id] = (
+        convert(unsafe_add(pos.size, _BIAS), uint256) << 128
+    ) | convert(unsafe_add(pos.cost, _BIAS), uint256)
 
 
 @view
@@ -156,10 +159,12 @@ def _evaluate(
 
 
 @internal
-def _clear_call(account: address, acct_in: margin.Acct, ev: margin.Eval) -> margin.Acct:
+def _clear_call(
+    account: address, acct_in: margin.Acct, equity: int256, maintenance: uint256
+) -> margin.Acct:
     """
-    @dev Clears the recorded call of an account valued in `ev` (the caller
-         checked that it is cured) and logs it.
+    @dev Clears the recorded call of an account at `equity` and
+         `maintenance` (the caller checked that it is cured) and logs it.
     """
     acct: margin.Acct = acct_in
     acct.deadline = 0
@@ -167,8 +172,8 @@ def _clear_call(account: address, acct_in: margin.Acct, ev: margin.Eval) -> marg
     log MarginCallCleared(
         account=account,
         caller=msg.sender,
-        equity=ev.equity,
-        maintenance=ev.maintenance,
-        ratio=fixed_point._ratio(ev.equity, ev.maintenance),
+        equity=equity,
+        maintenance=maintenance,
+        ratio=fixed_point._ratio(equity, maintenance),
     )
     return acct

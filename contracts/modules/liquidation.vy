@@ -3,10 +3,10 @@
 @title margincall liquidation: the tranche plan and its execution
 @custom:contract-name liquidation
 @notice `_plan_from` works out one tranche in memory from its inputs
-        alone (the engine and the lens share it); `_plan` feeds it from the
-        engine's storage; `_execute` writes a plan: positions, the markets'
-        rolling windows, the open interest and the account, with one
-        PositionChanged per position and one Liquidation event.
+        alone (the engine and the lens share it; the engine's `_liquidate`
+        feeds it from storage); `_execute` writes a plan: positions, the
+        markets' rolling windows, the open interest and the account, with
+        one PositionChanged per position and one Liquidation event.
 @custom:security Internal only; keepers are untrusted: the plan is computed
         here from storage and prices, never taken from the caller.
 """
@@ -81,23 +81,6 @@ event BadDebt:
 
 @view
 @internal
-def _plan(acct: margin.Acct, ev: margin.Eval, p: margin.RiskParams, scale: uint256) -> Plan:
-    """
-    @dev `_plan_from` with the state classified here and the windows of the
-         account's markets read from storage (only when they can cap it).
-    """
-    state: uint8 = margin._classify(ev, acct, p, scale)
-    windows: uint256[_MAX_POSITIONS] = empty(uint256[_MAX_POSITIONS])
-    if state == margin._LIQUIDATABLE:
-        for i: uint256 in range(_MAX_POSITIONS):
-            if i == ev.n:
-                break
-            windows[i] = risk._window[ev.mids[i]]
-    return self._plan_from(acct, ev, p, state, windows, scale)
-
-
-@view
-@internal
 def _plan_from(
     acct: margin.Acct,
     ev: margin.Eval,
@@ -144,7 +127,10 @@ def _plan_from(
             if used >= cap:
                 plan.code = _WINDOW_FULL
                 return plan
-            notional: uint256 = fixed_point._mul_up(convert(abs(ev.pos[i].size), uint256), ev.px[i])
+            size: int256 = ev.pos[i].size
+            notional: uint256 = fixed_point._mul_up(
+                convert(max(size, unsafe_sub(0, size)), uint256), ev.px[i]
+            )
             # round the allowed fraction down: never past the cap
             room: uint256 = (cap - used) * _WAD // notional
             if room < f:
@@ -180,11 +166,15 @@ def _plan_from(
         plan.closed[i] = closed
         plan.realized[i] = r
         realized += r
-        plan.closed_notional += fixed_point._mul_up(convert(abs(closed), uint256), ev.px[i])
+        plan.closed_notional += fixed_point._mul_up(
+            convert(max(closed, unsafe_sub(0, closed)), uint256), ev.px[i]
+        )
         rest: margin.Pos = margin.Pos(size=pos.size - closed, cost=pos.cost - closed_cost)
         plan.after[i] = rest
         if rest.size != 0:
-            notional: uint256 = fixed_point._mul_up(convert(abs(rest.size), uint256), ev.px[i])
+            notional: uint256 = fixed_point._mul_up(
+                convert(max(rest.size, unsafe_sub(0, rest.size)), uint256), ev.px[i]
+            )
             maintenance += fixed_point._mul_up(notional, ev.mmr[i])
             upnl += fixed_point._div_floor(rest.size * iprice, _IWAD) - rest.cost
 
@@ -278,11 +268,15 @@ def _execute(
         if rest.size == 0:
             rest.cost = 0
             acct.markets &= ~(1 << m)
-        oi_closed += convert(abs(ev.pos[i].cost), uint256) - convert(abs(rest.cost), uint256)
+        cost: int256 = ev.pos[i].cost
+        oi_closed += convert(max(cost, unsafe_sub(0, cost)), uint256) - convert(
+            max(rest.cost, unsafe_sub(0, rest.cost)), uint256
+        )
         ledger._store_pos(account, m, rest)
         if not plan.full:
+            closed: int256 = plan.closed[i]
             closed_notional: uint256 = fixed_point._mul_up(
-                convert(abs(plan.closed[i]), uint256), ev.px[i]
+                convert(max(closed, unsafe_sub(0, closed)), uint256), ev.px[i]
             )
             self._window_add(m, closed_notional, window)
         log ledger.PositionChanged(

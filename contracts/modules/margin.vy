@@ -94,7 +94,7 @@ def _position_value(
          floor(size * price) - open_notional. All against the account.
     @return Notional, maintenance, initial (wad) and unrealised PnL (wad).
     """
-    notional: uint256 = fixed_point._mul_up(convert(abs(size), uint256), price)
+    notional: uint256 = fixed_point._mul_up(convert(max(size, unsafe_sub(0, size)), uint256), price)
     return (
         notional,
         fixed_point._mul_up(notional, mmr),
@@ -184,7 +184,8 @@ def _status(
     s.positions = fixed_point._popcount(acct.markets)
     s.priced = priced
     if not priced:
-        s.ratio = max_value(uint256)
+        # max_value(uint256), as one NOT instead of a 32-byte push
+        s.ratio = ~empty(uint256)
         return s
     s.equity = ev.equity
     s.maintenance = ev.maintenance

@@ -107,8 +107,9 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "healthy_callable": (
         "a margin call on a HEALTHY or CALLED account",
         ENGINE,
-        "    if margin._classify(ev, acct, p, SCALE) != margin._CALLABLE:\n        return False, 0",
-        "    if margin._classify(ev, acct, p, SCALE) > margin._CALLED:\n        return False, 0",
+        "        if margin._classify(ev, acct, p, SCALE) != margin._CALLABLE:\n"
+        "            if strict:",
+        "        if margin._classify(ev, acct, p, SCALE) > margin._CALLED:\n            if strict:",
     ),
     "withdraw_below_initial": (
         "a withdrawal that leaves equity under initial margin",
@@ -130,8 +131,11 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "a batch liquidation at an invalid price",
         ENGINE,
         "            if not ok:\n                continue\n            have |= acct.markets\n"
-        "        ev: margin.Eval",
-        "            have |= acct.markets\n        ev: margin.Eval",
+        "        ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)\n"
+        "        # the windows",
+        "            have |= acct.markets\n"
+        "        ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)\n"
+        "        # the windows",
     ),
     # I1: token conservation
     "fund_fee_kept": (
@@ -167,9 +171,9 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "call_reward_uncapped": (
         "a call reward that takes equity below maintenance",
         ENGINE,
-        "            min(min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE,"
+        "                min(min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE,"
         " room - need),",
-        "            min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE,",
+        "                min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE,",
     ),
 }
 # collateral decimals per mutant (default 18): token-unit roundings show with 6 decimals

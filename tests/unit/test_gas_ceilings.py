@@ -23,16 +23,16 @@ from tests.utils.helpers import commit, mint_and_approve, set_risk_params, settl
 from tests.utils.helpers import trade as order_trade
 
 # measured by `make bench-gas` with the accrued rewards and the lazily settled pool
-CEILING_DEPOSIT = 50_200  # measured 49,042 (48,664 before the module cut)
-CEILING_WITHDRAW = 63_900  # one open position; measured 62,331 (61,994 before)
+CEILING_DEPOSIT = 50_200  # measured 49,017 (48,664 before the module cut)
+CEILING_WITHDRAW = 63_900  # one open position; measured 62,274 (61,994 before)
 # a position change is a commit (the trader) and a settlement (a keeper); bench/gas.py with
 # the default 0.1-token settlement fee measured: settle_order open 135,013, commit_order
 # 66,188 (issue 11's target 70,000), settle_orders 58,020 per order in a batch of 10 (60,000)
-CEILING_SETTLE_OPEN = 138_000
+CEILING_SETTLE_OPEN = 138_000  # this test measures 134,069 (after the engine code cut)
 CEILING_COMMIT = 70_000
-CEILING_MARGIN_CALL = 65_900  # measured 63,957 (73,856 paying the caller)
-CEILING_LIQUIDATE = 108_800  # one tranche, one market; measured 105,612 (121,611 paying three)
-CEILING_CHECK_MARGIN = 28_900  # one position, via GasProbe, engine warm; measured 28,108
+CEILING_MARGIN_CALL = 65_400  # measured 63,451 (73,856 paying the caller)
+CEILING_LIQUIDATE = 107_200  # one tranche, one market; measured 104,063 (121,611 paying three)
+CEILING_CHECK_MARGIN = 28_800  # one position, via GasProbe, engine warm; measured 27,990
 
 
 @pytest.fixture(scope="module")
