@@ -226,6 +226,7 @@ class OrderRules:
         self.dirty.add(o.trader)
         if reason is not None:
             self.note("order:cancelled")
+            self.note("order:cancelled:" + reason)
             if reason.startswith("oracle: "):
                 self.note("order:cancelled_other_market_oracle")
             return Account(
@@ -510,7 +511,11 @@ class OrderRules:
         p = d.risk_params()
         if p.min_position_notional or p.critical_ratio != WAD // 2 or p.close_factor != WAD // 20:
             self.set_risk_params(125, 50, 50, 5, 60, 20, (1, 1, 1), 300, 0)
-        for q in self.account(t)[0].positions:
+        acct, _ = self.account(t)
+        if acct.positions:  # the closing orders' fees, and the closing roundings of a tiny one
+            self.deposit(i, self.order_fee * len(acct.positions) * 10**6 // d.unit + 1_000, False)
+            acct, _ = self.account(t)
+        for q in acct.positions:
             self.trade(i, q.market_id, "close", 100)
         acct, fault = self.account(t)
         if acct.positions or fault or self.price_reason(market):
