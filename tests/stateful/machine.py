@@ -4,12 +4,19 @@ One machine, two backends: `test_engine_machine.py` runs it in titanoboa (quick 
 `make test`, the deep campaign in `make fuzz`), `test_engine_machine_ape.py` runs it with a
 small budget on Anvil through Ape. It reaches the chain only through a `Driver`.
 
+Every position change is an order on the real OrderBook (contracts/OrderBook.vy): the rules
+of tests/stateful/orders.py commit, settle one, settle many, cancel after expiry, with the
+feeds publishing rounds between commit and settlement (the model keeps every round).
+
 After every step it checks, against `margincall.math` (the reference the SDK and bots use)
-and a model of the parts the reference does not cover (feeds and adapters, pause, markets):
+and a model of the parts the reference does not cover (feeds, their rounds and adapters,
+pause, markets, pending orders):
 
 - token conservation: the engine's token balance is exactly the sum of its collateral ledgers
   plus what it holds for others (`claimable`: the keepers' accrued rewards, the fund's share
-  of the penalties, the pool's lazily settled credit), and every other holding (token balance
+  of the penalties, the pool's lazily settled credit) plus the settlement fees escrowed for
+  pending orders (the book's `escrowed_of`, equal to the model's, as are its
+  `pending_orders`), and every other holding (token balance
   plus claimable: pool, fund, keepers; token balance: traders, LPs, donor) equals what the
   model says moved; a claim moves tokens and changes no holding; the two LPs own every pool
   share;
@@ -21,6 +28,11 @@ and a model of the parts the reference does not cover (feeds and adapters, pause
   exposure (except a flip that cures the account in the same trade, which the engine allows
   and which clears the call), no withdrawal leaves equity under initial margin;
 - a tranche that does not close the account never lowers its ratio;
+- no order fills at a price published before its commit: each `OrderSettled` names a round
+  of the market's feed whose updatedAt is strictly after the commit time (and the previous
+  round's at or before it, as `OracleAdapter.round_price` defines the settlement round), at
+  that round's answer; every settlement or cancellation has the predicted outcome and reason
+  (tests/stateful/orders.py);
 - the fund never pays more than it holds; `BadDebt.socialised > 0` only when it paid it all;
 - pause (guardian or owner only): new exposure is refused with "engine: paused"; deposits,
   withdrawals, reductions, calls and liquidations work as if unpaused;
@@ -124,6 +136,10 @@ class Campaign:
             f" {t['liquidate:full']} full closes, {t['bad_debt']} bad debts"
             f" ({t['bad_debt:socialised']} socialised); margin calls {t['margin_call']}"
             f" (+{t['margin_call_many']} batched)",
+            f"  orders: {t['order:commit']} committed, {t['order:filled']} filled,"
+            f" {t['order:cancelled']} cancelled at settlement,"
+            f" {t['order:cancel_expired']} cancelled after expiry;"
+            f" rounds refused {t['refused:order_round']}, expired {t['refused:order_expired']}",
             f"  refusals: liquidate {t['refused:liquidate']}, paused {t['refused:paused']},"
             f" inactive market {t['refused:inactive']}, oracle {t['refused:oracle']}"
             f" (+{t['skipped:oracle']} batch skips); oracle faults"

@@ -436,10 +436,12 @@ class OrderRules:
             items.insert(len(items) // 2, (pending[0].id ^ 1, items[0][1]))
         self.settle_batch(items, self.keepers[k])
 
-    @rule(j=st.integers(0, 11), wait=st.booleans(), k=st.integers(0, 1))
-    def cancel_order(self, j, wait, k):
+    @rule(j=st.integers(0, 11), wait=st.booleans(), k=st.integers(0, 1), settle=st.booleans())
+    def cancel_order(self, j, wait, k, settle):
         """Anyone cancels an order after its expiry (`wait`: time first passes it), which
-        refunds the fee to the trader's collateral; before it, "book: order not expired"."""
+        refunds the fee to the trader's collateral; before it, "book: order not expired".
+        With `settle`, a keeper first tries to settle it (after the expiry: "book: order
+        expired", whatever the round)."""
         d = self.d
         pending = self.pending()
         if not pending:
@@ -448,6 +450,12 @@ class OrderRules:
         if wait and self.now <= o.expiry:
             self.tick(o.expiry - self.now + 1)
             self.note("order:expired")
+        if settle:
+            rid = self.settlement_round(o) or len(self.feeds[o.market].rounds)
+            if self.settle_one(o, rid, self.keepers[k]):
+                return
+            if o.id not in self.orders:  # cancelled at settlement
+                return
         collateral = d.raw_account(o.trader).collateral
         sent = self.send(d.book, "cancel_order", o.id, sender=self.keepers[k])
         if self.now <= o.expiry:
