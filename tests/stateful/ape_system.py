@@ -133,12 +133,6 @@ def deploy_funded_ape_system(
     system.pool.deposit(LP_LIQUIDITY * unit, a["lp"].address, sender=a["lp"])
     system.fund.donate(FUND_SEED * unit, sender=a["donor"])
     signers = {acct.address: acct for acct in a.values()}
-    # the order book's fills are sent as the book (an impersonated account on Anvil)
-    from ape import accounts as ape_accounts
-
-    book = ape_accounts[system.book.address]
-    book.balance = 10**21
-    signers[book.address] = book
     d = ApeDriver(chain, system, actors, signers)
-    d.book = book.address
+    d.book = system.book
     return d

@@ -16,6 +16,7 @@ from typing import Any
 import boa
 
 from margincall.deploy import ZERO, MarketSpec
+from margincall.deploy.system import DEFAULT_MAX_ORDER_WINDOW, DEFAULT_SETTLEMENT_FEE_MICRO
 from tests.stateful.driver import (
     FUND_SEED,
     FUZZ_MARKETS,
@@ -126,17 +127,21 @@ def boa_actors() -> Actors:
 def deploy_boa_system(
     actors: Actors, decimals: int = 18, markets: tuple[MarketSpec, ...] = FUZZ_MARKETS
 ) -> BoaDriver:
-    """Deploys token, feeds, adapters, pool, fund and engine, and wires them."""
+    """Deploys token, feeds, adapters, pool, fund, order book (the defaults of
+    `margincall.deploy`) and engine, and wires them."""
     owner = actors.owner
     with boa.env.prank(owner):
         token = _deployer("testing/MockERC20.vy").deploy("Mock USD", "mUSD", decimals)
         pool = _deployer("LiquidityPool.vy").deploy(token.address, "margincall LP", "mcLP")
         fund = _deployer("InsuranceFund.vy").deploy(token.address, pool.address)
         checker = _deployer("MarginParams.vy").deploy()
-        book = boa.env.generate_address("order_book")  # fills come from here (see Driver.fill)
+        book = _deployer("OrderBook.vy").deploy(
+            decimals, DEFAULT_SETTLEMENT_FEE_MICRO, DEFAULT_MAX_ORDER_WINDOW
+        )
         engine = _deployer("MarginEngine.vy").deploy(
             token.address, pool.address, fund.address, actors.guardian, checker.address, book
         )
+        book.set_engine(engine.address)
         lens = _deployer("MarginLens.vy").deploy(engine.address)
         pool.set_engine(engine.address)
         fund.set_engine(engine.address)

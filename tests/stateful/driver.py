@@ -122,7 +122,7 @@ class Driver:
     markets: tuple[MarketSpec, ...]
     decimals: int
     actors: Actors
-    book: str  # the address the engine takes fills from (the order book)
+    book: Any  # OrderBook: commit, settle and cancel orders (the only way to trade)
 
     def __init__(self) -> None:
         self._raw: dict[str, RawAccount] = {}
@@ -158,26 +158,10 @@ class Driver:
 
     def send(self, contract: Any, fn: str, *args: Any, sender: str) -> Sent:
         """Sends one transaction as `sender` (an actor's address); never raises on a revert."""
-        if contract is self.engine:  # only the engine writes account records
+        if contract is self.engine or contract is self.book:  # they write account records
             self._raw.clear()
         self.sent += 1
         return self._send(contract, fn, args, sender)
-
-    def fill(self, trader: str, market_id: int, delta: int, price: int) -> Sent:
-        """A position change as the order book settles an order: the engine's `fill` at
-        `price` sent by the book (`self.book`, the address the engine takes fills from),
-        then `pay_fills` settling the pool (the fee and the realised PnL, netted) with no
-        settlement fee. The events of both are in the result. The book's own rules (the
-        first round after a commit, the escrow) are tests/unit/test_orders.py's."""
-        sent = self.send(self.engine, "fill", trader, market_id, delta, price, sender=self.book)
-        if sent.ok:
-            (ev,) = sent.of(self.engine, "PositionChanged")
-            paid = self.send(
-                self.engine, "pay_fills", ev.fee - ev.realized_pnl, trader, 0, sender=self.book
-            )
-            assert paid.ok, paid.reason
-            sent.events.extend(paid.events)
-        return sent
 
     def forget(self) -> None:
         """Drops every cached read (after a revert to the start, or a change of settings)."""

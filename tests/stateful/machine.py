@@ -4,12 +4,19 @@ One machine, two backends: `test_engine_machine.py` runs it in titanoboa (quick 
 `make test`, the deep campaign in `make fuzz`), `test_engine_machine_ape.py` runs it with a
 small budget on Anvil through Ape. It reaches the chain only through a `Driver`.
 
+Every position change is an order on the real OrderBook (contracts/OrderBook.vy): the rules
+of tests/stateful/orders.py commit, settle one, settle many, cancel after expiry, with the
+feeds publishing rounds between commit and settlement (the model keeps every round).
+
 After every step it checks, against `margincall.math` (the reference the SDK and bots use)
-and a model of the parts the reference does not cover (feeds and adapters, pause, markets):
+and a model of the parts the reference does not cover (feeds, their rounds and adapters,
+pause, markets, pending orders):
 
 - token conservation: the engine's token balance is exactly the sum of its collateral ledgers
   plus what it holds for others (`claimable`: the keepers' accrued rewards, the fund's share
-  of the penalties, the pool's lazily settled credit), and every other holding (token balance
+  of the penalties, the pool's lazily settled credit) plus the settlement fees escrowed for
+  pending orders (the book's `escrowed_of`, equal to the model's, as are its
+  `pending_orders`), and every other holding (token balance
   plus claimable: pool, fund, keepers; token balance: traders, LPs, donor) equals what the
   model says moved; a claim moves tokens and changes no holding; the two LPs own every pool
   share;
@@ -21,6 +28,11 @@ and a model of the parts the reference does not cover (feeds and adapters, pause
   exposure (except a flip that cures the account in the same trade, which the engine allows
   and which clears the call), no withdrawal leaves equity under initial margin;
 - a tranche that does not close the account never lowers its ratio;
+- no order fills at a price published before its commit: each `OrderSettled` names a round
+  of the market's feed whose updatedAt is strictly after the commit time (and the previous
+  round's at or before it, as `OracleAdapter.round_price` defines the settlement round), at
+  that round's answer; every settlement or cancellation has the predicted outcome and reason
+  (tests/stateful/orders.py);
 - the fund never pays more than it holds; `BadDebt.socialised > 0` only when it paid it all;
 - pause (guardian or owner only): new exposure is refused with "engine: paused"; deposits,
   withdrawals, reductions, calls and liquidations work as if unpaused;
@@ -59,6 +71,7 @@ from margincall.math import (
     ratio,
 )
 from tests.stateful.driver import N_TRADERS, Driver
+from tests.stateful.orders import OrderRules
 
 PRICE_BAND = (4, 3)  # price moves stay within [start / 4, start * 3]
 MIN_CLOSE_FACTOR = 5 * 10**16
@@ -79,6 +92,8 @@ class FeedModel:
     updated_at: int
     good: int
     reverting: bool = False
+    # every round published, by round id - 1: (answer, updatedAt) (settlements name one)
+    rounds: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +136,10 @@ class Campaign:
             f" {t['liquidate:full']} full closes, {t['bad_debt']} bad debts"
             f" ({t['bad_debt:socialised']} socialised); margin calls {t['margin_call']}"
             f" (+{t['margin_call_many']} batched)",
+            f"  orders: {t['order:commit']} committed, {t['order:filled']} filled,"
+            f" {t['order:cancelled']} cancelled at settlement,"
+            f" {t['order:cancel_expired']} cancelled after expiry;"
+            f" rounds refused {t['refused:order_round']}, expired {t['refused:order_expired']}",
             f"  refusals: liquidate {t['refused:liquidate']}, paused {t['refused:paused']},"
             f" inactive market {t['refused:inactive']}, oracle {t['refused:oracle']}"
             f" (+{t['skipped:oracle']} batch skips); oracle faults"
@@ -131,7 +150,7 @@ class Campaign:
         return "\n".join(lines)
 
 
-class EngineMachine(RuleBasedStateMachine):
+class EngineMachine(OrderRules, RuleBasedStateMachine):
     driver: Driver  # set on a subclass per deployed system
     campaign: Campaign
 
@@ -154,8 +173,12 @@ class EngineMachine(RuleBasedStateMachine):
         self.active = [bool(d.config(m).active) for m in range(len(d.markets))]
         self.feeds = []
         for feed in d.feeds:
-            _, answer, _, updated_at, _ = feed.latestRoundData()
-            self.feeds.append(FeedModel(int(answer), int(updated_at), int(answer)))
+            last, answer, _, updated_at, _ = feed.latestRoundData()
+            model = FeedModel(int(answer), int(updated_at), int(answer))
+            for rid in range(1, int(last) + 1):
+                _, a_, _, u_, _ = feed.getRoundData(rid)
+                model.rounds.append((int(a_), int(u_)))
+            self.feeds.append(model)
         self.bounds = []
         for m, spec in enumerate(d.markets):
             mul = d.mul(m)
@@ -171,6 +194,10 @@ class EngineMachine(RuleBasedStateMachine):
         self.window_changed = False  # a window's room changed: LIQUIDATABLE previews too
         self.turn = 0
         self.sent_seen = -1
+        # the order book: pending orders by id (tests/stateful/orders.py)
+        self.orders = {}
+        self.order_fee = int(d.book.settlement_fee())
+        self.max_window = int(d.book.max_window())
 
     def teardown(self):
         failing = sys.exc_info()[1]
@@ -298,6 +325,7 @@ class EngineMachine(RuleBasedStateMachine):
         f = self.feeds[m]
         f.answer = f.good = answer
         f.updated_at = self.now
+        f.rounds.append((answer, self.now))
         self.dirty.update(self.holders_of(m))
         self.oracles_changed = True
 
@@ -317,8 +345,21 @@ class EngineMachine(RuleBasedStateMachine):
         for t, amount in zip(self.traders, amounts, strict=True):
             self.must(d.engine, "deposit", amount * d.unit, sender=t)
             self.move(t, d.engine.address, amount * d.unit)
+        # the opening orders, committed together and settled in one batch a second later
         for i, (market, frac) in enumerate(opens):
-            self.trade(i, market, "open", frac)
+            t = self.traders[i]
+            acct, _ = self.account(t)
+            v = evaluate(acct, d.scale)
+            notional = (v.equity - v.initial) * WAD // int(d.config(market).imr) * frac // 100
+            side = 1 if (frac + i + market) % 2 else -1
+            delta = notional * WAD // self.price(market) * side
+            self.commit(t, market, delta, MAX_UINT if side > 0 else 0, self.max_window)
+        self.tick(1)
+        for m in sorted({o.market for o in self.orders.values()}):
+            self.set_price(m, self.price(m))
+        self.settle_batch(
+            [(o.id, self.settlement_round(o)) for o in self.pending()], self.keepers[0]
+        )
 
     # --- traders ---------------------------------------------------------------
 
@@ -402,14 +443,14 @@ class EngineMachine(RuleBasedStateMachine):
             if st_.positions:
                 assert st_.equity >= st_.initial, "withdrawal left equity under initial margin"
 
-    def _predict_trade(self, acct: Account, p: RiskParams, market: int, delta: int):
-        """The engine's `_trade`, in Python: (reason or None, (size, cost, collateral,
-        deadline, increases))."""
+    def _predict_trade(self, acct: Account, p: RiskParams, market: int, delta: int, price: int):
+        """The engine's `fill` at `price` (a settlement round's, which the book checked), in
+        Python: (reason or None, (size, cost, collateral, deadline, increases, what the pool
+        pays, the account after)). New exposure is valued at `price` for `market` and at the
+        adapters' prices for the others (each must be valid); a reduction of a CALLED
+        account clears the call when every adapter price (`market`'s included) is valid and
+        the account is back at call_ratio at them (`_cure`)."""
         d = self.d
-        fault = self.price_reason(market)
-        if fault:
-            return fault, None
-        price = self.price(market)
         cfg = d.config(market)
         old = next((q for q in acct.positions if q.market_id == market), None)
         size, cost = (old.size, old.cost) if old else (0, 0)
@@ -436,32 +477,37 @@ class EngineMachine(RuleBasedStateMachine):
             return "engine: loss exceeds collateral", None
         if nsize == 0:
             ncost = 0
-        positions = [q for q in acct.positions if q.market_id != market]
-        if nsize:
-            positions.append(Position(market, nsize, ncost, price, int(cfg.mmr), int(cfg.imr)))
-        positions.sort(key=lambda q: q.market_id)
-        after = Account(balance, tuple(positions), acct.deadline)
-        fault = self.first_fault(q.market_id for q in positions)
+        others = [q for q in acct.positions if q.market_id != market]
+
+        def with_own(at: int) -> Account:
+            mine = [Position(market, nsize, ncost, at, int(cfg.mmr), int(cfg.imr))] if nsize else []
+            positions = sorted(others + mine, key=lambda q: q.market_id)
+            return Account(balance, tuple(positions), deadline, acct.last_tranche, acct.tranches)
+
+        deadline = acct.deadline
+        after = with_own(price)
         if increases:
             if self.paused:
                 return "engine: paused", None
             if not self.active[market]:
                 return "engine: market not active", None
+            fault = self.first_fault(q.market_id for q in others)
             if fault:
-                return fault, None  # new exposure needs every price of the account
-        deadline = acct.deadline
-        if increases or (deadline and not fault):
+                return fault, None  # new exposure needs every other price of the account
             v = evaluate(after, d.scale)
             if deadline and v.ratio >= p.call_ratio:
                 deadline = 0
-            elif deadline and increases:
+            elif deadline:
                 return "engine: under margin call", None
-            if increases and v.equity < v.initial:
+            if v.equity < v.initial:
                 return "engine: insufficient margin", None
-        pool_pays = realized_tok - fee
-        if pool_pays > self.held(d.pool.address):
-            return "pool: insufficient liquidity", None
-        return None, (nsize, ncost, balance, deadline, increases)
+        elif deadline:
+            cure = with_own(self.price(market))
+            fault = self.first_fault(q.market_id for q in cure.positions)
+            if not fault and evaluate(cure, d.scale).ratio >= p.call_ratio:
+                deadline = 0
+        after = with_own(price)
+        return None, (nsize, ncost, balance, deadline, increases, realized_tok - fee, after)
 
     @rule(
         i=st.integers(0, N_TRADERS - 1),
@@ -471,11 +517,14 @@ class EngineMachine(RuleBasedStateMachine):
     )
     def trade(self, i, market, kind, frac):
         """Opens, increases, reduces, flips or closes a position in `market` (None: the
-        trader's largest position's market, where reductions matter most)."""
+        trader's largest position's market, where reductions matter most) through an order:
+        the trader commits (no slippage bound), a second later the market's feed publishes a
+        round at the current price and a keeper settles the order at it (`settle_order`).
+        While the market's feed is faulty the order stays pending (it settles later, at the
+        first valid round after its commit, or expires)."""
         d, t = self.d, self.traders[i]
         self.dirty.add(t)
-        acct, fault = self.account(t)
-        p = d.risk_params()
+        acct, _ = self.account(t)
         if market is None:
             largest = max(acct.positions, key=lambda q: q.notional, default=None)
             market = largest.market_id if largest else 0
@@ -498,56 +547,7 @@ class EngineMachine(RuleBasedStateMachine):
             delta = -size
         if delta == 0:
             return
-        called = fault is None and self.state(acct, p) == State.CALLED
-        reason, outcome = self._predict_trade(acct, p, market, delta)
-        if reason is not None and (
-            self.price_reason(market) or reason == "pool: insufficient liquidity"
-        ):
-            # the book settles no order of a market without a valid round, and a settlement
-            # whose pool payout fails reverts whole (pay_fills in the same transaction)
-            self.note("refused:oracle" if self.price_reason(market) else "refused:pool")
-            return
-        sent = d.fill(t, market, delta, price)
-        assert sent.ok == (reason is None), (reason, sent.reason)
-        if not sent.ok:
-            assert sent.reason == reason, (reason, sent.reason)
-            if reason == "engine: paused":
-                self.note("refused:paused")
-            elif reason == "engine: market not active":
-                self.note("refused:inactive")
-            elif reason.startswith("oracle: "):
-                self.note("refused:oracle")
-            return
-        nsize, ncost, collateral, deadline, increases = outcome
-        if increases:
-            assert not self.paused and self.active[market], "new exposure while not allowed"
-        if increases and called:
-            # The engine lets a CALLED account take new exposure only in a trade that cures
-            # it: the ratio after is at least call_ratio and the call is cleared at once. Only
-            # a flip to a smaller opposite position can do that (an increase or a new position
-            # never raises the ratio), so nothing else may get through.
-            assert size != 0 and (nsize > 0) != (size > 0), "a CALLED account added exposure"
-            assert deadline == 0 and d.engine.check_margin(t).ratio >= p.call_ratio
-            self.note("called:curing_flip")
-        else:
-            if self.paused:
-                self.note("paused:reduce")
-            if not self.active[market]:
-                self.note("inactive:reduce")
-            if fault:
-                self.note("oracle:reduce_other_market")
-        self.note("trade:" + kind)
-        assert tuple(d.engine.position(t, market)) == (nsize, ncost)
-        raw = d.raw_account(t)
-        assert (raw.collateral, raw.deadline) == (collateral, deadline)
-        # the pool is the counterparty of the collateral change
-        diff = collateral - acct.collateral
-        if diff >= 0:
-            self.move(d.pool.address, d.engine.address, diff)
-        else:
-            self.move(d.engine.address, d.pool.address, -diff)
-        (ev,) = sent.of(d.engine, "PositionChanged")
-        assert ev.realized_pnl - ev.fee == diff
+        self.order_now(i, market, delta, kind)
 
     @rule(k=st.integers(0, 1), who=st.integers(0, 3))
     def claim_accrued(self, k, who):
@@ -711,6 +711,7 @@ class EngineMachine(RuleBasedStateMachine):
             }[event]
             self.must(feed, "set_round", answer, updated, updated, sender=owner)
             f.answer, f.updated_at = answer, updated
+            f.rounds.append((answer, updated))
         assert self.price_reason(market) is not None
         self.note(f"fault:{event}")
         self.dirty.update(self.holders_of(market))
@@ -1171,7 +1172,12 @@ class EngineMachine(RuleBasedStateMachine):
             assert self.held(h) == self.expected[h], h
         ledger = sum(d.raw_account(t).collateral for t in self.traders)
         accrued = sum(int(d.engine.claimable(h)) for h in self.owed_to)
-        assert d.balance(d.engine.address) == ledger + accrued
+        assert d.balance(d.engine.address) == ledger + accrued + self.escrowed()
+        for t in self.traders:  # the book's pending orders and escrow are the model's
+            assert sorted(int(x) for x in d.book.pending_orders(t)) == [
+                o.id for o in self.pending(t)
+            ]
+            assert int(d.book.escrowed_of(t)) == sum(o.fee for o in self.pending(t))
         shares = [int(d.pool.balanceOf(lp)) for lp in self.a.lps]
         assert sum(shares) == int(d.pool.totalSupply())  # the LPs own every share
         assert shares == [self.lp_shares[lp] for lp in self.a.lps]  # as the model priced them

@@ -1,14 +1,15 @@
 """Stateful fuzzing of the whole system in titanoboa (the machine: tests/stateful/machine.py).
 
 Profiles:
-- quick (default; runs inside `make test`): 20 examples of up to 20 steps per collateral
-  decimals;
+- quick (default; runs inside `make test`): 14 examples of up to 20 steps per collateral
+  decimals (14, not 20, since a trade became four transactions: an order committed, a
+  round, a settlement, and the second between them; the run costs what it did);
 - deep (`MARGINCALL_FUZZ=deep`, used by `make fuzz`): 1,000 examples per collateral decimals,
   each of 20 to 29 steps after the seeding step. Hypothesis treats `stateful_step_count` as a
   maximum and sometimes stops an example early; the machine counts its steps and the deep
   profile rejects examples under 20 (Hypothesis does not count rejected examples towards
   `max_examples`). The run prints a summary: examples, steps (min, mean, max), partial
-  tranches, full closes, bad debts, refusals.
+  tranches, full closes, bad debts, refusals, orders filled and cancelled.
 
 `MARGINCALL_FUZZ_EXAMPLES=N` changes the number of examples of either profile.
 """
@@ -26,7 +27,7 @@ from tests.stateful.machine import Campaign, EngineMachine
 
 settings.register_profile(
     "quick",
-    max_examples=20,
+    max_examples=14,
     stateful_step_count=20,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -65,6 +66,17 @@ DEEP_COVERAGE = (
     "margin_call:reward_cut",  # a call reward cut to keep equity at maintenance
     "liquidate:sliver_window",  # a window with room for a sliver only
     "refused:liquidate:WINDOW_FULL",
+    # orders (tests/stateful/orders.py)
+    "order:filled",
+    "order:batch",  # a settle_orders of more than one order
+    "order:cancelled",  # a settlement that cannot fill: cancelled with its reason, refunded
+    "order:cancelled_other_market_oracle",  # new exposure while another market is unpriced
+    "order:cancel_expired",
+    "order:commit:reduce_only",
+    "order:pending_in_outage",
+    "refused:order_round",  # a round other than the first valid one after the commit
+    "refused:order_expired",
+    "liquidate:sliver_rounding",  # a capped tranche whose roundings would lower the ratio
 )
 
 

@@ -1,6 +1,7 @@
 """The same state machine as the titanoboa campaigns (tests/stateful/machine.py), on Anvil
-through Ape: a small budget (5 examples of up to 16 steps per collateral decimals, about
-20 s each) that confirms the properties through the real client path: transactions signed by
+through Ape: a small budget (4 examples of up to 12 steps per collateral decimals: a trade
+is four transactions, an order committed, a round, a settlement and a block between) that
+confirms the properties through the real client path: transactions signed by
 Ape test accounts and mined by Anvil, views through Ape's contract calls, events decoded from
 receipts, revert reasons as Ape reports them (views expected to revert, and token balances,
 are read with a plain `eth_call`: see `ape_system.ApeDriver`).
@@ -24,8 +25,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("MARGINCALL_FUZZ_APE_EXAMPLES", 5)),
-    stateful_step_count=16,
+    max_examples=int(os.environ.get("MARGINCALL_FUZZ_APE_EXAMPLES", 4)),
+    stateful_step_count=12,
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
