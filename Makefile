@@ -40,7 +40,15 @@ $(WALLET_BUNDLE): src/margincall/web/js/wallet.js node_modules/.installed
 browser:
 	command -v chromium > /dev/null || (apt-get update && apt-get install -y chromium)
 
-setup: $(VENV)/.installed node_modules/.installed $(WALLET_BUNDLE) browser
+# Ape recompiles a contract when its own file changes, not when a module or interface it imports
+# does (contracts/modules/ is excluded from compile), and then runs stale bytecode: compile
+# everything again whenever one of those changed since the last compile.
+COMPILED := .build/.modules-compiled
+$(COMPILED): $(wildcard contracts/modules/*.vy contracts/interfaces/*.vyi) $(VENV)/.installed
+	ape compile --force > /dev/null
+	touch $@
+
+setup: $(VENV)/.installed node_modules/.installed $(WALLET_BUNDLE) browser $(COMPILED)
 
 # The suite in two processes, one per core: ALONGSIDE (the end-to-end tests, which mostly wait on
 # blocks and on the bots as real processes; the CLI as new processes; the state machines, so
