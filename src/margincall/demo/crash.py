@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import sys
 import time
 import warnings
@@ -68,6 +67,7 @@ from margincall.keeper.audit import History, read_history
 from margincall.keeper.procs import BotProcess
 from margincall.keeper.settle import order_history
 from margincall.keeper.tx import TxSender
+from margincall.notify.outbox import outbox_progress
 from margincall.notify.webhook_sink import WebhookServer
 from margincall.report import fmt_tokens
 from margincall.sdk import Clients, MarginCallError
@@ -121,23 +121,6 @@ def orderly_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def outbox_progress(path: Path) -> tuple[int, int] | None:
-    """(cursor, undelivered messages) of the notifier's outbox, read-only; None when it
-    cannot be read yet."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE name = 'cursor'").fetchone()
-            (pending,) = db.execute(
-                "SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL"
-            ).fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return None
-    return (int(row[0]) if row else -1), int(pending)
 
 
 class CrashDemo(DemoReport):

@@ -307,3 +307,20 @@ class Outbox:
         with self._lock:
             rows = self._db.execute("SELECT account, since_block FROM warnings").fetchall()
         return {a: int(b) for a, b in rows}
+
+
+def outbox_progress(path: Path) -> tuple[int, int] | None:
+    """(cursor, undelivered messages) of the notifier's outbox, read-only; None when it
+    cannot be read yet."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE name = 'cursor'").fetchone()
+            (pending,) = db.execute(
+                "SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL"
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return (int(row[0]) if row else -1), int(pending)
