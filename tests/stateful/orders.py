@@ -27,7 +27,7 @@ prices, `_predict_trade`, `move`, `note`). What it checks, besides the machine's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
@@ -229,13 +229,7 @@ class OrderRules:
             self.note("order:cancelled:" + reason)
             if reason.startswith("oracle: "):
                 self.note("order:cancelled_other_market_oracle")
-            return Account(
-                acct.collateral + o.fee,
-                acct.positions,
-                acct.deadline,
-                acct.last_tranche,
-                acct.tranches,
-            )
+            return replace(acct, collateral=acct.collateral + o.fee)
         nsize, ncost, collateral, deadline, increases, pays, after = outcome
         called = (
             acct.deadline != 0 and self.first_fault(q.market_id for q in acct.positions) is None
@@ -336,7 +330,10 @@ class OrderRules:
             if reason is None:
                 pays += outcome[5]
             expected.append((o, reason, delta, price, rid, acct, outcome))
-            accts[o.trader] = outcome[6] if reason is None else acct
+            # the next order of the same trader in the batch sees this one's fill or refund
+            accts[o.trader] = (
+                outcome[6] if reason is None else replace(acct, collateral=acct.collateral + o.fee)
+            )
         if pays > self.held(d.pool.address):
             self.note("refused:pool")
             return
