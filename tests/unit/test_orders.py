@@ -255,6 +255,35 @@ def test_settle_orders_fills_the_eligible_and_skips_the_rest(chain, system, acco
     assert_conserved(system, traders)
 
 
+def test_one_traders_orders_in_one_batch_each_refund_or_fill_on_top_of_the_last(
+    system, trader, keeper
+):
+    """Three orders of one trader in one `settle_orders`: two cancelled by their bounds, one
+    filled. Both refunds reach the collateral and the settler is paid for the fill only (the
+    stateful machine once booked only the last refund of a batch; the contract was right)."""
+    book, engine, token = system.book, system.engine, system.token
+    deposit(system, trader, 1_000)
+    cheap, _ = commit(system, trader, ETH, wad(0.2), 1_990 * WAD)  # a buy below the price
+    filled, _ = commit(system, trader, ETH, wad(0.2), MAX_UINT)
+    rich, _ = commit(system, trader, ETH, -wad(0.1), 2_010 * WAD)  # a sell above the price
+    round_id = publish_round(system, ETH)
+    collateral, paid = engine.collateral_of(trader), token.balanceOf(keeper)
+
+    tx = book.settle_orders([cheap, filled, rich], [round_id] * 3, sender=keeper)
+    assert [(log.order_id, log.reason) for log in tx.decode_logs(book.OrderCancelled)] == [
+        (cheap, "book: price above acceptable"),
+        (rich, "book: price below acceptable"),
+    ]
+    (settled,) = tx.decode_logs(book.OrderSettled)
+    assert settled.order_id == filled
+    assert token.balanceOf(keeper) - paid == fee_units(system)
+    trade_fee = engine.collateral_of(trader) - collateral - 2 * fee_units(system)
+    assert -trade_fee == wad(0.2) * 2_000 * 5 // 10_000 // 10 ** (18 - system.decimals)
+    assert engine.position(trader, ETH)[0] == wad(0.2)
+    assert list(book.pending_orders(trader)) == []
+    assert_conserved(system, [trader])
+
+
 # --- margin calls, reduce-only, liquidation ---------------------------------------------
 
 
