@@ -86,6 +86,8 @@ def summary(record: DeploymentRecord, path: Path) -> None:
             f"{fmt_ratio(record.risk_params['call_ratio'], 2)} / "
             f"{fmt_ratio(record.risk_params['critical_ratio'], 2)}",
         ),
+        ("settlement fee", f"{record.settlement_fee / 10**record.collateral_decimals:g} tokens"),
+        ("order window", f"up to {record.max_order_window} s"),
         ("blocks", f"{record.block} .. {record.end_block}"),
     ]
     if record.pending_owner != ZERO:

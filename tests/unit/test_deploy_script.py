@@ -44,6 +44,7 @@ def config_data(guardian: str) -> dict:
         "guardian": guardian,
         "reserve_factor": "0.3",
         "risk": {"call_ratio": "1.3", "grace_period": 7_200, "close_factor": "0.5"},
+        "orders": {"settlement_fee": "2.5", "max_window": 600},
         "markets": [
             {
                 "name": "ETH-USD",
@@ -90,6 +91,7 @@ def test_shipped_local_config_is_valid():
     assert [m.name for m in config.markets] == ["ETH-USD", "BTC-USD", "SOL-USD"]
     assert all(m.mock for m in config.markets)
     assert config.risk == RiskParams()  # the shipped file spells out the engine defaults
+    assert (config.settlement_fee_micro, config.max_order_window) == (100_000, 3_600)
 
 
 def test_deploy_writes_a_record_matching_the_chain(
@@ -137,6 +139,9 @@ def test_deploy_writes_a_record_matching_the_chain(
     assert eth.mock_feed and eth.feed_decimals == 8 and sol.feed_decimals == 18
     assert eth.min_price == WAD and eth.max_price == 10**6 * WAD
     assert record.client(project).market(0).imr == WAD // 10
+    book = project.OrderBook.at(record.order_book)
+    assert book.settlement_fee() == record.settlement_fee == 2_500_000  # 2.5 tokens, 6 decimals
+    assert book.max_window() == record.max_order_window == 600
 
 
 def test_deploy_refuses_to_overwrite_before_any_transaction(
@@ -193,6 +198,11 @@ def test_default_record_path_is_per_ecosystem_and_network():
         (lambda d: d.update(sequencer={"feed": "0x" + "33" * 20}), "needs feed and grace_period"),
         (lambda d: d.update(owner="multisig"), "owner: expected an address"),
         (lambda d: d.update(markets=[]), "markets: expected a non-empty list"),
+        (lambda d: d["orders"].update(settlement_fee="100.5"), "at most 100 tokens"),
+        (lambda d: d["orders"].update(settlement_fee="0.0000001"), "at most 6 decimals"),
+        (lambda d: d["orders"].update(max_window=0), "max_window: expected an integer >= 1"),
+        (lambda d: d["orders"].update(max_window=70_000), "max_window: at most 65535 s"),
+        (lambda d: d["orders"].update(fee="1"), "orders: unknown key.*fee"),
     ],
 )
 def test_bad_config_is_rejected_before_any_transaction(

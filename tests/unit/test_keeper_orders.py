@@ -14,7 +14,9 @@ from margincall.keeper.orders import (
     Round,
     RoundCache,
     RoundSeen,
+    fee_guide,
     first_round_after,
+    min_settlement_fee,
     percentile,
     plan_settlements,
     settle_delays,
@@ -131,6 +133,20 @@ def test_plan_skips_expired_in_flight_and_unprofitable_orders():
     assert plan.declined == (2,)
     assert plan.expired == (3,)
     assert GAS_PER_SETTLE * 10 * GWEI * 12_000 // 10_000 <= 8 * 10**14
+
+
+@pytest.mark.parametrize("gwei", [0.01, 0.58, 1, 30, 50])
+@pytest.mark.parametrize("decimals", [6, 18])
+def test_the_minimum_settlement_fee_is_the_keepers_own_break_even(gwei, decimals):
+    """`min_settlement_fee` (the deploy guide's figure) is exactly where the keeper's profit
+    rule turns: at it the order settles, one millionth of a token less is declined."""
+    gas_price, wei_per_token = round(gwei * GWEI), 4 * 10**14
+    micro = min_settlement_fee(gas_price, wei_per_token)
+    kw = {"gas_price": gas_price, "wei_per_token": wei_per_token, "decimals": decimals}
+    unit = 10 ** (decimals - 6)
+    assert plan_settlements([_order(1, fee=micro * unit)], {1: 2}, T + 12, **kw).order_ids == [1]
+    assert plan_settlements([_order(1, fee=(micro - 1) * unit)], {1: 2}, T + 12, **kw).declined
+    assert f"| {gwei:g} | {micro / 10**6:,.6g} |" in fee_guide()
 
 
 def test_an_order_settles_at_its_expiry_but_not_after():

@@ -11,11 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from margincall.constants import MAX_MARKETS, WAD
-from margincall.deploy.system import MarketSpec
+from margincall.deploy.system import (
+    DEFAULT_MAX_ORDER_WINDOW,
+    DEFAULT_SETTLEMENT_FEE_MICRO,
+    MarketSpec,
+)
 from margincall.math import RiskParams
 
 DEFAULT_CONFIG = Path("config/deploy-local.yaml")
 SECONDS_PARAMS = frozenset({"grace_period", "tranche_interval", "liquidation_window"})
+CONFIG_KEYS = frozenset(
+    {"collateral", "markets", "risk", "guardian", "reserve_factor", "sequencer", "owner", "orders"}
+)
+# the OrderBook's bounds (contracts/OrderBook.vy `_MAX_FEE_MICRO`, `_MAX_WINDOW`)
+MAX_SETTLEMENT_FEE_MICRO = 100 * 10**6
+MAX_ORDER_WINDOW = 2**16 - 1
 
 
 class ConfigError(ValueError):
@@ -55,7 +65,7 @@ def to_address(value: Any, what: str) -> str:
     return to_checksum_address(value)
 
 
-def _keys(section: Mapping[str, Any], allowed: set[str], what: str) -> None:
+def _keys(section: Mapping[str, Any], allowed: set[str] | frozenset[str], what: str) -> None:
     if not isinstance(section, Mapping):
         raise ConfigError(f"{what}: expected a mapping, got {type(section).__name__}")
     unknown = sorted(set(section) - allowed)
@@ -204,14 +214,12 @@ class DeployConfig:
     sequencer_feed: str | None = None  # L2 sequencer-uptime feed, for every market
     sequencer_grace: int = 0  # seconds after a restart without a valid price
     owner: str | None = None  # hand ownership over (two steps) to this address at the end
+    settlement_fee_micro: int = DEFAULT_SETTLEMENT_FEE_MICRO  # the book's fee, 1e-6 tokens
+    max_order_window: int = DEFAULT_MAX_ORDER_WINDOW  # seconds an order may wait
 
     @classmethod
     def parse(cls, raw: Any, source: str = "") -> DeployConfig:
-        _keys(
-            raw,
-            {"collateral", "markets", "risk", "guardian", "reserve_factor", "sequencer", "owner"},
-            "config",
-        )
+        _keys(raw, CONFIG_KEYS, "config")
         collateral = raw.get("collateral") or {"mock": True}
         _keys(collateral, {"mock", "decimals", "address"}, "collateral")
         token = None
@@ -270,6 +278,7 @@ class DeployConfig:
             reserve = to_wad(reserve, "reserve_factor")
             if reserve > WAD:
                 raise ConfigError("reserve_factor: at most 1")
+        fee, window = _orders(raw.get("orders"))
         return cls(
             markets,
             risk,
@@ -281,7 +290,33 @@ class DeployConfig:
             sequencer_feed=sequencer_feed,
             sequencer_grace=sequencer_grace,
             owner=owner,
+            settlement_fee_micro=fee,
+            max_order_window=window,
         )
+
+
+def _orders(raw: Any) -> tuple[int, int]:
+    """The `orders` section: the book's settlement fee (tokens, at most 6 decimals and 100
+    tokens) and longest order window (seconds, 1 to 65,535); defaults where omitted."""
+    if raw is None:
+        return DEFAULT_SETTLEMENT_FEE_MICRO, DEFAULT_MAX_ORDER_WINDOW
+    _keys(raw, {"settlement_fee", "max_window"}, "orders")
+    fee = DEFAULT_SETTLEMENT_FEE_MICRO
+    if "settlement_fee" in raw:
+        wad = to_wad(raw["settlement_fee"], "orders.settlement_fee")
+        if wad % 10**12:
+            raise ConfigError("orders.settlement_fee: at most 6 decimals (the book's unit)")
+        fee = wad // 10**12
+        if fee > MAX_SETTLEMENT_FEE_MICRO:
+            raise ConfigError(
+                f"orders.settlement_fee: at most 100 tokens, got {raw['settlement_fee']}"
+            )
+    window = DEFAULT_MAX_ORDER_WINDOW
+    if "max_window" in raw:
+        window = to_int(raw["max_window"], "orders.max_window", minimum=1)
+        if window > MAX_ORDER_WINDOW:
+            raise ConfigError(f"orders.max_window: at most {MAX_ORDER_WINDOW} s, got {window}")
+    return fee, window
 
 
 def load_config(path: str | Path) -> DeployConfig:

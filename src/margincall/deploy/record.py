@@ -100,6 +100,8 @@ class DeploymentRecord:
     pending_owner: str = ZERO  # set when the deploy started an ownership hand-over
     order_book: str = ZERO  # the OrderBook (ZERO in records written before orders)
     lens: str = ZERO  # the MarginLens: check_margins, preview_liquidation (tools find it here)
+    settlement_fee: int = 0  # the book's fee per order, token units (0 in older records)
+    max_order_window: int = 0  # seconds an order may wait for its round (0 in older records)
 
     # --- lookups ---
 
@@ -226,7 +228,14 @@ def deploy_from_config(
     guardian = _Address(config.guardian) if config.guardian else None
     first_block = int(chain.blocks.head.number) + 1
     system = deploy_system(
-        project, deployer, guardian, decimals=config.decimals, markets=(), token=config.token
+        project,
+        deployer,
+        guardian,
+        decimals=config.decimals,
+        markets=(),
+        token=config.token,
+        settlement_fee_micro=config.settlement_fee_micro,
+        max_order_window=config.max_order_window,
     )
     engine, pool = system.engine, system.pool
     if config.risk is not None:
@@ -336,6 +345,8 @@ def record_of(
         pending_owner=str(engine.pending_owner()),
         order_book=str(system.book.address) if system.book is not None else ZERO,
         lens=str(system.lens.address) if system.lens is not None else ZERO,
+        settlement_fee=int(system.book.settlement_fee()) if system.book is not None else 0,
+        max_order_window=int(system.book.max_window()) if system.book is not None else 0,
     )
 
 

@@ -39,6 +39,40 @@ PHASE_MASK = 2**64 - 1  # a Chainlink round id: phase << 64 | round in the phase
 COMMIT_TIME_MASK = 2**40 - 1  # an order id: account << 96 | commit time << 8 | slot
 
 
+def min_settlement_fee(
+    gas_price: int,
+    wei_per_token: int,
+    margin_bps: int = 12_000,
+    gas_per_order: int = GAS_PER_SETTLE,
+) -> int:
+    """The smallest settlement fee (millionths of a token, the book's unit) that a keeper
+    with this cost model settles at: `gas_per_order * gas_price` wei times the margin, at
+    `wei_per_token` wei per whole token, rounded up. The deploy config's
+    `orders.settlement_fee` should be at least this at the chain's usual gas price."""
+    if wei_per_token <= 0:
+        raise ValueError("wei_per_token must be positive")
+    need = gas_per_order * gas_price * margin_bps * 10**6
+    return -(-need // (wei_per_token * 10_000))
+
+
+def fee_guide(
+    gas_prices_gwei: Sequence[float] = (0.01, 0.1, 0.58, 1, 5, 30, 50),
+    native_per_token: float = 0.0004,
+) -> str:
+    """A markdown table of `min_settlement_fee` by gas price (docs/parameters.md):
+    `python -c "from margincall.keeper.orders import fee_guide; print(fee_guide())"`."""
+    wei_per_token = round(native_per_token * 10**18)
+    rows = [
+        f"| gas price (gwei) | smallest fee a keeper settles at (tokens, {native_per_token:g}"
+        " native coin per token, 1.2x margin) |",
+        "|---|---|",
+    ]
+    for gwei in gas_prices_gwei:
+        micro = min_settlement_fee(round(gwei * 10**9), wei_per_token)
+        rows.append(f"| {gwei:g} | {micro / 10**6:,.6g} |")
+    return "\n".join(rows)
+
+
 def commit_time_of(order_id: int) -> int:
     """The commit block's timestamp, read from the order id (`OrderBook.commit_order`)."""
     return (int(order_id) >> 8) & COMMIT_TIME_MASK
