@@ -7,7 +7,8 @@ receipts, revert reasons as Ape reports them (views expected to revert, and toke
 are read with a plain `eth_call`: see `ape_system.ApeDriver`).
 
 Runs inside `ape test` (part of `make test`); skipped under plain pytest without Ape's
-plugin. `MARGINCALL_FUZZ_APE_EXAMPLES=N` changes the number of examples.
+plugin. `MARGINCALL_FUZZ_APE_EXAMPLES=N` changes the number of examples. Derandomized like the
+quick titanoboa profile (`MARGINCALL_FUZZ_RANDOM=1` for fresh draws).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SETTINGS = settings(
     stateful_step_count=12,
     deadline=None,
     suppress_health_check=list(HealthCheck),
+    derandomize=not os.environ.get("MARGINCALL_FUZZ_RANDOM"),  # as the quick profile
 )
 
 
