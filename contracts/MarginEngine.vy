@@ -76,6 +76,7 @@ exports: (
 _WAD: constant(uint256) = fixed_point._WAD
 _MAX_MARKETS: constant(uint256) = fixed_point._MAX_MARKETS
 _MAX_BATCH: constant(uint256) = 100
+_MASK96: constant(uint256) = 2**96 - 1
 
 TOKEN: public(immutable(IERC20))
 POOL: public(immutable(ILiquidityPool))
@@ -89,6 +90,16 @@ ORDER_BOOK: public(immutable(address))
 # settled trader losses and fees (its credit); paid with `claim_rewards`
 # (permissionless for the fund and the pool)
 claimable: public(HashMap[address, uint256])
+
+# each account's parked margin-call reward: caller << 96 | amount (token
+# units). Taken from the account's collateral at call time, held here until
+# the call ends: paid to the caller when it ends with the account solvent
+# (cured, or a tranche at ratio >= 1), returned to the account's collateral
+# when it is liquidated at ratio < 1 (before its deficit is computed). Read
+# only while the account's deadline is set; paying out keeps the caller bits
+# (the next call then writes a nonzero word). Decoded by
+# `MarginLens.call_reward_of`.
+parked_reward: public(HashMap[address, uint256])
 
 
 event Deposit:
@@ -117,8 +128,20 @@ event MarginCall:
     equity: int256
     maintenance: uint256
     ratio: uint256
-    reward: uint256
+    reward: uint256  # token units, parked until the call ends
     collateral: uint256
+
+
+event CallRewardPaid:
+    account: indexed(address)
+    caller: indexed(address)
+    amount: uint256  # token units, credited to claimable[caller]
+
+
+event CallRewardReturned:
+    account: indexed(address)
+    caller: indexed(address)
+    amount: uint256  # token units, back in the account's collateral
 
 
 @deploy
@@ -211,7 +234,7 @@ def withdraw(amount: uint256):
         if acct.deadline != 0:
             ev_before: int256 = ev.equity + convert(amount * SCALE, int256)
             if fixed_point._ratio(ev_before, ev.maintenance) >= risk._p_call_ratio():
-                acct = ledger._clear_call(msg.sender, acct, ev.equity, ev.maintenance)
+                acct = self._clear(msg.sender, acct, ev.equity, ev.maintenance)
             else:
                 fixed_point._fail("engine: under margin call")
         if not (ev.equity >= convert(ev.initial, int256)):
@@ -287,8 +310,11 @@ def margin_call(account: address):
     """
     @notice Records a margin call on a CALLABLE account (1 <= ratio <
             call_ratio, no live call): a public notice with a deadline
-            `grace_period` from now. Pays the caller `call_reward` from the
-            account's collateral.
+            `grace_period` from now. Takes the caller's reward from the
+            account's collateral and parks it until the call ends: paid to
+            the caller if the account ends it solvent (cured, or a tranche
+            at ratio >= 1), returned to the account if it is liquidated at
+            ratio < 1.
     @param account The account to call.
     """
     self._call([account], True)
@@ -300,7 +326,7 @@ def margin_call_many(accounts: DynArray[address, _MAX_BATCH]) -> uint256:
     """
     @notice Calls every CALLABLE account of the list in one transaction,
             skipping the others (and those whose prices are invalid).
-            Rewards are paid once, at the end.
+            Each reward is parked as `margin_call` parks it.
     @param accounts The accounts to try.
     @return The number of accounts called.
     """
@@ -526,7 +552,7 @@ def _trade(account: address, market_id: uint256, size_delta: int256, price: uint
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if acct.deadline != 0:
             if fixed_point._ratio(ev.equity, ev.maintenance) >= p.call_ratio:
-                acct = ledger._clear_call(account, acct, ev.equity, ev.maintenance)
+                acct = self._clear(account, acct, ev.equity, ev.maintenance)
             else:
                 fixed_point._fail("engine: under margin call")
         if not (ev.equity >= convert(ev.initial, int256)):
@@ -566,7 +592,7 @@ def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
     if ok:
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():
-            return ledger._clear_call(account, acct, ev.equity, ev.maintenance)
+            return self._clear(account, acct, ev.equity, ev.maintenance)
     return acct
 
 
@@ -574,10 +600,41 @@ def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
 
 
 @internal
+def _clear(account: address, acct: margin.Acct, equity: int256, maintenance: uint256) -> margin.Acct:
+    """
+    @dev Clears a cured account's call (`ledger._clear_call`), paying the
+         caller its parked reward: the call ended with the account solvent.
+    """
+    self._release(account, self.parked_reward[account], True)
+    return ledger._clear_call(account, acct, equity, maintenance)
+
+
+@internal
+def _release(account: address, word: uint256, pay: bool):
+    """
+    @dev Ends a parked call reward (`word`, the account's `parked_reward`):
+         credited to the caller's `claimable` when `pay`, else logged as
+         returned (the plan already put it back in the collateral). The
+         caller bits stay. Nothing when no amount is parked.
+    """
+    amount: uint256 = word & _MASK96
+    if amount == 0:
+        return
+    caller: address = convert(word >> 96, address)
+    self.parked_reward[account] = word ^ amount
+    if pay:
+        self.claimable[caller] += amount
+        log CallRewardPaid(account=account, caller=caller, amount=amount)
+    else:
+        log CallRewardReturned(account=account, caller=caller, amount=amount)
+
+
+@internal
 def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
     """
-    @dev Records a call on every CALLABLE account of the list; rewards paid
-         once. `strict` (a single `margin_call`) reverts instead of
+    @dev Records a call on every CALLABLE account of the list, parking each
+         reward (a lapsed call's parked reward, if any, is paid first: the
+         account is CALLABLE, so solvent). `strict` (a single `margin_call`) reverts instead of
          skipping, and with the oracle's reason on an invalid price. The
          reward is min(clamp(notional * close_factor * penalty / 3 *
          keeper_share, call_reward, max_keeper_reward), floor(equity) -
@@ -588,7 +645,6 @@ def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
     p: margin.RiskParams = risk._unpack_params(risk._params)
     prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])
     have: uint256 = 0
-    total: uint256 = 0
     count: uint256 = 0
     for account: address in accounts:
         acct: margin.Acct = ledger._load(account)
@@ -627,6 +683,11 @@ def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
                 acct.collateral,
             )
         acct.collateral -= reward
+        if acct.deadline != 0:
+            # a lapsed call, called anew: it ended with the account solvent
+            self._release(account, self.parked_reward[account], True)
+        if reward > 0:
+            self.parked_reward[account] = (convert(msg.sender, uint256) << 96) | reward
         acct.deadline = block.timestamp + p.grace_period
         acct.tranches = 0
         ledger._store(account, acct)
@@ -641,10 +702,7 @@ def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
             reward=reward,
             collateral=acct.collateral,
         )
-        total += reward
         count += 1
-    if total > 0:
-        self.claimable[msg.sender] += total
     return count
 
 
@@ -684,7 +742,14 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
                 if i == ev.n:
                     break
                 windows[i] = risk._window[ev.mids[i]]
-        plan: liquidation.Plan = liquidation._plan_from(acct, ev, p, state, windows, SCALE)
+        # the parked call reward (read only under a call): returned to the
+        # collateral by a close at ratio < 1, before the deficit (in the plan)
+        parked: uint256 = 0
+        if acct.deadline != 0:
+            parked = self.parked_reward[account]
+        plan: liquidation.Plan = liquidation._plan_from(
+            acct, ev, p, state, windows, parked & _MASK96, SCALE
+        )
         if plan.code != liquidation._OK:
             if not strict:
                 continue
@@ -694,6 +759,8 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
                 fixed_point._fail("engine: tranche interval not elapsed")
             fixed_point._fail("engine: liquidation window cap reached")
         liquidation._execute(account, acct, ev, plan, msg.sender, p.liquidation_window, SCALE)
+        # a tranche at ratio >= 1 pays the caller (the call band worked)
+        self._release(account, parked, plan.returned == 0)
         if plan.deficit > 0:
             # a bankrupt account's deficit (which includes the keeper's
             # minimum reward, see `liquidation._plan_from`) is covered by the

@@ -27,11 +27,13 @@ interface IEngineState:
     def window_state(market_id: uint256) -> (uint256, uint256): view
     def risk_params() -> margin.RiskParams: view
     def SCALE() -> uint256: view
+    def parked_reward(account: address) -> uint256: view
 
 
 _MAX_MARKETS: constant(uint256) = fixed_point._MAX_MARKETS
 _MAX_POSITIONS: constant(uint256) = margin._MAX_POSITIONS
 _MAX_SCAN: constant(uint256) = 500
+_MASK96: constant(uint256) = 2**96 - 1
 
 
 struct LiquidationPreview:
@@ -131,7 +133,10 @@ def preview_liquidation(account: address) -> LiquidationPreview:
         start, used = staticcall ENGINE.window_state(ev.mids[i])
         cap: uint256 = (staticcall ENGINE.markets(ev.mids[i])).window_cap
         windows[i] = start | (used << 48) | (cap << 152)
-    plan: liquidation.Plan = liquidation._plan_from(acct, ev, p, state, windows, _SCALE)
+    parked: uint256 = 0
+    if acct.deadline != 0:
+        parked = (staticcall ENGINE.parked_reward(account)) & _MASK96
+    plan: liquidation.Plan = liquidation._plan_from(acct, ev, p, state, windows, parked, _SCALE)
     out: LiquidationPreview = empty(LiquidationPreview)
     out.state = plan.state
     out.reason = plan.code
@@ -153,6 +158,24 @@ def preview_liquidation(account: address) -> LiquidationPreview:
     out.equity_after = plan.equity_after
     out.ratio_after = plan.ratio_after
     return out
+
+
+@view
+@external
+def call_reward_of(account: address) -> (address, uint256):
+    """
+    @notice The margin-call reward parked for `account`: taken from its
+            collateral by a call, held by the engine until the call ends
+            (paid to the caller if the account ends it solvent, returned to
+            the account if it is liquidated at ratio < 1).
+    @param account The account.
+    @return The caller and the amount (token units); (empty, 0) if none.
+    """
+    word: uint256 = staticcall ENGINE.parked_reward(account)
+    amount: uint256 = word & _MASK96
+    if amount == 0:
+        return empty(address), 0
+    return convert(word >> 96, address), amount
 
 
 @view

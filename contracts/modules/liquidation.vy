@@ -49,6 +49,7 @@ struct Plan:
     fund_fee: uint256  # token units
     pool_net: int256  # token units, > 0 engine pays pool, < 0 pool pays engine
     deficit: uint256  # token units
+    returned: uint256  # token units: the parked call reward put back
     collateral_after: uint256  # token units
     equity_after: int256
     maintenance_after: uint256
@@ -87,6 +88,7 @@ def _plan_from(
     p: margin.RiskParams,
     state: uint8,
     windows: uint256[_MAX_POSITIONS],
+    parked: uint256,
     scale: uint256,
 ) -> Plan:
     """
@@ -100,7 +102,10 @@ def _plan_from(
          up, realised PnL rounded down. Token flows each rounded against the
          account: realised PnL down, penalty up, the keeper's share down. A
          bankrupt close pays the keeper min_keeper_reward out of the
-         deficit (its `deficit` includes the reward).
+         deficit (its `deficit` includes the reward). `parked` (token
+         units) is the account's parked call reward: at ratio < 1 it goes
+         back to the collateral before the flows (`returned`), so a
+         bankrupt close's deficit is smaller by exactly that much.
     """
     plan: Plan = empty(Plan)
     plan.state = state
@@ -180,14 +185,19 @@ def _plan_from(
 
     # token flows, in token units, each rounded against the account
     realized_tok: int256 = fixed_point._wad_to_token_signed(realized, scale)
-    balance: int256 = convert(acct.collateral, int256) + realized_tok
+    # the caller forfeits its parked reward when the account is insolvent
+    collateral: uint256 = acct.collateral
+    if parked != 0 and fixed_point._ratio(ev.equity, ev.maintenance) < _WAD:
+        plan.returned = parked
+        collateral += parked
+    balance: int256 = convert(collateral, int256) + realized_tok
     if balance <= 0:
         # bankrupt: the keeper is still paid min_keeper_reward, as part of the
         # deficit: the collateral goes to the pool less that reward, and the
         # fund covers the deficit (the pool bears what the fund cannot)
         reward: uint256 = p.min_keeper_reward // scale
         plan.keeper_reward = reward
-        plan.pool_net = convert(acct.collateral, int256) - convert(reward, int256)
+        plan.pool_net = convert(collateral, int256) - convert(reward, int256)
         plan.deficit = convert(-balance, uint256) + reward
         plan.collateral_after = 0
     else:

@@ -86,6 +86,9 @@ class Account:
     deadline: int = 0
     last_tranche: int = 0
     tranches: int = 0
+    # the margin-call reward parked under the live call (token units): taken from the
+    # collateral by the call, paid to the caller or returned when the call ends
+    parked_reward: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class Tranche:
     keeper_reward: int = 0
     fund_fee: int = 0
     deficit: int = 0
+    returned: int = 0  # the parked call reward put back in the collateral (ratio < 1)
     collateral_after: int = 0
     equity_after: int = 0
     ratio_after: int = 0
@@ -239,7 +243,10 @@ def plan_tranche(
             maintenance += mul_up(mul_up(abs(rest_size), p.price), p.mmr)
             upnl += div_floor(rest_size * p.price, WAD) - rest_cost
     realized_tok = div_floor(realized, scale)
-    balance = account.collateral + realized_tok
+    # below ratio 1 the caller forfeits its parked reward: back to the collateral first
+    if account.parked_reward and v.ratio < WAD:
+        t.returned = account.parked_reward
+    balance = account.collateral + t.returned + realized_tok
     if balance <= 0:
         # bankrupt: the keeper still gets min_keeper_reward, as part of the deficit
         t.keeper_reward = params.min_keeper_reward // scale

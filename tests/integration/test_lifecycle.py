@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ape
 import pytest
+from eth_utils import to_checksum_address
 
 from margincall.constants import WAD, PlanCode, State
 from margincall.math import call_reward as ref_call_reward
@@ -39,6 +40,7 @@ from tests.utils.helpers import (
 )
 
 ETH, BTC = 0, 1
+ZERO_ADDRESS = to_checksum_address("0x" + "00" * 20)
 CALLABLE_PRICE = 1_860.0  # ratio ~1.17: between 1 and call_ratio
 RECOVERED_PRICE = 1_900.0  # ratio ~1.57: HEALTHY
 
@@ -121,7 +123,10 @@ def test_price_fall_makes_account_callable_and_margin_call_records_deadline(
         == engine.collateral_of(leveraged)
         == st.collateral // scale_of(system) - reward
     )
-    assert held(system, keeper) - keeper_before == reward
+    # issue 14: the reward is parked in the engine until the call ends, not paid yet
+    assert held(system, keeper) - keeper_before == 0
+    assert system.lens.call_reward_of(leveraged) == (keeper.address, reward)
+    assert account_model(system, leveraged).parked_reward == reward
 
     st = assert_status_matches_reference(system, leveraged, tx_time(chain, tx))
     assert st.state == State.CALLED
@@ -323,7 +328,12 @@ def test_uncured_call_is_liquidatable_only_from_its_deadline(
     assert pc.size == before.positions[0].size - closed == engine.position(trader, ETH)[0]
     assert pc.price == system.oracles[ETH].price()
 
-    assert held(system, keeper) - keeper_before == liq.keeper_reward > 0
+    # a tranche at ratio >= 1 also pays the caller (here the same keeper) its parked reward
+    [paid] = tx.decode_logs(engine.CallRewardPaid)
+    assert (paid.account, paid.caller) == (trader.address, keeper.address) and paid.amount > 0
+    assert system.lens.call_reward_of(trader) == (ZERO_ADDRESS, 0)
+    assert held(system, keeper) - keeper_before == liq.keeper_reward + paid.amount
+    assert liq.keeper_reward > 0
     assert held(system, fund) - fund_before == liq.fund_fee > 0
     assert liq.penalty == liq.keeper_reward + liq.fund_fee
     # the tranche aimed at call_ratio; the call is cleared exactly when it got there
@@ -358,6 +368,130 @@ def test_lapsed_call_makes_account_callable_again_not_liquidatable(
     [ev] = tx.decode_logs(engine.MarginCall)
     assert ev.deadline == tx_time(chain, tx) + grace > called
     assert engine.check_margin(trader).state == State.CALLED
+    ledger.check()
+
+
+# --- the parked call reward (issue 14) ---------------------------------------------------------
+
+
+def test_margin_call_parks_its_reward_and_credits_no_one(system, ledger, leveraged, keeper):
+    engine = system.engine
+    system.set_price(ETH, CALLABLE_PRICE)
+    collateral = engine.collateral_of(leveraged)
+    claimable = engine.claimable(keeper)
+    tx = ledger.send(engine.margin_call, leveraged, sender=keeper)
+    [ev] = tx.decode_logs(engine.MarginCall)
+    assert ev.reward > 0
+    # out of the collateral as before (every view sees the same equity), into no claimable
+    assert engine.collateral_of(leveraged) == collateral - ev.reward
+    assert engine.claimable(keeper) == claimable
+    assert engine.parked_reward(leveraged) == (int(keeper.address, 16) << 96) | ev.reward
+    assert system.lens.call_reward_of(leveraged) == (keeper.address, ev.reward)
+    assert tx.decode_logs(engine.CallRewardPaid) == []
+    ledger.check()
+
+
+def test_cure_by_deposit_pays_the_parked_reward_to_the_caller(
+    system, ledger, called, trader, keeper
+):
+    engine = system.engine
+    _, reward = system.lens.call_reward_of(trader)
+    assert reward > 0 and engine.claimable(keeper) == 0
+    tx = ledger.send(deposit, system, trader, 200)
+    assert len(tx.decode_logs(engine.MarginCallCleared)) == 1
+    [paid] = tx.decode_logs(engine.CallRewardPaid)
+    assert (paid.account, paid.caller, paid.amount) == (trader.address, keeper.address, reward)
+    assert engine.claimable(keeper) == reward
+    assert system.lens.call_reward_of(trader) == (ZERO_ADDRESS, 0)
+    # the caller bits stay (the next call writes a nonzero word), the amount is gone
+    assert engine.parked_reward(trader) == int(keeper.address, 16) << 96
+    assert_no_call(system, trader)
+    ledger.check()
+
+
+@pytest.mark.parametrize("price", [1_800.0, 1_700.0], ids=["critical", "bankrupt"])
+def test_close_below_ratio_one_returns_the_parked_reward_before_the_deficit(
+    system, chain, ledger, called, trader, keeper, price
+):
+    """A called account that the market takes below ratio 1 is closed with its caller's
+    reward back in its collateral: a CRITICAL close leaves exactly that much more collateral,
+    a BANKRUPT close's deficit is smaller by exactly that much."""
+    import dataclasses
+
+    from margincall.math import plan_tranche
+
+    engine = system.engine
+    _, reward = system.lens.call_reward_of(trader)
+    assert reward > 0
+    system.set_price(ETH, price)
+    now = pin_next_tx(chain)
+    st = engine.check_margin(trader)
+    expected = State.CRITICAL if price == 1_800.0 else State.BANKRUPT
+    assert st.state == expected and st.ratio < WAD
+    params = risk_params_model(engine)
+    account = account_model(system, trader)
+    assert account.parked_reward == reward
+    ref = reference_tranche(system, trader, now)
+    # the same close without the return: what the call's reward would have cost
+    without = plan_tranche(
+        dataclasses.replace(account, parked_reward=0), params, scale_of(system), now
+    )
+    assert ref.returned == reward and without.returned == 0
+    preview = system.lens.preview_liquidation(trader)
+    assert preview.deficit == ref.deficit
+    keeper_claimable = engine.claimable(keeper)
+
+    tx = ledger.send(engine.liquidate, trader, sender=keeper)
+
+    [liq] = tx.decode_logs(engine.Liquidation)
+    assert liq.state == expected and liq.full_close
+    [back] = tx.decode_logs(engine.CallRewardReturned)
+    assert (back.account, back.caller, back.amount) == (trader.address, keeper.address, reward)
+    assert tx.decode_logs(engine.CallRewardPaid) == []
+    # the keeper gets the liquidation's reward only: the call's is forfeited
+    assert engine.claimable(keeper) - keeper_claimable == liq.keeper_reward
+    assert system.lens.call_reward_of(trader) == (ZERO_ADDRESS, 0)
+    if expected == State.BANKRUPT:
+        [bad] = tx.decode_logs(engine.BadDebt)
+        assert bad.amount == ref.deficit == without.deficit - reward > 0
+    else:
+        assert tx.decode_logs(engine.BadDebt) == []
+        assert without.deficit == ref.deficit == 0
+        assert liq.penalty == without.penalty
+        assert liq.collateral == ref.collateral_after == without.collateral_after + reward
+    ledger.check()
+
+
+def test_second_call_after_a_cure_parks_anew(
+    system, chain, ledger, called, trader, keeper, rival_keeper
+):
+    engine = system.engine
+    _, first = system.lens.call_reward_of(trader)
+    ledger.send(deposit, system, trader, 200)
+    assert engine.claimable(keeper) == first
+    system.set_price(ETH, 1_800.0)  # ratio ~1.09: CALLABLE again
+    assert engine.check_margin(trader).state == State.CALLABLE
+    tx = ledger.send(engine.margin_call, trader, sender=rival_keeper)
+    [ev] = tx.decode_logs(engine.MarginCall)
+    assert ev.reward > 0 and tx.decode_logs(engine.CallRewardPaid) == []
+    assert system.lens.call_reward_of(trader) == (rival_keeper.address, ev.reward)
+    assert engine.claimable(rival_keeper) == 0 and engine.claimable(keeper) == first
+    ledger.check()
+
+
+def test_a_lapsed_call_called_anew_pays_the_first_caller(
+    system, chain, ledger, called, trader, keeper, rival_keeper
+):
+    engine = system.engine
+    _, first = system.lens.call_reward_of(trader)
+    travel_to(chain, called + engine.risk_params().grace_period)
+    assert engine.check_margin(trader).state == State.CALLABLE
+    tx = ledger.send(engine.margin_call, trader, sender=rival_keeper)
+    [paid] = tx.decode_logs(engine.CallRewardPaid)
+    assert (paid.caller, paid.amount) == (keeper.address, first)
+    [ev] = tx.decode_logs(engine.MarginCall)
+    assert system.lens.call_reward_of(trader) == (rival_keeper.address, ev.reward)
+    assert engine.claimable(keeper) == first and engine.claimable(rival_keeper) == 0
     ledger.check()
 
 

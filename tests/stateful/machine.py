@@ -198,6 +198,8 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         self.orders = {}
         self.order_fee = int(d.book.settlement_fee())
         self.max_window = int(d.book.max_window())
+        # margin-call rewards parked until their calls end: trader -> (caller, amount)
+        self.parked = {t: self._parked_on_chain(t) for t in self.traders}
 
     def teardown(self):
         failing = sys.exc_info()[1]
@@ -228,6 +230,32 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         if who in self.owed_to:
             return d.balance(who) + int(d.engine.claimable(who))
         return d.balance(who)
+
+    def _parked_on_chain(self, t: str) -> tuple[str | None, int]:
+        word = int(self.d.engine.parked_reward(t))
+        amount = word & (2**96 - 1)
+        if amount == 0:
+            return None, 0
+        caller = "0x" + (word >> 96).to_bytes(20, "big").hex()
+        # the keeper as the model names it (its key in `expected`)
+        return next((k for k in self.keepers if str(k).lower() == caller), caller), amount
+
+    def pay_parked(self, t: str) -> None:
+        """The call of `t` ends with the account solvent: its parked reward goes to the
+        caller's `claimable` (engine `_release`)."""
+        caller, amount = self.parked[t]
+        if amount:
+            self.move(self.d.engine.address, caller, amount)
+            self.parked[t] = (None, 0)
+            self.note("call_reward:paid")
+
+    def park(self, t: str, acct: Account, keeper: str, reward: int) -> None:
+        """A call on `t` (CALLABLE: a lapsed call's parked reward is paid first) parks
+        `reward` for `keeper`; nothing moves (the engine holds it)."""
+        if acct.deadline:
+            self.pay_parked(t)
+        if reward:
+            self.parked[t] = (keeper, reward)
 
     def move(self, src: str, dst: str, amount: int) -> None:
         assert amount >= 0
@@ -297,8 +325,9 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         for m, size, cost in raw.positions:
             cfg = d.config(m)
             positions.append(Position(m, size, cost, self.price(m), int(cfg.mmr), int(cfg.imr)))
+        parked = self.parked[who][1] if raw.deadline else 0
         acct = Account(
-            raw.collateral, tuple(positions), raw.deadline, raw.last_tranche, raw.tranches
+            raw.collateral, tuple(positions), raw.deadline, raw.last_tranche, raw.tranches, parked
         )
         return acct, self.first_fault(q.market_id for q in positions)
 
@@ -395,6 +424,8 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             self.note("paused:deposit")
         assert bool(sent.of(d.engine, "MarginCallCleared")) == will_clear
         self.move(t, d.engine.address, amount)
+        if will_clear:
+            self.pay_parked(t)
         assert d.raw_account(t).deadline == (0 if will_clear else acct.deadline)
 
     @rule(i=st.integers(0, N_TRADERS - 1), frac=st.integers(1, 100), beyond=st.integers(0, 3))
@@ -439,6 +470,7 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             self.move(d.engine.address, t, amount)
             if acct.deadline:  # not blocked: the withdrawal clears the cured call
                 assert d.raw_account(t).deadline == 0
+                self.pay_parked(t)
             st_ = d.engine.check_margin(t)
             if st_.positions:
                 assert st_.equity >= st_.initial, "withdrawal left equity under initial margin"
@@ -759,7 +791,7 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         if self.paused:
             self.note("paused:margin_call")
         reward = call_reward(acct, p, d.scale)
-        self.move(d.engine.address, keeper, reward)
+        self.park(t, acct, keeper, reward)  # parked: nothing moves until the call ends
         raw = d.raw_account(t)
         assert raw.collateral == acct.collateral - reward
         assert raw.deadline == self.now + p.grace_period
@@ -770,21 +802,20 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         batch = [self.traders[i] for i in sorted(picks)]
         self.dirty.update(batch)
         p = d.risk_params()
-        called, total = [], 0
+        called = []
         for t in batch:
             acct, fault = self.account(t)
             if fault:
                 self.note("skipped:oracle")
             elif self.state(acct, p) == State.CALLABLE:
                 called.append(t)
-                total += call_reward(acct, p, d.scale)
+                self.park(t, acct, keeper, call_reward(acct, p, d.scale))
         sent = self.must(d.engine, "margin_call_many", batch, sender=keeper)
         assert [e.account for e in sent.of(d.engine, "MarginCall")] == called
         if sent.value is not None:
             assert sent.value == len(called)
         if called:
             self.note("margin_call_many")
-        self.move(d.engine.address, keeper, total)
 
     @rule(i=st.integers(0, N_TRADERS - 1))
     def clear_margin_call(self, i):
@@ -804,6 +835,7 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             assert sent.ok, sent.reason
             self.note("clear_margin_call")
             assert d.raw_account(t).deadline == 0
+            self.pay_parked(t)
 
     def _expect_liquidation(self, t: str, keeper: str, fund_balance: int, room: dict[int, int]):
         """Plans one account's liquidation; books its flows; returns (plan, fund balance after).
@@ -821,7 +853,7 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             # the engine keeps the reward out of the collateral (the pool pays any rest)
             paid = min(plan.deficit, fund_balance)
             fund_balance -= paid
-            pool_net = acct.collateral - plan.keeper_reward
+            pool_net = acct.collateral + plan.returned - plan.keeper_reward
             if pool_net >= 0:
                 self.move(d.engine.address, d.pool.address, pool_net)
             else:
@@ -831,7 +863,7 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             assert plan.keeper_reward == p.min_keeper_reward // d.scale
             plan.bad_debt = (plan.deficit, paid)
         else:
-            pool_net = acct.collateral - plan.collateral_after - plan.penalty
+            pool_net = acct.collateral + plan.returned - plan.collateral_after - plan.penalty
             if pool_net >= 0:
                 self.move(d.engine.address, d.pool.address, pool_net)
             else:
@@ -842,6 +874,13 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         if not plan.full:
             for q, closed in zip(acct.positions, plan.closed_sizes, strict=True):
                 room[q.market_id] -= mul_up(abs(closed), q.price)
+        # the parked call reward: returned to the collateral below ratio 1 (in the plan's
+        # flows above), paid to the caller otherwise
+        if plan.returned:
+            self.parked[t] = (None, 0)
+            self.note("call_reward:returned")
+        elif acct.parked_reward:
+            self.pay_parked(t)
         plan.ratio_before = evaluate(acct, d.scale).ratio
         return plan, fund_balance
 
@@ -1171,6 +1210,11 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         for h in self.holders:
             assert self.held(h) == self.expected[h], h
         ledger = sum(d.raw_account(t).collateral for t in self.traders)
+        # the parked call rewards, as the model predicted them; one only under a call
+        for t in self.traders:
+            assert self._parked_on_chain(t) == self.parked[t], (t, self.parked[t])
+            assert self.parked[t][1] == 0 or d.raw_account(t).deadline != 0, t
+        ledger += sum(amount for _, amount in self.parked.values())
         accrued = sum(int(d.engine.claimable(h)) for h in self.owed_to)
         assert d.balance(d.engine.address) == ledger + accrued + self.escrowed()
         for t in self.traders:  # the book's pending orders and escrow are the model's

@@ -260,6 +260,8 @@ class OrderRules:
         else:
             self.move(d.engine.address, d.pool.address, -pays)
         self.move(d.engine.address, keeper, o.fee)
+        if acct.deadline and not deadline:
+            self.pay_parked(o.trader)  # the fill cured the call
         self.note("order:filled")
         return after
 

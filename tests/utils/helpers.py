@@ -102,12 +102,17 @@ def open_position(system, trader, market_id: int, size: float, slippage: float =
 
 def assert_conserved(system, accounts) -> None:
     """Engine's token balance equals the sum of its collateral ledgers, the settlement fees
-    escrowed for pending orders, and the balances accrued in it (`claimable`: the keepers'
-    rewards among `accounts`, the fund's share, the pool's credit)."""
+    escrowed for pending orders, the margin-call rewards parked for `accounts` until their calls
+    end, and the balances accrued in it (`claimable`: the keepers' rewards among `accounts`, the
+    fund's share, the pool's credit)."""
     engine = system.engine
     held = system.token.balanceOf(engine.address)
     owners = {_addr(a) for a in accounts}
-    ledger = sum(engine.collateral_of(a) + engine.claimable(a) for a in owners)
+    # parked margin-call rewards (caller << 96 | amount), held until the call ends
+    ledger = sum(
+        engine.collateral_of(a) + engine.claimable(a) + (engine.parked_reward(a) & (2**96 - 1))
+        for a in owners
+    )
     ledger += sum(system.book.escrowed_of(a) for a in owners)
     ledger += engine.claimable(system.fund.address) + engine.claimable(system.pool.address)
     assert held == ledger, f"engine holds {held}, ledgers sum to {ledger}"
@@ -198,8 +203,9 @@ def account_model(system, who):
             cfg = engine.markets(m)
             price = system.oracles[m].price()
             positions.append(Position(m, int(size), int(cost), int(price), cfg.mmr, cfg.imr))
+    parked = int(engine.parked_reward(_addr(who))) & (2**96 - 1) if deadline else 0
     return Account(
-        int(collateral), tuple(positions), int(deadline), int(last_tranche), int(tranches)
+        int(collateral), tuple(positions), int(deadline), int(last_tranche), int(tranches), parked
     )
 
 
@@ -285,6 +291,13 @@ class FlowLedger:
             for log in logs
             if log.contract_address == engine and log.event_name == "Liquidation"
         }
+        # a parked call reward returned to the collateral by a close at ratio < 1 (logged
+        # after its Liquidation): the pool's share counts it as collateral the account had
+        returned = {
+            log.account: log.amount
+            for log in logs
+            if log.contract_address == engine and log.event_name == "CallRewardReturned"
+        }
         for log in logs:
             name = log.event_name
             if log.contract_address == engine:
@@ -294,7 +307,7 @@ class FlowLedger:
                     self.keepers.add(log.keeper)
                     # engine -> pool: -realised PnL (or all collateral when bankrupt, less
                     # the keeper's minimum reward, which the engine keeps for the keeper)
-                    before = collateral_before[log.account]
+                    before = collateral_before[log.account] + returned.get(log.account, 0)
                     self._credit(pool, before - log.collateral - log.keeper_reward - log.fund_fee)
                     self._credit(fund, log.fund_fee)
                     self._credit(log.keeper, log.keeper_reward)
@@ -302,8 +315,10 @@ class FlowLedger:
                     self._credit(pool, log.paid_by_fund)
                     self._credit(fund, -log.paid_by_fund)
                 elif name == "MarginCall":
+                    # the reward is parked in the engine until the call ends
                     self.keepers.add(log.caller)
-                    self._credit(log.caller, log.reward)
+                elif name == "CallRewardPaid":
+                    self._credit(log.caller, log.amount)
             elif log.contract_address == self.system.book.address:
                 if name == "OrderSettled":
                     self._credit(log.settler, log.fee)

@@ -51,13 +51,16 @@ def expected_messages(history: History, chain_id: int) -> dict[str, str]:
 
 
 def keeper_actions(history: History, keeper: str) -> History:
-    """The `MarginCall`s and `Liquidation`s that `keeper` caused."""
+    """The `MarginCall`s and `Liquidation`s that `keeper` caused, and the parked call
+    rewards the engine paid it (`CallRewardPaid`: its calls that ended solvent)."""
     me = keeper.lower()
     return History(
         [
             log
             for log in history.logs
-            if (log.event_name == "MarginCall" and str(log.caller).lower() == me)
+            if (
+                log.event_name in ("MarginCall", "CallRewardPaid") and str(log.caller).lower() == me
+            )
             or (log.event_name == "Liquidation" and str(log.keeper).lower() == me)
         ]
     )
@@ -208,6 +211,8 @@ class DemoReport:
             ok = False
         held = self.client.token_balance(self.client.address)
         ledgers = sum(self.client.collateral(t.address) for t in self.traders)
+        # with the margin-call rewards parked until their calls end
+        ledgers += sum(self.client.parked_reward(t.address)[1] for t in self.traders)
         # and what it holds for the keeper, the fund and the pool (accrued, claimed later)
         owners = (self.keeper.address, self.clients.fund.address, self.clients.pool.pool.address)
         accrued = sum(self.client.claimable(a) for a in owners)

@@ -95,6 +95,7 @@ class Demo:
         self.prices = {ETH: 2_000, BTC: 60_000}
         self.liquidations: list = []
         self.calls: list = []
+        self.rewards_paid: list = []  # CallRewardPaid: parked call rewards paid to the caller
         self.bad_debts: list = []
         self.settle_fees = 0  # the orders' settlement fees paid to the keeper
 
@@ -325,7 +326,7 @@ class Demo:
                 f" deadline {fmt_deadline(ev.deadline, self.now())} (t={ev.deadline}),"
                 f" ratio {fmt_ratio(ev.ratio)},"
                 f" equity {fmt_wad(ev.equity)}, maintenance {fmt_wad(ev.maintenance)},"
-                f" keeper reward {self.tok(ev.reward)}"
+                f" keeper reward {self.tok(ev.reward)} (parked until the call ends)"
             )
         states = self.show("After the margin calls")
         self.expect_states(
@@ -342,6 +343,7 @@ class Demo:
             f"[green]MarginCallCleared[/] on C: ratio {fmt_ratio(ev.ratio)},"
             f" equity {fmt_wad(ev.equity)}, maintenance {fmt_wad(ev.maintenance)}"
         )
+        self.note_rewards_paid(receipt, "C's cure")
         b = self.traders["B"]
         msg = self.expect_revert(
             "under margin call", self.engine.withdraw, units(100, self.decimals), sender=b
@@ -356,6 +358,15 @@ class Demo:
             states, {"A": State.HEALTHY, "B": State.CALLED, "C": State.HEALTHY}, "after the cure"
         )
 
+    def note_rewards_paid(self, receipt, what: str) -> None:
+        """Books and tells the parked call rewards that `receipt` paid to their callers."""
+        for paid in receipt.decode_logs(self.engine.CallRewardPaid):
+            self.rewards_paid.append(paid)
+            self.say(
+                f"[green]CallRewardPaid[/]: {what} ended the call solvent; the caller gets"
+                f" its parked reward {self.tok(paid.amount)}"
+            )
+
     def liquidate(self, name: str):
         address = self.traders[name].address
         preview = self.client.preview_liquidation(address)
@@ -363,6 +374,7 @@ class Demo:
         receipt = self.client.liquidate(address, sender=self.keeper)
         ev = receipt.decode_logs(self.engine.Liquidation)[0]
         self.liquidations.append(ev)
+        self.note_rewards_paid(receipt, f"{name}'s liquidation")
         expect(
             ev.penalty == preview.penalty and ev.closed_notional == preview.closed_notional,
             "liquidation differs from its preview",
@@ -477,7 +489,7 @@ class Demo:
             - self.keeper_start
         )
         from_events = (
-            sum(e.reward for e in self.calls)
+            sum(e.amount for e in self.rewards_paid)
             + sum(e.keeper_reward for e in self.liquidations)
             + self.settle_fees
         )
@@ -486,6 +498,10 @@ class Demo:
         pool_assets = self.clients.pool.total_assets()
         held = s.token.balanceOf(s.engine.address)
         ledgers = sum(s.engine.collateral_of(t.address) for t in self.traders.values())
+        # and the margin-call rewards still parked (caller << 96 | amount)
+        ledgers += sum(
+            s.engine.parked_reward(t.address) & (2**96 - 1) for t in self.traders.values()
+        )
         # what the engine holds for others: accrued rewards (keeper), the fund's share, the
         # pool's credit; and the settlement fees escrowed for pending orders
         owners = (self.keeper.address, s.fund.address, s.pool.address)
@@ -506,7 +522,7 @@ class Demo:
             ("keeper earnings", self.tok(keeper_earned)),
             ("  of which order settlement fees", self.tok(self.settle_fees)),
             ("engine token balance", self.tok(held)),
-            ("sum of collateral_of(traders)", self.tok(ledgers)),
+            ("collateral_of(traders) + parked call rewards", self.tok(ledgers)),
             ("  + accrued (keeper, fund, pool)", self.tok(accrued)),
             ("  + escrowed order fees", self.tok(escrowed)),
         ]

@@ -39,7 +39,15 @@ from typing import Any
 from margincall.constants import State
 from margincall.keeper.logic import Snapshot, state_at
 
-ENGINE_EVENTS = ("MarginCall", "MarginCallCleared", "Liquidation", "BadDebt", "PositionChanged")
+ENGINE_EVENTS = (
+    "MarginCall",
+    "MarginCallCleared",
+    "Liquidation",
+    "BadDebt",
+    "PositionChanged",
+    "CallRewardPaid",
+    "CallRewardReturned",
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,13 @@ class History:
             "full_liquidations": sum(1 for e in liqs if e.full_close),
             "accounts_liquidated": len({str(e.account) for e in liqs}),
             "penalties": sum(int(e.penalty) for e in liqs),
+            # a call's reward counts when the engine pays it (parked until the call ends;
+            # returned to the account by a close below ratio 1)
             "keeper_rewards": sum(int(e.keeper_reward) for e in liqs)
-            + sum(int(e.reward) for e in self.of("MarginCall")),
+            + sum(int(e.amount) for e in self.of("CallRewardPaid")),
+            "call_rewards_issued": sum(int(e.reward) for e in self.of("MarginCall")),
+            "call_rewards_paid": sum(int(e.amount) for e in self.of("CallRewardPaid")),
+            "call_rewards_returned": sum(int(e.amount) for e in self.of("CallRewardReturned")),
             "fund_fees": sum(int(e.fund_fee) for e in liqs),
             "bad_debt": sum(int(e.amount) for e in debts),
             "bad_debt_paid_by_fund": sum(int(e.paid_by_fund) for e in debts),

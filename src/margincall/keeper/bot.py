@@ -120,7 +120,14 @@ DUE_NEXT_GAS = 250_000
 TOO_LARGE_BACKOFF = 50  # blocks before an account too large for one transaction is retried
 
 
-ENGINE_EVENTS = ("PositionChanged", "MarginCall", "Liquidation", "MarketSet", "RiskParamsSet")
+ENGINE_EVENTS = (
+    "PositionChanged",
+    "MarginCall",
+    "Liquidation",
+    "MarketSet",
+    "RiskParamsSet",
+    "CallRewardPaid",
+)
 
 
 class Keeper(Receipts, OrderDesk, Upkeep):
@@ -165,8 +172,13 @@ class Keeper(Receipts, OrderDesk, Upkeep):
                 "Liquidation",
                 "MarketSet",
                 "RiskParamsSet",
+                "CallRewardPaid",
             )
         }
+        # a margin call's reward is parked until the call ends; it is earned when the
+        # engine pays it (`CallRewardPaid`, often in a trader's cure): counted from the logs
+        # read after `start`'s rebuild, not from the call's receipt
+        self._earning = True
         self._engine = client.address
         self._me = _lower(sender.address)
         self._init_orders(book)
@@ -195,7 +207,9 @@ class Keeper(Receipts, OrderDesk, Upkeep):
         latest = self.provider.get_block("latest")
         head = int(latest.number)
         t0 = time.monotonic()
+        self._earning = False  # the rebuild's history: paid before this run
         n = self._ingest(int(self.record.block), head)
+        self._earning = True
         self._apply_orders(self._read_order_logs(int(self.record.block), head))
         self._params_changed = False  # read at construction, from the head
         self.metrics.track(len(self._mine(self.state.book.accounts)))
@@ -225,11 +239,11 @@ class Keeper(Receipts, OrderDesk, Upkeep):
     # --- logs ---
 
     def _read_logs(self, start: int, stop: int) -> list[Any]:
-        """The engine's raw `PositionChanged`, `MarketSet` and `RiskParamsSet` logs of blocks
-        start..stop (one filter: any of the three topics)."""
+        """The engine's raw `PositionChanged`, `MarketSet`, `RiskParamsSet` and
+        `CallRewardPaid` logs of blocks start..stop (one filter: any of the four topics)."""
         topic = [
             "0x" + self._raw[name].topic0.hex()
-            for name in ("PositionChanged", "MarketSet", "RiskParamsSet")
+            for name in ("PositionChanged", "MarketSet", "RiskParamsSet", "CallRewardPaid")
         ]
         return self.client.logs(start, stop, [topic])
 
@@ -237,8 +251,13 @@ class Keeper(Receipts, OrderDesk, Upkeep):
         """Applies raw PositionChanged logs read up to block `stop`; returns how many. A
         `MarketSet` or `RiskParamsSet` log marks the parameters for a reload."""
         ev = self._raw["PositionChanged"]
+        paid = self._raw["CallRewardPaid"]
         n = 0
         for log in logs:
+            if paid.matches(log):
+                if self._earning and _lower(paid.field(log, "caller")) == self._me:
+                    self.metrics.rewards_earned += paid.field(log, "amount")
+                continue
             if not ev.matches(log):
                 self._params_changed = True
                 continue

@@ -66,7 +66,9 @@ class Receipts:
         if tx.label == "margin_call_many":
             ev = self._raw["MarginCall"]
             made = [log for log in ev.select(logs, self._engine) if self._by_me(ev, log, "caller")]
-            reward = sum(ev.field(log, "reward") for log in made)
+            # a call's reward is parked: earned when paid (`CallRewardPaid`, read with the
+            # position logs by `Keeper._apply`), not here
+            reward = 0
             self.metrics.calls_made += len(made)
         else:
             ev = self._raw["Liquidation"]

@@ -230,8 +230,9 @@ class MarginEngineClient(ForBots):
             positions.append(
                 ref.Position(p.market_id, p.size, p.open_notional, p.price, m.mmr, m.imr)
             )
+        parked = self.parked_reward(account)[1] if rec.deadline else 0
         return ref.Account(
-            rec.collateral, tuple(positions), rec.deadline, rec.last_tranche, rec.tranches
+            rec.collateral, tuple(positions), rec.deadline, rec.last_tranche, rec.tranches, parked
         )
 
     # --- checks (raise before sending) ---
@@ -449,6 +450,17 @@ class MarginEngineClient(ForBots):
         and margin-call rewards, the fund's share of the penalties not yet swept, or the
         pool's lazily settled trader losses and fees (counted in its `totalAssets`)."""
         return int(self.engine.claimable(_addr(owner)))
+
+    def parked_reward(self, account: Any) -> tuple[str | None, int]:
+        """The margin-call reward parked for `account` (caller, token units), or (None, 0):
+        taken from its collateral by a call and held until the call ends, then paid to the
+        caller (the account ended it solvent) or returned to the account (liquidated at
+        ratio < 1). Decoded from the engine's `parked_reward` word (caller << 96 | amount)."""
+        word = int(self.engine.parked_reward(_addr(account)))
+        amount = word & (2**96 - 1)
+        if amount == 0:
+            return None, 0
+        return "0x" + (word >> 96).to_bytes(20, "big").hex(), amount
 
     def claim_rewards(self, sender: Any, owner: Any = None, **txn: Any) -> Any:
         """Sends `owner` (default: the sender) what the engine holds for it

@@ -8,7 +8,10 @@ rich table, JSON, CSV.
 Definitions:
 
 - penalties paid by traders: liquidation penalties plus margin-call rewards
-  (both come out of the trader's collateral; the baseline has no calls);
+  (both come out of the trader's collateral; the baseline has no calls). A
+  call's reward is parked until the call ends: returned to the collateral when
+  the account is closed at ratio < 1, so the call rewards counted are those
+  issued less those returned (paid to the caller, or still parked at the end);
 - bad debt: deficits of bankrupt accounts (`BadDebt.amount`); paid by fund:
   the part the insurance fund paid; socialised: the part it could not pay;
 - left open at the end: accounts still holding positions when the replay
@@ -26,7 +29,7 @@ Definitions:
 - pool assets change: the pool's `totalAssets` at the end less at the start: realised
   trader losses and trading fees in, realised profits and socialised loss out; what open
   positions owe (or are owed) is not in it;
-- keeper profit: rewards (tranche share, call rewards, the fund's pay for
+- keeper profit: rewards (tranche share, call rewards actually paid, the fund's pay for
   bankrupt accounts) minus gas at the simulated gas price, converted at the
   ETH price of the moment.
 """
@@ -145,8 +148,11 @@ def summarize(record: RunRecord) -> dict[str, Any]:
     per_account = Counter(e["account"] for e in liq)
     fund_series, drawdown, fund_min = _fund_path(record)
     penalties = sum(e["penalty"] for e in liq)
-    call_rewards = sum(e["reward"] for e in record.calls)
-    keeper_rewards = sum(e["keeper_reward"] for e in liq) + call_rewards
+    returned = sum(e["amount"] for e in record.call_rewards_returned)
+    paid_calls = sum(e["amount"] for e in record.call_rewards_paid)
+    # issued less returned: paid to the callers or still parked
+    call_rewards = sum(e["reward"] for e in record.calls) - returned
+    keeper_rewards = sum(e["keeper_reward"] for e in liq) + paid_calls
     cured = {e["account"] for e in record.clears if e["by_trader"]}
     cured_by = {
         how: {e["account"] for e in record.clears if e["by_trader"] and e.get("how") == how}
@@ -173,6 +179,9 @@ def summarize(record: RunRecord) -> dict[str, Any]:
         "fund_inflow": tok(sum(e["fund_fee"] for e in liq)),
         "penalties": tok(penalties),
         "call_rewards": tok(call_rewards),
+        "call_rewards_paid": tok(paid_calls),
+        "call_rewards_returned": tok(returned),
+        "call_rewards_parked": tok(call_rewards - paid_calls),
         "paid_by_traders": tok(penalties + call_rewards),
         "notional_liquidated": sum(e["closed_notional"] for e in liq) / WAD,
         "liquidations": len(liq),
@@ -332,6 +341,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("paid_by_traders", "penalties paid by traders", "tok"),
     ("penalties", "  liquidation penalties", "tok"),
     ("call_rewards", "  margin-call rewards", "tok"),
+    ("call_rewards_returned", "  call rewards returned (closed below ratio 1)", "tok"),
     ("all_in_cost", "all-in cost (penalties + bad debt + left open)", "tok"),
     ("notional_liquidated", "notional liquidated", "tok"),
     ("liquidations", "liquidations (tranches + full closes)", "int"),

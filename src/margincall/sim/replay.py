@@ -332,6 +332,9 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
             if since is not None:
                 rec.call_delays.append(slot - since + 1)
             self._plan_cure(account, t)
+        elif name in ("CallRewardPaid", "CallRewardReturned"):
+            ends = rec.call_rewards_paid if name == "CallRewardPaid" else rec.call_rewards_returned
+            ends.append({"slot": slot, "t": t, "account": account, "amount": int(ev["amount"])})
         elif name == "MarginCallCleared":
             caller = self._name(ev["caller"])
             # a reduction the trader committed clears the call when the keeper settles it
@@ -473,9 +476,15 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
         # and so do the accruals: the keeper's rewards, the fund's share, the pool's credit
         owners = (sim.population.keeper, sim.fund, sim.pool)
         calls += [sim.eth_call(sim.engine, sim.engine_abi.encode("claimable", a)) for a in owners]
-        out = sim.rpc.batch(calls)
+        # and the margin-call rewards parked until their calls end (caller << 96 | amount)
+        parked = [
+            sim.eth_call(sim.engine, sim.engine_abi.encode("parked_reward", a)) for a in traders
+        ]
+        out = sim.rpc.batch(calls + parked)
         held = hexint(out[0])
-        ledger = sum(hexint(x) for x in out[1:])
+        mask = 2**96 - 1
+        ledger = sum(hexint(x) for x in out[1 : len(calls)])
+        ledger += sum(hexint(x) & mask for x in out[len(calls) :])
         fund, pool = self._balances()
         last = rec.slots - 1  # the last block mined
         open_now = [s for s in self.status.values() if s.positions > 0]

@@ -174,6 +174,10 @@ class RunRecord:
     liquidations: list[dict[str, Any]] = field(default_factory=list)
     bad_debts: list[dict[str, Any]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    # the ends of parked call rewards: paid to the caller (CallRewardPaid) or returned to
+    # the account's collateral by a close at ratio < 1 (CallRewardReturned)
+    call_rewards_paid: list[dict[str, Any]] = field(default_factory=list)
+    call_rewards_returned: list[dict[str, Any]] = field(default_factory=list)
     clears: list[dict[str, Any]] = field(default_factory=list)
     # blocks from the first block where it was possible (1 = that block), per tranche or
     # full close, and per margin call
