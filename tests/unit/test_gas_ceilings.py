@@ -30,7 +30,8 @@ CEILING_WITHDRAW = 63_900  # one open position; measured 62,274 (61,994 before)
 # 66,188 (issue 11's target 70,000), settle_orders 58,020 per order in a batch of 10 (60,000)
 CEILING_SETTLE_OPEN = 138_000  # this test measures 134,069 (after the engine code cut)
 CEILING_COMMIT = 70_000
-CEILING_MARGIN_CALL = 65_400  # measured 63,451 (73,856 paying the caller)
+CEILING_MARGIN_CALL = 82_900  # first call on the account: measured 80,475 (63,451 before the
+# reward was parked: the parked-reward word is written fresh; 73,856 paying the caller)
 CEILING_LIQUIDATE = 107_200  # one tranche, one market; measured 104,063 (121,611 paying three)
 CEILING_CHECK_MARGIN = 28_800  # one position, via GasProbe, engine warm; measured 27,990
 

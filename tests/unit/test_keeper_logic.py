@@ -454,7 +454,7 @@ def margined(i: int, state: State, notional: int, ratio_pct: int, **kw) -> Snaps
 def test_gas_defaults_are_the_measured_marginal_gas_plus_a_tenth_of_the_fixed_gas():
     assert GAS_PER_TRANCHE == GAS_TRANCHE_MARGINAL + GAS_TRANCHE_FIXED // 10
     assert GAS_PER_CALL == GAS_CALL_MARGINAL + GAS_CALL_FIXED // 10
-    assert 40_000 < GAS_PER_TRANCHE < 50_000 and 20_000 < GAS_PER_CALL < 30_000
+    assert 40_000 < GAS_PER_TRANCHE < 50_000 and 40_000 < GAS_PER_CALL < 50_000
     c = CostModel(gas_price=1)
     assert (c.gas_per_tranche, c.gas_per_call) == (GAS_PER_TRANCHE, GAS_PER_CALL)
     three = Snapshot(addr(1), State.LIQUIDATABLE, positions=3)
@@ -514,9 +514,9 @@ def test_a_call_is_valued_at_what_the_engine_pays_for_it():
     assert call_reward_floor(brink, REWARDS) == TOKEN // 2
     at_maintenance = margined(3, State.CALLABLE, 2_000, 100)
     assert call_reward_floor(at_maintenance, REWARDS) == 0
-    # 1 token = 4e14 wei pays 23.7k gas at 10 gwei (2.8e14 with the margin), not half a token
-    at_10 = replace_gas(AT_50_GWEI, gas_price=10 * GWEI)
-    assert decide([callable_, brink, at_maintenance], NOW, at_10).calls == [addr(1)]
+    # 1 token = 4e14 wei pays 44.1k gas at 5 gwei (2.6e14 with the margin), not half a token
+    at_5 = replace_gas(AT_50_GWEI, gas_price=5 * GWEI)
+    assert decide([callable_, brink, at_maintenance], NOW, at_5).calls == [addr(1)]
     assert decide([callable_], NOW, AT_50_GWEI).calls == []  # 1 token does not pay 50 gwei
     # the reward scales with the notional (0.025% at the defaults: the keeper's share of
     # the penalty of the close_factor tranche the call stands in for, 0.25 x 0.5% x 20%):
