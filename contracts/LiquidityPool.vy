@@ -55,10 +55,9 @@
         to be a plain ERC-20 (no fee on transfer, no rebasing, no hooks).
         Ownership is snekmate's two-step transfer; the owner can only set
         the engine (once), the reserve factor (bounded to [0, 1e18]) and the
-        cooldown (at most 7 days); it can never move the pool's assets. Every function that moves tokens
-        is `@nonreentrant`. Inflation attacks are mitigated by snekmate's
-        virtual shares with a decimals offset of 6 (see `erc4626`), and a
-        deposit that would mint no shares reverts.
+        cooldown (at most 7 days); it can never move the pool's assets. Every function that moves
+        tokens is `@nonreentrant`. Inflation attacks are mitigated by snekmate's virtual shares with
+        a decimals offset of 6 (see `erc4626`), and a deposit that would mint no shares reverts.
 """
 
 from ethereum.ercs import IERC20

@@ -469,14 +469,14 @@ def collateral_of(account: address) -> uint256:
 def _trade(account: address, market_id: uint256, size_delta: int256, price: uint256) -> int256:
     """
     @dev A fill at `price` (the order book checked it is the first valid
-         price after the commit and within the slippage bound). Increase: open notional += ceil(delta *
-         price). Reduction: closed cost = ceil(cost * closed / size), realised
-         PnL = floor(closed * price) - closed cost. Flip: the old position
-         closes at floor(size * price), the new one opens at ceil(size *
-         price). Fee = ceil(ceil(|delta| * price) * fee) in token units,
-         realised PnL in token units rounded down: both against the trader.
-         Returns what the pool is owed (fee - realised PnL, token units),
-         settled by the caller.
+         price after the commit and within the slippage bound). Increase: open
+         notional += ceil(delta * price). Reduction: closed cost = ceil(cost *
+         closed / size), realised PnL = floor(closed * price) - closed cost.
+         Flip: the old position closes at floor(size * price), the new one opens
+         at ceil(size * price). Fee = ceil(ceil(|delta| * price) * fee) in token
+         units, realised PnL in token units rounded down: both against the
+         trader. Returns what the pool is owed (fee - realised PnL, token
+         units), settled by the caller.
     """
     if not (size_delta != 0):
         fixed_point._fail("engine: zero size")
@@ -600,7 +600,9 @@ def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
 
 
 @internal
-def _clear(account: address, acct: margin.Acct, equity: int256, maintenance: uint256) -> margin.Acct:
+def _clear(
+    account: address, acct: margin.Acct, equity: int256, maintenance: uint256
+) -> margin.Acct:
     """
     @dev Clears a cured account's call (`ledger._clear_call`), paying the
          caller its parked reward: the call ended with the account solvent.
@@ -634,12 +636,12 @@ def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
     """
     @dev Records a call on every CALLABLE account of the list, parking each
          reward (a lapsed call's parked reward, if any, is paid first: the
-         account is CALLABLE, so solvent). `strict` (a single `margin_call`) reverts instead of
-         skipping, and with the oracle's reason on an invalid price. The
-         reward is min(clamp(notional * close_factor * penalty / 3 *
+         account is CALLABLE, so solvent). `strict` (a single `margin_call`)
+         reverts instead of skipping, and with the oracle's reason on an invalid
+         price. The reward is min(clamp(notional * close_factor * penalty / 3 *
          keeper_share, call_reward, max_keeper_reward), floor(equity) -
-         ceil(maintenance), collateral) in token units: it never takes
-         equity below maintenance.
+         ceil(maintenance), collateral) in token units: it never takes equity
+         below maintenance.
     @return The number of accounts called.
     """
     p: margin.RiskParams = risk._unpack_params(risk._params)
@@ -742,10 +744,10 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
                 if i == ev.n:
                     break
                 windows[i] = risk._window[ev.mids[i]]
-        # the parked call reward (read only under a call): returned to the
-        # collateral by a close at ratio < 1, before the deficit (in the plan)
         parked: uint256 = 0
         if acct.deadline != 0:
+            # the parked call reward (read only under a call): returned to the
+            # collateral by a close at ratio < 1, before the deficit (in the plan)
             parked = self.parked_reward[account]
         plan: liquidation.Plan = liquidation._plan_from(
             acct, ev, p, state, windows, parked & _MASK96, SCALE

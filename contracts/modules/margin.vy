@@ -149,13 +149,14 @@ def _call_live(acct: Acct, p: RiskParams) -> bool:
 @internal
 def _tranche_fraction(ev: Eval, p: RiskParams, scale: uint256) -> uint256:
     """
-    @dev Smallest f with (E - pen*f*N) >= c*(1-f)*M, i.e.
-         f >= (c*M - E) / (c*M - pen*N), rounded up; capped at close_factor;
-         pen is the tranche penalty (liquidation_penalty / 3). The bounds
-         penalty < mmr * critical_ratio make the denominator positive. The tranche's token-unit roundings (realised PnL,
-         penalty: each under one token unit) and per-position wei roundings
-         all go against the account; E is lowered by them so the tranche
-         really restores the call ratio, also with 6-decimal collateral.
+    @dev Smallest f with (E - pen*f*N) >= c*(1-f)*M, i.e. f >= (c*M - E) /
+         (c*M - pen*N), rounded up; capped at close_factor; pen is the tranche
+         penalty (liquidation_penalty / 3). The bounds penalty < mmr *
+         critical_ratio make the denominator positive. The tranche's token-unit
+         roundings (realised PnL, penalty: each under one token unit) and
+         per-position wei roundings all go against the account; E is lowered by
+         them so the tranche really restores the call ratio, also with 6-decimal
+         collateral.
     """
     equity: int256 = ev.equity - convert(2 * scale + 8 * ev.n + 8, int256)
     cm: int256 = convert(p.call_ratio * ev.maintenance, int256)

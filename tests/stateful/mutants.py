@@ -175,6 +175,20 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         " room - need),",
         "                min(max(scaled, p.call_reward), p.max_keeper_reward) // SCALE,",
     ),
+    # the parked call reward (issue 14): paid only when the call ends solvent,
+    # returned to the collateral by a liquidation below ratio 1
+    "call_reward_paid_when_insolvent": (
+        "a parked call reward paid to its caller by a close below ratio 1",
+        ENGINE,
+        "        self._release(account, parked, plan.returned == 0)\n",
+        "        self._release(account, parked, True)\n",
+    ),
+    "call_reward_kept_when_insolvent": (
+        "a parked call reward not returned to the collateral below ratio 1",
+        LIQUIDATION,
+        "    if parked != 0 and fixed_point._ratio(ev.equity, ev.maintenance) < _WAD:\n",
+        "    if False:\n",
+    ),
 }
 # collateral decimals per mutant (default 18): token-unit roundings show with 6 decimals
 MUTANT_DECIMALS = {"sliver_guard_removed": 6, "call_reward_uncapped": 6}
