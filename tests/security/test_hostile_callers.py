@@ -258,7 +258,11 @@ def test_reentrant_token_callback_is_refused(
         reward = call_reward(account_model(s, trader), risk_params_model(engine), scale_of(s))
         assert reward == 185 * unit // 100
         call = one(engine.margin_call(trader.address, sender=keeper), engine.MarginCall)
-        assert call.reward == reward and engine.claimable(keeper.address) == reward
+        assert call.reward == reward and engine.claimable(keeper.address) == 0  # parked
+        # the price recovers and the call is cleared: the parked reward is paid to the keeper
+        s.set_price(ETH, 2_000)
+        paid = one(engine.clear_margin_call(trader.address, sender=keeper), engine.CallRewardPaid)
+        assert paid.amount == reward and engine.claimable(keeper.address) == reward
     hook = ON_TRANSFER_FROM if outer == "deposit" else ON_TRANSFER
     token.set_callback(engine.address, _callback(s, inner, other_trader), hook, sender=stranger)
     token_before = snapshot(s, token)
@@ -478,8 +482,9 @@ def test_self_liquidation_of_a_small_account_is_at_best_free(system, trader):
 
 
 def test_self_margin_call_is_zero_sum(system, trader):
-    """Calling oneself moves the call reward from one's collateral to one's accrued rewards
-    (then, by `claim_rewards`, to one's wallet): no gain."""
+    """Calling oneself moves the call reward from one's collateral into the engine's parked
+    reward, then (the call cured) to one's accrued rewards and, by `claim_rewards`, to one's
+    wallet: no gain."""
     engine, token = system.engine, system.token
     distressed(system, trader)
     system.set_price(ETH, 1_850)
@@ -493,10 +498,14 @@ def test_self_margin_call_is_zero_sum(system, trader):
     reward = one(tx, engine.MarginCall).reward
     assert reward == expected
     assert engine.collateral_of(trader.address) == collateral0 - reward
-    assert engine.claimable(trader.address) == reward
+    assert engine.claimable(trader.address) == 0
+    assert system.lens.call_reward_of(trader.address) == (trader.address, reward)  # parked
     assert token.balanceOf(trader.address) == wallet0
     assert engine.account_info(trader.address)[2] != 0  # and the call is now on record
     assert_intact(system, [trader])
+    system.set_price(ETH, 2_000)  # recovered: the cure pays the parked reward to the caller
+    one(engine.clear_margin_call(trader.address, sender=trader), engine.CallRewardPaid)
+    assert engine.claimable(trader.address) == reward
     engine.claim_rewards(trader.address, sender=trader)
     assert engine.claimable(trader.address) == 0
     assert token.balanceOf(trader.address) == wallet0 + reward
@@ -534,7 +543,8 @@ def test_margin_call_reward_never_makes_the_account_liquidatable(
     call = one(tx, engine.MarginCall)
     assert call.reward == unit // 2
     assert (call.equity, call.ratio) == (368 * WAD, WAD)
-    assert engine.claimable(keeper.address) == accrued + unit // 2  # accrued for the keeper
+    assert engine.claimable(keeper.address) == accrued  # parked until the call ends
+    assert system.lens.call_reward_of(trader.address) == (keeper.address, unit // 2)
     after = engine.check_margin(trader.address)
     assert after.state == State.CALLED and after.ratio == WAD
     with ape.reverts("engine: account not liquidatable"):
@@ -605,8 +615,9 @@ def test_deposit_lifting_ratio_above_one_forces_a_call_then_the_tranche(
     call = one(tx, engine.MarginCall)
     deadline = tx_time(chain, tx) + 3_600
     assert (call.deadline, call.reward, call.equity, call.ratio) == (deadline, unit, 368 * WAD, WAD)
-    assert held(system, keeper) == keeper_held + unit
-    assert engine.claimable(keeper.address) == keeper_accrued + unit  # accrued, not sent
+    assert held(system, keeper) == keeper_held  # parked until the call ends
+    assert engine.claimable(keeper.address) == keeper_accrued
+    assert system.lens.call_reward_of(trader.address) == (keeper.address, unit)
     assert engine.account_info(trader.address)[2] == deadline
     # during the grace period (ratio exactly 1: still CALLED), no tranche
     travel_to(chain, deadline - 1)
@@ -634,6 +645,8 @@ def test_deposit_lifting_ratio_above_one_forces_a_call_then_the_tranche(
         ref.ratio_after,
     )
     assert liq.closed_notional > 0 and liq.keeper_reward > 0
+    # a tranche at ratio >= 1 ends the call solvent: the parked reward is paid with it
+    assert one(tx, engine.CallRewardPaid).amount == unit
     assert held(system, keeper) == keeper_held + unit + liq.keeper_reward
     assert_intact(system, holders)
 
@@ -675,8 +688,8 @@ def test_deposit_that_restores_call_ratio_blocks_the_tranche(system, trader, str
 
 
 def test_batches_with_repeated_accounts_act_once(system, trader, other_trader, keeper):
-    """A keeper repeating an account in a batch gets one call / one tranche and one reward
-    (accrued in the engine: `claimable`)."""
+    """A keeper repeating an account in a batch gets one call (one reward, parked) and one
+    tranche (one reward, accrued in the engine: `claimable`)."""
     engine = system.engine
     distressed(system, trader)
     distressed(system, other_trader)
@@ -687,13 +700,14 @@ def test_batches_with_repeated_accounts_act_once(system, trader, other_trader, k
     reward = one(tx, engine.MarginCall).reward
     # the scaled reward of 4 ETH at 1,850: 1.85 tokens, once
     assert reward == 185 * system.unit // 100
-    assert engine.claimable(keeper.address) == accrued0 + reward
+    assert engine.claimable(keeper.address) == accrued0  # parked until the call ends
+    assert system.lens.call_reward_of(other_trader.address) == (keeper.address, reward)
 
     system.set_price(ETH, 1_840)
     tx = engine.liquidate_many([trader.address] * 10, sender=keeper)
     assert tx.return_value == 1
     log = one(tx, engine.Liquidation)
-    assert engine.claimable(keeper.address) == accrued0 + reward + log.keeper_reward
+    assert engine.claimable(keeper.address) == accrued0 + log.keeper_reward
     assert_intact(system, [trader, other_trader, keeper])
 
 
