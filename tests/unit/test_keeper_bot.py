@@ -346,7 +346,8 @@ def test_keeper_marks_parameters_for_reload_on_market_or_risk_logs_and_knows_acc
     keeper.state = KeeperState()
     keeper._params_changed = False
     keeper.mmrs = [5 * WAD // 100, 5 * WAD // 100, 10 * WAD // 100]
-    keeper._raw = {n: RawEvent(abis[n]) for n in ("PositionChanged", "MarketSet", "RiskParamsSet")}
+    names = ("PositionChanged", "MarketSet", "RiskParamsSet", "CallRewardPaid")
+    keeper._raw = {n: RawEvent(abis[n]) for n in names}
     trader = "0x" + "ab" * 20
 
     def log(name: str, *topics: int, words: int = 7) -> dict:

@@ -98,6 +98,11 @@ def record(mode: str = "phased") -> RunRecord:
         {"slot": 0, "t": 0, "account": "a", "reward": UNIT},
         {"slot": 0, "t": 0, "account": "c", "reward": UNIT},
     ]
+    # both calls ended solvent (c cured by deposit, a tranched at ratio >= 1): rewards paid
+    r.call_rewards_paid += [
+        {"slot": 1, "t": 12, "account": "a", "amount": UNIT},
+        {"slot": 2, "t": 24, "account": "c", "amount": UNIT},
+    ]
     r.clears += [
         {"slot": 2, "t": 24, "account": "c", "by_trader": True, "how": "deposit"},
         {"slot": 2, "t": 24, "account": "a", "by_trader": False, "how": ""},
@@ -133,6 +138,21 @@ def test_summary_adds_up_the_events():
     assert m["keeper_rewards"] == 6 + 2  # tranche shares (a bankrupt close's too), call rewards
     assert m["keeper_profit"] == pytest.approx(6)
     assert m["lp_pnl"] == 1_000 and m["conserved"] is True
+
+
+def test_a_call_reward_returned_below_ratio_1_is_not_a_cost_to_the_trader():
+    r = record()
+    # a's call ends in a close below ratio 1 instead: its parked reward goes back to it
+    r.call_rewards_paid = [e for e in r.call_rewards_paid if e["account"] != "a"]
+    r.call_rewards_returned.append({"slot": 1, "t": 36, "account": "a", "amount": UNIT})
+    m = summarize(r)
+    assert m["call_rewards"] == 1 and m["paid_by_traders"] == 31
+    assert (m["call_rewards_paid"], m["call_rewards_returned"], m["call_rewards_parked"]) == (
+        1,
+        1,
+        0,
+    )
+    assert m["keeper_rewards"] == 6 + 1  # only the paid call reward is the keeper's
 
 
 def figures(paid: float, bad_debt: float = 0.0, **extra: float) -> dict[str, float]:

@@ -140,6 +140,15 @@ def _keeper_figures(record: RunRecord, rewards: float) -> dict[str, Any]:
     }
 
 
+def _call_rewards(record: RunRecord) -> tuple[int, int, int]:
+    """The margin-call rewards of a run, token units: issued less returned (paid to the
+    callers or still parked; a close below ratio 1 returns a parked reward to the account's
+    collateral), paid to the callers, returned."""
+    returned = sum(e["amount"] for e in record.call_rewards_returned)
+    paid = sum(e["amount"] for e in record.call_rewards_paid)
+    return sum(e["reward"] for e in record.calls) - returned, paid, returned
+
+
 def summarize(record: RunRecord) -> dict[str, Any]:
     """The figures of one run (tokens are whole tokens, floats)."""
     unit = 10**record.decimals
@@ -148,10 +157,7 @@ def summarize(record: RunRecord) -> dict[str, Any]:
     per_account = Counter(e["account"] for e in liq)
     fund_series, drawdown, fund_min = _fund_path(record)
     penalties = sum(e["penalty"] for e in liq)
-    returned = sum(e["amount"] for e in record.call_rewards_returned)
-    paid_calls = sum(e["amount"] for e in record.call_rewards_paid)
-    # issued less returned: paid to the callers or still parked
-    call_rewards = sum(e["reward"] for e in record.calls) - returned
+    call_rewards, paid_calls, returned = _call_rewards(record)
     keeper_rewards = sum(e["keeper_reward"] for e in liq) + paid_calls
     cured = {e["account"] for e in record.clears if e["by_trader"]}
     cured_by = {
