@@ -164,17 +164,7 @@ class Keeper(Receipts, OrderDesk, Upkeep):
         self.liquidation_window = 0
         self._load_params()
         self._params_changed = False  # a MarketSet or RiskParamsSet log since the last load
-        self._raw = {
-            name: client.raw_event(name)
-            for name in (
-                "PositionChanged",
-                "MarginCall",
-                "Liquidation",
-                "MarketSet",
-                "RiskParamsSet",
-                "CallRewardPaid",
-            )
-        }
+        self._raw = {name: client.raw_event(name) for name in ENGINE_EVENTS}
         # a margin call's reward is parked until the call ends; it is earned when the
         # engine pays it (`CallRewardPaid`, often in a trader's cure): counted from the logs
         # read after `start`'s rebuild, not from the call's receipt
