@@ -121,6 +121,18 @@ check-install: setup
 clean:
 	rm -rf .build .cache $(VENV) $(LINT_VENV) node_modules
 
+.PHONY: clean-anvil
+# Anvil keeps old chain states on disk under ~/.foundry/anvil/tmp/anvil-state-* and deletes them
+# when it exits cleanly; an Anvil that a test, a bot or a simulation killed leaves its directory
+# behind (measured on a 2-core workstation: 3.1 GB after 75 minutes of test runs; left alone for
+# days it filled a 250 GB disk). Refused while an Anvil runs: its state would go with it.
+ANVIL_TMP := $(HOME)/.foundry/anvil/tmp
+clean-anvil:
+	@if pgrep -x anvil >/dev/null; then \
+		echo "clean-anvil: an Anvil is running (pgrep -x anvil); stop it first" >&2; exit 1; fi
+	@du -sh $(ANVIL_TMP) 2>/dev/null || true
+	rm -rf $(ANVIL_TMP)/anvil-state-*
+
 .PHONY: fuzz
 # Deep stateful campaign in titanoboa (tests/stateful/test_engine_machine.py): MARGINCALL_FUZZ=deep
 # selects the deep Hypothesis profile: 1,000 examples per collateral decimals, each of 20 to 29
