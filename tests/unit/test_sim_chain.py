@@ -124,3 +124,30 @@ def test_baseline_liquidates_everything_at_maintenance_within_the_engine_bounds(
     assert params_for(PHASED, p) == p and params_for(BASELINE, p) == b
     with pytest.raises(ValueError, match="unknown mode"):
         params_for("lenient", p)
+
+
+def test_setup_mining_stops_on_a_dropped_transaction_instead_of_mining_forever():
+    """A transaction the node dropped never gets a receipt: `_mine_out` raises after
+    STALL_BLOCKS empty blocks (a 500-trader setup once mined forever), and returns the
+    receipts of the ones that were mined."""
+    from margincall.sim.setup import STALL_BLOCKS, SimSetup, SimulationError, Tx
+
+    sim = SimSetup.__new__(SimSetup)
+    kept, dropped = Tx("a", "b", "0x", "deposit", 1), Tx("a", "b", "0x", "settle_orders", 1)
+    sim.pending = {"0x1": kept, "0x2": dropped}
+    blocks: list[int] = []
+
+    def mine(timestamp=None, extra=()):
+        blocks.append(timestamp)
+        if len(blocks) == 1:
+            return [(sim.pending.pop("0x1"), {"status": "0x1"})], []
+        return [], []
+
+    sim.mine = mine
+    with pytest.raises(SimulationError, match=r"1 transactions \(settle_orders\) not mined"):
+        sim._mine_out(100)
+    assert len(blocks) == 1 + STALL_BLOCKS and blocks[:2] == [101, 102]
+
+    sim.pending = {"0x1": kept}
+    blocks.clear()
+    assert sim._mine_out(7) == (8, [(kept, {"status": "0x1"})])

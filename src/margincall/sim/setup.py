@@ -100,6 +100,7 @@ def settle_gas(n: int) -> int:
 
 
 SETUP_CHUNK = 600  # transactions per JSON-RPC batch during setup
+STALL_BLOCKS = 50  # blocks in a row without one of the setup's transactions: a dropped one
 TAIL_MARGIN = 600  # seconds replayed after the last price on top of one grace period
 
 
@@ -544,19 +545,20 @@ class SimSetup:
             data = self.book_abi.encode("settle_orders", ids, hints)
             txs.append(Tx(pop.oracle, self.book, data, "settle_orders", settle_gas(len(ids))))
         filled, refused = 0, []
-        for part in chunks(txs, 20):
-            self.send(part)
-            while self.pending:
-                ts += 1
-                for _, receipt in self.mine(ts)[0]:
-                    for log in receipt.get("logs", []):
-                        decoded = self.book_abi.decode_log(log)
-                        if decoded is None:
-                            continue
-                        if decoded[0] == "OrderSettled":
-                            filled += 1
-                        elif decoded[0] == "OrderCancelled":
-                            refused.append(str(decoded[1]["reason"]))
+        # one batch per block: each takes most of a block's gas (Anvil once dropped the
+        # last of twelve batches sent at once, at 500 traders, and the setup mined forever)
+        for tx in txs:
+            self.send([tx])
+            ts, mined = self._mine_out(ts)
+            for _, receipt in mined:
+                for log in receipt.get("logs", []):
+                    decoded = self.book_abi.decode_log(log)
+                    if decoded is None:
+                        continue
+                    if decoded[0] == "OrderSettled":
+                        filled += 1
+                    elif decoded[0] == "OrderCancelled":
+                        refused.append(str(decoded[1]["reason"]))
         if filled != len(self.opening_orders):
             raise SimulationError(
                 f"setup: {filled} of {len(self.opening_orders)} opening orders filled"
@@ -571,19 +573,38 @@ class SimSetup:
         self.opening_orders: list[tuple[int, int]] = []  # (order id, market index)
         for part in chunks(txs, SETUP_CHUNK):
             self.send(part)
-            while self.pending:
-                ts += 1
-                for tx, receipt in self.mine(ts)[0]:
-                    if hexint(receipt["status"]) != 1:
-                        failed.append(tx)
-                    elif tx.label == "commit_order":
-                        self._note_commit(receipt)
+            ts, mined = self._mine_out(ts)
+            for tx, receipt in mined:
+                if hexint(receipt["status"]) != 1:
+                    failed.append(tx)
+                elif tx.label == "commit_order":
+                    self._note_commit(receipt)
         if failed:
             tx = failed[0]
             raise SimulationError(
                 f"setup: {len(failed)} transactions reverted, first {tx.label} from {tx.sender}"
             )
         return ts
+
+    def _mine_out(self, ts: int) -> tuple[int, list[tuple[Tx, dict]]]:
+        """Mines a block a second after `ts` until every pending transaction is in one;
+        returns the last timestamp and the (tx, receipt) pairs. Raises SimulationError when
+        `STALL_BLOCKS` blocks in a row include none of them (the node dropped one: Anvil
+        keeps no receipt of it and the loop would mine forever)."""
+        mined: list[tuple[Tx, dict]] = []
+        idle = 0
+        while self.pending:
+            ts += 1
+            done = self.mine(ts)[0]
+            mined += done
+            idle = 0 if done else idle + 1
+            if idle >= STALL_BLOCKS:
+                labels = sorted({tx.label for tx in self.pending.values()})
+                raise SimulationError(
+                    f"setup: {len(self.pending)} transactions ({', '.join(labels)}) not mined"
+                    f" in {STALL_BLOCKS} blocks: dropped by the node"
+                )
+        return ts, mined
 
     def _note_commit(self, receipt: dict) -> None:
         for log in receipt.get("logs", []):
