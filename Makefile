@@ -173,7 +173,7 @@ bench: setup
 # into the campaign block of docs/benchmarks.md; exits 1 on any miss (after writing the block).
 # Sequential by default (30 runs, each phased + baseline: hours at 500 traders on 2 cores);
 # CAMPAIGN_ARGS="--jobs 2" halves the wall time, CAMPAIGN_ARGS="--gas-price-gwei 50" runs the
-# 50-gwei campaign into a block of its own.
+# 50-gwei campaign into a block of its own, CAMPAIGN_ARGS="--keep DIR" saves each run's JSON.
 CAMPAIGN_ARGS ?=
 bench-campaign: setup
 	python -m margincall.bench.campaign --write docs/benchmarks.md $(CAMPAIGN_ARGS)

@@ -4,6 +4,7 @@ and a run that printed no JSON shown as failed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from margincall.bench import campaign
@@ -110,3 +111,18 @@ def test_a_run_that_prints_no_json_is_failed_not_met(monkeypatch):
     assert not run.ok and run.result is None and "anvil died" in run.error
     text = markdown([run], 10, (1,), [])
     assert "FAILED (seeds 1)" in text and "0 met every target" in text and "1 failed" in text
+
+
+def test_keep_saves_each_measured_runs_json(monkeypatch, tmp_path):
+    def fake(scenario, seed, traders, extra):
+        if seed == 2:
+            return Run(scenario, seed, 1, 0.0, error="not run")
+        return _run(scenario, seed, cost=20.0)
+
+    monkeypatch.setattr(campaign, "run_one", fake)
+    keep = tmp_path / "runs"
+    argv = ["--traders", "5", "--scenarios", "flash_crash", "--seeds", "1,2", "--keep", str(keep)]
+    assert campaign.main(argv) == 1  # seed 2 failed
+    assert sorted(p.name for p in keep.iterdir()) == ["flash_crash-1.json"]
+    saved = json.loads((keep / "flash_crash-1.json").read_text())
+    assert saved == _result("flash_crash", 1, cost=20.0)

@@ -121,12 +121,19 @@ def run_campaign(
     traders: int,
     jobs: int = 1,
     extra: Sequence[str] = (),
+    keep: Path | None = None,
 ) -> list[Run]:
-    """Every (scenario, seed), `jobs` at a time, in that order; progress on stderr."""
+    """Every (scenario, seed), `jobs` at a time, in that order; progress on stderr. With
+    `keep`, each run's JSON (the whole `simulate --json` record: penalties, keeper rewards,
+    fund flows, ...) is saved there as SCENARIO-SEED.json."""
     todo = [(s, seed) for s in scenarios for seed in seeds]
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
 
     def one(item: tuple[str, int]) -> Run:
         run = run_one(item[0], item[1], traders, extra)
+        if keep is not None and run.result is not None:
+            (keep / f"{run.scenario}-{run.seed}.json").write_text(json.dumps(run.result))
         verdict = "ok" if run.ok else ("FAILED" if run.result is None else "MISS")
         print(f"  {run.scenario} seed {run.seed}: {verdict} in {run.seconds:.0f} s", flush=True)
         return run
@@ -238,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gas-price-gwei", type=float, default=None, help="passed to every run (default: its)"
     )
     parser.add_argument("--write", type=Path, default=None, help="the document to update")
+    parser.add_argument("--keep", type=Path, default=None, help="a folder for each run's JSON")
     args = parser.parse_args(argv)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     bad = set(scenarios) - set(SCENARIOS)
@@ -250,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {args.jobs} at a time",
         flush=True,
     )
-    runs = run_campaign(scenarios, seeds, args.traders, args.jobs, extra)
+    runs = run_campaign(scenarios, seeds, args.traders, args.jobs, extra, args.keep)
     text = markdown(runs, args.traders, seeds, extra)
     print(text)
     if args.write is not None:
