@@ -56,13 +56,15 @@ setup: $(VENV)/.installed node_modules/.installed $(WALLET_BUNDLE) browser $(COM
 # Each process starts its own Anvil (`host: auto`) and has its own pytest temp dir (two
 # sessions sharing /tmp/pytest-of-$$USER delete each other's). The second's output is printed
 # when it is done; the target fails if either fails. `make test-serial` runs them one by one.
+# Each prints its 15 slowest tests (the suite aims at 20 minutes on 2 cores).
 ALONGSIDE ?= tests/e2e tests/stateful tests/unit/test_cli_local.py
 test: setup lint
 	@tmp=$$(mktemp -d); \
 	echo "ape test $(ALONGSIDE), in the background: $$tmp/alongside.log"; \
-	ape test $(ALONGSIDE) -q -p no:cacheprovider --basetemp=$$tmp/alongside \
+	ape test $(ALONGSIDE) -q -p no:cacheprovider --durations=15 --basetemp=$$tmp/alongside \
 		> $$tmp/alongside.log 2>&1 & pid=$$!; \
-	ape test tests -q $(foreach t,$(ALONGSIDE),--ignore=$(t)) --basetemp=$$tmp/rest; rc=$$?; \
+	ape test tests -q --durations=15 $(foreach t,$(ALONGSIDE),--ignore=$(t)) --basetemp=$$tmp/rest; \
+		rc=$$?; \
 	echo "waiting for ape test $(ALONGSIDE) (pid $$pid)"; \
 	wait $$pid; rc2=$$?; \
 	echo "--- ape test $(ALONGSIDE) (exit $$rc2) ---"; cat $$tmp/alongside.log; rm -rf $$tmp; \
