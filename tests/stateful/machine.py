@@ -705,6 +705,46 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             self.note("margin_call:reward_cut")
         self.margin_call(keeper, i)
 
+    @rule(
+        i=st.integers(0, N_TRADERS - 1),
+        where=st.integers(5, 95),
+        keeper=st.integers(0, 1),
+        act=st.sampled_from(["liquidate", "margin_call"]),
+    )
+    def call_recovers_unseen(self, i, where, keeper, act):
+        """A called trader's price recovers above call_ratio and falls back into the call
+        band (`where`%) with no transaction to the engine, then the deadline passes: the call
+        has cleared itself (PROTOCOL.md section 2), so `liquidate` must be refused and a fresh
+        `margin_call` accepted (both rules predict it with `classify`, which reads the
+        model's `best_since`). Steers the machine into the recovery it would rarely find."""
+        t = self.traders[i]
+        acct, fault = self.account(t)
+        p = self.d.risk_params()
+        if fault or not acct.positions:
+            return
+        if self.state(acct, p) != State.CALLED:
+            self._drive_ratio(acct, 1 + (p.call_ratio / WAD - 1) / 2)
+            self.margin_call(keeper, i)
+            acct, fault = self.account(t)
+            if fault or self.state(acct, p) != State.CALLED:
+                return
+        self.d.travel(1)  # a round of the call's own second does not count
+        self._drive_ratio(acct, p.call_ratio / WAD * 1.1)
+        acct, fault = self.account(t)
+        if fault or self.state(acct, p) != State.HEALTHY:
+            return
+        self._drive_ratio(acct, 1 + (p.call_ratio / WAD - 1) * where / 100)
+        self.d.travel(max(acct.deadline - self.now, 0))
+        self.dirty.update(self.traders)
+        self.oracles_changed = True
+        acct, fault = self.account(t)
+        if not fault and self.state(acct, p) == State.CALLABLE and acct.deadline:
+            self.note("call:recovered_unseen")
+        if act == "liquidate":
+            self.liquidate(keeper, i)
+        else:
+            self.margin_call(keeper, i)
+
     @rule(i=st.integers(0, N_TRADERS - 1), where=st.integers(5, 95), keeper=st.integers(0, 1))
     def sliver_liquidation(self, i, where, keeper):
         """Leaves room for only a sliver in the window of a trader's largest market (10,000
