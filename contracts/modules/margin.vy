@@ -7,8 +7,11 @@
         state and the smallest tranche that restores the call ratio. They
         read no storage: the engine feeds them from its own storage, the
         lens (MarginLens.vy) from the engine's getters, so both compute the
-        same figures to the wei.
-@custom:security Pure (reads only `block.timestamp`): trusts its inputs.
+        same figures to the wei. One exception: a call past its deadline
+        asks the first leg's oracle adapter whether it cleared itself
+        (`_classify`, OracleAdapter `recovered`).
+@custom:security Reads only `block.timestamp` and, on that one path, the
+        oracle adapters named in its input: trusts its inputs.
 """
 
 from . import fixed_point
