@@ -106,6 +106,36 @@ def check_margins(
 
 @view
 @external
+def calls_cleared(accounts: DynArray[address, _MAX_SCAN]) -> DynArray[bool, _MAX_SCAN]:
+    """
+    @notice For keepers that look one block ahead: whether each account's
+            recorded margin call has cleared itself, whatever its deadline
+            (the account was back at `call_ratio` since the call, with no
+            transaction: OracleAdapter `recovered`). Once its deadline has
+            passed, such an account at 1 <= ratio < call_ratio is CALLABLE
+            (a fresh call, a fresh notice), not LIQUIDATABLE. False without
+            a call or when a needed price is invalid. Scans the feeds: call
+            it for the few accounts whose deadline is due, not for all.
+    @param accounts Up to 500 accounts.
+    @return One flag per account, in order.
+    """
+    p: margin.RiskParams = staticcall ENGINE.risk_params()
+    cache: _Markets = empty(_Markets)
+    out: DynArray[bool, _MAX_SCAN] = []
+    for account: address in accounts:
+        acct: margin.Acct = self._acct(account)
+        ok: bool = False
+        cache, ok = self._fill(cache, acct.markets, False)
+        cleared: bool = False
+        if ok and acct.deadline != 0 and acct.markets != 0:
+            ev: margin.Eval = self._evaluate(account, acct, cache)
+            cleared = staticcall margin.IRecovery(ev.oracle[0]).recovered(ev, acct, p, _SCALE)
+        out.append(cleared)
+    return out
+
+
+@view
+@external
 def preview_liquidation(account: address) -> LiquidationPreview:
     """
     @notice What the engine's `liquidate(account)` would do now, without
@@ -251,6 +281,7 @@ def _evaluate(account: address, acct: margin.Acct, cache: _Markets) -> margin.Ev
         ev.pos[n] = pos
         ev.px[n] = cache.price[m]
         ev.mmr[n] = cache.mmr[m]
+        ev.oracle[n] = cache.oracle[m]
         ev.notional += notional
         ev.maintenance += maintenance
         ev.initial += initial

@@ -35,6 +35,8 @@
 """
 
 from .interfaces import IOracle
+from .modules import fixed_point
+from .modules import margin
 
 implements: IOracle
 
@@ -67,6 +69,9 @@ _WAD_DECIMALS: constant(uint8) = 18
 _MAX_DECIMALS: constant(uint8) = 36
 # Five ABI words: roundId, answer, startedAt, updatedAt, answeredInRound.
 _ROUND_DATA_SIZE: constant(uint256) = 160
+# `best_since` reads at most this many rounds (the latest and 31 before it),
+# so its gas is bounded (docs/design.md, "A call clears itself")
+_SCAN_ROUNDS: constant(uint256) = 32
 
 
 # The configuration, as given to the constructor (getters of the same name):
@@ -281,6 +286,108 @@ def round_span(round_id: uint80) -> (uint256, uint256, uint256, uint256):
             valid; `reason_of` names it).
     """
     return self._round_span(round_id)
+
+
+@view
+@external
+def best_since(since: uint256, long: bool) -> uint256:
+    """
+    @notice The most favourable valid price the primary feed published
+            after `since` (strictly: a round of the call's own second may
+            precede the call), for a holder: the highest for a long, the
+            lowest for a short; 0 when there is none. `recovered` asks it
+            whether an account under a call past its deadline was back at
+            `call_ratio` since the call (docs/design.md, "A call clears
+            itself"). Walks back from the latest round, at most 32 rounds,
+            and stops at the first round published at or before `since`, at
+            the first round of a phase and at a round that cannot be read.
+            Skips invalid answers (non-positive, out of bounds, dated in the
+            future); staleness does not apply (every round counted is
+            after `since`). The fallback and sequencer feeds are not read.
+            Never reverts.
+    @param since Rounds with a later `updatedAt` count (seconds).
+    @param long True for the highest price, false for the lowest.
+    @return The price, 18 decimals, or 0.
+    """
+    success: bool = False
+    data: Bytes[_ROUND_DATA_SIZE] = b""
+    success, data = raw_call(
+        primary,
+        method_id("latestRoundData()"),
+        max_outsize=_ROUND_DATA_SIZE,
+        is_static_call=True,
+        revert_on_failure=False,
+    )
+    if not success or len(data) != _ROUND_DATA_SIZE:
+        return 0
+    round_id: uint256 = extract32(data, 0, output_type=uint256)
+    answer: int256 = extract32(data, 32, output_type=int256)
+    updated_at: uint256 = extract32(data, 96, output_type=uint256)
+    best: uint256 = 0
+    for i: uint256 in range(_SCAN_ROUNDS):
+        if updated_at <= since:
+            break
+        if answer > 0 and updated_at <= block.timestamp:
+            raw: uint256 = convert(answer, uint256)
+            if raw >= _PRIMARY_MIN_ANSWER and raw <= _PRIMARY_MAX_ANSWER:
+                p: uint256 = unsafe_div(unsafe_mul(raw, _PRIMARY_MUL), _PRIMARY_DIV)
+                if best == 0 or (p > best) == long:
+                    best = p
+        if round_id & _ROUND_MASK <= 1 or round_id >> 80 != 0:
+            break
+        round_id -= 1
+        ok: bool = False
+        ok, answer, updated_at = self._round(convert(round_id, uint80))
+        if not ok:
+            break
+    return best
+
+
+@view
+@external
+def recovered(ev: margin.Eval, acct: margin.Acct, p: margin.RiskParams, scale: uint256) -> bool:
+    """
+    @notice Whether a margin call cleared itself (PROTOCOL.md section 2): the
+            account `ev` (valued at current prices by the engine or the lens,
+            `margin._classify`), under a call past its deadline, was back at
+            `call_ratio` since the call (or its last tranche, if later) with
+            no transaction. Each leg is valued at its adapter's `best_since`
+            (this adapter's or another market's), where that is better than
+            its current price. Legs' best prices at different times
+            over-estimate a multi-leg account, toward the trader (at most one
+            more notice and grace period, only at ratio >= 1). Asked of the
+            first leg's adapter; reads only the feeds. docs/design.md, "A call
+            clears itself".
+    @param ev The account's positions and their valuation (margin.Eval).
+    @param acct The account record (its call deadline, last tranche,
+           collateral).
+    @param p The engine's risk parameters (grace_period, call_ratio).
+    @param scale The engine's collateral scale, 10**(18 - decimals).
+    @return True when the call has cleared.
+    """
+    # the call time is deadline - grace_period (a grace_period raised since
+    # the call reaches back before it: toward the trader); a tranche since
+    # then changed the holdings, so prices before it do not count
+    since: uint256 = max(unsafe_sub(acct.deadline, p.grace_period), acct.last_tranche)
+    equity: int256 = convert(acct.collateral * scale, int256)
+    maintenance: uint256 = 0
+    for i: uint256 in range(margin._MAX_POSITIONS):
+        if i == ev.n:
+            break
+        pos: margin.Pos = ev.pos[i]
+        px: uint256 = ev.px[i]
+        long: bool = pos.size > 0
+        best: uint256 = staticcall IOracle(ev.oracle[i]).best_since(since, long)
+        if best != 0 and (best > px) == long:
+            px = best
+        notional: uint256 = 0
+        mm: uint256 = 0
+        im: uint256 = 0
+        upnl: int256 = 0
+        notional, mm, im, upnl = margin._position_value(pos.size, pos.cost, px, ev.mmr[i], 0)
+        equity += upnl
+        maintenance += mm
+    return fixed_point._ratio(equity, maintenance) >= p.call_ratio
 
 
 @pure

@@ -149,6 +149,7 @@ def _evaluate(
         ev.pos[n] = pos
         ev.px[n] = prices[m]
         ev.mmr[n] = mmr
+        ev.oracle[n] = risk._m_oracle(mword)
         ev.notional += notional
         ev.maintenance += maintenance
         ev.initial += initial

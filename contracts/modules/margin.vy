@@ -7,8 +7,11 @@
         state and the smallest tranche that restores the call ratio. They
         read no storage: the engine feeds them from its own storage, the
         lens (MarginLens.vy) from the engine's getters, so both compute the
-        same figures to the wei.
-@custom:security Pure (reads only `block.timestamp`): trusts its inputs.
+        same figures to the wei. One exception: a call past its deadline
+        asks the first leg's oracle adapter whether it cleared itself
+        (`_classify`, OracleAdapter `recovered`).
+@custom:security Reads only `block.timestamp` and, on that one path, the
+        oracle adapters named in its input: trusts its inputs.
 """
 
 from . import fixed_point
@@ -63,10 +66,16 @@ struct Eval:
     pos: Pos[_MAX_POSITIONS]
     px: uint256[_MAX_POSITIONS]
     mmr: uint256[_MAX_POSITIONS]
+    oracle: address[_MAX_POSITIONS]  # each position's market adapter
     notional: uint256
     maintenance: uint256
     initial: uint256
     equity: int256
+
+
+# what `_classify` asks of an oracle adapter (OracleAdapter.vy `recovered`)
+interface IRecovery:
+    def recovered(ev: Eval, acct: Acct, p: RiskParams, scale: uint256) -> bool: view
 
 
 struct MarginStatus:
@@ -110,7 +119,10 @@ def _classify(ev: Eval, acct: Acct, p: RiskParams, scale: uint256) -> uint8:
     @dev BANKRUPT at equity <= 0, CRITICAL under critical_ratio or when a
          tranche would leave dust, HEALTHY at or above call_ratio, CALLABLE
          at ratio >= 1 without a live call, CALLED before a live call's
-         deadline, LIQUIDATABLE otherwise.
+         deadline, CALLABLE again after it when the call cleared itself (the
+         account was back at call_ratio since the call: OracleAdapter
+         `recovered`, docs/design.md "A call clears itself"), LIQUIDATABLE
+         otherwise. Only that last case at ratio >= 1 pays for the scan.
     """
     if ev.n == 0:
         return _HEALTHY
@@ -122,10 +134,14 @@ def _classify(ev: Eval, acct: Acct, p: RiskParams, scale: uint256) -> uint8:
     if ratio >= p.call_ratio:
         return _HEALTHY
     if ratio >= _WAD:
-        if self._call_live(acct, p):
-            if block.timestamp < acct.deadline:
-                return _CALLED
-        else:
+        if not self._call_live(acct, p):
+            return _CALLABLE
+        if block.timestamp < acct.deadline:
+            return _CALLED
+        # past the deadline: the call cleared itself if the account was back
+        # at call_ratio since the call, with no transaction (a fresh call, a
+        # fresh notice, is needed); asked of the first leg's adapter
+        if staticcall IRecovery(ev.oracle[0]).recovered(ev, acct, p, scale):
             return _CALLABLE
     f: uint256 = self._tranche_fraction(ev, p, scale)
     # a tranche that would leave dust closes everything: treat as CRITICAL
@@ -193,7 +209,8 @@ def _status(
     s.initial = ev.initial
     s.ratio = fixed_point._ratio(ev.equity, ev.maintenance)
     s.state = self._classify(ev, acct, p, scale)
-    if self._call_live(acct, p):
+    # a call that cleared itself (CALLABLE) shows no deadline
+    if s.state != _CALLABLE and self._call_live(acct, p):
         s.call_deadline = acct.deadline
     if acct.last_tranche != 0:
         s.next_tranche_time = acct.last_tranche + p.tranche_interval

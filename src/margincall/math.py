@@ -69,6 +69,10 @@ class Position:
     price: int  # oracle price, wad
     mmr: int
     imr: int
+    # the most favourable valid price of the market's feed since the account's call (or its
+    # last tranche, if later): `OracleAdapter.best_since(call_since(...), size > 0)`; 0: none
+    # (or not looked up). Only a call past its deadline reads it (`recovered`).
+    best: int = 0
 
     @property
     def notional(self) -> int:
@@ -128,6 +132,27 @@ def call_live(account: Account, params: RiskParams, now: int) -> bool:
     return account.deadline != 0 and now < account.deadline + params.grace_period
 
 
+def call_since(account: Account, params: RiskParams) -> int:
+    """Since when a call past its deadline looks for a recovery (OracleAdapter `recovered`):
+    the call time (`deadline - grace_period`), or the last tranche if later."""
+    return max((account.deadline - params.grace_period) % 2**256, account.last_tranche)
+
+
+def recovered(account: Account, params: RiskParams, scale: int) -> bool:
+    """Whether the account's call cleared itself (OracleAdapter `recovered`): its holdings,
+    each leg at its `best` price since the call where that is better for the holder than
+    the current one, back at `call_ratio`."""
+    equity = account.collateral * scale
+    maintenance = 0
+    for p in account.positions:
+        price = p.price
+        if p.best and (p.best > p.price) == (p.size > 0):
+            price = p.best
+        maintenance += mul_up(mul_up(abs(p.size), price), p.mmr)
+        equity += div_floor(p.size * price, WAD) - p.cost
+    return ratio(equity, maintenance) >= params.call_ratio
+
+
 def tranche_fraction(v: Valuation, params: RiskParams, scale: int, positions: int) -> int:
     """Smallest fraction restoring the call ratio, capped at the close factor, at the
     tranche penalty (`liquidation_penalty // TRANCHE_PENALTY_DIV`).
@@ -158,10 +183,12 @@ def classify(account: Account, v: Valuation, params: RiskParams, now: int, scale
     if r >= params.call_ratio:
         return State.HEALTHY
     if r >= WAD:
-        if call_live(account, params, now):
-            if now < account.deadline:
-                return State.CALLED
-        else:
+        if not call_live(account, params, now):
+            return State.CALLABLE
+        if now < account.deadline:
+            return State.CALLED
+        # past the deadline: a call that cleared itself needs a fresh call
+        if recovered(account, params, scale):
             return State.CALLABLE
     f = tranche_fraction(v, params, scale, len(account.positions))
     if v.notional - v.notional * f // WAD < params.min_position_notional:

@@ -34,6 +34,7 @@ from tests.utils.helpers import (
     settle_or_raise,
     tokens,
     trade,
+    travel,
     travel_to,
     tx_time,
     wad,
@@ -369,6 +370,91 @@ def test_lapsed_call_makes_account_callable_again_not_liquidatable(
     assert ev.deadline == tx_time(chain, tx) + grace > called
     assert engine.check_margin(trader).state == State.CALLED
     ledger.check()
+
+
+# --- a call clears itself (PROTOCOL.md section 2, issue 14) -----------------------------------
+
+
+def test_a_call_that_recovered_without_a_transaction_needs_a_fresh_notice(
+    system, chain, ledger, called, trader, keeper, rival_keeper
+):
+    """Called at 1,860; ETH back at 1,900 (HEALTHY) before the deadline with no transaction
+    to the engine; after the deadline back at 1,860 (ratio ~1.17, under call_ratio): the call
+    has cleared itself, so the account is CALLABLE, not liquidatable, until a fresh call and a
+    fresh grace period (on e53bbbe it was liquidated at once, without a new notice)."""
+    engine = system.engine
+    grace = engine.risk_params().grace_period
+    _, first = system.lens.call_reward_of(trader)
+    travel_to(chain, called - grace // 2)
+    system.set_price(ETH, RECOVERED_PRICE)  # the feed moves, nobody tells the engine
+    assert engine.check_margin(trader).state == State.HEALTHY
+    travel_to(chain, called + 60)
+    system.set_price(ETH, CALLABLE_PRICE)
+    now = pin_next_tx(chain)
+    st = assert_status_matches_reference(system, trader, now)
+    assert st.state == State.CALLABLE and WAD <= st.ratio < engine.risk_params().call_ratio
+    assert st.call_deadline == 0  # the cleared call shows no deadline
+    assert system.lens.check_margins([trader])[0].state == State.CALLABLE
+    preview = system.lens.preview_liquidation(trader)
+    assert not preview.liquidatable and preview.reason == PlanCode.NOT_LIQUIDATABLE
+    with ape.reverts("engine: account not liquidatable"):
+        engine.liquidate(trader, sender=keeper)
+    assert engine.liquidate_many([trader], sender=keeper).return_value == 0
+
+    # a fresh notice: it pays the first caller (the account stayed solvent), new deadline
+    tx = ledger.send(engine.margin_call, trader, sender=rival_keeper)
+    [paid] = tx.decode_logs(engine.CallRewardPaid)
+    assert (paid.caller, paid.amount) == (keeper.address, first)
+    [ev] = tx.decode_logs(engine.MarginCall)
+    assert ev.deadline == tx_time(chain, tx) + grace
+    assert engine.check_margin(trader).state == State.CALLED
+    with ape.reverts("engine: account not liquidatable"):
+        engine.liquidate(trader, sender=keeper)
+
+    # no recovery since the fresh call: liquidatable after its deadline
+    now = travel_to(chain, ev.deadline)
+    st = assert_status_matches_reference(system, trader, now)
+    assert st.state == State.LIQUIDATABLE and st.call_deadline == ev.deadline
+    assert system.lens.preview_liquidation(trader).liquidatable
+    tx = ledger.send(engine.liquidate, trader, sender=keeper)
+    assert len(tx.decode_logs(engine.Liquidation)) == 1
+    ledger.check()
+
+
+def test_a_recovery_before_the_call_does_not_clear_it(system, chain, ledger, leveraged, keeper):
+    """Only prices published since the call count: ETH at 1,900 before the call, at 1,860 from
+    the call on: liquidatable after the deadline, as before."""
+    engine = system.engine
+    system.set_price(ETH, RECOVERED_PRICE)
+    travel(chain, 60)
+    system.set_price(ETH, CALLABLE_PRICE)
+    travel(chain, 60)
+    tx = ledger.send(engine.margin_call, leveraged, sender=keeper)
+    [ev] = tx.decode_logs(engine.MarginCall)
+    now = travel_to(chain, ev.deadline)
+    st = assert_status_matches_reference(system, leveraged, now)
+    assert st.state == State.LIQUIDATABLE
+    ledger.send(engine.liquidate, leveraged, sender=keeper)
+    ledger.check()
+
+
+def test_a_recovery_beyond_the_scan_bound_is_not_seen(system, chain, ledger, called, trader):
+    """`best_since` reads at most 32 rounds: a recovery followed by 32 rounds at 1,860 before
+    the deadline is not seen (the account stays LIQUIDATABLE, as before the rule: no proof,
+    bounded gas); one round fewer and it is."""
+    engine = system.engine
+    grace = engine.risk_params().grace_period
+    travel_to(chain, called - grace + 10)
+    system.set_price(ETH, RECOVERED_PRICE)
+    for _ in range(31):
+        travel(chain, 10)
+        system.set_price(ETH, CALLABLE_PRICE)
+    now = travel_to(chain, called)
+    assert assert_status_matches_reference(system, trader, now).state == State.CALLABLE
+    system.set_price(ETH, CALLABLE_PRICE)  # the 32nd: the recovery is now 33 rounds back
+    now = pin_next_tx(chain)
+    assert assert_status_matches_reference(system, trader, now).state == State.LIQUIDATABLE
+    assert system.lens.preview_liquidation(trader).liquidatable
 
 
 # --- the parked call reward (issue 14) ---------------------------------------------------------

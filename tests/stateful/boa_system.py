@@ -40,7 +40,7 @@ REVERT = re.compile(r"Revert\('(.*)'\)")
 # the deployables that import the engine's modules: a mutant run (tests/stateful/mutants.py)
 # loads these from its own copy of contracts/ (CONTRACTS) and the rest from the project's, so
 # titanoboa's disk cache (keyed by file name and source) compiles those only once
-USES_MODULES = ("MarginEngine.vy", "MarginLens.vy", "MarginParams.vy")
+USES_MODULES = ("MarginEngine.vy", "MarginLens.vy", "MarginParams.vy", "OracleAdapter.vy")
 
 
 @functools.cache

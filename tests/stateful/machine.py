@@ -75,6 +75,7 @@ from tests.stateful.orders import OrderRules
 
 PRICE_BAND = (4, 3)  # price moves stay within [start / 4, start * 3]
 MIN_CLOSE_FACTOR = 5 * 10**16
+SCAN_ROUNDS = 32  # rounds `OracleAdapter.best_since` reads at most
 FUTURE = 10**6  # seconds ahead of a future-dated round (more than any example travels)
 FAULTS = ("stale", "future", "zero", "negative", "above_max", "below_min", "reverting")
 REASON = {
@@ -316,15 +317,39 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
                 return reason
         return None
 
+    def best_since(self, m: int, since: int, long: bool) -> int:
+        """The model of `OracleAdapter.best_since` (wad, 0 for none): the best valid answer
+        of the feed's rounds published after `since`, walking back from the latest at
+        most `SCAN_ROUNDS` rounds, stopping at one not after it and at round 1; nothing while
+        the feed reverts."""
+        f, (lo, hi) = self.feeds[m], self.bounds[m]
+        if f.reverting:
+            return 0
+        best = 0
+        for answer, updated in list(reversed(f.rounds))[:SCAN_ROUNDS]:
+            if updated <= since:
+                break
+            if 0 < answer and lo <= answer <= hi and updated <= self.now:
+                if best == 0 or (answer > best) == long:
+                    best = answer
+        return best * self.d.mul(m)
+
     def account(self, who: str) -> tuple[Account, str | None]:
         """The account as `margincall.math` sees it at the model's prices, and the reason a
-        needed price is invalid (None when every needed price is valid)."""
+        needed price is invalid (None when every needed price is valid). Under a call, each
+        position carries its market's best price since the call (`best_since`)."""
         d = self.d
         raw = d.raw_account(who)
+        since = 0
+        if raw.deadline:
+            since = max(raw.deadline - int(d.risk_params().grace_period), raw.last_tranche)
         positions = []
         for m, size, cost in raw.positions:
             cfg = d.config(m)
-            positions.append(Position(m, size, cost, self.price(m), int(cfg.mmr), int(cfg.imr)))
+            best = self.best_since(m, since, size > 0) if raw.deadline else 0
+            positions.append(
+                Position(m, size, cost, self.price(m), int(cfg.mmr), int(cfg.imr), best)
+            )
         parked = self.parked[who][1] if raw.deadline else 0
         acct = Account(
             raw.collateral, tuple(positions), raw.deadline, raw.last_tranche, raw.tranches, parked
@@ -679,6 +704,46 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         if call_reward(acct, p, self.d.scale) < p.call_reward // self.d.scale:
             self.note("margin_call:reward_cut")
         self.margin_call(keeper, i)
+
+    @rule(
+        i=st.integers(0, N_TRADERS - 1),
+        where=st.integers(5, 95),
+        keeper=st.integers(0, 1),
+        act=st.sampled_from(["liquidate", "margin_call"]),
+    )
+    def call_recovers_unseen(self, i, where, keeper, act):
+        """A called trader's price recovers above call_ratio and falls back into the call
+        band (`where`%) with no transaction to the engine, then the deadline passes: the call
+        has cleared itself (PROTOCOL.md section 2), so `liquidate` must be refused and a fresh
+        `margin_call` accepted (both rules predict it with `classify`, which reads the
+        model's `best_since`). Steers the machine into the recovery it would rarely find."""
+        t = self.traders[i]
+        acct, fault = self.account(t)
+        p = self.d.risk_params()
+        if fault or not acct.positions:
+            return
+        if self.state(acct, p) != State.CALLED:
+            self._drive_ratio(acct, 1 + (p.call_ratio / WAD - 1) / 2)
+            self.margin_call(keeper, i)
+            acct, fault = self.account(t)
+            if fault or self.state(acct, p) != State.CALLED:
+                return
+        self.d.travel(1)  # a round of the call's own second does not count
+        self._drive_ratio(acct, p.call_ratio / WAD * 1.1)
+        acct, fault = self.account(t)
+        if fault or self.state(acct, p) != State.HEALTHY:
+            return
+        self._drive_ratio(acct, 1 + (p.call_ratio / WAD - 1) * where / 100)
+        self.d.travel(max(acct.deadline - self.now, 0))
+        self.dirty.update(self.traders)
+        self.oracles_changed = True
+        acct, fault = self.account(t)
+        if not fault and self.state(acct, p) == State.CALLABLE and acct.deadline:
+            self.note("call:recovered_unseen")
+        if act == "liquidate":
+            self.liquidate(keeper, i)
+        else:
+            self.margin_call(keeper, i)
 
     @rule(i=st.integers(0, N_TRADERS - 1), where=st.integers(5, 95), keeper=st.integers(0, 1))
     def sliver_liquidation(self, i, where, keeper):
@@ -1304,6 +1369,9 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             assert got.ratio == ratio(v.equity, v.maintenance)
             assert got.state == state
             live = acct.deadline != 0 and now < acct.deadline + p.grace_period
+            if live and state == State.CALLABLE:  # the call cleared itself (a recovery)
+                self.note("call:cleared_itself")
+                live = False
             assert got.call_deadline == (acct.deadline if live else 0)
             next_tranche = acct.last_tranche + p.tranche_interval if acct.last_tranche else 0
             assert got.next_tranche_time == next_tranche

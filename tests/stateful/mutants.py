@@ -189,6 +189,14 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    if parked != 0 and fixed_point._ratio(ev.equity, ev.maintenance) < _WAD:\n",
         "    if False:\n",
     ),
+    # a call clears itself (PROTOCOL.md section 2): a recovered account is never liquidated
+    # on the stale call (the machine's feeds keep every round; the model reads them)
+    "call_never_clears_itself": (
+        "a call past its deadline enforced although the account was back at call_ratio",
+        MARGIN,
+        "        if staticcall IRecovery(ev.oracle[0]).recovered(ev, acct, p, scale):\n",
+        "        if False:\n",
+    ),
 }
 # collateral decimals per mutant (default 18): token-unit roundings show with 6 decimals
 MUTANT_DECIMALS = {"sliver_guard_removed": 6, "call_reward_uncapped": 6}

@@ -71,6 +71,7 @@ DEEP_COVERAGE = (
     "refused:lp_locked",  # a redeem inside the deposit cooldown
     "margin_call:reward_cut",  # a call reward cut to keep equity at maintenance
     "liquidate:sliver_window",  # a window with room for a sliver only
+    "call:recovered_unseen",  # a call that cleared itself, past its deadline (issue 14)
     "refused:liquidate:WINDOW_FULL",
     # orders (tests/stateful/orders.py)
     "order:filled",

@@ -33,6 +33,10 @@ CEILING_COMMIT = 70_000
 CEILING_MARGIN_CALL = 82_900  # first call on the account: measured 80,475 (63,451 before the
 # reward was parked: the parked-reward word is written fresh; 73,856 paying the caller)
 CEILING_LIQUIDATE = 107_200  # one tranche, one market; measured 104,063 (121,611 paying three)
+# a tranche in the call band after the deadline reads the feed's rounds since the call
+# (`OracleAdapter.recovered`), by rounds published since the call: measured 124,047 with one
+# round, 248,030 with 32 (the bound: about 4,000 gas a round on the mock feed)
+CEILING_LIQUIDATE_AFTER_DEADLINE = {1: 128_000, 32: 255_500}
 CEILING_CHECK_MARGIN = 28_800  # one position, via GasProbe, engine warm; measured 27,990
 
 
@@ -135,3 +139,27 @@ def test_check_margin_one_position(steady, system, trader):
     spent, ok = steady.measure(system.engine.address, data, True)
     assert ok
     within(spent, CEILING_CHECK_MARGIN, "check_margin")
+
+
+@pytest.mark.parametrize("rounds", [1, 32])
+def test_liquidate_in_the_call_band_after_the_deadline_scans_the_rounds_since_the_call(
+    steady, system, chain, trader, keeper, rounds
+):
+    """The rare path that pays for the recovery scan (docs/design.md, "A call clears
+    itself"): a tranche at ratio >= 1 on a call past its deadline, the feed having published
+    `rounds` rounds since the call, none of them a recovery (`best_since` reads them all, at
+    most 32)."""
+    system.engine.deposit(1_000 * system.unit, sender=trader)
+    trade(system, trader, 0, 4)
+    system.set_price(0, 1_860)
+    tx = system.engine.margin_call(trader.address, sender=keeper)
+    deadline = system.engine.MarginCall.from_receipt(tx)[0].deadline
+    for i in range(rounds):
+        chain.pending_timestamp = chain.blocks.head.timestamp + 10
+        system.set_price(0, 1_860 - i % 2)
+    chain.pending_timestamp = deadline
+    chain.mine()
+    assert system.engine.check_margin(trader.address).state == State.LIQUIDATABLE
+    receipt = system.engine.liquidate(trader.address, sender=keeper)
+    assert system.engine.Liquidation.from_receipt(receipt)
+    within(receipt, CEILING_LIQUIDATE_AFTER_DEADLINE[rounds], f"liquidate, {rounds} rounds")

@@ -27,7 +27,9 @@ from margincall.keeper.logic import (
     can_liquidate,
     covers,
     decide,
+    due_calls,
     held_by_window,
+    project_cleared,
     shard,
     shard_of,
     state_at,
@@ -178,6 +180,26 @@ def test_a_lapsed_call_is_callable_again_when_the_grace_period_is_known():
     assert state_at(s, T_B + grace - 1, grace) == State.LIQUIDATABLE
     assert state_at(s, T_B + grace, grace) == State.CALLABLE
     assert state_at(s, T_B + grace) == State.LIQUIDATABLE  # the keeper's view: one block on
+
+
+def test_a_due_call_that_cleared_itself_gets_a_fresh_call_not_a_doomed_liquidation():
+    """PROTOCOL.md section 2: a call clears itself when the account was back at call_ratio
+    since the call. The scan at block b still says CALLED; `calls_cleared` says the call has
+    cleared, so at the deadline the account is CALLABLE: the keeper sends a fresh call."""
+    due = snap(1, State.CALLED, call_deadline=T_B + 5, ratio=11 * WAD // 10)
+    stays = snap(2, State.CALLED, call_deadline=T_B + 5, ratio=11 * WAD // 10)
+    later = snap(3, State.CALLED, call_deadline=T_NEXT + 60, ratio=11 * WAD // 10)
+    snaps = [due, stays, later, snap(4, State.CALLED, call_deadline=T_B, priced=False)]
+    assert due_calls(snaps, T_NEXT) == [addr(1), addr(2)]  # priced, deadline by `now`
+    assert due_calls(snaps, T_B) == []
+    # the lens answers in checksum case; the later call's flag does not count before its time
+    projected = project_cleared(snaps, T_NEXT, {addr(1).upper().replace("0X", "0x"), addr(3)})
+    assert projected[0] == replace(due, state=State.CALLABLE, call_deadline=0)
+    assert projected[1:] == tuple(snaps[1:])
+    d = decide(projected, T_NEXT, COSTS)
+    assert d.calls == [addr(1)] and d.liquidated == [addr(2)]
+    # without the answer the keeper would have sent the liquidation the engine refuses
+    assert decide(snaps, T_NEXT, COSTS).liquidated == [addr(1), addr(2)]
 
 
 def test_expired_calls_sort_with_the_liquidatable_accounts_by_ratio():

@@ -166,6 +166,37 @@ def test_a_backoff_ends_and_a_window_reopens_at_their_time():
     assert {_account(4), _account(5)} <= set(plan.liquidated)
 
 
+def test_a_due_call_that_cleared_itself_is_called_afresh_by_bot_and_simulator():
+    """The bot and the simulator pass `calls_cleared`'s answer to the same step."""
+    called = _status(20, State.CALLED, 11 * WAD // 10, call_deadline=NOW)
+    busy = {a.lower() for a in IN_FLIGHT}
+    plain = _bot().plan([called], SLOT, HEAD, NOW, busy)
+    assert plain.liquidated == [_account(20)] and plain.calls == []
+    cleared = {_account(20)}
+    bot = _bot().plan([called], SLOT, HEAD, NOW, busy, cleared=cleared)
+    sim = _simulator().plan([called], SLOT, NOW, cleared)
+    assert bot.calls == sim.calls == [_account(20)] and bot.liquidated == sim.liquidated == []
+
+
+def test_the_bot_asks_the_lens_only_about_due_calls():
+    """`Keeper._cleared` asks `calls_cleared` at the scanned block about the calls due by
+    `now` only (a scan of feed rounds each), none when no call is due."""
+    asked = []
+
+    class Client:
+        def calls_cleared(self, accounts, block_id=None):
+            asked.append((list(accounts), block_id))
+            return {accounts[0]}
+
+    keeper = _bot()
+    keeper.client = Client()
+    due = _status(20, State.CALLED, 11 * WAD // 10, call_deadline=NOW)
+    later = _status(21, State.CALLED, 11 * WAD // 10, call_deadline=NOW + 1)
+    assert keeper._cleared([*STATUSES, due, later], SLOT, NOW) == {_account(20)}
+    assert asked == [([_account(20)], SLOT)]
+    assert keeper._cleared(STATUSES, SLOT, NOW) == set() and len(asked) == 1
+
+
 def test_the_baseline_keeper_sends_no_calls_and_no_clears():
     plan = plan_block(
         STATUSES,

@@ -471,6 +471,77 @@ def test_try_price_gas_on_primary_happy_path_stays_under_ceiling(adapter, owner)
     assert receipt.gas_used <= TRY_PRICE_GAS_CEILING, receipt.gas_used
 
 
+# --- best_since: the best price since a margin call (docs/design.md) ---------------------
+
+# Gas of a `best_since` transaction that reads 32 rounds of the 8-decimal MockAggregator (the
+# bound), 21,000 base included. Observed with Vyper 0.4.3 on Anvil 1.7.1: 155,324 (about
+# 4,200 per round: a getRoundData call, its cold SLOAD and the checks). A real Chainlink
+# proxy + aggregator reads more per round.
+BEST_SINCE_32_GAS_CEILING = 160_000
+
+
+def publish(feed, owner, chain, answers, step: int = 10) -> list[int]:
+    """Publishes one round per answer (whole units, 8 decimals), `step` seconds apart;
+    returns their updatedAt."""
+    times = []
+    for a in answers:
+        chain.pending_timestamp = head_time(chain) + step
+        tx = feed.set_answer(int(a * 10**8), sender=owner)
+        times.append(chain.blocks[tx.block_number].timestamp)
+    return times
+
+
+def test_best_since_is_the_highest_for_a_long_and_the_lowest_for_a_short(
+    adapter, feed, owner, chain
+):
+    times = publish(feed, owner, chain, [1_500, 2_300, 1_900, 2_100, 1_800])
+    assert adapter.best_since(times[1] - 1, True) == 2_300 * WAD
+    assert adapter.best_since(times[1] - 1, False) == 1_800 * WAD
+    # only rounds published after `since` count
+    assert adapter.best_since(times[2] - 1, True) == 2_100 * WAD
+    assert adapter.best_since(times[0] - 1, False) == 1_500 * WAD
+    assert adapter.best_since(times[-1] - 1, True) == 1_800 * WAD
+    assert adapter.best_since(times[-1], True) == 0  # nothing published after
+
+
+def test_best_since_skips_invalid_rounds_and_keeps_walking(deploy_adapter, feed, owner, chain):
+    adapter = deploy_adapter(feed, min_price=1_000 * WAD, max_price=3_000 * WAD)
+    [start] = publish(feed, owner, chain, [2_200])
+    publish(feed, owner, chain, [0, -5, 900, 3_001])  # non-positive and out of bounds
+    chain.pending_timestamp = head_time(chain) + 10
+    feed.set_round(2_900 * 10**8, start, head_time(chain) + 10_000, sender=owner)  # future
+    publish(feed, owner, chain, [2_000])
+    assert adapter.best_since(start - 1, True) == 2_200 * WAD
+    assert adapter.best_since(start - 1, False) == 2_000 * WAD
+
+
+def test_best_since_stops_at_a_round_before_since(adapter, feed, owner, chain):
+    [old] = publish(feed, owner, chain, [2_500])
+    chain.pending_timestamp = head_time(chain) + 10
+    feed.set_round(2_600 * 10**8, 0, 0, sender=owner)  # an unfinished round: stops the walk
+    later = publish(feed, owner, chain, [2_050])
+    assert adapter.best_since(old - 1, True) == 2_050 * WAD
+    assert adapter.best_since(later[0], False) == 0
+
+
+def test_best_since_reads_at_most_32_rounds(adapter, feed, owner, chain):
+    times = publish(feed, owner, chain, [2_400] + [2_000] * 32)
+    assert adapter.best_since(times[0] - 1, True) == 2_000 * WAD  # the 33rd round back is not read
+    times = publish(feed, owner, chain, [2_400] + [2_000] * 31)
+    assert adapter.best_since(times[0] - 1, True) == 2_400 * WAD  # the 32nd round back is
+    tx = adapter.best_since.transact(times[0] - 1, True, sender=owner)
+    assert tx.gas_used <= BEST_SINCE_32_GAS_CEILING, tx.gas_used
+
+
+def test_best_since_never_reverts(adapter, feed, owner, chain):
+    [t] = publish(feed, owner, chain, [2_100])
+    feed.set_reverting(True, sender=owner)
+    assert adapter.best_since(t - 1, True) == 0
+    feed.set_reverting(False, sender=owner)
+    # the walk ends at the first round (id 1), which is read
+    assert adapter.best_since(0, False) == 2_000 * WAD
+
+
 # --- the mock feed itself -------------------------------------------------------------
 
 

@@ -107,6 +107,24 @@ def test_statuses_equal_check_margins_in_chunks(system, client, leveraged, other
         client.statuses(accounts, chunk=501)
 
 
+def test_calls_cleared_names_the_calls_that_cleared_themselves(
+    system, chain, client, called, other_trader, stranger
+):
+    """`MarginLens.calls_cleared`: the called account once the feed was back above the
+    call ratio since the call (no transaction to the engine), never an account without a
+    call; at most 500 accounts."""
+    accounts = [called, other_trader, stranger]
+    assert client.calls_cleared(accounts) == set() and client.calls_cleared([]) == set()
+    chain.pending_timestamp = chain.blocks.head.timestamp + 60
+    system.set_price(ETH, 1_900)  # HEALTHY again, for a while
+    chain.pending_timestamp = chain.blocks.head.timestamp + 60
+    system.set_price(ETH, CALLABLE_PRICE)
+    assert client.calls_cleared(accounts) == {called.address}
+    assert system.engine.check_margin(called).state == State.CALLED  # until its deadline
+    with pytest.raises(InvalidRequest):
+        client.calls_cleared([stranger] * 501)
+
+
 def test_positions_match_the_engine_and_price_pnl(system, client, leveraged):
     open_position(system, leveraged, SOL, -2.0)
     system.set_price(ETH, 2_100.0)

@@ -196,13 +196,18 @@ def account_model(system, who):
 
     engine = system.engine
     collateral, markets, deadline, last_tranche, tranches = engine.account_info(_addr(who))
+    grace = int(engine.risk_params().grace_period)
     positions = []
     for m in range(16):
         if markets >> m & 1:
             size, cost = engine.position(_addr(who), m)
             cfg = engine.markets(m)
             price = system.oracles[m].price()
-            positions.append(Position(m, int(size), int(cost), int(price), cfg.mmr, cfg.imr))
+            best = 0
+            if deadline:  # the best price since the call (the engine reads it past the deadline)
+                since = max(int(deadline) - grace, int(last_tranche))
+                best = int(system.oracles[m].best_since(since, int(size) > 0))
+            positions.append(Position(m, int(size), int(cost), int(price), cfg.mmr, cfg.imr, best))
     parked = int(engine.parked_reward(_addr(who))) & (2**96 - 1) if deadline else 0
     return Account(
         int(collateral), tuple(positions), int(deadline), int(last_tranche), int(tranches), parked

@@ -45,6 +45,7 @@ from typing import Any
 
 from ape.logging import logger
 
+from margincall.constants import MAX_SCAN
 from margincall.keeper.config import KeeperConfig
 from margincall.keeper.gas import gas_price
 from margincall.keeper.logic import (
@@ -54,6 +55,7 @@ from margincall.keeper.logic import (
     Snapshot,
     can_call,
     can_liquidate,
+    due_calls,
     shard,
 )
 from margincall.keeper.metrics import (
@@ -77,6 +79,7 @@ from margincall.report import fmt_tokens
 from margincall.sdk.book import (
     PositionBook,
 )
+from margincall.sdk.types import chunks
 
 # --- keeper -------------------------------------------------------------------
 
@@ -326,7 +329,8 @@ class Keeper(Receipts, OrderDesk, Upkeep):
 
         busy = {_lower(a) for a in self.sender.in_flight(mined)}
         hints = self._hints(number) if len(state.orders) else {}
-        plan = self.plan(statuses, number, timestamp, now, busy, hints)
+        cleared = self._cleared(statuses, number, now)
+        plan = self.plan(statuses, number, timestamp, now, busy, hints, cleared)
         decision = plan.decision
         state.held_window = len(plan.held_window)
         self._mark_eligible(list(plan.kept), number, now)
@@ -371,6 +375,16 @@ class Keeper(Receipts, OrderDesk, Upkeep):
         self.costs = replace(self.costs, gas_price=gas_price(base_fee, tip))
         return gas_limit
 
+    def _cleared(self, statuses: list[Any], number: int, now: int) -> set[str]:
+        """The accounts whose call is due by `now` (`due_calls`) and has cleared itself
+        (`calls_cleared` at block `number`): a fresh call for them, not a liquidation. Rare
+        (a deadline in the next block), so asked only then."""
+        due = due_calls((Snapshot.from_status(s) for s in statuses), now)
+        cleared: set[str] = set()
+        for part in chunks(due, MAX_SCAN):
+            cleared |= self.client.calls_cleared(part, block_id=number)
+        return cleared
+
     def plan(
         self,
         statuses: list[Any],
@@ -379,6 +393,7 @@ class Keeper(Receipts, OrderDesk, Upkeep):
         now: int,
         busy: set[str],
         hints: dict[int, int | None] | None = None,
+        cleared: set[str] | None = None,
     ) -> Plan:
         """The keeper step of block `number` (`margincall.keeper.step.plan_block`, the one
         the simulator runs) over its statuses and pending orders (`hints`: each order's
@@ -398,6 +413,7 @@ class Keeper(Receipts, OrderDesk, Upkeep):
             orders=list(state.orders.pending.values()),
             hints=hints or {},
             busy_orders=settling(busy),  # `order:<id>` names of settle_orders in flight
+            cleared=cleared or (),
         )
 
     def _mark_eligible(self, snaps: list[Snapshot], number: int, now: int) -> None:

@@ -22,6 +22,12 @@ Rules (PROTOCOL.md section 5, design.md "Account states"):
   its call stays enforceable for one grace period after the deadline. So a
   keeper scanning block b with `now = t(b+1)` sends the tranche that the
   engine accepts in block b+1, not one block later.
+- A call past its deadline that cleared itself (the account was back at
+  `call_ratio` since the call, with no transaction: PROTOCOL.md section 2)
+  makes the account CALLABLE, not LIQUIDATABLE: the scan shows it so from the
+  deadline on, and for the block ahead the bot asks `calls_cleared` about the
+  due calls (`due_calls`, `project_cleared`), so it sends a fresh call, not a
+  liquidation the engine would refuse.
 - CALLABLE accounts are called when the call reward covers the gas times
   the profit margin (the reward the engine pays for that call, which it cuts
   to keep equity at or above maintenance: `call_reward_floor`).
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import median
 from typing import Any
 
@@ -264,6 +270,34 @@ def state_at(s: Snapshot, now: int, grace_period: int | None = None) -> State:
     if grace_period is not None and now >= s.call_deadline + grace_period:
         return State.CALLABLE
     return State.LIQUIDATABLE
+
+
+def due_calls(snapshots: Iterable[Snapshot], now: int) -> list[str]:
+    """The accounts whose call `state_at` projects to LIQUIDATABLE at `now` (CALLED, priced,
+    the deadline at or before `now`): the ones to ask `calls_cleared` about, since a call
+    that cleared itself (the account was back at `call_ratio` since the call, with no
+    transaction) makes them CALLABLE instead."""
+    return [
+        s.account
+        for s in snapshots
+        if s.priced and s.state == State.CALLED and s.call_deadline and s.call_deadline <= now
+    ]
+
+
+def project_cleared(
+    snapshots: Iterable[Snapshot], now: int, cleared: Iterable[str]
+) -> tuple[Snapshot, ...]:
+    """`snapshots` with the due calls that cleared themselves (`cleared`, from
+    `MarginLens.calls_cleared`) shown as the engine shows them at `now`: CALLABLE without a
+    deadline. So the keeper sends a fresh call (a fresh notice) instead of a liquidation the
+    engine would refuse."""
+    snaps = tuple(snapshots)
+    done = {str(a).lower() for a in cleared}
+    due = {a.lower() for a in due_calls(snaps, now)} & done
+    return tuple(
+        replace(s, state=State.CALLABLE, call_deadline=0) if s.account.lower() in due else s
+        for s in snaps
+    )
 
 
 def call_reward_wei(s: Snapshot, costs: CostModel) -> int:

@@ -30,6 +30,7 @@ from margincall.keeper.logic import (
     can_liquidate,
     decide,
     held_by_window,
+    project_cleared,
 )
 from margincall.keeper.orders import PendingOrder, SettlePlan, plan_settlements
 
@@ -146,6 +147,7 @@ def plan_block(
     orders: Iterable[PendingOrder] = (),
     hints: Mapping[int, int | None] | None = None,
     busy_orders: Iterable[int] = (),
+    cleared: Iterable[str] = (),
 ) -> Plan:
     """The plan of block `number` (stamped `head_timestamp`) from its `statuses` (SDK
     `MarginStatus`es); `now` is the timestamp the transactions are expected to carry (the
@@ -154,10 +156,14 @@ def plan_block(
     `orders`: the pending orders, `hints` each one's first feed round published after its
     commit (`margincall.keeper.orders.RoundCache.first_round_after`; None: none yet),
     `busy_orders` those with a settlement in flight: the plan's `settlements`, within the
-    profit rule with the cost model's gas price and exchange rate."""
+    profit rule with the cost model's gas price and exchange rate. `cleared`: the accounts
+    whose call cleared itself (`MarginLens.calls_cleared` of `due_calls`): CALLABLE at
+    `now`, not LIQUIDATABLE (`project_cleared`)."""
     in_flight = {str(a).lower() for a in busy}
-    snaps = tuple(
-        Snapshot.from_status(s, mmr_of(s.account, memory.markets_of, mmrs)) for s in statuses
+    snaps = project_cleared(
+        (Snapshot.from_status(s, mmr_of(s.account, memory.markets_of, mmrs)) for s in statuses),
+        now,
+        cleared,
     )
     busy_now = tuple(s.account for s in snaps if s.account.lower() in in_flight)
     backed = tuple(

@@ -301,7 +301,9 @@ def event_text(name: str, a: Mapping[str, Any], decimals: int) -> str:
         return (
             f"Margin call on {who}: ratio {_ratio(a['ratio'])} (equity {_wad(a['equity'])}, "
             f"maintenance {_wad(a['maintenance'])}). Deposit or reduce before "
-            f"{_when(a['deadline'])}, or the account is liquidated in tranches. "
+            f"{_when(a['deadline'])}, or the account is liquidated in tranches (unless the "
+            f"price brings it back to the call ratio before then: the call then clears "
+            f"itself and a new call is needed). "
             f"Call reward paid from the account: {_tok(a['reward'], decimals)}."
         )
     if name == "MarginCallCleared":

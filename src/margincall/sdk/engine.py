@@ -184,6 +184,20 @@ class MarginEngineClient(ForBots):
                 out.extend(MarginStatus.from_struct(s) for s in self.lens.check_margins(part, **at))
         return out
 
+    def calls_cleared(self, accounts: Sequence[Any], block_id: int | None = None) -> set[str]:
+        """The accounts (of at most `MAX_SCAN`) whose recorded margin call has cleared
+        itself (`MarginLens.calls_cleared`: back at `call_ratio` since the call, with no
+        transaction): past their deadline they are CALLABLE, not LIQUIDATABLE. The lens scans
+        the feeds' rounds for each: ask for the few whose deadline is due."""
+        part = [_addr(a) for a in accounts]
+        if not part:
+            return set()
+        if len(part) > MAX_SCAN:
+            raise InvalidRequest(f"at most {MAX_SCAN} accounts, got {len(part)}")
+        at = {} if block_id is None else {"block_id": block_id}
+        flags = self.lens.calls_cleared(part, **at)
+        return {a for a, cleared in zip(part, flags, strict=True) if cleared}
+
     def _fast_scan(self) -> Any:
         """A raw `eth_call` + direct decoder for `check_margins` (10x faster than the ABI
         round trip at 500 accounts: what a keeper's scan needs), or None when the engine

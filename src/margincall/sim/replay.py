@@ -20,7 +20,7 @@ import numpy as np
 
 from margincall.constants import MAX_SCAN, WAD
 from margincall.keeper.gas import gwei
-from margincall.keeper.logic import CostModel, Snapshot
+from margincall.keeper.logic import CostModel, Snapshot, due_calls
 from margincall.keeper.orders import OrderTracker, Round, first_round_after
 from margincall.keeper.step import (
     REVERT_BACKOFF,
@@ -427,7 +427,7 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
         self._mark_eligible(
             [Snapshot.from_status(s) for s in open_now if s.account not in self.in_flight], slot
         )
-        plan = self.plan(open_now, slot, now)
+        plan = self.plan(open_now, slot, now, self._cleared(open_now, now))
         rec.keeper_held_window += len(plan.held_window)
         rec.keeper_backed_off += len(plan.backed_off)
         rec.keeper_clears_capped += plan.clears_capped
@@ -438,11 +438,30 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
             None if plan.wake_at is None else first_slot_at(plan.wake_at, self.t0, self.bt) - 1
         )
 
-    def plan(self, statuses: list[MarginStatus], slot: int, now: int) -> Plan:
+    def _cleared(self, statuses: list[MarginStatus], now: int) -> set[str]:
+        """The due calls (`due_calls`) that cleared themselves (`MarginLens.calls_cleared`),
+        as the bot asks (`Keeper._cleared`)."""
+        due = due_calls((Snapshot.from_status(s) for s in statuses), now)
+        if not due:
+            return set()
+        sim = self.sim
+        calls = [
+            sim.eth_call(sim.lens, sim.lens_abi.encode("calls_cleared", p))
+            for p in chunks(due, MAX_SCAN)
+        ]
+        flags = [
+            f for out in sim.rpc.batch(calls) for f in sim.lens_abi.decode("calls_cleared", out)[0]
+        ]
+        return {a for a, cleared in zip(due, flags, strict=True) if cleared}
+
+    def plan(
+        self, statuses: list[MarginStatus], slot: int, now: int, cleared: set[str] | None = None
+    ) -> Plan:
         """The keeper step after block `slot` (`margincall.keeper.step.plan_block`, the one
         `Keeper.on_block` runs), with the bot's cost model, caps and memory, over the
         pending orders (each one's hint: the first round its market's feed published after
-        its commit, from the rounds this replay posted)."""
+        its commit, from the rounds this replay posted); `cleared`: the due calls that
+        cleared themselves."""
         orders = list(self.orders.pending.values())
         hints = {
             o.order_id: first_round_after(self.rounds.get(o.market_id, ()), o.committed_at)
@@ -462,6 +481,7 @@ class Replay(TraderMoves, OrderFlow, KeeperMoves):
             orders=orders,
             hints=hints,
             busy_orders=self.settling,
+            cleared=cleared or (),
         )
 
     def _final(self) -> None:
