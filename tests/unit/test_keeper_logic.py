@@ -111,10 +111,14 @@ def test_callable_needs_the_call_reward_to_cover_gas_times_margin():
     assert not can_call(snap(1, State.HEALTHY), COSTS)
 
 
-def test_unpriced_accounts_are_never_acted_on():
-    for state in (State.CALLABLE, State.LIQUIDATABLE, State.CRITICAL, State.BANKRUPT):
+def test_unpriced_accounts_are_liquidated_but_never_called():
+    """No stale-leg shield: `check_margins` values an unpriced leg at its worst case, as
+    `liquidate` does, so its liquidation states are acted on; a call needs every price."""
+    assert not can_call(snap(1, State.CALLABLE, priced=False), COSTS)
+    for state in (State.LIQUIDATABLE, State.CRITICAL, State.BANKRUPT):
         s = snap(1, state, priced=False)
-        assert not can_call(s, COSTS) and not can_liquidate(s, NOW, COSTS)
+        assert not can_call(s, COSTS) and can_liquidate(s, NOW, COSTS)
+    assert not can_liquidate(snap(1, State.HEALTHY, priced=False), NOW, COSTS)
 
 
 def test_cost_model_rejects_negative_inputs():
@@ -164,7 +168,8 @@ def test_an_expired_call_still_waits_for_the_tranche_interval_and_the_profit_rul
     cost = COSTS.gas_per_tranche * COSTS.gas_price
     assert can_liquidate(expired, T_NEXT, COSTS, reward=cost * 12 // 10)
     assert not can_liquidate(expired, T_NEXT, COSTS, reward=cost * 12 // 10 - 1)
-    assert not can_liquidate(snap(3, State.CALLED, call_deadline=T_B, priced=False), T_NEXT, COSTS)
+    # an unpriced account's expired call: liquidated at its worst case, as the engine does
+    assert can_liquidate(snap(3, State.CALLED, call_deadline=T_B, priced=False), T_NEXT, COSTS)
 
 
 def test_a_called_snapshot_without_deadline_is_left_alone():
