@@ -234,20 +234,21 @@ def test_window_reopens_when_it_restarts_and_only_when_full():
 
 
 def test_accounts_in_a_full_window_are_held_back_but_critical_ones_are_not():
-    markets = {addr(1): {0}, addr(2): {1}, addr(3): {0}, addr(4): {0, 1}, addr(5): {0}}
+    markets = {addr(i): {0} for i in (1, 3, 5, 6)} | {addr(2): {1}, addr(4): {0, 1}}
     snaps = [
         snap(1, State.LIQUIDATABLE),
         snap(2, State.LIQUIDATABLE),
         snap(3, State.CRITICAL),
         snap(4, State.CALLED, call_deadline=T_B),  # a tranche at T_NEXT
         snap(5, State.CALLABLE),
+        snap(6, State.LIQUIDATABLE, priced=False),  # an unpriced leg: a tranche all the same
     ]
     full = {0: T_NEXT + 1}
     keep, held = held_by_window(snaps, T_NEXT, markets, full)
-    assert [s.account for s in held] == [addr(1), addr(4)]
+    assert [s.account for s in held] == [addr(1), addr(4), addr(6)]
     assert [s.account for s in keep] == [addr(2), addr(3), addr(5)]
     keep, held = held_by_window(snaps, T_NEXT + 1, markets, full)  # the window restarted
-    assert held == [] and len(keep) == 5
+    assert held == [] and len(keep) == 6
 
 
 # --- decide ---------------------------------------------------------------------------------

@@ -465,10 +465,8 @@ def held_by_window(
     keep: list[Snapshot] = []
     held: list[Snapshot] = []
     for s in snapshots:
-        if (
-            s.priced
-            and state_at(s, now) == State.LIQUIDATABLE
-            and any(full_until.get(m, 0) > now for m in markets_of.get(s.account, ()))
+        if state_at(s, now) == State.LIQUIDATABLE and any(
+            full_until.get(m, 0) > now for m in markets_of.get(s.account, ())
         ):
             held.append(s)
         else:
