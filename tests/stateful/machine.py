@@ -687,6 +687,31 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         }[goal]
         self._drive_ratio(acct, lo + (hi - lo) * where / 100)
 
+    @rule(
+        i=st.integers(0, N_TRADERS - 1),
+        k=st.integers(0, 1),
+        fault=st.sampled_from(FAULTS),
+        goal=st.sampled_from([State.CRITICAL, State.BANKRUPT]),
+        where=st.integers(2, 98),
+    )
+    def stale_leg_shield(self, i, k, fault, goal, where):
+        """The stale-leg shield attack (issue 14), steered: the feed of a trader's smallest
+        leg goes bad (`fault`), its largest leg's price drives it CRITICAL or BANKRUPT
+        (`where`% into the band, at the model's prices), and a keeper liquidates: the priced
+        legs close and the unpriced one stays, a shortfall carried, not booked (the
+        `liquidate` rule predicts and checks every figure)."""
+        acct, _ = self.account(self.traders[i])
+        if len(acct.positions) < 2:
+            return
+        small = min(acct.positions, key=lambda q: q.notional)
+        big = max(acct.positions, key=lambda q: q.notional)
+        self.oracle(small.market_id, fault)
+        if small.market_id == big.market_id or self.price_reason(big.market_id) is not None:
+            return
+        self.note("shield:attempt")
+        self.drive_to_state(i, goal, where)
+        self.liquidate(k, i)
+
     def _drive_ratio(self, acct: Account, r: float) -> None:
         """Sets the price of `acct`'s largest position so that its ratio is about `r`."""
         d = self.d
