@@ -588,7 +588,8 @@ def _cure(account: address, acct: margin.Acct, strict: bool) -> margin.Acct:
     if strict:
         prices = risk._prices(acct.markets)
     else:
-        prices, ok = risk._try_prices(acct.markets, prices, 0)
+        unpriced: uint256 = 0
+        prices, unpriced, ok = ledger._try_prices(account, acct.markets, prices, 0, False)
     if ok:
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         if fixed_point._ratio(ev.equity, ev.maintenance) >= risk._p_call_ratio():
@@ -654,7 +655,8 @@ def _call(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> uint256:
         if strict:
             prices = risk._prices(acct.markets)
         else:
-            prices, ok = risk._try_prices(acct.markets, prices, have)
+            unpriced: uint256 = 0
+            prices, unpriced, ok = ledger._try_prices(account, acct.markets, prices, have, False)
             if not ok:
                 continue
             have |= acct.markets
@@ -727,14 +729,16 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
     closed: uint256 = 0
     for account: address in accounts:
         acct: margin.Acct = ledger._load(account)
+        # an unpriced leg is valued at its worst case, never a shield
         ok: bool = True
-        if strict:
-            prices = risk._prices(acct.markets)
-        else:
-            prices, ok = risk._try_prices(acct.markets, prices, have)
-            if not ok:
-                continue
-            have |= acct.markets
+        unpriced: uint256 = 0
+        prices, unpriced, ok = ledger._try_prices(account, acct.markets, prices, have, True)
+        if not ok:
+            if strict:
+                # the sequencer blocks prices: revert with its reason
+                prices = risk._prices(acct.markets)
+            continue
+        have |= acct.markets & ~unpriced
         ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)
         # the windows of the account's markets are read only when they can cap it
         state: uint8 = margin._classify(ev, acct, p, SCALE)
@@ -750,7 +754,7 @@ def _liquidate(accounts: DynArray[address, _MAX_BATCH], strict: bool) -> (uint25
             # collateral by a close at ratio < 1, before the deficit (in the plan)
             parked = self.parked_reward[account]
         plan: liquidation.Plan = liquidation._plan_from(
-            acct, ev, p, state, windows, parked & _MASK96, SCALE
+            acct, ev, p, state, windows, parked & _MASK96, SCALE, unpriced
         )
         if plan.code != liquidation._OK:
             if not strict:

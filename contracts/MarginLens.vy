@@ -56,11 +56,13 @@ struct LiquidationPreview:
 # the market data one call has read so far (each market read once per call)
 struct _Markets:
     have: uint256  # bitmap of the markets whose config is read
-    priced: uint256  # bitmap of the markets whose price is read and valid
+    priced: uint256  # bitmap of the markets whose price is read (valid or worst case)
+    unpriced: uint256  # bitmap of the read markets without a valid price
     oracle: address[_MAX_MARKETS]
     mmr: uint256[_MAX_MARKETS]
     imr: uint256[_MAX_MARKETS]
-    price: uint256[_MAX_MARKETS]
+    price: uint256[_MAX_MARKETS]  # valid, or the long holder's worst case
+    short: uint256[_MAX_MARKETS]  # the short holder's worst case (unpriced only)
 
 
 ENGINE: public(immutable(IEngineState))
@@ -85,8 +87,11 @@ def check_margins(
     """
     @notice The batched view keepers scan with: each account's status as the
             engine's `check_margin` returns it. Each market's price is read
-            once per call. Accounts needing an invalid price come back with
-            `priced = False` and state HEALTHY (nothing to do).
+            once per call. An account with a leg without a valid price comes
+            back with `priced = False`, valued as `liquidate` values it (the
+            leg at the adapter's `worst_price` for its side); when no leg of
+            it is priced, or no worst case exists (L2 sequencer down), with
+            state HEALTHY and no figures (nothing to do).
     @param accounts Up to 500 accounts.
     @return One MarginStatus per account, in order.
     """
@@ -97,10 +102,15 @@ def check_margins(
         acct: margin.Acct = self._acct(account)
         ok: bool = False
         cache, ok = self._fill(cache, acct.markets, False)
+        unpriced: uint256 = acct.markets & cache.unpriced
+        # liquidation needs a priced leg to close
+        ok = ok and (unpriced != acct.markets or unpriced == 0)
         ev: margin.Eval = empty(margin.Eval)
         if ok:
             ev = self._evaluate(account, acct, cache)
-        out.append(margin._status(account, acct, ev, p, ok, _SCALE))
+        s: margin.MarginStatus = margin._status(account, acct, ev, p, ok, _SCALE)
+        s.priced = ok and unpriced == 0
+        out.append(s)
     return out
 
 
@@ -140,8 +150,10 @@ def preview_liquidation(account: address) -> LiquidationPreview:
     """
     @notice What the engine's `liquidate(account)` would do now, without
             doing it: the closed sizes, penalty, keeper reward, fund fee,
-            deficit and the ratio after. Reverts with the oracle's reason if
-            a needed price is invalid.
+            deficit and the ratio after. A leg without a valid price is
+            valued at its worst case and stays open, as in `liquidate`.
+            Reverts with the oracle's reason while the L2 sequencer blocks
+            prices or when no leg is priced.
     @param account The account.
     @return The preview; `liquidatable` false with a `reason` code when a
             call would revert (1 not liquidatable, 2 tranche interval,
@@ -152,6 +164,12 @@ def preview_liquidation(account: address) -> LiquidationPreview:
     cache: _Markets = empty(_Markets)
     ok: bool = False
     cache, ok = self._fill(cache, acct.markets, True)
+    unpriced: uint256 = acct.markets & cache.unpriced
+    if unpriced != 0 and unpriced == acct.markets:
+        # no priced leg to close: the engine reverts with the first leg's reason
+        for m: uint256 in range(_MAX_MARKETS):
+            if (unpriced >> m) & 1 == 1:
+                cache.price[m] = staticcall IOracle(cache.oracle[m]).price()
     ev: margin.Eval = self._evaluate(account, acct, cache)
     state: uint8 = margin._classify(ev, acct, p, _SCALE)
     windows: uint256[_MAX_POSITIONS] = empty(uint256[_MAX_POSITIONS])
@@ -166,7 +184,9 @@ def preview_liquidation(account: address) -> LiquidationPreview:
     parked: uint256 = 0
     if acct.deadline != 0:
         parked = (staticcall ENGINE.parked_reward(account)) & _MASK96
-    plan: liquidation.Plan = liquidation._plan_from(acct, ev, p, state, windows, parked, _SCALE)
+    plan: liquidation.Plan = liquidation._plan_from(
+        acct, ev, p, state, windows, parked, _SCALE, unpriced
+    )
     out: LiquidationPreview = empty(LiquidationPreview)
     out.state = plan.state
     out.reason = plan.code
@@ -225,9 +245,11 @@ def _acct(account: address) -> margin.Acct:
 @internal
 def _fill(cache_in: _Markets, bits: uint256, strict: bool) -> (_Markets, bool):
     """
-    @dev Reads the config and price of every market of `bits` not read yet.
-         `strict` reverts with the oracle's reason on an invalid price;
-         otherwise the call returns False (and the cache keeps what it has).
+    @dev Reads the config and price of every market of `bits` not read yet;
+         a market without a valid price is read at its `worst_price` (long
+         and short) and marked `unpriced`. With no worst case (sequencer
+         down) `strict` reverts with the oracle's reason; otherwise the call
+         returns False (and the cache keeps what it has).
     """
     cache: _Markets = cache_in
     for m: uint256 in range(_MAX_MARKETS):
@@ -241,13 +263,19 @@ def _fill(cache_in: _Markets, bits: uint256, strict: bool) -> (_Markets, bool):
             cache.mmr[m] = config.mmr
             cache.imr[m] = config.imr
             cache.have |= 1 << m
-        if strict:
-            cache.price[m] = staticcall IOracle(cache.oracle[m]).price()
-        else:
-            valid: bool = False
-            cache.price[m], valid = staticcall IOracle(cache.oracle[m]).try_price()
-            if not valid:
+        valid: bool = False
+        cache.price[m], valid = staticcall IOracle(cache.oracle[m]).try_price()
+        if not valid:
+            # liquidation's worst case (engine: `ledger._try_prices`)
+            cache.price[m], cache.short[m], valid = staticcall IOracle(
+                cache.oracle[m]
+            ).worst_price()
+            if cache.price[m] == 0:
+                if strict:
+                    # the sequencer blocks prices: its reason
+                    cache.price[m] = staticcall IOracle(cache.oracle[m]).price()
                 return cache, False
+            cache.unpriced |= 1 << m
         cache.priced |= 1 << m
     return cache, True
 
@@ -258,7 +286,8 @@ def _evaluate(account: address, acct: margin.Acct, cache: _Markets) -> margin.Ev
     """
     @dev The account's positions valued as the engine's `ledger._evaluate`
          values them (`margin._position_value`), from the engine's getters
-         and the cache.
+         and the cache (an unpriced short leg at the short holder's worst
+         case).
     """
     ev: margin.Eval = empty(margin.Eval)
     ev.equity = convert(acct.collateral * _SCALE, int256)
@@ -274,12 +303,15 @@ def _evaluate(account: address, acct: margin.Acct, cache: _Markets) -> margin.Ev
         maintenance: uint256 = 0
         initial: uint256 = 0
         upnl: int256 = 0
+        px: uint256 = cache.price[m]
+        if pos.size < 0 and (cache.unpriced >> m) & 1 == 1:
+            px = cache.short[m]
         notional, maintenance, initial, upnl = margin._position_value(
-            pos.size, pos.cost, cache.price[m], cache.mmr[m], cache.imr[m]
+            pos.size, pos.cost, px, cache.mmr[m], cache.imr[m]
         )
         ev.mids[n] = m
         ev.pos[n] = pos
-        ev.px[n] = cache.price[m]
+        ev.px[n] = px
         ev.mmr[n] = cache.mmr[m]
         ev.oracle[n] = cache.oracle[m]
         ev.notional += notional

@@ -12,6 +12,10 @@
         `price()` reverts with an "oracle: ..." reason when no valid price
         exists (the primary's reason when both feeds are invalid);
         `try_price()`, `status()` and `reason()` never revert.
+        `worst_price()` gives liquidation a worst-case value when no valid
+        price exists (the stale-leg shield fix, docs/design.md): the last
+        usable answer moved against the holder by `HAIRCUT_STEP` per whole
+        heartbeat of its age (at most `HAIRCUT_CAP`), or the bounds.
         Every setting is an immutable, so the adapter has no owner, no state
         and emits no events: to change a setting, deploy a new adapter and
         point the market at it.
@@ -72,6 +76,12 @@ _ROUND_DATA_SIZE: constant(uint256) = 160
 # `best_since` reads at most this many rounds (the latest and 31 before it),
 # so its gas is bounded (docs/design.md, "A call clears itself")
 _SCAN_ROUNDS: constant(uint256) = 32
+_WAD: constant(uint256) = 10**18
+
+# `worst_price`: a stale answer is moved against the holder by HAIRCUT_STEP
+# (wad) per whole heartbeat of its age, at most HAIRCUT_CAP (docs/parameters.md).
+HAIRCUT_STEP: public(constant(uint256)) = 2 * 10**16
+HAIRCUT_CAP: public(constant(uint256)) = 50 * 10**16
 
 
 # The configuration, as given to the constructor (getters of the same name):
@@ -195,6 +205,69 @@ def try_price() -> (uint256, bool):
     using_fallback: bool = False
     p, code, using_fallback = self._price()
     return p, code == _OK
+
+
+@view
+@external
+def worst_price() -> (uint256, uint256, bool):
+    """
+    @notice Liquidation's value of this market for a long holder and for a
+            short holder, and whether it is the valid price; never reverts.
+            A valid price is returned twice. While the sequencer blocks
+            prices: (0, 0, False), no value (the grace period is for the
+            traders, and the sequencer blocks every market alike). Else the
+            last usable answer (positive, within bounds, `updatedAt` set
+            and not in the future; the younger of primary and fallback),
+            moved against the holder by HAIRCUT_STEP per whole heartbeat of
+            its age, at most HAIRCUT_CAP, kept within the bounds (long
+            rounded down, short up); with no usable answer, the bounds
+            (`min_price`, `max_price`). Only liquidation uses it.
+    @return The long holder's price, the short holder's price (18
+            decimals) and whether the price is valid.
+    """
+    p: uint256 = self._primary_price()
+    if p != 0:
+        return p, p, True
+    code: uint256 = 0
+    using_fallback: bool = False
+    p, code, using_fallback = self._price()
+    if code == _OK:
+        return p, p, True
+    if code >= _SEQUENCER_DOWN:
+        # _price() only returns the sequencer's codes (7 to 9) at or above it
+        return 0, 0, False
+    last: uint256 = 0
+    cut: uint256 = 0
+    last, cut = self._last_answer(
+        primary,
+        primary_heartbeat,
+        _PRIMARY_MUL,
+        _PRIMARY_DIV,
+        _PRIMARY_MIN_ANSWER,
+        _PRIMARY_MAX_ANSWER,
+    )
+    if fallback != empty(address):
+        fallback_last: uint256 = 0
+        fallback_cut: uint256 = 0
+        fallback_last, fallback_cut = self._last_answer(
+            fallback,
+            fallback_heartbeat,
+            _FALLBACK_MUL,
+            _FALLBACK_DIV,
+            _FALLBACK_MIN_ANSWER,
+            _FALLBACK_MAX_ANSWER,
+        )
+        if fallback_last != 0 and (last == 0 or fallback_cut < cut):
+            last = fallback_last
+            cut = fallback_cut
+    if last == 0:
+        return min_price, max_price, False
+    # last <= max_price: checked math, it cannot overflow for any real bound
+    return (
+        max(last * (_WAD - cut) // _WAD, min_price),
+        min((last * (_WAD + cut) + _WAD - 1) // _WAD, max_price),
+        False,
+    )
 
 
 @view
@@ -614,6 +687,44 @@ def _read_feed(
         return 0, _OUT_OF_BOUNDS
     # raw <= max_answer, so raw * mul <= max_price: no overflow.
     return unsafe_div(unsafe_mul(raw, mul), div), _OK
+
+
+@view
+@internal
+def _last_answer(
+    feed: address,
+    heartbeat: uint256,
+    mul: uint256,
+    div: uint256,
+    min_answer: uint256,
+    max_answer: uint256,
+) -> (uint256, uint256):
+    """
+    @dev A feed's last answer whatever its age, and its haircut: (price,
+         min(whole heartbeats of age * HAIRCUT_STEP, HAIRCUT_CAP)); (0, 0)
+         when it is not usable (reverting feed, short reply, non-positive,
+         `updatedAt` 0 or in the future, out of bounds). Never reverts.
+    """
+    success: bool = False
+    data: Bytes[_ROUND_DATA_SIZE] = b""
+    success, data = raw_call(
+        feed,
+        method_id("latestRoundData()"),
+        max_outsize=_ROUND_DATA_SIZE,
+        is_static_call=True,
+        revert_on_failure=False,
+    )
+    if not success or len(data) != _ROUND_DATA_SIZE:
+        return 0, 0
+    answer: int256 = extract32(data, 32, output_type=int256)
+    updated_at: uint256 = extract32(data, 96, output_type=uint256)
+    if answer <= 0 or updated_at == 0 or updated_at > block.timestamp:
+        return 0, 0
+    raw: uint256 = convert(answer, uint256)
+    if raw < min_answer or raw > max_answer:
+        return 0, 0
+    steps: uint256 = (block.timestamp - updated_at) // heartbeat
+    return unsafe_div(unsafe_mul(raw, mul), div), min(steps * HAIRCUT_STEP, HAIRCUT_CAP)
 
 
 @view

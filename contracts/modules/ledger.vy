@@ -11,6 +11,7 @@
         every change before storing it; packing refuses out-of-range values.
 """
 
+from ..interfaces import IOracle
 from . import fixed_point
 from . import margin
 from . import risk
@@ -157,6 +158,43 @@ def _evaluate(
         n += 1
     ev.n = n
     return ev
+
+
+@view
+@internal
+def _try_prices(
+    account: address, bits: uint256, prices_in: uint256[_MAX_MARKETS], have: uint256, worst: bool
+) -> (uint256[_MAX_MARKETS], uint256, bool):
+    """
+    @dev Fills the missing prices of `bits` into a cache; never reverts.
+         `have` marks the markets already fetched (valid) in this call. An
+         invalid price returns False, unless `worst` (liquidation only): then
+         the market gets the adapter's `worst_price` for `account`'s side of
+         it (short: the short holder's) and its bit in the returned bitmap
+         of unpriced markets (not a cache entry: the next account may hold
+         the other side); False when there is no worst case either (L2
+         sequencer down) or when every leg of `bits` is unpriced.
+    """
+    prices: uint256[_MAX_MARKETS] = prices_in
+    need: uint256 = bits & ~have
+    unpriced: uint256 = 0
+    for m: uint256 in range(_MAX_MARKETS):
+        if need >> m == 0:
+            break
+        if (need >> m) & 1 == 1:
+            # the adapter's valid price, its worst cases, or (0, 0) for none
+            price: uint256 = 0
+            short: uint256 = 0
+            valid: bool = False
+            price, short, valid = staticcall IOracle(risk._m_oracle(risk._market[m])).worst_price()
+            if not valid:
+                if not worst or price == 0:
+                    return prices, 0, False
+                if self._load_pos(account, m).size < 0:
+                    price = short
+                unpriced |= 1 << m
+            prices[m] = price
+    return prices, unpriced, unpriced == 0 or unpriced != bits
 
 
 @internal

@@ -90,6 +90,7 @@ def _plan_from(
     windows: uint256[_MAX_POSITIONS],
     parked: uint256,
     scale: uint256,
+    unpriced: uint256,
 ) -> Plan:
     """
     @dev One tranche of an account in `state`: CRITICAL and BANKRUPT close
@@ -106,6 +107,14 @@ def _plan_from(
          units) is the account's parked call reward: at ratio < 1 it goes
          back to the collateral before the flows (`returned`), so a
          bankrupt close's deficit is smaller by exactly that much.
+         `unpriced` (market bitmap, see `ledger._try_prices`): those legs
+         are valued at their worst case and stay open (their window caps
+         still bound the fraction; a window fills only by closes); the
+         tranche closes the priced legs only (an account without one is
+         refused before, in `ledger._try_prices`). While one is open no
+         deficit is booked: the shortfall (with the keeper's minimum
+         reward) is carried into the last unpriced leg's open notional,
+         owed to the pool when that leg closes (docs/design.md).
     """
     plan: Plan = empty(Plan)
     plan.state = state
@@ -156,6 +165,7 @@ def _plan_from(
     realized: int256 = 0
     maintenance: uint256 = 0
     upnl: int256 = 0
+    carry_i: uint256 = 0
     for i: uint256 in range(_MAX_POSITIONS):
         if i == ev.n:
             break
@@ -163,7 +173,12 @@ def _plan_from(
         iprice: int256 = convert(ev.px[i], int256)
         closed: int256 = pos.size
         closed_cost: int256 = pos.cost
-        if not plan.full:
+        if (unpriced >> ev.mids[i]) & 1 == 1:
+            # an unpriced leg stays open, valued at its worst case
+            closed = 0
+            closed_cost = 0
+            carry_i = i
+        elif not plan.full:
             # truncated toward zero: never closes more than asked
             closed = pos.size * convert(f, int256) // _IWAD
             closed_cost = fixed_point._div_ceil(pos.cost * closed, pos.size)
@@ -200,6 +215,13 @@ def _plan_from(
         plan.pool_net = convert(collateral, int256) - convert(reward, int256)
         plan.deficit = convert(-balance, uint256) + reward
         plan.collateral_after = 0
+        if unpriced != 0:
+            # no bad debt while a leg is unpriced: carried into an unpriced
+            # leg's open notional (owed to the pool when that leg closes)
+            carry: int256 = convert(plan.deficit * scale, int256)
+            plan.after[carry_i].cost += carry
+            upnl -= carry
+            plan.deficit = 0
     else:
         plan.pool_net = -realized_tok
         penalty: uint256 = min(
@@ -269,7 +291,8 @@ def _execute(
          call_ratio), with their events. Token moves are the caller's.
     """
     acct: margin.Acct = acct_in
-    oi_closed: uint256 = 0
+    # an unpriced leg's open notional can grow (a carried shortfall)
+    oi: uint256 = ledger.open_interest
     for i: uint256 in range(_MAX_POSITIONS):
         if i == ev.n:
             break
@@ -279,8 +302,10 @@ def _execute(
             rest.cost = 0
             acct.markets &= ~(1 << m)
         cost: int256 = ev.pos[i].cost
-        oi_closed += convert(max(cost, unsafe_sub(0, cost)), uint256) - convert(
-            max(rest.cost, unsafe_sub(0, rest.cost)), uint256
+        oi = (
+            oi
+            + convert(max(rest.cost, unsafe_sub(0, rest.cost)), uint256)
+            - convert(max(cost, unsafe_sub(0, cost)), uint256)
         )
         ledger._store_pos(account, m, rest)
         if not plan.full:
@@ -300,7 +325,7 @@ def _execute(
             fee=0,
             collateral=plan.collateral_after,
         )
-    ledger.open_interest -= oi_closed
+    ledger.open_interest = oi
     acct.collateral = plan.collateral_after
     acct.last_tranche = block.timestamp
     tranche: uint256 = acct.tranches + 1

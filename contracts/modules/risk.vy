@@ -264,30 +264,6 @@ def _prices(bits: uint256) -> uint256[_MAX_MARKETS]:
 
 @view
 @internal
-def _try_prices(
-    bits: uint256, prices_in: uint256[_MAX_MARKETS], have: uint256
-) -> (uint256[_MAX_MARKETS], bool):
-    """
-    @dev Fills the missing prices of `bits` into a cache; never reverts.
-         `have` marks the markets already fetched (valid) in this call.
-    """
-    prices: uint256[_MAX_MARKETS] = prices_in
-    need: uint256 = bits & ~have
-    for m: uint256 in range(_MAX_MARKETS):
-        if need >> m == 0:
-            break
-        if (need >> m) & 1 == 1:
-            price: uint256 = 0
-            valid: bool = False
-            price, valid = staticcall IOracle(self._m_oracle(self._market[m])).try_price()
-            if not valid:
-                return prices, False
-            prices[m] = price
-    return prices, True
-
-
-@view
-@internal
 def _p_call_ratio() -> uint256:
     """
     @dev The call ratio alone, from the first parameter word.

@@ -17,6 +17,10 @@ MAX_UINT = 2**256 - 1
 TRANCHE_PENALTY_DIV = 3
 # a window-capped tranche under 1/SLIVER_DIV of the fraction it wants is refused (liquidation.vy)
 SLIVER_DIV = 4
+# liquidation's worst case of a stale answer (OracleAdapter.worst_price): moved against the
+# holder by HAIRCUT_STEP per whole heartbeat of its age, at most HAIRCUT_CAP (wad)
+HAIRCUT_STEP = 2 * 10**16
+HAIRCUT_CAP = 50 * 10**16
 
 
 def div_floor(a: int, b: int) -> int:
@@ -66,13 +70,15 @@ class Position:
     market_id: int
     size: int  # wad of base asset, signed
     cost: int  # open notional, wad, signed
-    price: int  # oracle price, wad
+    price: int  # oracle price, wad (an unpriced leg: its worst case for its side)
     mmr: int
     imr: int
     # the most favourable valid price of the market's feed since the account's call (or its
     # last tranche, if later): `OracleAdapter.best_since(call_since(...), size > 0)`; 0: none
     # (or not looked up). Only a call past its deadline reads it (`recovered`).
     best: int = 0
+    # no valid price: liquidation values it at `price` (`worst_price`), never closes it
+    unpriced: bool = False
 
     @property
     def notional(self) -> int:
@@ -126,6 +132,22 @@ def evaluate(account: Account, scale: int) -> Valuation:
         initial += mul_up(n, p.imr)
         equity += p.pnl
     return Valuation(equity, notional, maintenance, initial)
+
+
+def worst_price(
+    last: int | None, updated_at: int, now: int, heartbeat: int, min_price: int, max_price: int
+) -> tuple[int, int]:
+    """Liquidation's value of a market without a valid price, for a long and a short holder
+    (`OracleAdapter.worst_price`): `last` (wad; None when no answer is usable) moved against
+    the holder by HAIRCUT_STEP per whole heartbeat of its age, capped at HAIRCUT_CAP, kept in
+    the bounds; the bounds with no usable answer."""
+    if last is None:
+        return min_price, max_price
+    cut = min((now - updated_at) // heartbeat * HAIRCUT_STEP, HAIRCUT_CAP)
+    return (
+        max(last * (WAD - cut) // WAD, min_price),
+        min(div_ceil(last * (WAD + cut), WAD), max_price),
+    )
 
 
 def call_live(account: Account, params: RiskParams, now: int) -> bool:
@@ -210,6 +232,7 @@ class Tranche:
     fund_fee: int = 0
     deficit: int = 0
     returned: int = 0  # the parked call reward put back in the collateral (ratio < 1)
+    carried: int = 0  # wad: a shortfall carried into an unpriced leg's open notional
     collateral_after: int = 0
     equity_after: int = 0
     ratio_after: int = 0
@@ -225,8 +248,13 @@ def plan_tranche(
     """The next tranche, or None when `liquidate` would revert.
 
     `window_room` maps market id to what the market's window cap still admits
-    (wad notional); omitted markets are unconstrained.
+    (wad notional); omitted markets are unconstrained. Unpriced legs (`Position.unpriced`)
+    stay open and the priced ones close (none priced: None); a shortfall while one is open
+    is carried into the last unpriced leg's open notional instead of booked (`carried`).
     """
+    unpriced = [p for p in account.positions if p.unpriced]
+    if unpriced and len(unpriced) == len(account.positions):
+        return None
     v = evaluate(account, scale)
     state = classify(account, v, params, now, scale)
     if state < State.LIQUIDATABLE:
@@ -259,7 +287,9 @@ def plan_tranche(
     realized = maintenance = upnl = 0
     for p in account.positions:
         closed, closed_cost = p.size, p.cost
-        if not full:
+        if p.unpriced:
+            closed = closed_cost = 0
+        elif not full:
             closed = div_trunc(p.size * f, WAD)
             closed_cost = div_ceil(p.cost * closed, p.size)
         realized += div_floor(closed * p.price, WAD) - closed_cost
@@ -269,7 +299,26 @@ def plan_tranche(
         if rest_size:
             maintenance += mul_up(mul_up(abs(rest_size), p.price), p.mmr)
             upnl += div_floor(rest_size * p.price, WAD) - rest_cost
-    realized_tok = div_floor(realized, scale)
+    _book_flows(t, account, v, params, scale, div_floor(realized, scale), rate, bool(unpriced))
+    upnl -= t.carried
+    t.equity_after = t.collateral_after * scale + upnl
+    t.ratio_after = ratio(t.equity_after, maintenance)
+    if capped and t.ratio_after < ratio(v.equity, v.maintenance):
+        return None  # a window-capped sliver whose roundings would lower the ratio
+    return t
+
+
+def _book_flows(
+    t: Tranche,
+    account: Account,
+    v: Valuation,
+    params: RiskParams,
+    scale: int,
+    realized_tok: int,
+    rate: int,
+    unpriced: bool,
+) -> None:
+    """A tranche's token flows (engine `_plan_from`), each rounded against the account."""
     # below ratio 1 the caller forfeits its parked reward: back to the collateral first
     if account.parked_reward and v.ratio < WAD:
         t.returned = account.parked_reward
@@ -279,18 +328,17 @@ def plan_tranche(
         t.keeper_reward = params.min_keeper_reward // scale
         t.deficit = -balance + t.keeper_reward
         t.collateral_after = 0
-    else:
-        penalty = min(div_ceil(mul_up(t.closed_notional, rate), scale), balance)
-        share = (t.closed_notional * rate // WAD * params.keeper_share // WAD) // scale
-        reward = max(share, params.min_keeper_reward // scale)
-        reward = min(reward, params.max_keeper_reward // scale, penalty)
-        t.penalty, t.keeper_reward, t.fund_fee = penalty, reward, penalty - reward
-        t.collateral_after = balance - penalty
-    t.equity_after = t.collateral_after * scale + upnl
-    t.ratio_after = ratio(t.equity_after, maintenance)
-    if capped and t.ratio_after < ratio(v.equity, v.maintenance):
-        return None  # a window-capped sliver whose roundings would lower the ratio
-    return t
+        if unpriced:
+            # no bad debt while a leg is unpriced: owed to the pool when it closes
+            t.carried = t.deficit * scale
+            t.deficit = 0
+        return
+    penalty = min(div_ceil(mul_up(t.closed_notional, rate), scale), balance)
+    share = (t.closed_notional * rate // WAD * params.keeper_share // WAD) // scale
+    reward = max(share, params.min_keeper_reward // scale)
+    reward = min(reward, params.max_keeper_reward // scale, penalty)
+    t.penalty, t.keeper_reward, t.fund_fee = penalty, reward, penalty - reward
+    t.collateral_after = balance - penalty
 
 
 def scaled_call_reward(notional: int, params: RiskParams) -> int:

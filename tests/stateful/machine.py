@@ -41,7 +41,12 @@ pause, markets, pending orders):
   staleness when time outruns the heartbeat): every operation that needs the faulty price
   reverts with the adapter's reason (batched keeper calls skip the account, `check_margins`
   reports it unpriced); deposits, and everything that needs only other prices, still work;
-  a fresh round restores the market.
+  a fresh round restores the market. Liquidation is the exception (the stale-leg shield fix):
+  the unpriced leg is valued at `margincall.math.worst_price` (the adapter's `worst_price`),
+  stays open, the priced legs are liquidated as `plan_tranche` says, and a shortfall is
+  carried into the unpriced leg (no bad debt while it is open);
+- no account can stop its own liquidation: an account CRITICAL or BANKRUPT at its
+  liquidation value with at least one priced leg is always liquidatable (preview and engine).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from margincall.math import (
     mul_up,
     plan_tranche,
     ratio,
+    worst_price,
 )
 from tests.stateful.driver import N_TRADERS, Driver
 from tests.stateful.orders import OrderRules
@@ -184,6 +190,7 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         for m, spec in enumerate(d.markets):
             mul = d.mul(m)
             self.bounds.append((div_ceil(spec.min_price, mul), spec.max_price // mul))
+        self.price_bounds = [(int(o.min_price()), int(o.max_price())) for o in d.oracles]
         self.oracles_changed = True
         # the LP side: shares held and the deposit cooldown's locks
         self.pool_cooldown = int(d.pool.cooldown())
@@ -355,6 +362,42 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             raw.collateral, tuple(positions), raw.deadline, raw.last_tranche, raw.tranches, parked
         )
         return acct, self.first_fault(q.market_id for q in positions)
+
+    def worst(self, m: int) -> tuple[int, int]:
+        """Liquidation's value of market `m` without a valid price, long and short
+        (OracleAdapter.worst_price): the last answer if usable, with its haircut."""
+        f = self.feeds[m]
+        lo, hi = self.bounds[m]
+        usable = (
+            not f.reverting and f.answer > 0 and 0 < f.updated_at <= self.now
+        ) and lo <= f.answer <= hi
+        last = f.answer * self.d.mul(m) if usable else None
+        heartbeat = self.d.markets[m].heartbeat
+        return worst_price(last, f.updated_at, self.now, heartbeat, *self.price_bounds[m])
+
+    def liq_account(self, acct: Account) -> Account:
+        """The account as `liquidate` values it: each unpriced leg at its worst case for its
+        side, marked `unpriced` (it stays open)."""
+        positions = []
+        for q in acct.positions:
+            if self.price_reason(q.market_id) is not None:
+                long_px, short_px = self.worst(q.market_id)
+                px = short_px if q.size < 0 else long_px
+                q = Position(q.market_id, q.size, q.cost, px, q.mmr, q.imr, unpriced=True)
+            positions.append(q)
+        return Account(
+            acct.collateral,
+            tuple(positions),
+            acct.deadline,
+            acct.last_tranche,
+            acct.tranches,
+            acct.parked_reward,
+        )
+
+    @staticmethod
+    def all_unpriced(acct: Account) -> bool:
+        """No priced leg to close: `liquidate` reverts with the first leg's oracle reason."""
+        return bool(acct.positions) and all(q.unpriced for q in acct.positions)
 
     def state(self, acct: Account, p: RiskParams) -> State:
         return classify(acct, evaluate(acct, self.d.scale), p, self.now, self.d.scale)
@@ -669,6 +712,31 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         }[goal]
         self._drive_ratio(acct, lo + (hi - lo) * where / 100)
 
+    @rule(
+        i=st.integers(0, N_TRADERS - 1),
+        k=st.integers(0, 1),
+        fault=st.sampled_from(FAULTS),
+        goal=st.sampled_from([State.CRITICAL, State.BANKRUPT]),
+        where=st.integers(2, 98),
+    )
+    def stale_leg_shield(self, i, k, fault, goal, where):
+        """The stale-leg shield attack (issue 14), steered: the feed of a trader's smallest
+        leg goes bad (`fault`), its largest leg's price drives it CRITICAL or BANKRUPT
+        (`where`% into the band, at the model's prices), and a keeper liquidates: the priced
+        legs close and the unpriced one stays, a shortfall carried, not booked (the
+        `liquidate` rule predicts and checks every figure)."""
+        acct, _ = self.account(self.traders[i])
+        if len(acct.positions) < 2:
+            return
+        small = min(acct.positions, key=lambda q: q.notional)
+        big = max(acct.positions, key=lambda q: q.notional)
+        self.oracle(small.market_id, fault)
+        if small.market_id == big.market_id or self.price_reason(big.market_id) is not None:
+            return
+        self.note("shield:attempt")
+        self.drive_to_state(i, goal, where)
+        self.liquidate(k, i)
+
     def _drive_ratio(self, acct: Account, r: float) -> None:
         """Sets the price of `acct`'s largest position so that its ratio is about `r`."""
         d = self.d
@@ -908,12 +976,24 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         Pool flows are booked here even in a batch: the batch nets them, the sums agree.
         """
         d = self.d
-        acct, _ = self.account(t)
+        acct = self.liq_account(self.account(t)[0])
         p = d.risk_params()
         plan = plan_tranche(acct, p, d.scale, self.now, room)
         if plan is None:
             return None, fund_balance
-        if plan.deficit:
+        plan.unpriced = sum(q.unpriced for q in acct.positions)
+        if plan.carried:
+            # a shortfall while a leg is unpriced: carried into it, no bad debt (the keeper's
+            # minimum reward is paid; the pool takes the collateral less it, or pays the rest)
+            self.note("liquidate:carried")
+            pool_net = acct.collateral + plan.returned - plan.keeper_reward
+            if pool_net >= 0:
+                self.move(d.engine.address, d.pool.address, pool_net)
+            else:
+                self.move(d.pool.address, d.engine.address, -pool_net)
+            self.move(d.engine.address, keeper, plan.keeper_reward)
+            plan.bad_debt = None
+        elif plan.deficit:
             # the deficit includes the keeper's minimum reward: the fund covers what it can,
             # the engine keeps the reward out of the collateral (the pool pays any rest)
             paid = min(plan.deficit, fund_balance)
@@ -951,8 +1031,16 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
 
     def _check_after_liquidation(self, t: str, plan) -> None:
         d = self.d
-        after = d.engine.check_margin(t)
         assert d.raw_account(t).collateral == plan.collateral_after
+        if plan.unpriced:
+            # the unpriced legs stay open (`check_margin` needs their price)
+            self.note("liquidate:unpriced_leg")
+            assert len(d.raw_account(t).positions) >= plan.unpriced
+            if plan.full:
+                assert len(d.raw_account(t).positions) == plan.unpriced
+                assert d.raw_account(t).deadline == 0
+            return
+        after = d.engine.check_margin(t)
         if plan.full:
             assert after.positions == 0 and d.raw_account(t).deadline == 0
             self.note("liquidate:full")
@@ -982,8 +1070,9 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         self.dirty.add(t)
         self.window_changed = True
         acct, fault = self.account(t)
+        acct = self.liq_account(acct)
         p = d.risk_params()
-        if fault:
+        if self.all_unpriced(acct):
             self.refused(self.send(d.engine, "liquidate", t, sender=keeper), fault)
             self.note("refused:oracle")
             return
@@ -1019,7 +1108,7 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         fund = self.held(d.fund.address)
         plans, fund_seen = [], []
         for t in batch:
-            if self.account(t)[1]:
+            if self.all_unpriced(self.liq_account(self.account(t)[0])):
                 self.note("skipped:oracle")
                 continue
             before = fund
@@ -1043,19 +1132,18 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
     @rule()
     def keeper_sweeps(self):
         """A keeper as the bundled bot works: one `check_margins` scan of every account, then
-        `margin_call` on those it reports CALLABLE and `liquidate` on those at LIQUIDATABLE
-        or worse (each checked against the model as a single call). The two keepers take
-        turns. (The only rule without arguments: Hypothesis sorts it first and draws it
-        most, which keeps tranches common.)"""
+        `margin_call` on those it reports CALLABLE (and priced) and `liquidate` on those at
+        LIQUIDATABLE or worse, unpriced legs or not (each checked against the model as a
+        single call). The two keepers take turns. (The only rule without arguments:
+        Hypothesis sorts it first and draws it most, which keeps tranches common.)"""
         d = self.d
         k = self.checks % 2
         statuses = d.lens.check_margins(self.traders)
         for i, status in enumerate(statuses):
-            if not status.priced:
-                continue
-            if status.state == State.CALLABLE:
+            if status.state == State.CALLABLE and status.priced:
                 self.margin_call(k, i)
             elif status.state >= State.LIQUIDATABLE:
+                # an unpriced leg too: valued at its worst case, as the bot now does
                 self.liquidate(k, i)
 
     # --- LP, fund ---------------------------------------------------------------
@@ -1330,8 +1418,8 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
         p = d.risk_params()
         now = self.now
         if self.window_changed:
-            for t, (acct, fault) in accounts.items():
-                if not fault and self.state(acct, p) == State.LIQUIDATABLE:
+            for t, (acct, _fault) in accounts.items():
+                if self.state(self.liq_account(acct), p) == State.LIQUIDATABLE:
                     self.dirty.add(t)
         self.window_changed = False
         dirty = [t for t in self.traders if t in self.dirty]
@@ -1352,12 +1440,16 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             assert bool(got.priced) == (fault is None), (fault, got.priced)
             if fault:
                 self.note("state:UNPRICED")
-                assert (got.state, got.ratio) == (State.HEALTHY, MAX_UINT)
                 ok, res = d.try_call(d.engine, "check_margin", t)
                 assert not ok and res == fault, (fault, res)
-                ok, res = d.try_call(d.lens, "preview_liquidation", t)
-                assert not ok and res == fault, (fault, res)
-                continue
+                acct = self.liq_account(acct)
+                if self.all_unpriced(acct):
+                    assert (got.state, got.ratio) == (State.HEALTHY, MAX_UINT)
+                    ok, res = d.try_call(d.lens, "preview_liquidation", t)
+                    assert not ok and res == fault, (fault, res)
+                    continue
+                # a priced leg: valued (and previewed) as `liquidate` values it
+                self.note("state:UNPRICED_LEG")
             v = evaluate(acct, d.scale)
             state = classify(acct, v, p, now, d.scale)
             if acct.positions:
@@ -1376,10 +1468,29 @@ class EngineMachine(OrderRules, RuleBasedStateMachine):
             next_tranche = acct.last_tranche + p.tranche_interval if acct.last_tranche else 0
             assert got.next_tranche_time == next_tranche
             self.note(f"state:{State(state).name}")
-            if t == single:
+            if t == single and not fault:
                 assert tuple(d.engine.check_margin(t)) == tuple(got)
             if state != State.HEALTHY or t == healthy_preview:
                 self._check_preview(t, acct, p, room)
+
+    @invariant()
+    def no_account_stops_its_own_liquidation(self):
+        """An account CRITICAL or BANKRUPT at its liquidation value (an unpriced leg at its
+        worst case) with a priced leg to close is liquidatable: no leg, stale or not, and no
+        window or interval shields it (checked after oracle or time changes)."""
+        if not self.oracles_changed and not self.dirty:
+            return
+        p = self.d.risk_params()
+        for t in self.traders:
+            acct = self.liq_account(self.account(t)[0])
+            if not acct.positions or self.all_unpriced(acct):
+                continue
+            if self.state(acct, p) < State.CRITICAL:
+                continue
+            self.note("shield:checked")
+            preview = self.d.lens.preview_liquidation(t)
+            assert preview.liquidatable, (t, preview.reason)
+            assert plan_tranche(acct, p, self.d.scale, self.now, {}) is not None
 
     def _check_preview(self, t: str, acct: Account, p: RiskParams, room: dict[int, int]):
         preview = self.d.lens.preview_liquidation(t)

@@ -43,6 +43,7 @@ ENGINE = "MarginEngine.vy"
 RISK = "modules/risk.vy"
 MARGIN = "modules/margin.vy"
 LIQUIDATION = "modules/liquidation.vy"
+LEDGER = "modules/ledger.vy"
 PAUSED = '            fixed_point._fail("engine: paused")\n'
 PAUSE_BLOCK = "    if increases:\n        if risk.paused:\n" + PAUSED
 ACTIVE = "        if not (risk._m_active(mword)):"
@@ -94,7 +95,10 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "        prices: uint256[_MAX_MARKETS] = risk._prices(acct.markets & ~bit)",
         "        prices: uint256[_MAX_MARKETS] = empty(uint256[_MAX_MARKETS])\n"
         "        ok: bool = True\n"
-        "        prices, ok = risk._try_prices(acct.markets & ~bit, prices, 0)",
+        "        unpriced: uint256 = 0\n"
+        "        prices, unpriced, ok = ledger._try_prices(\n"
+        "            account, acct.markets & ~bit, prices, 0, False\n"
+        "        )",
     ),
     "deposit_needs_prices": (
         "a deposit refused on an invalid price",
@@ -130,12 +134,21 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "liquidate_many_ignores_validity": (
         "a batch liquidation at an invalid price",
         ENGINE,
-        "            if not ok:\n                continue\n            have |= acct.markets\n"
-        "        ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)\n"
-        "        # the windows",
-        "            have |= acct.markets\n"
-        "        ev: margin.Eval = ledger._evaluate(account, acct, prices, SCALE)\n"
-        "        # the windows",
+        "        if not ok:\n            if strict:",
+        "        if False:\n            if strict:",
+    ),
+    # the stale-leg shield (issue 14): an unpriced leg valued at its worst case, never a shield
+    "stale_leg_shield": (
+        "an account with an unpriced leg not liquidated in its priced legs",
+        LEDGER,
+        "                if not worst or price == 0:",
+        "                if True:",
+    ),
+    "bad_debt_while_unpriced": (
+        "a deficit booked while an unpriced leg is still open",
+        LIQUIDATION,
+        "        if unpriced != 0:\n            # no bad debt while a leg is unpriced",
+        "        if False:\n            # no bad debt while a leg is unpriced",
     ),
     # I1: token conservation
     "fund_fee_kept": (

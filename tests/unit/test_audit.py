@@ -79,7 +79,9 @@ def test_eligibility_is_judged_at_the_timestamp_the_next_block_carries():
     assert eligible(called, "liquidation", 1_010, GRACE)  # deadline <= t(b+1)
     assert not eligible(called, "call", 1_010, GRACE)
     assert eligible(called, "call", 1_010 + GRACE, GRACE)  # the call has lapsed
-    assert not eligible(status(State.CRITICAL, priced=False), "liquidation", 1_010)
+    # an unpriced leg is valued at its worst case: liquidated, never called
+    assert eligible(status(State.CRITICAL, priced=False), "liquidation", 1_010)
+    assert not eligible(status(State.CALLABLE, priced=False), "call", 1_010)
 
 
 def test_eligible_at_uses_the_next_block_and_estimates_it_before_it_is_mined():

@@ -231,11 +231,22 @@ def test_check_margins_marks_unpriced_accounts_instead_of_reverting(
     for who, status in ((trader, batch[0]), (keeper, batch[3])):
         assert status.account == who.address
         assert status.priced is False
-        assert status.state == State.HEALTHY  # nothing for a keeper to do
-        assert status.ratio == MAX_UINT
-        assert (status.equity, status.maintenance, status.initial) == (0, 0, 0)
         assert status.collateral == engine.collateral_of(who.address) * scale(system)
         assert status.positions == (1 if who == trader else 2)
+    # no priced leg: nothing for a keeper to do
+    status = batch[0]
+    assert status.state == State.HEALTHY and status.ratio == MAX_UINT
+    assert (status.equity, status.maintenance, status.initial) == (0, 0, 0)
+    # a priced leg (SOL): valued as `liquidate` values it, the reverting ETH feed's short leg
+    # at the adapter's max price (no usable answer): BANKRUPT, and liquidated in SOL only
+    status = batch[3]
+    assert status.state == State.BANKRUPT and status.equity < 0 and status.maintenance > 0
+    preview = system.lens.preview_liquidation(keeper.address)
+    assert preview.liquidatable and preview.full_close
+    assert dict(zip(preview.market_ids, preview.closed_sizes, strict=True)) == {
+        ETH: 0,
+        SOL: -2 * WAD,
+    }
     for who, status in ((other_trader, batch[1]), (stranger, batch[2])):
         assert status.priced is True
         assert as_tuple(status) == as_tuple(engine.check_margin(who.address))

@@ -32,7 +32,8 @@ CEILING_SETTLE_OPEN = 138_000  # this test measures 134,069 (after the engine co
 CEILING_COMMIT = 70_000
 CEILING_MARGIN_CALL = 82_900  # first call on the account: measured 80,475 (63,451 before the
 # reward was parked: the parked-reward word is written fresh; 73,856 paying the caller)
-CEILING_LIQUIDATE = 107_200  # one tranche, one market; measured 104,063 (121,611 paying three)
+CEILING_LIQUIDATE = 107_200  # one tranche, one market; measured 104,867 (121,611 paying three;
+# 104,331 before the stale-leg shield fix: `worst_price` and the unpriced-leg checks, 536)
 # a tranche in the call band after the deadline reads the feed's rounds since the call
 # (`OracleAdapter.recovered`), by rounds published since the call: measured 124,047 with one
 # round, 248,030 with 32 (the bound: about 4,000 gas a round on the mock feed)

@@ -113,10 +113,14 @@ def test_callable_needs_the_call_reward_to_cover_gas_times_margin():
     assert not can_call(snap(1, State.HEALTHY), COSTS)
 
 
-def test_unpriced_accounts_are_never_acted_on():
-    for state in (State.CALLABLE, State.LIQUIDATABLE, State.CRITICAL, State.BANKRUPT):
+def test_unpriced_accounts_are_liquidated_but_never_called():
+    """No stale-leg shield: `check_margins` values an unpriced leg at its worst case, as
+    `liquidate` does, so its liquidation states are acted on; a call needs every price."""
+    assert not can_call(snap(1, State.CALLABLE, priced=False), COSTS)
+    for state in (State.LIQUIDATABLE, State.CRITICAL, State.BANKRUPT):
         s = snap(1, state, priced=False)
-        assert not can_call(s, COSTS) and not can_liquidate(s, NOW, COSTS)
+        assert not can_call(s, COSTS) and can_liquidate(s, NOW, COSTS)
+    assert not can_liquidate(snap(1, State.HEALTHY, priced=False), NOW, COSTS)
 
 
 def test_cost_model_rejects_negative_inputs():
@@ -166,7 +170,8 @@ def test_an_expired_call_still_waits_for_the_tranche_interval_and_the_profit_rul
     cost = COSTS.gas_per_tranche * COSTS.gas_price
     assert can_liquidate(expired, T_NEXT, COSTS, reward=cost * 12 // 10)
     assert not can_liquidate(expired, T_NEXT, COSTS, reward=cost * 12 // 10 - 1)
-    assert not can_liquidate(snap(3, State.CALLED, call_deadline=T_B, priced=False), T_NEXT, COSTS)
+    # an unpriced account's expired call: liquidated at its worst case, as the engine does
+    assert can_liquidate(snap(3, State.CALLED, call_deadline=T_B, priced=False), T_NEXT, COSTS)
 
 
 def test_a_called_snapshot_without_deadline_is_left_alone():
@@ -251,20 +256,21 @@ def test_window_reopens_when_it_restarts_and_only_when_full():
 
 
 def test_accounts_in_a_full_window_are_held_back_but_critical_ones_are_not():
-    markets = {addr(1): {0}, addr(2): {1}, addr(3): {0}, addr(4): {0, 1}, addr(5): {0}}
+    markets = {addr(i): {0} for i in (1, 3, 5, 6)} | {addr(2): {1}, addr(4): {0, 1}}
     snaps = [
         snap(1, State.LIQUIDATABLE),
         snap(2, State.LIQUIDATABLE),
         snap(3, State.CRITICAL),
         snap(4, State.CALLED, call_deadline=T_B),  # a tranche at T_NEXT
         snap(5, State.CALLABLE),
+        snap(6, State.LIQUIDATABLE, priced=False),  # an unpriced leg: a tranche all the same
     ]
     full = {0: T_NEXT + 1}
     keep, held = held_by_window(snaps, T_NEXT, markets, full)
-    assert [s.account for s in held] == [addr(1), addr(4)]
+    assert [s.account for s in held] == [addr(1), addr(4), addr(6)]
     assert [s.account for s in keep] == [addr(2), addr(3), addr(5)]
     keep, held = held_by_window(snaps, T_NEXT + 1, markets, full)  # the window restarted
-    assert held == [] and len(keep) == 5
+    assert held == [] and len(keep) == 6
 
 
 # --- decide ---------------------------------------------------------------------------------

@@ -584,3 +584,89 @@ def test_mock_rejects_values_it_cannot_pack(feed, owner):
         feed.set_answer(-(2**127) - 1, sender=owner)
     with ape.reverts("mock: timestamp too large"):
         feed.set_round(1, 0, 2**48, sender=owner)
+
+
+# --- worst_price: liquidation's value without a valid price (the stale-leg shield fix) ----
+
+STEP, CAP = 2 * 10**16, 50 * 10**16
+
+
+def test_worst_price_is_the_valid_price_twice(adapter, adapter_with_fallback, feed, owner):
+    assert adapter.worst_price() == (2_000 * WAD, 2_000 * WAD, True)
+    feed.set_reverting(True, sender=owner)
+    # the fallback's valid price is a valid price
+    assert adapter_with_fallback.worst_price() == (2_001 * WAD, 2_001 * WAD, True)
+    assert (adapter.HAIRCUT_STEP(), adapter.HAIRCUT_CAP()) == (STEP, CAP)
+
+
+@pytest.mark.parametrize("heartbeats, cut", [(1, STEP), (3, 3 * STEP), (24, 24 * STEP), (40, CAP)])
+def test_stale_answer_is_moved_against_the_holder_per_heartbeat_of_age(
+    adapter, feed, owner, chain, heartbeats, cut
+):
+    # 1_234.56789012 so the roundings show: long rounded down, short up
+    old = head_time(chain) - heartbeats * HEARTBEAT - 5
+    feed.set_round(123_456_789_012, old, old, sender=owner)
+    last = 123_456_789_012 * 10**10
+    assert adapter.try_price() == (0, False)
+    long_px, short_px, valid = adapter.worst_price()
+    assert not valid
+    assert long_px == last * (WAD - cut) // WAD
+    assert short_px == -(-last * (WAD + cut) // WAD)
+
+
+def test_haircut_stays_within_the_bounds(deploy_feed, deploy_adapter, owner, chain):
+    feed = deploy_feed(8, 1_000 * 10**8)
+    bounded = deploy_adapter(feed, min_price=990 * WAD, max_price=1_010 * WAD)
+    old = head_time(chain) - 2 * HEARTBEAT - 5
+    feed.set_round(1_000 * 10**8, old, old, sender=owner)
+    assert bounded.worst_price() == (990 * WAD, 1_010 * WAD, False)
+
+
+@pytest.mark.parametrize("fault", ["zero", "negative", "above_max", "future", "revert", "short"])
+def test_no_usable_answer_gives_the_bounds(adapter, feed, owner, chain, fault):
+    if fault == "zero":
+        feed.set_answer(0, sender=owner)
+    elif fault == "negative":
+        feed.set_answer(-1, sender=owner)
+    elif fault == "above_max":
+        feed.set_answer(MAX_PRICE // 10**10 + 1, sender=owner)
+    elif fault == "future":
+        future = head_time(chain) + 1_000
+        feed.set_round(2_000 * 10**8, future, future, sender=owner)
+    elif fault == "revert":
+        feed.set_reverting(True, sender=owner)
+    else:
+        chain.provider.set_code(feed.address, bytes.fromhex("60206000f3"))
+    assert adapter.worst_price() == (MIN_PRICE, MAX_PRICE, False)
+
+
+def test_worst_price_takes_the_younger_of_primary_and_fallback(
+    adapter_with_fallback, feed, backup_feed, owner, chain
+):
+    now = head_time(chain)
+    # primary stale by 3 heartbeats (1 h each), fallback by 1 (1 day): the fallback's cut
+    feed.set_round(2_000 * 10**8, now - 3 * HEARTBEAT - 5, now - 3 * HEARTBEAT - 5, sender=owner)
+    old = now - FALLBACK_HEARTBEAT - 5
+    backup_feed.set_round(2_001 * WAD, old, old, sender=owner)
+    assert adapter_with_fallback.worst_price() == (
+        2_001 * WAD * (WAD - STEP) // WAD,
+        2_001 * WAD * (WAD + STEP) // WAD,
+        False,
+    )
+    # a broken fallback leaves the primary's stale answer
+    backup_feed.set_reverting(True, sender=owner)
+    assert adapter_with_fallback.worst_price() == (
+        2_000 * WAD * (WAD - 3 * STEP) // WAD,
+        2_000 * WAD * (WAD + 3 * STEP) // WAD,
+        False,
+    )
+
+
+def test_worst_price_has_no_value_while_the_sequencer_blocks_prices(
+    adapter_with_sequencer, sequencer_feed, owner, chain
+):
+    sequencer_feed.set_answer(1, sender=owner)
+    assert adapter_with_sequencer.worst_price() == (0, 0, False)
+    now = head_time(chain)
+    sequencer_feed.set_round(0, now, now, sender=owner)  # back up: the grace period
+    assert adapter_with_sequencer.worst_price() == (0, 0, False)

@@ -155,11 +155,10 @@ def eligible(status: Any, kind: str, now: int, grace_period: int | None = None) 
     on the account of `status` (taken at an earlier block, same prices): see the module's
     docstring. Profit plays no part."""
     s = Snapshot.from_status(status)
-    if not s.priced:
-        return False
     state = state_at(s, now, grace_period)
     if kind == "call":
-        return state == State.CALLABLE
+        # a call needs every price; a liquidation values an unpriced leg at its worst case
+        return s.priced and state == State.CALLABLE
     if state in (State.CRITICAL, State.BANKRUPT):
         return True
     return state == State.LIQUIDATABLE and now >= s.next_tranche_time

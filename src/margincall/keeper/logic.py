@@ -31,8 +31,11 @@ Rules (PROTOCOL.md section 5, design.md "Account states"):
 - CALLABLE accounts are called when the call reward covers the gas times
   the profit margin (the reward the engine pays for that call, which it cuts
   to keep equity at or above maintenance: `call_reward_floor`).
-- Accounts whose prices are invalid (`priced = False`) are skipped: the
-  engine would skip them too.
+- An account with a leg whose price is invalid (`priced = False`) is never
+  called (a call needs every price), but it is liquidated: `check_margins`
+  values the leg at its worst case as `liquidate` does (no stale-leg shield,
+  docs/design.md), and reports HEALTHY when the engine cannot act on it
+  (no priced leg, or the L2 sequencer down).
 """
 
 from __future__ import annotations
@@ -334,9 +337,8 @@ def can_liquidate(s: Snapshot, now: int, costs: CostModel, reward: int | None = 
     CRITICAL/BANKRUPT always; LIQUIDATABLE at `now` (`state_at`: including a CALLED account
     whose deadline is at or before `now`) when the tranche interval has elapsed by `now`
     and the reward (`reward`, wei, else `tranche_reward_wei`) pays for the gas
-    (`CostModel.tranche_gas`) times the margin."""
-    if not s.priced:
-        return False
+    (`CostModel.tranche_gas`) times the margin. An unpriced account (`priced` False) is
+    judged on its worst-case state, as the engine liquidates it."""
     state = state_at(s, now)
     if state in (State.CRITICAL, State.BANKRUPT):
         return True
@@ -497,10 +499,8 @@ def held_by_window(
     keep: list[Snapshot] = []
     held: list[Snapshot] = []
     for s in snapshots:
-        if (
-            s.priced
-            and state_at(s, now) == State.LIQUIDATABLE
-            and any(full_until.get(m, 0) > now for m in markets_of.get(s.account, ()))
+        if state_at(s, now) == State.LIQUIDATABLE and any(
+            full_until.get(m, 0) > now for m in markets_of.get(s.account, ())
         ):
             held.append(s)
         else:

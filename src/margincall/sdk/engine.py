@@ -169,7 +169,9 @@ class MarginEngineClient(ForBots):
     ) -> list[MarginStatus]:
         """`check_margins` over any number of accounts, in calls of at most `chunk` (<= 500).
 
-        Accounts needing an invalid price come back with `priced=False`. `block_id` reads
+        Accounts with a leg whose price is invalid come back with `priced=False`, valued as
+        `liquidate` values them (the leg at its worst case; HEALTHY when the engine cannot
+        act on them: no priced leg, or the L2 sequencer down). `block_id` reads
         the state after that block (all chunks at the same block); default: the head.
         """
         if not 0 < chunk <= MAX_SCAN:
@@ -231,9 +233,15 @@ class MarginEngineClient(ForBots):
         return out
 
     def preview_liquidation(self, account: Any) -> LiquidationPreview:
-        """`preview_liquidation(account)`; raises `OracleError` if a needed price is invalid."""
-        self.prices(self.record(account).market_ids)
-        return LiquidationPreview.from_struct(self.lens.preview_liquidation(_addr(account)))
+        """`preview_liquidation(account)`: a leg without a valid price is valued at its worst
+        case and stays open, as in `liquidate`; raises `OracleError` when the engine cannot
+        act on the account (no priced leg, or the L2 sequencer down)."""
+        ids = self.record(account).market_ids
+        try:
+            return LiquidationPreview.from_struct(self.lens.preview_liquidation(_addr(account)))
+        except Exception:  # noqa: BLE001 - the oracle's typed error, else the revert itself
+            self.prices(ids)
+            raise
 
     def model(self, account: Any) -> ref.Account:
         """The account as the reference math's `Account`, at the oracle prices."""
@@ -500,7 +508,8 @@ class MarginEngineClient(ForBots):
         now = self.now
         out = []
         for s in self.statuses(accounts):
-            if not s.priced or s.state < State.LIQUIDATABLE:
+            # an unpriced leg does not shield the account (its worst case is in `s`)
+            if s.state < State.LIQUIDATABLE:
                 continue
             if s.state == State.LIQUIDATABLE and now < s.next_tranche_time:
                 continue

@@ -45,7 +45,9 @@ class MarginStatus:
     call_deadline: int  # 0 when no live call
     next_tranche_time: int  # 0 before the first tranche
     positions: int
-    priced: bool = True  # False: a needed price is invalid (batched view only)
+    # False: a needed price is invalid (batched view only): the figures are the liquidation
+    # value (the unpriced leg at its worst case), or none (state HEALTHY) if no leg is priced
+    priced: bool = True
 
     @classmethod
     def from_struct(cls, s: Any) -> MarginStatus:
@@ -70,13 +72,11 @@ class MarginStatus:
 
     @property
     def needs_action(self) -> bool:
-        """A keeper may act on it now (call or liquidate), tranche interval aside."""
-        return self.priced and self.state in (
-            State.CALLABLE,
-            State.LIQUIDATABLE,
-            State.CRITICAL,
-            State.BANKRUPT,
-        )
+        """A keeper may act on it now (call or liquidate), tranche interval aside; an
+        unpriced account only by a liquidation (a call needs every price)."""
+        if self.state == State.CALLABLE:
+            return self.priced
+        return self.state in (State.LIQUIDATABLE, State.CRITICAL, State.BANKRUPT)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def eligible_slot(
     CALLABLE again); CALLABLE can be called at once (when `calls`)."""
     nxt = slot + 1
     if not s.priced:
-        return None
+        calls = False  # a call needs every price; liquidation values the leg at its worst case
     if s.state in (State.CRITICAL, State.BANKRUPT):
         return ("liquidate", nxt)
     if s.state == State.LIQUIDATABLE:
