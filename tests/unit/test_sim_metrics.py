@@ -22,7 +22,7 @@ from margincall.sim.metrics import (
     table,
     to_json,
 )
-from margincall.sim.setup import RunRecord
+from margincall.sim.record import RunRecord
 
 UNIT = 10**18
 

@@ -48,7 +48,7 @@ from rich.table import Table
 
 from margincall.constants import WAD, State
 from margincall.sim.baseline import BASELINE, PHASED
-from margincall.sim.setup import RunRecord
+from margincall.sim.record import RunRecord
 
 PENALTY_TARGET = 0.30  # PROTOCOL.md section 7: at least 30% below the baseline
 DELAY_TARGET = 2  # issue 14: liquidation delay p99 at most 2 blocks

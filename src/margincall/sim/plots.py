@@ -27,7 +27,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from margincall.constants import WAD  # noqa: E402
 from margincall.sim.metrics import sample_columns  # noqa: E402
 from margincall.sim.paths import PricePath  # noqa: E402
-from margincall.sim.setup import RunRecord  # noqa: E402
+from margincall.sim.record import RunRecord  # noqa: E402
 
 COLORS = {"phased": "tab:blue", "baseline": "tab:orange"}
 DPI = 80

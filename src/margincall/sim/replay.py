@@ -42,12 +42,12 @@ from margincall.sim.paths import ETH
 from margincall.sim.population import (
     PopulationConfig,
 )
+from margincall.sim.record import RunRecord
 from margincall.sim.setup import (
     FALLBACK_ETH_PRICE,
     GAS,
     MAX_UINT,
     ORDER_WINDOW,
-    RunRecord,
     SimSetup,
     Tx,
     _ceil_div,

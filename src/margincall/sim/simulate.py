@@ -28,9 +28,9 @@ from margincall.sim.baseline import BASELINE, MODES, PHASED, params_for
 from margincall.sim.chain import PROJECT_ROOT, Anvil, Rpc, hexint
 from margincall.sim.metrics import compare, summarize, timing
 from margincall.sim.paths import PricePath, from_csv, scenario_path
+from margincall.sim.record import RunRecord
 from margincall.sim.replay import Replay
 from margincall.sim.setup import (
-    RunRecord,
     SimConfig,
     SimSetup,
     SimulationError,
