@@ -3,6 +3,8 @@ evaluated at the timestamp of block b + 1, with the engine's rules; no chain nee
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from margincall.constants import WAD, State
@@ -66,5 +68,8 @@ def test_callable_accounts_are_called_in_the_next_block_and_healthy_ones_wait():
     assert eligible_slot(snap(State.CALLABLE), 7, T0, BT, PARAMS) == ("call", 8)
     assert eligible_slot(snap(State.CALLABLE), 7, T0, BT, PARAMS, calls=False) is None
     assert eligible_slot(snap(State.HEALTHY, ratio=2 * WAD), 7, T0, BT, PARAMS) is None
+    # an unpriced leg (issue 14, stale-leg shield): liquidated at its worst-case state, never
+    # called (a call needs every price)
     unpriced = Snapshot("0xtrader", State.CRITICAL, priced=False)
-    assert eligible_slot(unpriced, 7, T0, BT, PARAMS) is None
+    assert eligible_slot(unpriced, 7, T0, BT, PARAMS) == ("liquidate", 8)
+    assert eligible_slot(replace(unpriced, state=State.CALLABLE), 7, T0, BT, PARAMS) is None
